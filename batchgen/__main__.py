@@ -1,0 +1,3 @@
+from batchgen.cli import console_main
+
+console_main()

@@ -1,0 +1,66 @@
+"""The command line: parse, dispatch to ``batchgen.commands.<name>``, map errors to exit codes.
+
+Each command module offers ``add_arguments(parser)`` and ``run(args) -> int``. This file knows
+nothing about what the commands do; it only guarantees that a user mistake prints one clear
+message and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from batchgen import __version__
+from batchgen.errors import BatchgenError
+
+COMMANDS: dict[str, str] = {
+    "plan": "show the jobs a manifest expands into, and their estimated cost",
+    "run": "run a manifest against fal (or the built-in emulator), resuming where it stopped",
+    "status": "show the state of a run's output folder",
+    "index": "rebuild metadata.jsonl and failures.jsonl from the journal",
+    "gallery": "rebuild the static HTML gallery of an output folder",
+    "export": "export a run's index as parquet, CSV or webdataset shards",
+    "emulator": "serve the fal-compatible emulator on loopback",
+}
+
+EXIT_INTERRUPTED = 130
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"batchgen.commands.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchgen", description="Bulk image generation on fal.ai's queue API."
+    )
+    parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _module(name).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        code: int = _module(args.command).run(args)
+        return code
+    except BatchgenError as exc:
+        print(f"batchgen: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("batchgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""One exception tree for batchgen.
+
+    BatchgenError                  base; ``exit_code`` is what the CLI returns for it
+    ├── UsageError                 bad flags or arguments (exit 2)
+    ├── ManifestError              a bad manifest: every ``Problem`` at once (exit 2)
+    ├── JournalError               a journal from another version / manifest (exit 2)
+    ├── AuthError                  401/403 or a locked account: the whole run stops (exit 2)
+    ├── QueueError                 talking to the fal queue went wrong
+    │   ├── QueueHTTPError         an HTTP error answer: status, error_type, detail, request id
+    │   ├── UnknownOutcome         a submit was sent but no answer came: a job may exist
+    │   └── ProtocolError          the server answered with something we cannot parse
+    └── DownloadError              an image could not be fetched or verified
+
+A user mistake is always one of these, and the CLI prints its message without a traceback.
+Messages never contain secrets: callers pass redacted values only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class BatchgenError(Exception):
+    exit_code = 1
+
+
+class UsageError(BatchgenError):
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a manifest, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+
+class ManifestError(BatchgenError):
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in the manifest:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class JournalError(BatchgenError):
+    exit_code = 2
+
+
+class AuthError(BatchgenError):
+    exit_code = 2
+
+
+class QueueError(BatchgenError):
+    pass
+
+
+class QueueHTTPError(QueueError):
+    """An HTTP error from the queue, storage or media host; ``str()`` is one readable line."""
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        detail: Any = None,
+        error_type: str | None = None,
+        request_id: str | None = None,
+        url: str | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+        ingress: bool = False,
+    ) -> None:
+        self.status = status
+        self.detail = detail
+        self.error_type = error_type
+        self.request_id = request_id
+        self.url = url
+        self.retry_after = retry_after
+        self.retryable = retryable
+        self.ingress = ingress
+        super().__init__(self._line())
+
+    def _line(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.error_type:
+            parts.append(self.error_type)
+        text = _detail_text(self.detail)
+        if text:
+            parts.append(text)
+        if self.request_id:
+            parts.append(f"(request {self.request_id})")
+        return ": ".join(parts[:2]) + (" " + " ".join(parts[2:]) if len(parts) > 2 else "")
+
+
+def _detail_text(detail: Any) -> str:
+    """Flatten fal's ``detail`` (a string, or a FastAPI list of {loc, msg}) to one line."""
+    if detail is None:
+        return ""
+    if isinstance(detail, str):
+        return detail.replace("\n", " ")[:500]
+    if isinstance(detail, list):
+        items = []
+        for d in detail:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                msg = str(d.get("msg", ""))
+                items.append(f"{loc}: {msg}" if loc else msg)
+            else:
+                items.append(str(d))
+        return "; ".join(items)[:500]
+    return str(detail)[:500]
+
+
+class UnknownOutcome(QueueError):
+    """The submit body was sent and the connection died before an answer: a job may exist."""
+
+
+class ProtocolError(QueueError):
+    pass
+
+
+class DownloadError(BatchgenError):
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        self.retryable = retryable
+        super().__init__(message)
