@@ -21,7 +21,9 @@ DEFAULT_OUTPUT_TEMPLATE = "{prompt_id}/{job_id16}_{n}.{ext}"
 
 def canonical_json(value: Any) -> str:
     """Stable JSON: sorted keys, compact separators, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def job_id(endpoint: str, request_input: Mapping[str, Any], variant: int) -> str:

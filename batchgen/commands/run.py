@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="auto", help="N, or auto (default) to find the limit")
     p.add_argument("--max-cost", type=float, help="stop submitting before this estimate in USD")
     p.add_argument("--max-attempts", type=int, default=3, help="attempts per job (default 3)")
-    p.add_argument("--deadline", type=float, default=1200.0, help="seconds per request (default 1200)")
+    p.add_argument(
+        "--deadline", type=float, default=1200.0, help="seconds per request (default 1200)"
+    )
     p.add_argument("--watch", choices=["stream", "poll"], default="stream")
     p.add_argument("--download-concurrency", type=int, default=8)
     p.add_argument("--max-image-bytes", type=int, default=50_000_000)

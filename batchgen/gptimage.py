@@ -1,0 +1,173 @@
+"""What `openai/gpt-image-2` and `openai/gpt-image-2/edit` accept (see shared/gpt-image-2.md).
+
+Pure rules, shared by the manifest validator (plan time) and the emulator (server side), so
+the two can never disagree about what a valid request is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TEXT_TO_IMAGE = "openai/gpt-image-2"
+EDIT = "openai/gpt-image-2/edit"
+KNOWN_ENDPOINTS = frozenset({TEXT_TO_IMAGE, EDIT})
+
+QUALITIES = ("low", "medium", "high")
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+MIN_IMAGES, MAX_IMAGES = 1, 4
+MIN_PIXELS, MAX_PIXELS = 655_360, 8_294_400
+MAX_SIDE = 3840
+MAX_RATIO = 3.0
+SIDE_MULTIPLE = 16
+
+# fal's usual preset dimensions. Two of them fall below the model's pixel minimum; we assume
+# fal maps those up (square -> 1024², 16:9 -> 1360×768) — an assumption, so batchgen always
+# records the size of the image actually received and never trusts this table for that.
+PRESETS: Mapping[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (1024, 1024),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (768, 1360),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1360, 768),
+}
+AUTO = "auto"  # edit only: infer from the reference images
+
+DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    TEXT_TO_IMAGE: {
+        "image_size": "landscape_4_3",
+        "quality": "high",
+        "num_images": 1,
+        "output_format": "png",
+        "sync_mode": False,
+    },
+    EDIT: {
+        "image_size": AUTO,
+        "quality": "high",
+        "num_images": 1,
+        "output_format": "png",
+        "sync_mode": False,
+    },
+}
+
+FIELDS: Mapping[str, frozenset[str]] = {
+    TEXT_TO_IMAGE: frozenset(DEFAULTS[TEXT_TO_IMAGE]) | {"prompt"},
+    EDIT: frozenset(DEFAULTS[EDIT]) | {"prompt", "image_urls", "mask_url"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    field: str  # dotted path inside the request input, e.g. "image_size.width"
+    message: str
+
+
+def custom_size_problems(width: Any, height: Any) -> list[InputProblem]:
+    """Every rule a custom {width, height} breaks (empty when it is valid)."""
+    out: list[InputProblem] = []
+    sides = {"width": width, "height": height}
+    for name, v in sides.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            out.append(InputProblem(f"image_size.{name}", f"must be an integer, got {v!r}"))
+        elif v <= 0:
+            out.append(InputProblem(f"image_size.{name}", f"must be positive, got {v}"))
+        elif v % SIDE_MULTIPLE:
+            out.append(InputProblem(f"image_size.{name}", f"must be a multiple of 16, got {v}"))
+        elif v > MAX_SIDE:
+            out.append(InputProblem(f"image_size.{name}", f"must be at most {MAX_SIDE}, got {v}"))
+    if out:
+        return out
+    w, h = int(width), int(height)
+    if max(w, h) / min(w, h) > MAX_RATIO:
+        out.append(InputProblem("image_size", f"aspect ratio of {w}x{h} is over 3:1"))
+    pixels = w * h
+    if not MIN_PIXELS <= pixels <= MAX_PIXELS:
+        out.append(
+            InputProblem(
+                "image_size",
+                f"{w}x{h} is {pixels:,} pixels; it must be between {MIN_PIXELS:,} and "
+                f"{MAX_PIXELS:,}",
+            )
+        )
+    return out
+
+
+def size_problems(value: Any, *, endpoint: str) -> list[InputProblem]:
+    if isinstance(value, str):
+        if value in PRESETS or (value == AUTO and endpoint == EDIT):
+            return []
+        allowed = ", ".join([*PRESETS, *([AUTO] if endpoint == EDIT else [])])
+        return [InputProblem("image_size", f"unknown preset {value!r}; use one of {allowed}")]
+    if isinstance(value, Mapping):
+        extra = set(value) - {"width", "height"}
+        if extra:
+            return [InputProblem("image_size", f"unknown keys {sorted(extra)}; use width, height")]
+        if "width" not in value or "height" not in value:
+            return [InputProblem("image_size", "a custom size needs both width and height")]
+        return custom_size_problems(value["width"], value["height"])
+    return [
+        InputProblem("image_size", f"must be a preset name or {{width, height}}, got {value!r}")
+    ]
+
+
+def validate_input(
+    endpoint: str, request: Mapping[str, Any], *, strict: bool = True
+) -> list[InputProblem]:
+    """Every problem with one request body for a known endpoint ([] for unknown endpoints).
+
+    ``strict`` rejects unknown fields (the manifest wants typos caught); the emulator passes
+    ``strict=False`` because fal's apps ignore fields they do not know.
+    """
+    if endpoint not in KNOWN_ENDPOINTS:
+        return []
+    out: list[InputProblem] = []
+    if strict:
+        for key in sorted(set(request) - FIELDS[endpoint] - {"openai_api_key"}):
+            out.append(InputProblem(key, f"unknown field for {endpoint}"))
+    prompt = request.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        out.append(InputProblem("prompt", "must be a non-empty string"))
+    if "image_size" in request:
+        out.extend(size_problems(request["image_size"], endpoint=endpoint))
+    q = request.get("quality", "high")
+    if q not in QUALITIES:
+        out.append(InputProblem("quality", f"must be one of {', '.join(QUALITIES)}, got {q!r}"))
+    f = request.get("output_format", "png")
+    if f not in OUTPUT_FORMATS:
+        out.append(
+            InputProblem("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}, got {f!r}")
+        )
+    n = request.get("num_images", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not MIN_IMAGES <= n <= MAX_IMAGES:
+        out.append(InputProblem("num_images", f"must be an integer from 1 to 4, got {n!r}"))
+    if not isinstance(request.get("sync_mode", False), bool):
+        out.append(InputProblem("sync_mode", "must be true or false"))
+    if endpoint == EDIT:
+        urls = request.get("image_urls")
+        if (
+            not isinstance(urls, list)
+            or not urls
+            or not all(isinstance(u, str) and u for u in urls)
+        ):
+            out.append(InputProblem("image_urls", "must be a non-empty list of URLs"))
+        if "mask_url" in request and not isinstance(request["mask_url"], str):
+            out.append(InputProblem("mask_url", "must be a URL string"))
+    return out
+
+
+def resolved_dimensions(image_size: Any) -> tuple[int, int] | None:
+    """The (width, height) a size asks for, or None for `auto` / unknown values."""
+    if isinstance(image_size, str):
+        return PRESETS.get(image_size)
+    if isinstance(image_size, Mapping):
+        w, h = image_size.get("width"), image_size.get("height")
+        if isinstance(w, int) and isinstance(h, int):
+            return (w, h)
+    return None
+
+
+def with_defaults(endpoint: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request with the endpoint's documented defaults filled in (known endpoints only)."""
+    return {**DEFAULTS.get(endpoint, {}), **request}
