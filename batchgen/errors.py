@@ -7,7 +7,9 @@
     ├── AuthError                  401/403 or a locked account: the whole run stops (exit 2)
     ├── QueueError                 talking to the fal queue went wrong
     │   ├── QueueHTTPError         an HTTP error answer: status, error_type, detail, request id
+    │   ├── QueueTransportError    no HTTP answer; ``sent`` says whether the request left us
     │   ├── UnknownOutcome         a submit was sent but no answer came: a job may exist
+    │   ├── StatusStreamError      the SSE status stream broke or went quiet: poll instead
     │   └── ProtocolError          the server answered with something we cannot parse
     └── DownloadError              an image could not be fetched or verified
 
@@ -123,8 +125,21 @@ def _detail_text(detail: Any) -> str:
     return str(detail)[:500]
 
 
+class QueueTransportError(QueueError):
+    """No HTTP answer came. ``sent=False``: nothing reached the server (connect error, pool
+    timeout), so repeating even a submit is safe. ``sent=True``: the request may have arrived."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        self.sent = sent
+        super().__init__(message)
+
+
 class UnknownOutcome(QueueError):
     """The submit body was sent and the connection died before an answer: a job may exist."""
+
+
+class StatusStreamError(QueueError):
+    """The SSE status stream broke, closed early or went quiet; the caller falls back to polling."""
 
 
 class ProtocolError(QueueError):
@@ -132,6 +147,14 @@ class ProtocolError(QueueError):
 
 
 class DownloadError(BatchgenError):
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    """An image could not be fetched or verified.
+
+    ``reason`` is a short class for grouping failures (``truncated``, ``too_large``,
+    ``not_image``, ``redirect_loop``, ...); ``retryable`` says whether trying again later could
+    help (a transport error or truncation may pass, a ``file://`` URL never will).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, reason: str = "download") -> None:
         self.retryable = retryable
+        self.reason = reason
         super().__init__(message)
