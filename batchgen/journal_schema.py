@@ -1,0 +1,254 @@
+"""The journal's tables and the pure value types read from them (no I/O here).
+
+Kept apart from ``journal.py`` so the SQL text, the row shapes and the secret/size scrubbing
+rules can be read (and tested) without opening a database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batchgen.jobs import SECRET_FIELDS, JobSpec, JobState
+
+# Bump when a table changes shape. A journal with another number is refused, not migrated
+# silently: mixing two layouts is how a resume would pay twice.
+SCHEMA_VERSION = 1
+
+JOURNAL_NAME = "journal.sqlite"
+
+# ``seq`` is the rowid: FIFO order is insertion order, and ``jobs_state`` (state, in_manifest)
+# implicitly ends with the rowid, so "the first N PENDING jobs in the manifest" is an index
+# range scan with no sort, however many rows are done already.
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    manifest_sha256 TEXT NOT NULL,
+    manifest_path TEXT,
+    version TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    planned_at REAL,
+    ended_at REAL,
+    exit_code INTEGER
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    in_manifest INTEGER NOT NULL DEFAULT 1,
+    request_id TEXT,
+    handle TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    submits INTEGER NOT NULL DEFAULT 0,
+    possible_duplicates INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    result TEXT,
+    files TEXT,
+    error_class TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    submitted_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, in_manifest);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    job_id TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+CREATE TABLE IF NOT EXISTS uploads (
+    sha256 TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    uploaded_at REAL NOT NULL
+);
+"""
+
+JOB_COLUMNS = (
+    "seq, job_id, spec, state, in_manifest, request_id, handle, attempts, submits, "
+    "possible_duplicates, lost, cost, result, files, error_class, error, created_at, "
+    "updated_at, submitted_at"
+)
+
+# States whose request may exist on fal's side and whose cost is committed but not yet known
+# to be delivered: the budget counts them as in flight.
+IN_FLIGHT = frozenset(
+    {JobState.SUBMITTING, JobState.UNKNOWN, JobState.QUEUED, JobState.RUNNING}
+)
+# States whose request finished on fal's side: billed.
+BILLED = frozenset({JobState.COMPLETED, JobState.DOWNLOADED})
+
+MAX_MESSAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as the journal knows it. ``files`` is what ``mark_downloaded`` recorded."""
+
+    spec: JobSpec
+    state: JobState
+    request_id: str | None
+    handle: dict[str, Any] | None
+    attempts: int
+    result: dict[str, Any] | None
+    error_class: str | None
+    error: str | None
+    cost: float
+    created_at: float
+    updated_at: float
+    submitted_at: float | None = None
+    seq: int = 0
+    in_manifest: bool = True
+    submits: int = 0
+    possible_duplicates: int = 0
+    lost: int = 0
+    files: list[dict[str, Any]] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+
+@dataclass(frozen=True, slots=True)
+class AddReport:
+    """What ``add_jobs`` did: new rows, rows already there, rows this manifest no longer names."""
+
+    new: int
+    kept: int
+    not_in_manifest: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: int
+    manifest_sha256: str
+    manifest_path: str | None
+    version: str
+    settings: dict[str, Any]
+    started_at: float
+    planned_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Final failures of one class, with the most recent message as the example."""
+
+    error_class: str
+    count: int
+    example: str
+    example_job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    sha256: str
+    url: str
+    content_type: str
+    bytes: int
+    uploaded_at: float
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def job_row(r: tuple[Any, ...]) -> JobRow:
+    """Build a JobRow from a ``SELECT {JOB_COLUMNS}`` tuple."""
+    return JobRow(
+        seq=r[0],
+        spec=JobSpec.from_json(json.loads(r[2])),
+        state=JobState(r[3]),
+        in_manifest=bool(r[4]),
+        request_id=r[5],
+        handle=_loads(r[6]),
+        attempts=r[7],
+        submits=r[8],
+        possible_duplicates=r[9],
+        lost=r[10],
+        cost=r[11],
+        result=_loads(r[12]),
+        files=_loads(r[13]),
+        error_class=r[14],
+        error=r[15],
+        created_at=r[16],
+        updated_at=r[17],
+        submitted_at=r[18],
+    )
+
+
+def find_secret(value: Any, path: str = "input") -> str | None:
+    """The path of the first secret field inside ``value`` (nested dicts/lists), or None."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k in SECRET_FIELDS:
+                return f"{path}.{k}"
+            found = find_secret(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = find_secret(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+# Settings are recorded for the audit trail only, so dropping a field costs nothing while
+# storing a key would leak it into every backup of the output folder.
+_SECRET_NAME = re.compile(r"(^|_)(key|secret|token|password|authorization)s?($|_)", re.I)
+
+
+def redact_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` without any field whose name looks like a credential."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if _SECRET_NAME.search(str(k)) or k in SECRET_FIELDS:
+            continue
+        out[str(k)] = redact_settings(v) if isinstance(v, Mapping) else v
+    return out
+
+
+DATA_URI_KEEP = 1024
+
+
+def strip_data_uris(value: Any) -> Any:
+    """Replace large ``data:`` URIs by a short marker.
+
+    A result may carry its images inline (sync mode). They must be committed before the
+    download, since they are the paid work; once the files are on disk the journal need not
+    keep a second copy of every image.
+    """
+    if isinstance(value, str):
+        if value.startswith("data:") and len(value) > DATA_URI_KEEP:
+            head = value[: value.find(",") + 1] if "," in value[:200] else "data:"
+            return f"{head}<{len(value)} characters, saved to disk>"
+        return value
+    if isinstance(value, Mapping):
+        return {k: strip_data_uris(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_data_uris(v) for v in value]
+    return value
+
+
+def one_line(message: str | None) -> str | None:
+    if message is None:
+        return None
+    flat = " ".join(message.split())
+    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 1] + "…"
