@@ -1,0 +1,79 @@
+"""Real image files for the emulator's results: the requested size and format, one colour per
+prompt (from its hash) with the prompt's text drawn on it, so a gallery of emulated output
+shows at a glance which prompt made which picture.
+
+Rendering a 4K PNG costs tens of milliseconds, and a run asks for the same bytes twice (once
+for ``file_size`` in the result, once for the download), so rendered files are cached.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import io
+import textwrap
+from dataclasses import dataclass
+from functools import lru_cache
+
+from PIL import Image, ImageDraw, ImageFont
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+CACHE_ENTRIES = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """Everything that decides an image's bytes; equal specs render identical files."""
+
+    prompt: str
+    width: int
+    height: int
+    fmt: str  # png | jpeg | webp
+    index: int = 0  # which of num_images
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.fmt]
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.fmt == "jpeg" else self.fmt
+
+
+def colour_for(prompt: str, index: int = 0) -> tuple[int, int, int]:
+    """A saturated colour from the prompt's hash; later images of a request shift the hue."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    hue = (digest[0] / 256 + index * 0.17) % 1.0
+    sat = 0.45 + digest[1] / 255 * 0.4
+    val = 0.55 + digest[2] / 255 * 0.35
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def render(spec: ImageSpec) -> bytes:
+    """The encoded image (cached)."""
+    return _render_cached(spec)
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _render_cached(spec: ImageSpec) -> bytes:
+    if spec.fmt not in _PIL_FORMATS:
+        raise ValueError(f"unsupported image format {spec.fmt!r}")
+    bg = colour_for(spec.prompt, spec.index)
+    img = Image.new("RGB", (spec.width, spec.height), bg)
+    draw = ImageDraw.Draw(img)
+    # Text scales with the short side so it stays readable in thumbnails and at 4K.
+    size = max(12, min(spec.width, spec.height) // 18)
+    font = ImageFont.load_default(size=size)
+    fg = (0, 0, 0) if sum(bg) > 382 else (255, 255, 255)
+    chars = max(10, int(spec.width / (size * 0.6)) - 2)
+    lines = textwrap.wrap(spec.prompt, chars)[:8] or ["(empty prompt)"]
+    lines.append(f"#{spec.index}  {spec.width}x{spec.height}")
+    y = size
+    for line in lines:
+        draw.text((size, y), line, fill=fg, font=font)
+        y += int(size * 1.3)
+    buf = io.BytesIO()
+    img.save(buf, format=_PIL_FORMATS[spec.fmt])
+    return buf.getvalue()

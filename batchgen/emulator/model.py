@@ -1,0 +1,362 @@
+"""The emulator's queue, as pure in-memory state driven by an injected clock.
+
+Nothing ticks in the background. Every call passes ``now`` (the app reads its injected clock),
+and ``advance(now)`` replays what happened since the last call in time order: a request starts
+at the exact moment a slot frees (not when someone polls), runs for its run time, completes,
+and is forgotten when its result retention runs out. Tests therefore run an hour of model time
+by moving a fake clock, and two polls at the same instant always agree.
+
+The account model follows fal (fal-protocol.md §8): at most ``limit`` requests IN_PROGRESS,
+the rest IN_QUEUE in FIFO order; submits are never refused for concurrency.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import random
+import uuid
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from batchgen import gptimage
+from batchgen.emulator.faults import FaultDice, FaultSpec
+
+RETENTION_S = 3600.0  # fal keeps a result 1 hour after completion...
+RETENTION_LARGE_S = 360.0  # ...or 6 minutes when it is 10 KB or more
+INVALID_RUN_S = 0.2  # validation fails fast: no image is generated
+# Seconds for one 1-megapixel image at each quality (gpt-image-2 takes seconds to minutes).
+BASE_RUN_S: Mapping[str, float] = {"low": 4.0, "medium": 12.0, "high": 30.0}
+JITTER = 0.25  # run times vary ±25 %
+
+# Runner failures as fal reports them: (HTTP status of the result, error_type, message).
+RUNNER_ERRORS: tuple[tuple[int, str, str], ...] = (
+    (503, "runner_disconnected", "Runner disconnected"),
+    (504, "request_timeout", "Request timed out"),
+    (500, "runner_server_error", "Runner returned a server error"),
+    (502, "runner_incomplete_response", "Runner sent an incomplete response"),
+)
+
+
+class Phase(StrEnum):
+    QUEUED = "IN_QUEUE"
+    RUNNING = "IN_PROGRESS"
+    DONE = "COMPLETED"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    INVALID = "invalid"  # 422 with a detail list
+    CONTENT_POLICY = "content_policy"  # 422 content_policy_violation
+    RUNNER_ERROR = "runner_error"  # 5xx with an error_type
+    CANCELLED = "cancelled"  # 499 client_cancelled
+
+
+@dataclass(slots=True)
+class Request:
+    id: str
+    app: str  # owner/alias (with a workflows/ or comfy/ prefix), as in the request URLs
+    endpoint: str  # the full endpoint id the submit was posted to, sub-path included
+    input: dict[str, Any]
+    submitted_at: float
+    run_time: float  # seconds from start to completion, already scaled
+    outcome: Outcome
+    qseq: int  # FIFO ticket
+    webhook: str | None = None
+    problems: list[gptimage.InputProblem] = field(default_factory=list)
+    runner_error: tuple[int, str, str] | None = None
+    phase: Phase = Phase.QUEUED
+    started_at: float | None = None
+    finish_at: float | None = None  # planned completion, set when it starts
+    completed_at: float | None = None
+    expires_at: float | None = None
+    webhook_sent: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is not Outcome.OK
+
+    @property
+    def error(self) -> tuple[str, str] | None:
+        """(error, error_type) as the status body shows them; None on success."""
+        if self.outcome is Outcome.OK:
+            return None
+        if self.outcome is Outcome.RUNNER_ERROR and self.runner_error:
+            return self.runner_error[2], self.runner_error[1]
+        if self.outcome is Outcome.CANCELLED:
+            return "Request was cancelled", "client_cancelled"
+        if self.outcome is Outcome.CONTENT_POLICY:
+            return "Invalid status code: 422", "content_policy_violation"
+        return "Invalid status code: 422", "validation_error"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    phase: Phase
+    position: int | None  # IN_QUEUE only: 0 = next to start
+    request: Request
+
+
+def canonical_input_key(endpoint: str, body: Any) -> str:
+    """sha256 of the canonical JSON of (endpoint, input): equal for identical submits."""
+    import hashlib
+    import json
+
+    text = json.dumps({"endpoint": endpoint, "input": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_time_for(endpoint: str, body: Mapping[str, Any], rng: random.Random) -> float:
+    """Unscaled seconds one request takes: quality × √megapixels × image count, ± jitter."""
+    req = gptimage.with_defaults(endpoint, body)
+    base = BASE_RUN_S.get(str(req.get("quality", "high")), BASE_RUN_S["high"])
+    w, h = gptimage.resolved_dimensions(req.get("image_size")) or (1024, 1024)
+    megapixels = (w * h) / 1_048_576
+    n = req.get("num_images", 1)
+    count = n if isinstance(n, int) and 1 <= n <= 4 else 1
+    seconds = base * megapixels**0.5 * (1 + 0.3 * (count - 1))
+    return float(seconds * rng.uniform(1 - JITTER, 1 + JITTER))
+
+
+# Counters the stats route always shows (zero until something happens).
+STAT_KEYS: tuple[str, ...] = (
+    "submit_attempts",
+    "submits_accepted",
+    "submits_refused_429",
+    "submits_refused_503",
+    "submits_refused_queue_length",
+    "submits_dropped",
+    "status_polls",
+    "status_faults",
+    "stream_connections",
+    "stream_events",
+    "result_requests",
+    "cancel_requests",
+    "cancels_effective",
+    "media_requests",
+    "media_truncated",
+    "media_slow",
+    "file_requests",
+    "uploads",
+    "unauthorized",
+    "webhooks_delivered",
+    "webhooks_failed",
+)
+
+
+class QueueModel:
+    """Requests, their states, the concurrency limit and the counters the stats route shows."""
+
+    def __init__(
+        self,
+        *,
+        concurrency_limit: int = 40,
+        time_scale: float = 1.0,
+        faults: FaultSpec | None = None,
+        seed: int = 0,
+        retention_scale: float | None = None,
+    ) -> None:
+        if concurrency_limit < 1:
+            raise ValueError("concurrency_limit must be at least 1")
+        if time_scale < 0:
+            raise ValueError("time_scale must not be negative")
+        self.limit = concurrency_limit
+        self.time_scale = time_scale
+        # Retention follows the time scale, except at 0 (instant runs) where an instantly
+        # expiring result would make the emulator useless.
+        self.retention_scale = (
+            retention_scale if retention_scale is not None else (time_scale or 1.0)
+        )
+        self.dice = FaultDice(faults or FaultSpec(), seed)
+        self._rng = random.Random(f"{seed}:latency")
+        self.requests: dict[str, Request] = {}
+        self.expired: set[str] = set()
+        self._queue: deque[Request] = deque()
+        self._cancelled_qseqs: list[int] = []  # sorted; queued requests removed by cancel
+        self._next_qseq = 0
+        self._running: list[tuple[float, int, str]] = []  # heap of (finish_at, qseq, id)
+        self._n_running = 0
+        self._n_queued = 0
+        self._expiry: list[tuple[float, str]] = []  # heap of (expires_at, id)
+        self._t = float("-inf")  # model time reached by advance()
+        self.counters: Counter[str] = Counter()
+        self.submits_per_input: Counter[str] = Counter()
+        self.peak_in_progress = 0
+        self.peak_queue_length = 0
+
+    # -- time -----------------------------------------------------------------------------
+
+    def advance(self, now: float) -> list[Request]:
+        """Replay everything up to ``now``; return the requests that completed meanwhile."""
+        done: list[Request] = []
+        if now < self._t:
+            now = self._t  # a clock never runs backwards inside the model
+        t = self._t if self._t != float("-inf") else now
+        while True:
+            self._fill(t)
+            if self._running and self._running[0][0] <= now:
+                finish_at, _, rid = heapq.heappop(self._running)
+                req = self.requests.get(rid)
+                if req is None or req.phase is not Phase.RUNNING or req.finish_at != finish_at:
+                    continue  # a stale heap entry (the request was cancelled while running)
+                t = finish_at
+                self._complete(req, finish_at)
+                done.append(req)
+                continue
+            break
+        self._t = now
+        self._expire(now)
+        return done
+
+    def next_event_at(self) -> float | None:
+        """When the next request will complete (and a queued one may start), if any runs."""
+        while self._running:
+            finish_at, _, rid = self._running[0]
+            req = self.requests.get(rid)
+            if req is not None and req.phase is Phase.RUNNING and req.finish_at == finish_at:
+                return finish_at
+            heapq.heappop(self._running)
+        return None
+
+    def _fill(self, t: float) -> None:
+        while self._n_running < self.limit and self._queue:
+            req = self._queue.popleft()
+            if req.phase is not Phase.QUEUED:
+                continue  # cancelled while queued
+            self._n_queued -= 1
+            req.phase = Phase.RUNNING
+            req.started_at = max(t, req.submitted_at)
+            req.finish_at = req.started_at + req.run_time
+            heapq.heappush(self._running, (req.finish_at, req.qseq, req.id))
+            self._n_running += 1
+            self.peak_in_progress = max(self.peak_in_progress, self._n_running)
+        # The cancelled tickets behind the head no longer shift anyone's position.
+        head = self._queue[0].qseq if self._queue else self._next_qseq
+        cut = bisect.bisect_left(self._cancelled_qseqs, head)
+        if cut:
+            del self._cancelled_qseqs[:cut]
+
+    def _complete(self, req: Request, t: float) -> None:
+        if req.phase is Phase.RUNNING:
+            self._n_running -= 1
+        elif req.phase is Phase.QUEUED:
+            self._n_queued -= 1
+        req.phase = Phase.DONE
+        req.completed_at = t
+        large = bool(req.outcome is Outcome.OK and req.input.get("sync_mode") is True)
+        keep = (RETENTION_LARGE_S if large else RETENTION_S) * self.retention_scale
+        req.expires_at = t + keep
+        heapq.heappush(self._expiry, (req.expires_at, req.id))
+
+    def _expire(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, rid = heapq.heappop(self._expiry)
+            if rid in self.requests:
+                del self.requests[rid]
+                self.expired.add(rid)
+
+    # -- operations -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        app: str,
+        endpoint: str,
+        body: dict[str, Any],
+        now: float,
+        *,
+        webhook: str | None = None,
+    ) -> Request:
+        """Accept a request (fal accepts invalid input too: it fails at result time)."""
+        self.advance(now)
+        problems = gptimage.validate_input(endpoint, body, strict=False)
+        if problems:
+            outcome, run_time = Outcome.INVALID, INVALID_RUN_S
+        else:
+            run_time = run_time_for(endpoint, body, self._rng)
+            if self.dice.roll("content_policy"):
+                outcome = Outcome.CONTENT_POLICY
+            elif self.dice.roll("runner_error"):
+                outcome = Outcome.RUNNER_ERROR
+            else:
+                outcome = Outcome.OK
+        req = Request(
+            id=str(uuid.uuid4()),
+            app=app,
+            endpoint=endpoint,
+            input=body,
+            submitted_at=now,
+            run_time=run_time * self.time_scale,
+            outcome=outcome,
+            qseq=self._next_qseq,
+            webhook=webhook,
+            problems=problems,
+        )
+        if outcome is Outcome.RUNNER_ERROR:
+            req.runner_error = self._rng.choice(RUNNER_ERRORS)
+        self._next_qseq += 1
+        self.requests[req.id] = req
+        self._queue.append(req)
+        self._n_queued += 1
+        self.counters["submits_accepted"] += 1
+        self.submits_per_input[canonical_input_key(endpoint, body)] += 1
+        self._fill(now)
+        self.peak_queue_length = max(self.peak_queue_length, self._n_queued)
+        return req
+
+    def view(self, rid: str, now: float) -> StatusView | None:
+        """The request's state at ``now``; None when unknown or expired."""
+        self.advance(now)
+        req = self.requests.get(rid)
+        if req is None:
+            return None
+        position = None
+        if req.phase is Phase.QUEUED:
+            head = self._queue[0].qseq
+            skipped = bisect.bisect_left(self._cancelled_qseqs, req.qseq)
+            position = req.qseq - head - skipped
+        return StatusView(req.phase, position, req)
+
+    def cancel(self, rid: str, now: float) -> str:
+        """fal's cancel answer: CANCELLATION_REQUESTED, ALREADY_COMPLETED or NOT_FOUND.
+
+        A queued request is removed and never runs; a running one stops at once (the
+        emulated app honours cancellation), which frees its slot for the next in line.
+        """
+        self.advance(now)
+        req = self.requests.get(rid)
+        if req is None:
+            return "NOT_FOUND"
+        if req.phase is Phase.DONE:
+            return "ALREADY_COMPLETED"
+        self.counters["cancels_effective"] += 1
+        if req.phase is Phase.QUEUED:
+            bisect.insort(self._cancelled_qseqs, req.qseq)
+        req.outcome = Outcome.CANCELLED
+        req.finish_at = now
+        self._complete(req, now)
+        self._fill(now)
+        return "CANCELLATION_REQUESTED"
+
+    def in_progress(self) -> int:
+        return self._n_running
+
+    def queue_length(self) -> int:
+        return self._n_queued
+
+    def stats(self) -> dict[str, Any]:
+        dupes = sum(n - 1 for n in self.submits_per_input.values() if n > 1)
+        return {
+            **{k: self.counters[k] for k in STAT_KEYS},
+            **{k: v for k, v in sorted(self.counters.items()) if k not in STAT_KEYS},
+            "submits_per_input": dict(self.submits_per_input),
+            "duplicate_submits": dupes,
+            "in_progress": self._n_running,
+            "queue_length": self._n_queued,
+            "peak_in_progress": self.peak_in_progress,
+            "peak_queue_length": self.peak_queue_length,
+            "requests_kept": len(self.requests),
+            "requests_expired": len(self.expired),
+        }

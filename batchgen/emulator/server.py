@@ -1,0 +1,116 @@
+"""Serve the emulator over a real loopback socket with uvicorn, inside the caller's event loop.
+
+``serve()`` binds the socket itself (so ``port=0`` picks a free port and the URL is known
+before the first request), runs uvicorn in a task, and leaves the process's signal handlers
+alone: Ctrl-C belongs to whoever called us (the CLI, or ``batchgen run --emulate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Generator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from batchgen.emulator.app import create_app
+from batchgen.emulator.config import EmulatorConfig
+from batchgen.emulator.http import DROP_EXTENSION
+
+SHUTDOWN_GRACE_S = 1
+
+
+class _DroppingH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus a ``batchgen.drop`` extension in each request's scope that
+    aborts the TCP connection: the only way an ASGI app can hang up without answering."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inner = self.app
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            scope.setdefault("extensions", {})[DROP_EXTENSION] = self._drop
+            await inner(scope, receive, send)
+
+        self.app = app
+
+    def _drop(self) -> None:
+        if self.cycle is not None:
+            # Mark the cycle first, so uvicorn does not try to answer 500 on a dead socket.
+            self.cycle.disconnected = True
+        self.transport.abort()
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # leave SIGINT/SIGTERM to the caller
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def url_for(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+) -> AsyncIterator[str]:
+    """Run the emulator on ``host:port`` (0 = a free port); yield its base URL."""
+    config = config or EmulatorConfig()
+    try:
+        sock = _bind(host, port)
+    except OSError as exc:
+        from batchgen.errors import UsageError
+
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    app = create_app(config)
+    uv_config = uvicorn.Config(
+        app,
+        http=_DroppingH11Protocol,
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    server = _QuietServer(uv_config)
+    # uvicorn's own logger would print a traceback for our deliberate drops at error level
+    # if anything went wrong; keep its noise at the level asked for.
+    logging.getLogger("uvicorn.error").setLevel(log_level.upper())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # startup failed: raise its error
+                raise RuntimeError("emulator server stopped during startup")
+            await asyncio.sleep(0.01)
+        yield url_for(host, port)
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE_S + 2)
+        except (TimeoutError, asyncio.CancelledError):
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        sock.close()
