@@ -1,8 +1,19 @@
+"""`batchgen plan MANIFEST [--json]`: what the manifest will do, and an estimate of its cost.
+
+Nothing is sent anywhere. A bad manifest raises ManifestError (exit 2, no traceback).
+"""
+
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
 
-from batchgen.errors import UsageError
+from batchgen.manifest import load_manifest
+from batchgen.planning import ESTIMATE_NOTE, Group, PlanSummary, summarize
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -11,4 +22,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UsageError("plan is not built yet")
+    summary = summarize(load_manifest(Path(args.manifest)))
+    if args.json:
+        json.dump(summary.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        render(summary, sys.stdout)
+    return 0
+
+
+def render(s: PlanSummary, out: TextIO) -> None:
+    w = out.write
+    w(f"manifest   {s.manifest}  ({s.name}, sha256 {s.sha256[:12]})\n")
+    dup = f"  ({s.duplicates:,} duplicate(s) collapsed)" if s.duplicates else ""
+    w(f"jobs       {s.jobs:,}{dup}\n")
+    w(f"images     {s.images:,}\n")
+    w(f"cost       ~${s.cost_usd:,.2f}  ({ESTIMATE_NOTE})\n")
+    for title, groups in (("endpoint", s.by_endpoint), ("size", s.by_size),
+                          ("quality", s.by_quality)):
+        w(f"\nby {title}\n")
+        _table(groups, out)
+    w("\nsample jobs\n")
+    for sample in s.samples:
+        prompt = sample.prompt if len(sample.prompt) <= 60 else sample.prompt[:57] + "..."
+        w(f"  {sample.job_id[:16]}  {sample.output_path}\n")
+        w(f"      {sample.size} {sample.quality}  {prompt!r}  ({sample.source})\n")
+    if s.notices:
+        w("\nnotices\n")
+        for notice in s.notices:
+            w(f"  - {notice}\n")
+
+
+def _table(groups: Mapping[str, Group], out: TextIO) -> None:
+    width = max((len(k) for k in groups), default=0)
+    for key, g in sorted(groups.items(), key=lambda kv: (-kv[1].jobs, kv[0])):
+        out.write(f"  {key:<{width}}  {g.jobs:>10,} jobs  {g.images:>10,} images  "
+              f"~${g.cost_usd:,.2f}\n")

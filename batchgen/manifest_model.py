@@ -1,0 +1,152 @@
+"""The validated manifest and its lazy expansion into jobs.
+
+A `Manifest` holds only what the file says (prompts, axes, vars, defaults); the jobs are
+produced one at a time by `expand()`, so planning a million jobs never holds a million objects.
+`plan()` adds duplicate collapsing with a set of 32-byte digests (about 100 bytes per job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from batchgen.gptimage import TEXT_TO_IMAGE, with_defaults
+from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE, SECRET_FIELDS, JobSpec, canonical_json
+from batchgen.pricing import DEFAULT_TABLE, PriceTable
+from batchgen.templates import parse
+
+
+class PromptEntry(BaseModel):
+    """One prompt of a manifest, with what it changes for its own jobs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    text: str  # a template with {var} placeholders when `templated`, else the literal prompt
+    templated: bool = True
+    fields: dict[str, Any] = Field(default_factory=dict)  # request fields this prompt fixes
+    axes: dict[str, list[Any]] = Field(default_factory=dict)  # axes this prompt replaces
+    tags: dict[str, str] = Field(default_factory=dict)
+    repeat: int | None = None
+    endpoint: str | None = None  # JSONL lines name their own endpoint
+    source: str  # "file:line", for messages
+
+
+class Manifest(BaseModel):
+    """A manifest that passed every check: expanding it cannot fail."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    path: Path
+    sha256: str  # of the manifest file's bytes
+    endpoint: str = TEXT_TO_IMAGE
+    output: str = DEFAULT_OUTPUT_TEMPLATE
+    pricing: PriceTable = DEFAULT_TABLE
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)  # insertion order = loop order
+    repeat: int = 1
+    vars: dict[str, list[str]] = Field(default_factory=dict)
+    prompts: tuple[PromptEntry, ...] = ()
+    byok: bool = False
+    notices: tuple[str, ...] = ()
+
+    def job_count(self) -> int:
+        """Jobs `expand()` yields (duplicates included), computed without expanding."""
+        total = 0
+        for p in self.prompts:
+            n = p.repeat or self.repeat
+            for values in {**self.matrix, **p.axes}.values():
+                n *= len(values)
+            if p.templated:
+                for name in parse(p.text).names:
+                    n *= len(self.vars[name])
+            total += n
+        return total
+
+    def expand(self) -> Iterator[JobSpec]:
+        """Every job, lazily: prompts × their vars × matrix axes × repeat, in file order."""
+        for p in self.prompts:
+            yield from self._expand_prompt(p)
+
+    def _expand_prompt(self, p: PromptEntry) -> Iterator[JobSpec]:
+        endpoint = p.endpoint or self.endpoint
+        axes = {**self.matrix, **p.axes}
+        names, values = list(axes), [axes[n] for n in axes]
+        repeat = p.repeat or self.repeat
+        base = with_defaults(endpoint, {**self.defaults, **p.fields})
+        tpl = parse(p.text) if p.templated else None
+        var_names = tpl.names if tpl else ()
+        for combo in itertools.product(*(self.vars[n] for n in var_names)):
+            var_map = dict(zip(var_names, combo, strict=True))
+            prompt = tpl.render(var_map) if tpl else p.text
+            with_prompt = {**base, "prompt": prompt} if prompt or p.templated else base
+            for axis_values in itertools.product(*values):
+                # One input dict is shared by a combination's repeats: JobSpecs never mutate it.
+                request = {**with_prompt, **dict(zip(names, axis_values, strict=True))}
+                hasher = _id_prefix(endpoint, request)
+                for variant in range(repeat):
+                    h = hasher.copy()
+                    h.update(b"%d}" % variant)
+                    yield JobSpec(
+                        job_id=h.hexdigest(),
+                        endpoint=endpoint,
+                        input=request,
+                        variant=variant,
+                        prompt_id=p.id,
+                        prompt=prompt,
+                        vars=var_map,
+                        tags=p.tags,
+                        output_template=self.output,
+                        source=p.source,
+                        byok=self.byok,
+                    )
+
+
+def _id_prefix(endpoint: str, request: dict[str, Any]) -> Any:
+    """sha256 state over the canonical JSON of {endpoint, input, variant: ...} up to the variant.
+
+    Equal to `jobs.job_id()` (a property test pins that), but it serialises each combination
+    once instead of once per repeat, which is most of the cost of planning a large matrix.
+    """
+    clean = {k: v for k, v in request.items() if k not in SECRET_FIELDS}
+    endpoint_json = json.dumps(endpoint, ensure_ascii=False)
+    head = '{"endpoint":' + endpoint_json + ',"input":' + canonical_json(clean) + ',"variant":'
+    return hashlib.sha256(head.encode())
+
+
+class Deduplicated(Iterator[JobSpec]):
+    """Passes each job through once; later jobs with an id already seen are counted, not kept.
+
+    Memory: one 32-byte digest per distinct job, never the jobs themselves.
+    """
+
+    EXAMPLES = 5
+
+    def __init__(self, specs: Iterable[JobSpec]) -> None:
+        self._specs = iter(specs)
+        self._seen: set[bytes] = set()
+        self.duplicates = 0
+        self.examples: list[JobSpec] = []  # the first few duplicates, for the plan's notice
+
+    def __next__(self) -> JobSpec:
+        while True:
+            spec = next(self._specs)
+            digest = bytes.fromhex(spec.job_id)
+            if digest not in self._seen:
+                self._seen.add(digest)
+                return spec
+            self.duplicates += 1
+            if len(self.examples) < self.EXAMPLES:
+                self.examples.append(spec)
+
+
+def plan(manifest: Manifest) -> Deduplicated:
+    """The manifest's jobs, lazily, with identical jobs collapsed (see `.duplicates`)."""
+    return Deduplicated(manifest.expand())

@@ -1,0 +1,141 @@
+"""Templates: `{name}` placeholders in prompts and in the output file-name template.
+
+Pure string logic, no I/O. Placeholders are plain identifiers only (`{subject}`); attribute
+or index access (`{a.b}`, `{a[0]}`), conversions and format specs are refused, because a
+manifest is untrusted text and `str.format` would otherwise let it reach into objects.
+`{{` and `}}` stand for literal braces.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Fields the output template may use, besides the manifest's vars.
+OUTPUT_FIELDS = frozenset(
+    {"prompt_id", "job_id", "job_id16", "n", "ext", "variant", "quality", "size", "endpoint",
+     "name"}
+)
+# Letters, digits and these are all a literal part of the output template may hold: enough
+# for folders and separators, never enough to climb out of the output folder.
+_SAFE_LITERAL = re.compile(r"[A-Za-z0-9_./-]*")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SLUG_BAD = re.compile(r"[^a-z0-9._-]+")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be parsed; the message is user-facing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A parsed template: literal text and placeholder names, alternating."""
+
+    literals: tuple[str, ...]  # one more than fields
+    fields: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Placeholder names in order of first use, without repeats."""
+        return tuple(dict.fromkeys(self.fields))
+
+    @property
+    def literal_length(self) -> int:
+        return sum(len(s) for s in self.literals)
+
+    def render(self, values: Mapping[str, str]) -> str:
+        parts = [self.literals[0]]
+        for name, lit in zip(self.fields, self.literals[1:], strict=True):
+            parts.append(values[name])
+            parts.append(lit)
+        return "".join(parts)
+
+
+def parse(text: str) -> Template:
+    """Parse `text`; raises TemplateError naming the first bad placeholder."""
+    literals: list[str] = []
+    fields: list[str] = []
+    pending = ""
+    try:
+        pieces = list(string.Formatter().parse(text))
+    except ValueError as exc:  # "Single '}' encountered", "unmatched '{'"
+        raise TemplateError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
+    for literal, name, spec, conv in pieces:
+        pending += literal
+        if name is None:
+            continue
+        if not _IDENT.fullmatch(name) or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise TemplateError(f"placeholder {shown} must be a plain name like {{subject}}")
+        literals.append(pending)
+        fields.append(name)
+        pending = ""
+    literals.append(pending)
+    return Template(tuple(literals), tuple(fields))
+
+
+def slug(value: str, *, max_length: int = 60) -> str:
+    """A safe, lower-case path segment: never empty, never '.', '..' or containing '/'."""
+    ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    s = _SLUG_BAD.sub("-", ascii_text.lower()).strip("-._")[:max_length].strip("-._")
+    return s or "x"
+
+
+def prompt_slug(text: str, *, words: int = 6) -> str:
+    """A readable default prompt id: the first few words of the prompt, slugged."""
+    cleaned = re.sub(r"[{}]", " ", text)
+    return slug(" ".join(cleaned.split()[:words]), max_length=48)
+
+
+def output_template_problems(text: str, var_names: Sequence[str]) -> list[str]:
+    """Every reason `text` cannot be the output file-name template (empty when it is fine)."""
+    try:
+        tpl = parse(text)
+    except TemplateError as exc:
+        return [str(exc)]
+    out: list[str] = []
+    allowed = OUTPUT_FIELDS | set(var_names)
+    for name in tpl.names:
+        if name not in allowed:
+            out.append(
+                f"unknown field {{{name}}}; use {', '.join(sorted(OUTPUT_FIELDS))} or a var"
+            )
+    names = set(tpl.fields)
+    if not ({"job_id", "job_id16"} & names and "n" in names and "ext" in names):
+        out.append(
+            "must contain {job_id16} (or {job_id}), {n} and {ext}, so that no two images share "
+            "a file name"
+        )
+    for lit in tpl.literals:
+        if not _SAFE_LITERAL.fullmatch(lit):
+            out.append(f"text {lit!r} may only hold letters, digits, '_', '-', '.' and '/'")
+            break
+    literal_path = "{}".join(tpl.literals)
+    segments = literal_path.split("/")
+    if literal_path.startswith("/") or any(seg in {".", ".."} for seg in segments):
+        out.append("must be a relative path that stays inside the output folder")
+    return out
+
+
+def render_output(text: str, fields: Mapping[str, object]) -> str:
+    """The image's path relative to `<out>/images`: every field value slugged, so a prompt id
+    or var can never add a folder or climb out. The template was checked at load time."""
+    tpl = parse(text)
+    values = {name: slug(str(fields.get(name, "none"))) for name in tpl.names}
+    # Ids and the image index are already safe; keep them exactly as they are.
+    for key in ("job_id", "job_id16", "n", "variant"):
+        if key in fields and key in values:
+            values[key] = str(fields[key])
+    return tpl.render(values)
+
+
+def extension(output_format: object) -> str:
+    """The file extension for an `output_format` value (jpeg images are saved as .jpg)."""
+    if output_format == "jpeg":
+        return "jpg"
+    if isinstance(output_format, str) and output_format in {"png", "webp"}:
+        return output_format
+    return "png"
