@@ -178,11 +178,13 @@ def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     if not lines:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")  # a line torn by a crash stays alone (and is skipped)
+            # A line torn by a crash stays alone (and is skipped). Racing another appender this
+            # can at worst add a blank line: O_APPEND puts it after their whole row.
+            os.write(fd, b"\n")
         for line in lines:
             written = os.write(fd, line)
             while written < len(line):  # only on a full disk or a signal; finish the row

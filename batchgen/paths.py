@@ -27,7 +27,8 @@ IMAGES_DIR = "images"
 # One path segment may hold letters and digits of any script, '.', '_' and '-'; anything else
 # (slashes, control characters, spaces, quotes, ':' for Windows drives) becomes '-'.
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
-_DASHES = re.compile(r"-{2,}")
+# A run of dots and dashes with a dash in it ("-..-" from "/../") reads as one separator.
+_DASHES = re.compile(r"[.\-]*-[.\-]*")
 # Names Windows refuses for any file, whatever the extension; a dataset folder gets copied there.
 _RESERVED = frozenset(
     {"con", "prn", "aux", "nul"}
