@@ -21,12 +21,10 @@ Rules (DESIGN.md, "The journal and the job states"):
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -34,42 +32,41 @@ from typing import IO, Any, Self
 
 from batchgen.errors import JournalError
 from batchgen.jobs import JobSpec, JobState, check_transition
-from batchgen.journal_query import JournalReader, connect_readonly, tallies
+from batchgen.journal_open import (
+    ManifestChanged,
+    connect_readonly,
+    lock_folder,
+    start_run,
+    transaction,
+    unlock_folder,
+    writer_pid,
+)
+from batchgen.journal_plan import plan_into
+from batchgen.journal_query import JournalReader, tallies
 from batchgen.journal_schema import (
     BILLED,
-    DDL,
     IN_FLIGHT,
     JOB_COLUMNS,
     JOURNAL_NAME,
-    SCHEMA_VERSION,
     AddReport,
     JobRow,
     dumps,
-    find_secret,
     job_row,
     one_line,
-    redact_settings,
     strip_data_uris,
 )
 
-try:  # POSIX; elsewhere the single-writer guard is skipped.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
-__all__ = ["JOURNAL_NAME", "AddReport", "JobRow", "Journal", "JournalReader", "ManifestChanged"]
+__all__ = [
+    "JOURNAL_NAME",
+    "AddReport",
+    "JobRow",
+    "Journal",
+    "JournalReader",
+    "ManifestChanged",
+    "writer_pid",
+]
 
 S = JobState
-BATCH = 5000  # rows per transaction when planning: big enough to amortise, small in memory
-
-
-class ManifestChanged(JournalError):
-    """The folder's journal was started from a different manifest (another file, or edited)."""
-
-    def __init__(self, message: str, *, recorded_sha256: str, recorded_path: str | None) -> None:
-        self.recorded_sha256 = recorded_sha256
-        self.recorded_path = recorded_path
-        super().__init__(message)
 
 
 class Journal(JournalReader):
@@ -117,24 +114,22 @@ class Journal(JournalReader):
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _lock(path)
+        lock = lock_folder(path)
         try:
             conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            _unlock(lock)
+            unlock_folder(lock)
             raise JournalError(f"cannot open the journal {path}: {exc}") from exc
         try:
-            run_id, needs_plan = _start(
+            run_id, needs_plan = start_run(
                 conn, path, manifest_sha256, version, settings, clock(), manifest_path,
                 allow_manifest_change,
-            )
-            return cls(
-                conn, path, run_id=run_id, lock=lock, clock=clock,
-                durable_submits=durable_submits, needs_plan=needs_plan,
-            )
+            )  # fmt: skip
+            return cls(conn, path, run_id=run_id, lock=lock, clock=clock,
+                       durable_submits=durable_submits, needs_plan=needs_plan)  # fmt: skip
         except BaseException:
             conn.close()
-            _unlock(lock)
+            unlock_folder(lock)
             raise
 
     @staticmethod
@@ -153,7 +148,7 @@ class Journal(JournalReader):
             )
         finally:
             super().close()
-            _unlock(self._lock)
+            unlock_folder(self._lock)
             self._lock = None
 
     def __enter__(self) -> Self:
@@ -175,68 +170,12 @@ class Journal(JournalReader):
         plan does not name are flagged ``in_manifest = 0``: never claimed, still re-attached if
         paid for, never deleted. Memory stays flat: rows go in batches of ``BATCH``.
         """
-        conn = self._db()
-        fresh = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM jobs)").fetchone()[0]
-        if not fresh:
-            # Membership of this plan goes to a temp table (not the jobs rows): marking a
-            # million big rows would rewrite every page of the database into the WAL.
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS named (job_id TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM temp.named")
-        new = named = 0
-        batch: list[tuple[Any, ...]] = []
-
-        def flush() -> None:
-            nonlocal new, named
-            with self._tx() as c:
-                new += c.executemany(
-                    "INSERT OR IGNORE INTO jobs (job_id, spec, state, cost, created_at,"
-                    " updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?)",
-                    batch,
-                ).rowcount
-                if not fresh:
-                    named += c.executemany(
-                        "INSERT OR IGNORE INTO temp.named VALUES (?)", [(b[0],) for b in batch]
-                    ).rowcount
-            batch.clear()
-
-        now = self._clock()
-        for spec in specs:
-            secret = find_secret(spec.input)
-            if secret:
-                raise JournalError(
-                    f"job {spec.short_id} carries a secret in {secret}: secrets are added at "
-                    "submit time and never stored in the journal"
-                )
-            cost = float(cost_of(spec)) if cost_of else 0.0
-            batch.append((spec.job_id, dumps(spec.to_json()), cost, now, now))
-            if len(batch) >= BATCH:
-                flush()
-        if batch:
-            flush()
-        with self._tx() as c:
-            if fresh:
-                kept = gone = 0
-            else:
-                kept = named - new
-                c.execute(
-                    "UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1"
-                    " AND job_id NOT IN (SELECT job_id FROM temp.named)"
-                )
-                c.execute(
-                    "UPDATE jobs SET in_manifest = 1 WHERE in_manifest = 0"
-                    " AND job_id IN (SELECT job_id FROM temp.named)"
-                )
-                gone = c.execute("SELECT count(*) FROM jobs WHERE in_manifest = 0").fetchone()[0]
-            c.execute("UPDATE runs SET planned_at = ? WHERE id = ?", (self._clock(), self.run_id))
-            c.execute(
-                "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, NULL, 'plan', ?)",
-                (self._clock(), f"new={new} kept={kept} not_in_manifest={gone}"),
-            )
-        if not fresh:
-            conn.execute("DROP TABLE temp.named")
+        report = plan_into(
+            self._db(), specs, cost_of=cost_of, run_id=self.run_id, clock=self._clock
+        )
         self.needs_plan = False
         self._reload_tallies()
-        return AddReport(new=new, kept=kept, not_in_manifest=gone)
+        return report
 
     # ---- the submit path ----------------------------------------------------------------
 
@@ -249,15 +188,12 @@ class Journal(JournalReader):
         if limit <= 0:
             return []
         now = self._clock()
-        with self._tx() as c:
-            rows = [job_row(r) for r in c.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'UNKNOWN' AND in_manifest = 1"
-                " ORDER BY seq LIMIT ?", (limit,)
-            )]
-            rows += [job_row(r) for r in c.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'PENDING' AND in_manifest = 1"
-                " ORDER BY seq LIMIT ?", (limit - len(rows),)
-            )]
+        rows: list[JobRow] = []
+        with transaction(self._db()) as c:
+            for state in ("UNKNOWN", "PENDING"):  # resubmits of unknown outcomes go first
+                sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? AND in_manifest = 1"
+                rows += map(job_row, c.execute(sql + " ORDER BY seq LIMIT ?", (state, limit)))
+            rows = rows[:limit]
             c.executemany(
                 "UPDATE jobs SET state = 'SUBMITTING', submits = submits + 1,"
                 " possible_duplicates = possible_duplicates + (state = 'UNKNOWN'),"
@@ -270,10 +206,10 @@ class Journal(JournalReader):
             )
         out = []
         for r in rows:
-            self._tally(r, r.state, S.SUBMITTING, r.possible_duplicates, r.lost)
             dup = r.possible_duplicates + (r.state is S.UNKNOWN)
+            self._tally(r, r.state, S.SUBMITTING, dup, r.lost)
             out.append(replace(r, state=S.SUBMITTING, updated_at=now, submits=r.submits + 1,
-                                possible_duplicates=dup))
+                               possible_duplicates=dup))  # fmt: skip
         return out
 
     def set_submitted(self, job_id: str, handle: dict[str, Any]) -> None:
@@ -285,10 +221,16 @@ class Journal(JournalReader):
         if durable:
             self._db().execute("PRAGMA synchronous = FULL")
         try:
-            self._move(job_id, S.QUEUED, detail=request_id, sets={
-                "request_id": request_id, "handle": dumps(handle),
-                "submitted_at": self._clock(),
-            })
+            self._move(
+                job_id,
+                S.QUEUED,
+                detail=request_id,
+                sets={
+                    "request_id": request_id,
+                    "handle": dumps(handle),
+                    "submitted_at": self._clock(),
+                },
+            )
         finally:
             if durable:
                 self._db().execute("PRAGMA synchronous = NORMAL")
@@ -313,8 +255,13 @@ class Journal(JournalReader):
         sets: dict[str, Any] = {}
         if error_class is not None or error is not None:
             sets.update(error_class=error_class, error=one_line(error))
-        self._move(job_id, new, sets=sets, bump=bump_attempts,
-                   detail=" ".join(x for x in (error_class, one_line(error)) if x))
+        self._move(
+            job_id,
+            new,
+            sets=sets,
+            bump=bump_attempts,
+            detail=" ".join(x for x in (error_class, one_line(error)) if x),
+        )
 
     def set_result(self, job_id: str, result: dict[str, Any]) -> None:
         """Keep the result JSON (before any download) and mark the job COMPLETED."""
@@ -334,17 +281,23 @@ class Journal(JournalReader):
 
     def requeue(self, job_id: str, reason: str, *, lost: bool = False) -> None:
         """Back to PENDING with attempts + 1 (retry or resubmit); ``lost`` = the result expired."""
-        self._move(job_id, S.PENDING, bump=True, lost=lost,
-                   detail=("lost: " if lost else "") + (one_line(reason) or ""))
+        self._move(
+            job_id,
+            S.PENDING,
+            bump=True,
+            lost=lost,
+            detail=("lost: " if lost else "") + (one_line(reason) or ""),
+        )
 
     def retry_failed(self) -> int:
         """``--retry-failed``: every final failure in the manifest back to PENDING, attempts 0."""
         now = self._clock()
-        with self._tx() as c:
+        with transaction(self._db()) as c:
             c.execute(
                 "INSERT INTO events (ts, job_id, kind, detail) SELECT ?, job_id, 'state',"
                 " 'FAILED->PENDING retry-failed' FROM jobs"
-                " WHERE state = 'FAILED' AND in_manifest = 1", (now,)
+                " WHERE state = 'FAILED' AND in_manifest = 1",
+                (now,),
             )
             n: int = c.execute(
                 "UPDATE jobs SET state = 'PENDING', attempts = 0, error_class = NULL,"
@@ -367,14 +320,14 @@ class Journal(JournalReader):
 
     def event(self, job_id: str | None, kind: str, detail: str) -> None:
         """Append to the audit trail (retries, HTTP failures, resumes); never a secret."""
-        with self._tx() as c:
+        with transaction(self._db()) as c:
             c.execute(
                 "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, ?, ?)",
                 (self._clock(), job_id, kind, one_line(detail) or ""),
             )
 
     def upload_put(self, sha256: str, url: str, content_type: str, size: int) -> None:
-        with self._tx() as c:
+        with transaction(self._db()) as c:
             c.execute(
                 "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
                 (sha256, url, content_type, size, self._clock()),
@@ -429,9 +382,11 @@ class Journal(JournalReader):
         cols.update(state=str(new), updated_at=now)
         assign = ", ".join(f"{k} = ?" for k in cols)
         assign += ", attempts = attempts + ?, lost = lost + ?"
-        with self._tx() as c:
-            c.execute(f"UPDATE jobs SET {assign} WHERE seq = ?",
-                      (*cols.values(), int(bump), int(lost), r.seq))
+        with transaction(self._db()) as c:
+            c.execute(
+                f"UPDATE jobs SET {assign} WHERE seq = ?",
+                (*cols.values(), int(bump), int(lost), r.seq),
+            )
             old_req = f" (was {r.request_id})" if new is S.PENDING and r.request_id else ""
             c.execute(
                 "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
@@ -439,107 +394,8 @@ class Journal(JournalReader):
             )
         self._tally(r, r.state, new, r.possible_duplicates, r.lost + int(lost))
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        # BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails halfway
-        # on a lock upgrade; the rollback keeps a failed call from leaving anything behind.
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     def _get_or_raise(self, job_id: str) -> JobRow:
         row = self.get(job_id)
         if row is None:
             raise JournalError(f"no job {job_id[:16]} in the journal {self.path}")
         return row
-
-
-def _start(
-    conn: sqlite3.Connection,
-    path: Path,
-    sha: str,
-    version: str,
-    settings: dict[str, Any],
-    now: float,
-    manifest_path: str | None,
-    allow_change: bool,
-) -> tuple[int, bool]:
-    """Check or create the schema, check the manifest, insert this run. Returns (run id, needs
-    a plan)."""
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 5000")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{path} is not a batchgen journal ({exc})") from exc
-    if tables and "meta" not in tables:
-        raise JournalError(f"{path} is an SQLite file but not a batchgen journal")
-    if not tables:
-        conn.executescript(f"BEGIN IMMEDIATE; {DDL} COMMIT;")
-        conn.execute(
-            "INSERT INTO meta VALUES ('schema_version', ?), ('created_by', ?)",
-            (str(SCHEMA_VERSION), version),
-        )
-    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if found is None or found[0] != str(SCHEMA_VERSION):
-        have = found[0] if found else "none"
-        raise JournalError(
-            f"{path} has journal schema {have}; this batchgen ({version}) reads schema "
-            f"{SCHEMA_VERSION}. Use the batchgen version that wrote it, or another --out folder."
-        )
-    if manifest_path is None:
-        guess = settings.get("manifest_path", settings.get("manifest"))
-        manifest_path = str(guess) if isinstance(guess, (str, os.PathLike)) else None
-    last = conn.execute(
-        "SELECT manifest_sha256, manifest_path, version, planned_at FROM runs"
-        " WHERE planned_at IS NOT NULL ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    if last and last[0] != sha and not allow_change:
-        raise ManifestChanged(
-            f"{path.parent} holds a run of another manifest ({last[1] or 'unknown path'}, "
-            f"sha256 {last[0][:12]}); this one ({manifest_path or '?'}) has sha256 {sha[:12]}. "
-            "Use another --out folder, or allow the change to re-plan this folder "
-            "(new jobs are added, finished ones kept, dropped ones reported and not run).",
-            recorded_sha256=last[0],
-            recorded_path=last[1],
-        )
-    needs_plan = not (last and last[0] == sha and last[2] == version)
-    cur = conn.execute(
-        "INSERT INTO runs (manifest_sha256, manifest_path, version, settings, started_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (sha, manifest_path, version, dumps(redact_settings(settings)), now),
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid, needs_plan
-
-
-def _lock(path: Path) -> IO[bytes] | None:
-    """Take the folder's writer lock, or explain who holds it. Released by the OS on kill -9."""
-    if fcntl is None:  # pragma: no cover
-        return None
-    f = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (held until close)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        pid = f.read().decode(errors="replace").strip() or "?"
-        f.close()
-        raise JournalError(
-            f"another batchgen process (pid {pid}) is running in {path.parent}; "
-            "wait for it or stop it before resuming"
-        ) from None
-    f.truncate(0)
-    f.write(str(os.getpid()).encode())
-    f.flush()
-    return f
-
-
-def _unlock(lock: IO[bytes] | None) -> None:
-    if lock is not None:
-        lock.close()  # closing the file drops the flock

@@ -21,7 +21,6 @@ from batchgen.journal_schema import (
     BILLED,
     IN_FLIGHT,
     JOB_COLUMNS,
-    SCHEMA_VERSION,
     FailureGroup,
     JobRow,
     RunInfo,
@@ -70,28 +69,6 @@ def tallies(conn: sqlite3.Connection) -> Tallies:
     return Tallies(counts, gone, spent, in_flight, lost, dups, retries)
 
 
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to an existing journal, or a clear :class:`JournalError`."""
-    if not path.is_file():
-        raise JournalError(f"no journal at {path}: is this a batchgen output folder?")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read the journal {path}: {exc}") from exc
-    try:
-        found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise JournalError(f"{path} is not a batchgen journal ({exc})") from exc
-    if found is None or found[0] != str(SCHEMA_VERSION):
-        conn.close()
-        raise JournalError(
-            f"{path} has journal schema {found[0] if found else 'none'}; "
-            f"this batchgen reads schema {SCHEMA_VERSION}"
-        )
-    return conn
-
-
 class JournalReader:
     """Queries over a journal connection. Closing it closes the connection."""
 
@@ -132,9 +109,7 @@ class JournalReader:
     def attached(self) -> list[JobRow]:
         """Jobs with a live request on fal's side (QUEUED/RUNNING/COMPLETED with a handle), to
         re-attach on resume. Includes jobs the manifest no longer names: they are paid for."""
-        return self._select(
-            "state IN ('QUEUED', 'RUNNING', 'COMPLETED') AND handle IS NOT NULL"
-        )
+        return self._select("state IN ('QUEUED', 'RUNNING', 'COMPLETED') AND handle IS NOT NULL")
 
     def in_flight(self) -> list[JobRow]:
         """Submitted and not finished on fal's side, oldest submit first."""
@@ -195,8 +170,6 @@ class JournalReader:
         return list(self._db().execute(sql + " WHERE job_id = ? ORDER BY id", (job_id,)))
 
     def upload_get(self, sha256: str) -> Upload | None:
-        r = self._db().execute(
-            "SELECT sha256, url, content_type, bytes, uploaded_at FROM uploads WHERE sha256 = ?",
-            (sha256,),
-        ).fetchone()
+        sql = "SELECT sha256, url, content_type, bytes, uploaded_at FROM uploads WHERE sha256 = ?"
+        r = self._db().execute(sql, (sha256,)).fetchone()
         return Upload(*r) if r else None

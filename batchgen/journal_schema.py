@@ -83,9 +83,7 @@ JOB_COLUMNS = (
 
 # States whose request may exist on fal's side and whose cost is committed but not yet known
 # to be delivered: the budget counts them as in flight.
-IN_FLIGHT = frozenset(
-    {JobState.SUBMITTING, JobState.UNKNOWN, JobState.QUEUED, JobState.RUNNING}
-)
+IN_FLIGHT = frozenset({JobState.SUBMITTING, JobState.UNKNOWN, JobState.QUEUED, JobState.RUNNING})
 # States whose request finished on fal's side: billed.
 BILLED = frozenset({JobState.COMPLETED, JobState.DOWNLOADED})
 

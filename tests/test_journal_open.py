@@ -1,0 +1,143 @@
+"""Opening a journal: versions, manifests, secrets, one writer, readers during a run."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from test_journal_support import handle, open_journal, spec
+
+from batchgen.errors import JournalError
+from batchgen.jobs import JobSpec, JobState, job_id
+from batchgen.journal import Journal, ManifestChanged, writer_pid
+
+S = JobState
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "out" / "journal.sqlite"
+
+
+def test_a_journal_of_another_schema_version_is_refused_clearly(path: Path) -> None:
+    with open_journal(path):
+        pass
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 1"):
+        open_journal(path)
+    with pytest.raises(JournalError, match="schema 99"):
+        Journal.open_readonly(path)
+    # The refusal leaves the folder usable by the right version: the lock was released.
+    assert writer_pid(path) is None
+
+
+def test_files_that_are_not_journals_are_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "a" / "journal.sqlite"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(JournalError, match="not a batchgen journal"):
+        open_journal(garbage)
+    other = tmp_path / "b" / "journal.sqlite"
+    other.parent.mkdir()
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(JournalError, match="not a batchgen journal"):
+        open_journal(other)
+
+
+def test_a_different_manifest_in_the_same_folder_is_refused_unless_allowed(path: Path) -> None:
+    with open_journal(path, sha="a" * 64, manifest_path="cats.yaml") as j:
+        j.add_jobs([spec(0)])
+    with pytest.raises(ManifestChanged) as err:
+        open_journal(path, sha="b" * 64, manifest_path="dogs.yaml")
+    assert "another manifest (cats.yaml, sha256 aaaaaaaaaaaa)" in str(err.value)
+    assert "dogs.yaml" in str(err.value)
+    assert err.value.recorded_path == "cats.yaml"
+    assert err.value.exit_code == 2
+    with open_journal(path, sha="b" * 64, allow_manifest_change=True) as j:
+        assert j.needs_plan
+    # The new manifest is now the folder's: reopening it needs no permission.
+    with open_journal(path, sha="b" * 64) as j:
+        assert j.needs_plan  # the allowed run above never planned
+        j.add_jobs([spec(0)])
+    with open_journal(path, sha="b" * 64) as j:
+        assert not j.needs_plan
+
+
+def test_a_new_batchgen_version_re_plans(path: Path) -> None:
+    with open_journal(path) as j:
+        j.add_jobs([spec(0)])
+    with open_journal(path, version="0.2.0") as j:
+        assert j.needs_plan
+    runs = Journal.open_readonly(path)
+    try:
+        assert [r.version for r in runs.runs()] == ["0.1.0", "0.2.0"]
+    finally:
+        runs.close()
+
+
+def test_a_job_with_a_secret_is_refused_and_never_written(path: Path) -> None:
+    key = "sk-live-do-not-store-1234"
+    inp = {"prompt": "x", "openai_api_key": key}
+    bad = JobSpec(job_id=job_id("e", inp, 0), endpoint="e", input=inp, byok=True)
+    with open_journal(path) as j:
+        with pytest.raises(JournalError, match=r"input\.openai_api_key") as err:
+            j.add_jobs([spec(0), bad])
+        assert key not in str(err.value)
+    for f in path.parent.iterdir():
+        assert key.encode() not in f.read_bytes()
+
+
+def test_settings_are_recorded_without_credentials(path: Path) -> None:
+    settings = {"concurrency": 8, "fal_key": "fal-secret", "auth": {"api_token": "t0k"}}
+    with open_journal(path, settings=settings):
+        pass
+    with Journal.open_readonly(path) as r:
+        (run,) = r.runs()
+    assert run.settings == {"concurrency": 8, "auth": {}}
+    for f in path.parent.iterdir():
+        assert b"fal-secret" not in f.read_bytes() and b"t0k" not in f.read_bytes()
+
+
+def test_only_one_writer_per_folder(path: Path) -> None:
+    import os
+
+    with open_journal(path):
+        assert writer_pid(path) == os.getpid()
+        with pytest.raises(JournalError, match=f"another batchgen process \\(pid {os.getpid()}\\)"):
+            open_journal(path)
+    assert writer_pid(path) is None
+    with open_journal(path):  # released on close
+        pass
+
+
+def test_a_reader_sees_commits_while_the_writer_keeps_going(path: Path) -> None:
+    with open_journal(path) as j:
+        j.add_jobs([spec(i) for i in range(3)])
+        with Journal.open_readonly(path) as reader:
+            (row,) = j.claim(1)
+            j.set_submitted(row.job_id, handle("req-live"))
+            assert [r.request_id for r in reader.in_flight()] == ["req-live"]
+            assert reader.counts()[S.PENDING] == 2
+            j.claim(2)  # the reader holds no lock that blocks the writer
+            assert reader.counts()[S.SUBMITTING] == 2
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                reader._db().execute("DELETE FROM jobs")
+
+
+def test_a_reader_opens_a_cleanly_closed_journal(path: Path) -> None:
+    with open_journal(path) as j:
+        j.add_jobs([spec(0)])
+    # After the last writer closes, SQLite checkpoints and removes the -wal and -shm files.
+    with Journal.open_readonly(path) as r:
+        assert r.counts()[S.PENDING] == 1
+
+
+def test_no_journal_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="no journal at"):
+        Journal.open_readonly(tmp_path / "journal.sqlite")
