@@ -175,7 +175,8 @@ async def get_file(request: Request) -> Response:
     f = _store(request).files.get(request.path_params["fid"])
     if f is None:
         return JSONResponse({"detail": "file not found"}, status_code=404)
-    return Response(f.data, media_type=f.content_type)
+    # Set verbatim: media_type= would add "; charset=utf-8" to text types.
+    return Response(f.data, headers={"content-type": f.content_type})
 
 
 def storage_routes() -> list[Route]:
