@@ -66,8 +66,9 @@ def build_prompt(
         return f"{prefix}.{key}" if prefix else key
 
     def add(key: str, message: str) -> None:
-        ctx.problems.add(file, line_of(key.split(".")[0].split("[")[0]) or line, where(key),
-                         message)
+        ctx.problems.add(
+            file, line_of(key.split(".")[0].split("[")[0]) or line, where(key), message
+        )
 
     text = _prompt_text(raw, ctx, add)
     tags = _tags(raw.get("tags"), add)
@@ -93,12 +94,15 @@ def build_prompt(
                 add(key, "lists no values")
             axes[key] = list(value)
             items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        elif key in ctx.axes:  # one value for an axis: this prompt fixes it
+            axes[key] = [value]
+            items = [(key, value)]
         else:
             fields[key] = value
             items = [(key, value)]
         for path, v in items:
             for fpath, message in value_problems(ep, key, v, ctx.folder):
-                add(path + fpath[len(key):], message)
+                add(path + fpath[len(key) :], message)
             if key in {"image_urls", "mask_url"}:
                 ctx.local_files.extend(local_files(v))
     if ep == EDIT and "image_urls" not in raw and "image_urls" not in ctx.supplied:
@@ -107,8 +111,15 @@ def build_prompt(
     if len(ctx.problems.items) > before or text is None or pid is None:
         return None
     return PromptEntry(
-        id=pid, text=text, templated=ctx.templated, fields=fields, axes=axes, tags=tags,
-        repeat=repeat, endpoint=endpoint, source=f"{file}:{line}" if line else file,
+        id=pid,
+        text=text,
+        templated=ctx.templated,
+        fields=fields,
+        axes=axes,
+        tags=tags,
+        repeat=repeat,
+        endpoint=endpoint,
+        source=f"{file}:{line}" if line else file,
     )
 
 
@@ -140,8 +151,7 @@ def _prompt_text(
         add("prompt", "is empty")
         return None
     if len(text) > MAX_PROMPT_CHARS:
-        add("prompt", f"is {len(text):,} characters; a prompt may be at most "
-                      f"{MAX_PROMPT_CHARS:,}")
+        add("prompt", f"is {len(text):,} characters; a prompt may be at most {MAX_PROMPT_CHARS:,}")
         return None
     if not ctx.templated:
         return text
@@ -158,8 +168,10 @@ def _prompt_text(
         longest += max(len(v) for v in ctx.vars[name])
     ctx.used_vars.update(tpl.names)
     if longest > MAX_PROMPT_CHARS:
-        add("prompt", f"can expand to {longest:,} characters; a prompt may be at most "
-                      f"{MAX_PROMPT_CHARS:,}")
+        add(
+            "prompt",
+            f"can expand to {longest:,} characters; a prompt may be at most {MAX_PROMPT_CHARS:,}",
+        )
         return None
     return text
 
@@ -178,7 +190,11 @@ def _tags(value: Any, add: Callable[[str, str], None]) -> dict[str, str]:
 
 
 def _prompt_id(
-    value: Any, text: str | None, file: str, line: int | None, ctx: PromptContext,
+    value: Any,
+    text: str | None,
+    file: str,
+    line: int | None,
+    ctx: PromptContext,
     add: Callable[[str, str], None],
 ) -> str | None:
     here = f"{file}:{line}" if line else file

@@ -18,8 +18,10 @@ from batchgen.errors import ManifestError, Problem
 # A manifest (or prompts file) larger than this is refused before it is read: a 50 MB file is
 # a mistake (a pasted data dump), and parsing it would only waste minutes and memory.
 MAX_FILE_BYTES = 32 * 1024 * 1024
-# YAML aliases can make a tiny file expand into billions of nodes ("billion laughs").
+# YAML aliases can make a tiny file expand into billions of nodes ("billion laughs"): cap the
+# values reached through aliases (real manifests reuse a few small anchors) and all values.
 MAX_YAML_NODES = 2_000_000
+MAX_ALIAS_NODES = 100_000
 
 PathKey = tuple[str | int, ...]
 
@@ -58,7 +60,9 @@ def read_text(path: Path, shown: str) -> str:
         raise fail(shown, None, None, "is a folder, not a manifest file")
     if size > MAX_FILE_BYTES:
         raise fail(
-            shown, None, None,
+            shown,
+            None,
+            None,
             f"the file is {size / 1e6:.1f} MB; a manifest or prompts file may be at most "
             f"{MAX_FILE_BYTES // (1024 * 1024)} MiB",
         )
@@ -77,7 +81,9 @@ def decode(data: bytes, shown: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise fail(
-            shown, line, None,
+            shown,
+            line,
+            None,
             f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
         ) from None
     nul = text.find("\x00")
@@ -112,6 +118,10 @@ def load_yaml(text: str, shown: str) -> Located:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
             what = exc.problem or exc.context or "cannot parse"
+            ctx_mark = exc.context_mark
+            if exc.context and ctx_mark is not None and ctx_mark.line + 1 != line:
+                # The cause is often where the context began (an unclosed quote, a bracket).
+                what += f", {exc.context} that starts on line {ctx_mark.line + 1}"
             raise fail(shown, line, None, f"YAML syntax: {what}") from None
         except yaml.YAMLError as exc:
             raise fail(shown, None, None, f"YAML syntax: {exc}") from None
@@ -135,25 +145,45 @@ class _Walker:
         self.problems = problems
         self.lines: dict[PathKey, int] = {(): 1}
         self.count = 0
+        self.alias_count = 0
+        self.in_alias = 0
+        self.expanded: set[int] = set()  # ids of collection nodes already turned into data
 
     def value(self, node: yaml.Node, path: PathKey) -> Any:
         self.count += 1
-        if self.count > MAX_YAML_NODES:
+        self.alias_count += self.in_alias > 0
+        if self.count > MAX_YAML_NODES or self.alias_count > MAX_ALIAS_NODES:
             line = node.start_mark.line + 1
-            raise fail(self.shown, line, None, "too many YAML nodes (aliases nested too deep?)")
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            out = []
-            for i, item in enumerate(node.value):
-                self.lines[(*path, i)] = item.start_mark.line + 1
-                out.append(self.value(item, (*path, i)))
-            return out
+            raise fail(
+                self.shown,
+                line,
+                None,
+                "too many YAML values (aliases that expand into millions of values?)",
+            )
+        if isinstance(node, yaml.CollectionNode):
+            # The composer hands an alias back as the very node it names: seeing a node twice
+            # means an alias is being expanded.
+            reused = id(node) in self.expanded
+            self.expanded.add(id(node))
+            self.in_alias += reused
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path)
+                return self._sequence(node, path)
+            finally:
+                self.in_alias -= reused
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:  # e.g. a malformed !!timestamp
             self.problems.add(self.shown, node.start_mark.line + 1, dotted(path), str(exc))
             return None
+
+    def _sequence(self, node: yaml.CollectionNode, path: PathKey) -> list[Any]:
+        out = []
+        for i, item in enumerate(node.value):
+            self.lines[(*path, i)] = item.start_mark.line + 1
+            out.append(self.value(item, (*path, i)))
+        return out
 
     def _mapping(self, node: yaml.MappingNode, path: PathKey) -> dict[Any, Any]:
         try:
@@ -171,7 +201,9 @@ class _Walker:
             key = key if isinstance(key, str) else str(key)
             if key in out:
                 self.problems.add(
-                    self.shown, line, dotted((*path, key)),
+                    self.shown,
+                    line,
+                    dotted((*path, key)),
                     f"appears twice in this mapping (first on line {self.lines[(*path, key)]})",
                 )
                 continue
@@ -186,5 +218,3 @@ def dotted(path: Iterable[str | int]) -> str | None:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or None
-
-

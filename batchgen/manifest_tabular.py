@@ -31,8 +31,7 @@ from batchgen.manifest_model import PromptEntry
 from batchgen.manifest_prompts import PromptContext, build_prompt, did_you_mean
 
 REQUEST_COLUMNS = frozenset(
-    {"image_size", "quality", "num_images", "output_format", "image_urls", "mask_url",
-     "sync_mode"}
+    {"image_size", "quality", "num_images", "output_format", "image_urls", "mask_url", "sync_mode"}
 )
 JSONL_KEYS = ("id", "endpoint", "input", "tags")
 
@@ -63,17 +62,14 @@ def csv_rows(text: str, file: str, ctx: PromptContext) -> Iterator[tuple[int, di
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                add(file, line, None, f"the row has {len(row)} cells; the header has "
-                                      f"{len(header)}")
+                add(file, line, None, f"the row has {len(row)} cells; the header has {len(header)}")
                 continue
             yield line, dict(zip(header, row, strict=True))
     except csv.Error as exc:
         add(file, reader.line_num, None, f"CSV syntax: {exc}")
 
 
-def csv_prompts(
-    text: str, file: str, ctx: PromptContext, *, standalone: bool
-) -> list[PromptEntry]:
+def csv_prompts(text: str, file: str, ctx: PromptContext, *, standalone: bool) -> list[PromptEntry]:
     out: list[PromptEntry] = []
     fields = REQUEST_COLUMNS | ctx.axes
     for line, row in csv_rows(text, file, ctx):
@@ -100,8 +96,9 @@ def csv_prompts(
             endpoint = EDIT if raw.get("image_urls") else TEXT_TO_IMAGE
         if tags:
             raw["tags"] = tags
-        entry = build_prompt(raw, file=file, line=line, line_of=_fixed(line), prefix="",
-                             ctx=ctx, endpoint=endpoint)
+        entry = build_prompt(
+            raw, file=file, line=line, line_of=_fixed(line), prefix="", ctx=ctx, endpoint=endpoint
+        )
         if entry is not None and not bad:
             out.append(entry)
     return out
@@ -135,8 +132,7 @@ def jsonl_prompts(text: str, file: str, ctx: PromptContext) -> list[PromptEntry]
     """A prompts file: one YAML-style prompt object per line."""
     out = []
     for line, doc in jsonl_lines(text, file, ctx):
-        entry = build_prompt(doc, file=file, line=line, line_of=_fixed(line), prefix="",
-                             ctx=ctx)
+        entry = build_prompt(doc, file=file, line=line, line_of=_fixed(line), prefix="", ctx=ctx)
         if entry is not None:
             out.append(entry)
     return out
@@ -163,17 +159,24 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
         request = doc.get("input")
         if not isinstance(request, dict):
             add("input", "must be a JSON object: the request body")
-            request = {}
+            ctx.problems.extend(problems)
+            continue
         for key in sorted(set(request) & SECRET_FIELDS):
-            add(f"input.{key}", "never put an API key in a manifest; batchgen reads "
-                                "OPENAI_API_KEY from the environment when it submits")
-        for p in validate_input(endpoint, {k: v for k, v in request.items()
-                                           if k not in SECRET_FIELDS}):
+            add(
+                f"input.{key}",
+                "never put an API key in a manifest; batchgen reads "
+                "OPENAI_API_KEY from the environment when it submits",
+            )
+        for p in validate_input(
+            endpoint, {k: v for k, v in request.items() if k not in SECRET_FIELDS}
+        ):
             add(f"input.{p.field}", p.message)
         prompt = request.get("prompt")
         if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
-            add("input.prompt", f"is {len(prompt):,} characters; a prompt may be at most "
-                                f"{MAX_PROMPT_CHARS:,}")
+            add(
+                "input.prompt",
+                f"is {len(prompt):,} characters; a prompt may be at most {MAX_PROMPT_CHARS:,}",
+            )
         for key in sorted(FILE_FIELDS & set(request)):
             value = request[key]
             for item in value if isinstance(value, list) else [value]:
@@ -197,13 +200,19 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
             continue
         text = prompt if isinstance(prompt, str) else ""
         fields = {k: v for k, v in request.items() if not (k == "prompt" and text)}
-        out.append(PromptEntry(
-            id=pid, text=text, templated=False, fields=fields, tags=tags, endpoint=endpoint,
-            source=f"{file}:{line}",
-        ))
+        out.append(
+            PromptEntry(
+                id=pid,
+                text=text,
+                templated=False,
+                fields=fields,
+                tags=tags,
+                endpoint=endpoint,
+                source=f"{file}:{line}",
+            )
+        )
     return out
 
 
 def unknown_endpoints(entries: list[PromptEntry]) -> list[str]:
-    return sorted({e.endpoint for e in entries if e.endpoint and e.endpoint not in
-                   KNOWN_ENDPOINTS})
+    return sorted({e.endpoint for e in entries if e.endpoint and e.endpoint not in KNOWN_ENDPOINTS})

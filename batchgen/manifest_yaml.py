@@ -36,7 +36,7 @@ class PricingDoc(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     table: dict[str, dict[str, float]] = Field(default_factory=dict)  # "1024x1024": {low: ..}
-    per_image: float | None = Field(default=None, ge=0)
+    per_image: float | None = None
 
 
 class ManifestDoc(BaseModel):
@@ -52,7 +52,7 @@ class ManifestDoc(BaseModel):
     matrix: dict[str, list[Any]] = Field(default_factory=dict)
     repeat: int = Field(default=1, ge=1, le=MAX_REPEAT)
     vars: dict[str, list[Any]] = Field(default_factory=dict)
-    prompts: list[str | dict[str, Any]] = Field(default_factory=list)
+    prompts: list[Any] = Field(default_factory=list)  # text or a mapping: checked per item
     prompts_file: str | None = None
     output: str = DEFAULT_OUTPUT_TEMPLATE
     pricing: PricingDoc | None = None
@@ -103,8 +103,13 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     """The keyword arguments of `Manifest` (minus path and sha256), or a ManifestError."""
     problems = ProblemList()
     if not isinstance(located.data, dict):
-        problems.add(file, 1, None, f"the manifest must be a mapping of keys (name, prompts, ...),"
-                                    f" got {short(located.data)}")
+        problems.add(
+            file,
+            1,
+            None,
+            f"the manifest must be a mapping of keys (name, prompts, ...),"
+            f" got {short(located.data)}",
+        )
         problems.raise_if_any()
     try:
         doc = ManifestDoc.model_validate(located.data)
@@ -113,30 +118,40 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         problems.raise_if_any()
         raise AssertionError("unreachable") from None
 
-    def add(loc: tuple[str | int, ...], message: str) -> None:
-        problems.add(file, located.line(loc), dotted(loc), message)
+    def add(loc: tuple[str | int, ...], message: str, sub: str = "") -> None:
+        # `sub` continues the path inside a value: matrix.image_size[1] + ".width"
+        problems.add(file, located.line(loc), f"{dotted(loc)}{sub}", message)
 
     name = doc.name if doc.name is not None else name_default
     if not _NAME.fullmatch(name):
-        add(("name",), f"{short(name)} must be a simple folder name: letters, digits, '.', '_', "
-                       f"'-', at most 64 characters")
+        add(
+            ("name",),
+            f"{short(name)} must be a simple folder name: letters, digits, '.', '_', "
+            f"'-', at most 64 characters",
+        )
     endpoint = doc.model.strip()
     notices: list[str] = []
     if not _ENDPOINT.fullmatch(endpoint):
         add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
     elif endpoint not in KNOWN_ENDPOINTS:
-        notices.append(f"model {endpoint} is not one batchgen knows: its inputs are sent "
-                       f"unchecked and its cost is not estimated (set pricing.per_image)")
+        notices.append(
+            f"model {endpoint} is not one batchgen knows: its inputs are sent "
+            f"unchecked and its cost is not estimated (set pricing.per_image)"
+        )
     folder = path.parent
-    ctx = PromptContext(folder=folder, endpoint=endpoint, problems=problems,
-                        axes=frozenset(doc.matrix), supplied=frozenset(doc.defaults) | set(
-                            doc.matrix))
+    ctx = PromptContext(
+        folder=folder,
+        endpoint=endpoint,
+        problems=problems,
+        axes=frozenset(doc.matrix),
+        supplied=frozenset(doc.defaults) | set(doc.matrix),
+    )
     for key, value in doc.defaults.items():
         if key == "prompt":
             add(("defaults", key), "put prompts under prompts, not defaults")
             continue
         for fld, message in _field_problems(endpoint, key, value, folder, ctx):
-            add(("defaults", key), _located(fld, message, key))
+            add(("defaults", key), message, fld[len(key) :])
     for axis, values in doc.matrix.items():
         if axis == "prompt":
             add(("matrix", axis), "prompts are listed under prompts, not as a matrix axis")
@@ -145,7 +160,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             add(("matrix", axis), "lists no values: the matrix would make no jobs")
         for i, value in enumerate(values):
             for fld, message in _field_problems(endpoint, axis, value, folder, ctx):
-                add(("matrix", axis, i), _located(fld, message, axis))
+                add(("matrix", axis, i), message, fld[len(axis) :])
     ctx.vars = _vars(doc.vars, add)
     prompts = _prompts(doc, located, file, ctx)
     if doc.prompts_file is not None:
@@ -160,20 +175,24 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     pricing = _pricing(doc.pricing, add)
     if ctx.local_files:
         shown = ", ".join(sorted(set(ctx.local_files))[:3])
-        notices.append(f"local files ({shown}{', ...' if len(set(ctx.local_files)) > 3 else ''})"
-                       f" are kept as paths relative to the manifest; uploading them comes later")
+        notices.append(
+            f"local files ({shown}{', ...' if len(set(ctx.local_files)) > 3 else ''})"
+            f" are kept as paths relative to the manifest; uploading them comes later"
+        )
     problems.raise_if_any()
     return {
-        "name": name, "endpoint": endpoint, "output": doc.output, "pricing": pricing,
-        "defaults": dict(doc.defaults), "matrix": {k: list(v) for k, v in doc.matrix.items()},
-        "repeat": doc.repeat, "vars": ctx.vars, "prompts": tuple(prompts), "byok": doc.byok,
+        "name": name,
+        "endpoint": endpoint,
+        "output": doc.output,
+        "pricing": pricing,
+        "defaults": dict(doc.defaults),
+        "matrix": {k: list(v) for k, v in doc.matrix.items()},
+        "repeat": doc.repeat,
+        "vars": ctx.vars,
+        "prompts": tuple(prompts),
+        "byok": doc.byok,
         "notices": tuple(notices),
     }
-
-
-def _located(fld: str, message: str, key: str) -> str:
-    """Keep a sub-field (image_size.width) visible when the location is the parent key."""
-    return message if fld == key else f"{fld}: {message}"
 
 
 def _field_problems(
@@ -183,8 +202,9 @@ def _field_problems(
     if key in {"image_urls", "mask_url"}:
         ctx.local_files.extend(local_files(value))
     if endpoint in KNOWN_ENDPOINTS and any(m.startswith("unknown field") for _, m in found):
-        return [(key, f"unknown field for {endpoint}"
-                      f"{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")]
+        return [
+            (key, f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")
+        ]
     return found
 
 
@@ -192,8 +212,10 @@ def _vars(raw: dict[str, list[Any]], add: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, values in raw.items():
         if not _VAR.fullmatch(name):
-            add(("vars", name), "a var name must be letters, digits and _ (not starting with a "
-                                "digit)")
+            add(
+                ("vars", name),
+                "a var name must be letters, digits and _ (not starting with a digit)",
+            )
             continue
         if not values:
             add(("vars", name), "lists no values")
@@ -208,15 +230,28 @@ def _vars(raw: dict[str, list[Any]], add: Any) -> dict[str, list[str]]:
     return out
 
 
-def _prompts(doc: ManifestDoc, located: Located, file: str, ctx: PromptContext) -> list[
-        PromptEntry]:
+def _prompts(
+    doc: ManifestDoc, located: Located, file: str, ctx: PromptContext
+) -> list[PromptEntry]:
     out = []
     for i, item in enumerate(doc.prompts):
-        raw = {"prompt": item} if isinstance(item, str) else item
         base = ("prompts", i)
+        if not isinstance(item, str | dict):
+            ctx.problems.add(
+                file,
+                located.line(base),
+                f"prompts[{i}]",
+                f"must be text or a mapping, got {short(item)}",
+            )
+            continue
+        raw = {"prompt": item} if isinstance(item, str) else item
         entry = build_prompt(
-            raw, file=file, line=located.line(base), line_of=_lines_under(located, base),
-            prefix=f"prompts[{i}]", ctx=ctx,
+            raw,
+            file=file,
+            line=located.line(base),
+            line_of=_lines_under(located, base),
+            prefix=f"prompts[{i}]",
+            ctx=ctx,
         )
         if entry is not None:
             out.append(entry)
@@ -259,9 +294,13 @@ def _pricing(doc: PricingDoc | None, add: Any) -> PriceTable:
             continue
         for quality, usd in prices.items():
             if quality not in QUALITIES:
-                add(("pricing", "table", key, quality),
-                    f"unknown quality; use {', '.join(QUALITIES)}")
+                add(
+                    ("pricing", "table", key, quality),
+                    f"unknown quality; use {', '.join(QUALITIES)}",
+                )
             elif usd < 0:
                 add(("pricing", "table", key, quality), "a price cannot be negative")
         buckets[(int(m.group(1)), int(m.group(2)))] = dict(prices)
+    if doc.per_image is not None and doc.per_image < 0:
+        add(("pricing", "per_image"), "a price cannot be negative")
     return DEFAULT_TABLE.with_overrides(buckets, doc.per_image)

@@ -66,8 +66,12 @@ class PlanSummary:
             "jobs": self.jobs,
             "images": self.images,
             "duplicates": self.duplicates,
-            "cost": {"usd": round(self.cost_usd, 6), "estimate": True, "note": ESTIMATE_NOTE,
-                     "priced_by": dict(self.priced_by)},
+            "cost": {
+                "usd": round(self.cost_usd, 6),
+                "estimate": True,
+                "note": ESTIMATE_NOTE,
+                "priced_by": dict(self.priced_by),
+            },
             "by_endpoint": groups(self.by_endpoint),
             "by_size": groups(self.by_size),
             "by_quality": groups(self.by_quality),
@@ -89,10 +93,15 @@ def output_path(spec: JobSpec, name: str, n: int = 0) -> str:
     """Where image `n` of `spec` lands, relative to the output folder."""
     fields: dict[str, object] = {
         **spec.vars,
-        "prompt_id": spec.prompt_id, "job_id": spec.job_id, "job_id16": spec.short_id,
-        "n": n, "ext": extension(spec.input.get("output_format", "png")),
-        "variant": spec.variant, "quality": spec.input.get("quality", "-"),
-        "size": size_key(spec.input.get("image_size")), "endpoint": spec.endpoint,
+        "prompt_id": spec.prompt_id,
+        "job_id": spec.job_id,
+        "job_id16": spec.short_id,
+        "n": n,
+        "ext": extension(spec.input.get("output_format", "png")),
+        "variant": spec.variant,
+        "quality": spec.input.get("quality", "-"),
+        "size": size_key(spec.input.get("image_size")),
+        "endpoint": spec.endpoint,
         "name": name,
     }
     return "images/" + render_output(spec.output_template, fields)
@@ -126,8 +135,12 @@ def summarize(manifest: Manifest, jobs: Deduplicated | None = None) -> PlanSumma
 
 
 def _summary(
-    manifest: Manifest, specs: Deduplicated, counts: Mapping[tuple[str, str, str], list[int]],
-    sizes: Mapping[str, Any], chosen: Iterable[JobSpec], table: PriceTable,
+    manifest: Manifest,
+    specs: Deduplicated,
+    counts: Mapping[tuple[str, str, str], list[int]],
+    sizes: Mapping[str, Any],
+    chosen: Iterable[JobSpec],
+    table: PriceTable,
 ) -> PlanSummary:
     by: list[dict[str, list[float]]] = [{}, {}, {}]
     priced_by: dict[str, int] = {}
@@ -148,17 +161,32 @@ def _summary(
             g[2] += cost
     frozen = [{k: Group(int(v[0]), int(v[1]), round(v[2], 6)) for k, v in g.items()} for g in by]
     samples = tuple(
-        Sample(s.job_id, s.prompt_id, s.prompt, s.endpoint, size_key(s.input.get("image_size")),
-               str(s.input.get("quality", "-")), output_path(s, manifest.name), s.source)
+        Sample(
+            s.job_id,
+            s.prompt_id,
+            s.prompt,
+            s.endpoint,
+            size_key(s.input.get("image_size")),
+            str(s.input.get("quality", "-")),
+            output_path(s, manifest.name),
+            s.source,
+        )
         for s in chosen
     )
     return PlanSummary(
-        name=manifest.name, manifest=str(manifest.path), sha256=manifest.sha256,
+        name=manifest.name,
+        manifest=str(manifest.path),
+        sha256=manifest.sha256,
         jobs=sum(g.jobs for g in frozen[0].values()),
         images=sum(g.images for g in frozen[0].values()),
-        duplicates=specs.duplicates, cost_usd=round(total, 6),
-        by_endpoint=frozen[0], by_size=frozen[1], by_quality=frozen[2], priced_by=priced_by,
-        samples=samples, notices=(*manifest.notices, *_notices(specs, priced_by, nearest)),
+        duplicates=specs.duplicates,
+        cost_usd=round(total, 6),
+        by_endpoint=frozen[0],
+        by_size=frozen[1],
+        by_quality=frozen[2],
+        priced_by=priced_by,
+        samples=samples,
+        notices=(*manifest.notices, *_notices(specs, priced_by, nearest)),
     )
 
 
@@ -166,14 +194,20 @@ def _notices(specs: Deduplicated, priced_by: Mapping[str, int], nearest: set[str
     out = []
     if specs.duplicates:
         where = ", ".join(sorted({s.source for s in specs.examples}))
-        out.append(f"{specs.duplicates:,} duplicate job(s) collapsed: identical requests "
-                   f"(first at {where})")
+        out.append(
+            f"{specs.duplicates:,} duplicate job(s) collapsed: identical requests "
+            f"(first at {where})"
+        )
     if priced_by.get(Basis.ASSUMED):
         out.append(f"{priced_by[Basis.ASSUMED]:,} job(s) with size auto are priced as 1024x1024")
     if nearest:
-        out.append(f"custom sizes {', '.join(sorted(nearest))} are priced by the nearest size "
-                   f"in the table (by pixel count)")
+        out.append(
+            f"sizes not in the price table ({', '.join(sorted(nearest))}) are priced "
+            f"by the nearest one by pixel count"
+        )
     if priced_by.get(Basis.UNPRICED):
-        out.append(f"{priced_by[Basis.UNPRICED]:,} job(s) on endpoints with no known price are "
-                   f"counted as $0 (set pricing.per_image)")
+        out.append(
+            f"{priced_by[Basis.UNPRICED]:,} job(s) on endpoints with no known price are "
+            f"counted as $0 (set pricing.per_image)"
+        )
     return out
