@@ -45,7 +45,14 @@ from .errors import (
     StatusStreamError,
     UnknownOutcome,
 )
-from .retry import RetryEvent, RetryPolicy, Sleep, call_with_retries, parse_retry_after
+from .retry import (
+    RetryEvent,
+    RetryPolicy,
+    Sleep,
+    call_with_retries,
+    nothing_sent,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +294,8 @@ class QueueClient:
         comments (every 15 s) count as activity. Any failure other than a refused key raises
         ``StatusStreamError``: the caller falls back to polling, whose answer is authoritative.
         """
-        url = f"{h.status_url}/stream"
-        loop = asyncio.get_running_loop()
-        watch = _Watch(loop, inactivity_timeout)
+        watch = _Watch(asyncio.get_running_loop(), inactivity_timeout)
+        phase = "open"  # which silence timed out: the answer's headers, or the events
         async with contextlib.AsyncExitStack() as stack:
             try:
                 async with watch.guard():
@@ -297,7 +303,7 @@ class QueueClient:
                         aconnect_sse(
                             self._http,
                             "GET",
-                            url,
+                            f"{h.status_url}/stream",
                             params=_logs_param(logs),
                             headers=self._headers(None),
                             # The watchdog is the inactivity timeout; no read timeout under it.
@@ -312,20 +318,20 @@ class QueueClient:
                             raise _auth_error(err)
                         raise StatusStreamError(f"status stream refused: {err}") from err
                     resp.stream = _Activity(resp.stream, watch.touch)
+                phase = "events"
                 events = source.aiter_sse()
                 while True:
                     async with watch.guard():
                         sse = await anext(events)
-                    status = parse_status(_json_or_none(sse.data.encode()))
+                    status = parse_status(_json_or_none(sse.data))
                     yield status
                     if isinstance(status, Completed):
                         return
             except StopAsyncIteration:
                 raise StatusStreamError("status stream closed before COMPLETED") from None
             except TimeoutError:
-                raise StatusStreamError(
-                    f"status stream silent for {inactivity_timeout:g} s"
-                ) from None
+                what = "no answer to the stream request" if phase == "open" else "stream silent"
+                raise StatusStreamError(f"status {what} for {inactivity_timeout:g} s") from None
             except (httpx.TransportError, SSEError, ProtocolError) as exc:
                 raise StatusStreamError(f"status stream broke: {_exc_line(exc)}") from exc
 
@@ -444,11 +450,8 @@ class QueueClient:
                 headers=self._headers(extra, auth),
             )
         except httpx.TransportError as exc:
-            sent = not isinstance(
-                exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
-            )
             raise QueueTransportError(
-                f"{op} {_safe_url(url)}: {_exc_line(exc)}", sent=sent
+                f"{op} {_safe_url(url)}: {_exc_line(exc)}", sent=not nothing_sent(exc)
             ) from exc
         if check:
             self._raise_for(resp)
@@ -551,7 +554,7 @@ def _url_field(resp: httpx.Response, key: str) -> str:
     return value
 
 
-def _json_or_none(raw: bytes) -> Any:
+def _json_or_none(raw: str | bytes) -> Any:
     try:
         return json.loads(raw)
     except ValueError:

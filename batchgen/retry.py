@@ -84,7 +84,7 @@ def classify(exc: BaseException, *, op: str) -> Outcome:
     if isinstance(exc, httpx.TransportError):
         # Raw httpx errors (e.g. from a media download): for a submit, only a failure to
         # connect proves nothing was sent.
-        if op == "submit" and not _nothing_sent(exc):
+        if op == "submit" and not nothing_sent(exc):
             return Outcome(Action.UNKNOWN, "submit_dropped", msg)
         return Outcome(Action.RETRY, "transport", msg)
     if isinstance(exc, StatusStreamError):
@@ -157,8 +157,20 @@ def _request_reason(exc: QueueHTTPError) -> str:
     return exc.error_type or f"http_{exc.status}"
 
 
-def _nothing_sent(exc: httpx.TransportError) -> bool:
-    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+# Failures that happen before a byte of the request reaches the server: no connection was
+# made (refused, timed out, no pool slot, proxy refused, a URL httpx cannot even try).
+_NOTHING_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
+
+
+def nothing_sent(exc: httpx.TransportError) -> bool:
+    """True when ``exc`` proves the request never reached the server (safe to repeat a POST)."""
+    return isinstance(exc, _NOTHING_SENT)
 
 
 def _one_line(exc: BaseException) -> str:

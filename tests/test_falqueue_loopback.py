@@ -72,7 +72,7 @@ async def test_a_silent_stream_is_abandoned_after_the_inactivity_timeout() -> No
         h = await q.submit(T2I, LOW)
         start = time.monotonic()
         seen = []
-        with pytest.raises(StatusStreamError, match=r"silent for 0\.3 s") as err:
+        with pytest.raises(StatusStreamError, match=r"stream silent for 0\.3 s") as err:
             async for s in q.stream_status(h, inactivity_timeout=0.3):
                 seen.append(s)
         took = time.monotonic() - start
