@@ -1,0 +1,96 @@
+"""Over a real socket: dropped connections, truncated bodies, and the CLI command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+from emu_helpers import AUTH, T2I
+
+from batchgen.emulator import EmulatorConfig, serve
+from batchgen.errors import UsageError
+
+LOW = {"prompt": "a windmill", "quality": "low", "image_size": "square_hd"}
+
+
+async def test_submitdrop_closes_the_socket_without_an_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with (
+        serve(EmulatorConfig(time_scale=0, faults="submitdrop=1")) as url,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as client,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await client.post(T2I, json=LOW)
+        s = (await client.get("/_emulator/stats")).json()
+        assert (s["submits_accepted"], s["submits_dropped"]) == (1, 1)
+    # uvicorn neither answered 500 nor logged the deliberate drop as an application error.
+    assert "Exception in ASGI application" not in caplog.text
+    assert "without starting response" not in caplog.text
+
+
+async def test_truncated_media_breaks_mid_body(caplog: pytest.LogCaptureFixture) -> None:
+    async with (
+        serve(EmulatorConfig(time_scale=0, faults="truncate=1")) as url,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as client,
+    ):
+        h = (await client.post(T2I, json=LOW)).json()
+        image = (await client.get(h["response_url"])).json()["images"][0]
+        with pytest.raises(httpx.RemoteProtocolError, match=r"incomplete|complete message body"):
+            await client.get(image["url"])
+        # The server is fine afterwards.
+        assert (await client.get("/_emulator/stats")).json()["media_truncated"] == 1
+    assert "Exception in ASGI application" not in caplog.text
+
+
+async def test_serve_reports_a_busy_port_as_a_usage_error() -> None:
+    async with serve(EmulatorConfig()) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(UsageError, match="cannot listen"):
+            async with serve(EmulatorConfig(), port=port):
+                pass
+
+
+def test_cli_prints_url_serves_and_stops_cleanly_on_ctrl_c() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--time-scale", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in first
+        url = first.split("listening on ")[1].split()[0]
+        r = httpx.post(f"{url}{T2I}", json=LOW, headers=AUTH)
+        assert r.status_code == 200
+        assert httpx.get(f"{url}/_emulator/stats").json()["submits_accepted"] == 1
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert "Traceback" not in err
+
+
+def test_cli_rejects_bad_faults_without_a_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchgen", "emulator", "--faults", "submit429=7"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "between 0 and 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
