@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from batchgen.errors import UsageError
+from batchgen.gallery import build_gallery
+from batchgen.index import METADATA
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -10,4 +13,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UsageError("gallery is not built yet")
+    out = Path(args.out)
+    if not (out / METADATA).is_file():
+        raise UsageError(f"{out} has no {METADATA}: is it a batchgen output folder?")
+    report = build_gallery(out)
+    extra = f", {report.missing} files missing" if report.missing else ""
+    print(
+        f"{report.path}: {report.images} images, {report.failures} failures, "
+        f"{report.thumbnails_made} new thumbnails{extra}"
+    )
+    return 0
