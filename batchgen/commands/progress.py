@@ -1,0 +1,120 @@
+"""Progress on stderr: a tqdm bar on a terminal, else one plain line every few seconds.
+
+The only module that knows tqdm. It listens to the scheduler's events (done, failed, images)
+and, on each tick, reads a snapshot (pending, in flight, spend, window) from a callback, so it
+never touches the journal or the scheduler's internals itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs shipped
+
+from batchgen.summary import Event, Failed, Saved
+
+LOG_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    pending: int
+    in_flight: int
+    done: int
+    failed: int
+    spent: float
+    window: int
+
+
+def eta_seconds(remaining: int, done_now: int, elapsed: float) -> float | None:
+    """Time left at this run's pace; None before anything finished."""
+    if done_now <= 0 or elapsed <= 0:
+        return None
+    return remaining * elapsed / done_now
+
+
+def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elapsed: float) -> str:
+    per_min = images * 60.0 / elapsed if elapsed > 0 else 0.0
+    eta = eta_seconds(snap.pending + snap.in_flight, done_now, elapsed)
+    eta_text = "?" if eta is None else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
+    return (
+        f"progress: done {snap.done}/{total}, failed {snap.failed}, in flight {snap.in_flight}"
+        f" (window {snap.window}), pending {snap.pending}, {per_min:.1f} images/min,"
+        f" spent ~${snap.spent:.2f}, ETA {eta_text}"
+    )
+
+
+class Progress:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        *,
+        total: int,
+        stream: IO[str],
+        bar: bool,
+        clock: Callable[[], float] = time.monotonic,
+        every: float = LOG_EVERY_S,
+    ) -> None:
+        self._snapshot = snapshot
+        self._total = total
+        self._stream = stream
+        self._clock = clock
+        self._every = every
+        self._start = clock()
+        self._images = 0
+        self._done_now = 0  # jobs finished (either way) in this run, for the pace
+        first = snapshot()
+        self._bar: Any = None
+        if bar:
+            self._bar = tqdm(
+                total=total,
+                initial=first.done + first.failed,
+                file=stream,
+                unit="job",
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Saved | Failed):
+            self._done_now += 1
+            if isinstance(event, Saved):
+                self._images += event.images
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def refresh(self) -> None:
+        snap = self._snapshot()
+        if self._bar is not None:
+            self._bar.set_postfix(
+                failed=snap.failed,
+                flight=snap.in_flight,
+                window=snap.window,
+                spent=f"${snap.spent:.2f}",
+                refresh=True,
+            )
+        else:
+            elapsed = self._clock() - self._start
+            line = status_line(
+                snap,
+                total=self._total,
+                images=self._images,
+                done_now=self._done_now,
+                elapsed=elapsed,
+            )
+            print(line, file=self._stream, flush=True)
+
+    async def tick(self) -> None:
+        """Refresh until cancelled: often on a terminal, every few seconds otherwise."""
+        while True:
+            await asyncio.sleep(0.5 if self._bar is not None else self._every)
+            self.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

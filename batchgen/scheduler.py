@@ -1,0 +1,551 @@
+"""The asyncio pipeline behind ``batchgen run``: submit within a window, watch, fetch, download.
+
+Shape (DESIGN.md, "Scheduling"):
+
+* one submit loop pulls jobs from the journal (``claim``) while the window has room: no task
+  per job, so memory stays flat however many jobs the journal holds;
+* one task per request in flight (bounded by the window): submit, watch (SSE stream, or
+  polling with backoff), fetch the result the moment it completes, commit it, hand it on;
+* a separate pool of download workers (``download_concurrency``), so a slow CDN never holds a
+  submission slot.
+
+Every state change is committed to the journal before the action it enables: SUBMITTING
+before the POST (``claim``), the request id the moment the POST answers, the result JSON
+before any download. What fails is decided by ``retry.classify`` (DESIGN.md's Errors table);
+the pure pacing rules live in ``window.py``. Everything is reported through ``on_event``.
+
+Stopping: ``stop()`` ends submitting and lets paid requests finish and download;
+``stop(now=True)`` cancels everything at once. Both leave the journal consistent: a POST cut
+short is UNKNOWN (resubmitted and counted next time), a request being watched keeps its
+request id (re-attached next time), a half download leaves no file in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, cast
+
+import httpx
+
+from batchgen.config import Settings
+from batchgen.download import download_image
+from batchgen.errors import AuthError, BatchgenError, DownloadError, StatusStreamError
+from batchgen.falqueue import Completed, Handle, InProgress, QueueClient, Queued, Status
+from batchgen.gptimage import DEFAULTS
+from batchgen.index import append_failure, append_rows, failure_row, index_row
+from batchgen.jobs import JobSpec, JobState
+from batchgen.journal import JobRow, Journal
+from batchgen.paths import image_path, relative_name, template_fields
+from batchgen.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
+from batchgen.summary import (
+    BudgetReached,
+    Event,
+    Failed,
+    Finished,
+    Requeued,
+    Resumed,
+    Retrying,
+    RunStats,
+    Saved,
+    Started,
+    Stopping,
+    StopReason,
+    Submitted,
+    WindowChanged,
+)
+from batchgen.window import (
+    AutoWindow,
+    Observation,
+    RunTimes,
+    WatchMode,
+    Window,
+    budget_allows,
+    plan_watch,
+    poll_delay,
+)
+
+S = JobState
+SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
+CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
+FORMATS = ("png", "jpeg", "webp")
+
+
+class _DeadlineExceeded(Exception):
+    pass
+
+
+class Scheduler:
+    def __init__(
+        self,
+        journal: Journal,
+        client: QueueClient,
+        media: httpx.AsyncClient,
+        *,
+        settings: Settings,
+        window: Window,
+        manifest_sha256: str,
+        on_event: Callable[[Event], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._journal = journal
+        self._client = client
+        self._media = media
+        self._s = settings
+        self.window = window
+        self._sha = manifest_sha256
+        self._emit_to = on_event
+        self._clock, self._wall, self._sleep, self._rng = clock, wall, sleep, rng
+        self.stats = RunStats()
+        self.runtimes = RunTimes()
+        self.stop_reason: StopReason | None = None
+        self._fatal: AuthError | None = None
+        self._stopping = self._stop_now = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._downloads: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
+        self._download_backlog = 0
+        self._wake = asyncio.Event()
+        self._unknown: set[str] = set()  # jobs whose last POST may have created a request
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def stop(self, *, now: bool = False, reason: StopReason = StopReason.INTERRUPTED) -> None:
+        """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
+        if self.stop_reason is None or reason is StopReason.FATAL:
+            self.stop_reason = reason
+        first = not self._stopping
+        self._stopping = True
+        if now and not self._stop_now:
+            self._stop_now = True
+            self._emit(Stopping(now=True, reason=str(reason)))
+            for task in list(self._tasks):
+                task.cancel()
+        elif first:
+            self._emit(Stopping(now=False, reason=str(reason)))
+        self._wake.set()
+
+    def on_client_retry(self, ev: RetryEvent) -> None:
+        """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
+        self._retrying(None, ev.op, ev.outcome, ev.delay, ev.attempt)
+
+    async def run(self) -> None:
+        """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
+        workers = [
+            asyncio.create_task(self._download_worker())
+            for _ in range(self._s.download_concurrency)
+        ]
+        try:
+            self._resume()
+            await self._submit_loop()
+            while not self._stop_now and (self._tasks or self._download_backlog):
+                await self._changed()
+        finally:
+            for task in [*self._tasks, *workers]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, *workers, return_exceptions=True)
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- resume and submit ------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        retried = self._journal.retry_failed() if self._s.retry_failed else 0
+        unknown = self._journal.interrupted_submits()
+        self._unknown = {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
+        reattached = to_download = 0
+        for row in self._journal.attached():
+            if row.state is S.COMPLETED:
+                to_download += 1
+                self._enqueue_download(row.job_id, None)
+            else:
+                reattached += 1
+                self._spawn(self._reattach(row))
+        self._emit(Resumed(reattached, to_download, len(unknown), retried))
+        if reattached or to_download or unknown:
+            self._journal.event(
+                None,
+                "resume",
+                f"reattached={reattached} to_download={to_download} "
+                f"unknown={len(unknown)} retried_failed={retried}",
+            )
+
+    async def _submit_loop(self) -> None:
+        cap = self._s.max_cost
+        while not self._stopping:
+            free = self.window.size - len(self._tasks)
+            if free <= 0:
+                await self._changed()
+                continue
+            rows = self._journal.claim(1 if cap is not None else min(free, CLAIM_BATCH))
+            if not rows:
+                if not self._tasks:
+                    return  # nothing pending, and nothing in flight that could requeue a job
+                await self._changed()
+                continue
+            for i, row in enumerate(rows):
+                spent = self._journal.spent_estimate()
+                # claim() already counts this job as in flight
+                others = self._journal.in_flight_estimate() - row.cost
+                if not budget_allows(spent=spent, in_flight=others, job=row.cost, cap=cap):
+                    assert cap is not None
+                    for r in rows[i:]:  # nothing was sent for these: back in line
+                        self._journal.transition(r.job_id, S.PENDING)
+                    self._emit(BudgetReached(spent, others, row.cost, cap))
+                    self.stop(reason=StopReason.BUDGET)
+                    return
+                self._spawn(self._fresh(row, len(self._tasks) + 1))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _fresh(self, row: JobRow, in_flight: int) -> None:
+        handle = await self._submit(row)
+        if handle is not None:
+            await self._follow(row, handle, self._clock(), observe_at=in_flight)
+
+    async def _reattach(self, row: JobRow) -> None:
+        assert row.handle is not None
+        # The deadline counts from the original submit, possibly in an earlier process.
+        age = max(0.0, self._wall() - (row.submitted_at or self._wall()))
+        await self._follow(row, Handle.from_json(row.handle), self._clock() - age, None)
+
+    async def _submit(self, row: JobRow) -> Handle | None:
+        job, spec = row.job_id, row.spec
+        dup = job in self._unknown
+        for attempt in range(1, SUBMIT_TRIES + 1):
+            if self._stopping:
+                self._journal.transition(job, S.PENDING)  # nothing sent for this claim
+                self._unknown.discard(job)  # its possible duplicate is already counted
+                return None
+            try:
+                handle = await self._client.submit(spec.endpoint, spec.input)
+            except asyncio.CancelledError:
+                # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
+                self._journal.transition(
+                    job, S.UNKNOWN, error_class="interrupted", error="stopped while submitting"
+                )
+                raise
+            except Exception as exc:
+                o = classify(exc, op="submit")
+                if o.action in (Action.RETRY, Action.RESUBMIT) and attempt < SUBMIT_TRIES:
+                    delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
+                    self._retrying(job, "submit", o, delay, attempt)
+                    try:
+                        await self._sleep(delay)
+                    except asyncio.CancelledError:
+                        self._journal.transition(job, S.PENDING)  # refused: nothing exists
+                        raise
+                    continue
+                if o.action is Action.UNKNOWN:
+                    self._unknown.add(job)
+                    if row.attempts + 1 >= self._s.max_attempts:
+                        self._fail(row, o.reason, o.message)
+                    else:
+                        self._journal.transition(
+                            job,
+                            S.UNKNOWN,
+                            error_class=o.reason,
+                            error=o.message,
+                            bump_attempts=True,
+                        )
+                        self._emit(Requeued(job, o.reason, o.message, lost=False))
+                elif o.action is Action.FATAL:
+                    self._journal.transition(job, S.PENDING)  # refused: nothing was created
+                    self._fatal_stop(exc)
+                else:
+                    self._fail(row, o.reason, o.message)
+                return None
+            self._journal.set_submitted(job, handle.to_json())  # before anything else
+            self._unknown.discard(job)
+            self._emit(Submitted(job, handle.request_id, dup))
+            return handle
+        return None  # unreachable: the last try always returns
+
+    # -- watch and fetch ----------------------------------------------------------------------
+
+    async def _follow(
+        self, row: JobRow, handle: Handle, submitted_at: float, observe_at: int | None
+    ) -> None:
+        """Watch until completed, fetch and commit the result; on failure requeue or fail."""
+        job = row.job_id
+        deadline_at = submitted_at + self._s.deadline
+        started = row.state is S.RUNNING
+        first = True
+
+        def note(st: Status) -> None:
+            nonlocal started, first
+            if first and observe_at is not None:
+                pos = st.position if isinstance(st, Queued) else None
+                self._observe(Observation(pos, observe_at))
+            first = False
+            if isinstance(st, InProgress) and not started:
+                started = True
+                self._journal.transition(job, S.RUNNING)
+                self._emit(Started(job))
+
+        op = "status"
+        attempt = 0
+        while True:
+            try:
+                op = "status"
+                done = await self._watch(
+                    job, handle, submitted_at, deadline_at, note, quick_first=observe_at is not None
+                )
+                op = "result"
+                result = await self._client.result(handle)
+                break
+            except _DeadlineExceeded:
+                await self._cancel(job, handle)
+                msg = f"no result within --deadline {self._s.deadline:g} s; cancelled"
+                self._resubmit(row, "deadline", msg, lost=False)
+                return
+            except Exception as exc:
+                o = classify(exc, op=op)
+                attempt += 1
+                if o.action is Action.RETRY and self._clock() < deadline_at:
+                    # The GET retries inside the client ran out; the request still exists and
+                    # resubmitting would pay twice, so keep asking, more slowly.
+                    delay = backoff(attempt, retry_after=o.retry_after, base=2.0, rng=self._rng)
+                    self._retrying(job, op, o, delay, attempt)
+                    await self._sleep(delay)
+                    continue
+                self._after_failure(row, o)
+                return
+        self.runtimes.add(self._clock() - submitted_at)
+        self._journal.set_result(job, result)  # committed before any download
+        self._emit(Finished(job, self._clock() - submitted_at))
+        self._enqueue_download(job, _inference_time(done))
+
+    async def _watch(
+        self,
+        job: str,
+        handle: Handle,
+        submitted_at: float,
+        deadline_at: float,
+        note: Callable[[Status], None],
+        *,
+        quick_first: bool,
+    ) -> Completed:
+        expected = self.runtimes.expected()
+        plan = plan_watch(self._s.watch, expected)
+        if plan.check_after is not None:
+            await self._sleep(
+                max(0.0, min(submitted_at + plan.check_after, deadline_at) - self._clock())
+            )
+            st = await self._client.status(handle)
+            note(st)
+            if isinstance(st, Completed):
+                return st
+        if plan.mode is WatchMode.STREAM:
+            try:
+                async with (
+                    asyncio.timeout(max(0.0, deadline_at - self._clock())),
+                    contextlib.aclosing(_closable(self._client.stream_status(handle))) as stream,
+                ):
+                    async for st in stream:
+                        note(st)
+                        if isinstance(st, Completed):
+                            return st
+            except TimeoutError:
+                raise _DeadlineExceeded from None
+            except StatusStreamError as exc:
+                o = Outcome(Action.RETRY, "stream_broken", str(exc))
+                self._retrying(job, "status", o, 0.0, 1)  # polling takes over for this one
+        elif quick_first and isinstance(self.window, AutoWindow):
+            # An auto window learns from each request's first status: ask at once.
+            st = await self._client.status(handle)
+            note(st)
+            if isinstance(st, Completed):
+                return st
+        polls = 0
+        while True:
+            left = deadline_at - self._clock()
+            if left <= 0:
+                raise _DeadlineExceeded
+            await self._sleep(min(left, poll_delay(polls, expected, self._clock() - submitted_at)))
+            polls += 1
+            st = await self._client.status(handle)
+            note(st)
+            if isinstance(st, Completed):
+                return st
+
+    async def _cancel(self, job: str, handle: Handle) -> None:
+        try:
+            answer = await self._client.cancel(handle)
+            self._journal.event(job, "cancel", answer)
+        except Exception as exc:  # best effort: the job is resubmitted either way
+            self._journal.event(job, "cancel", f"failed: {classify(exc, op='cancel').message}")
+
+    def _after_failure(self, row: JobRow, o: Outcome) -> None:
+        if o.action is Action.FATAL:
+            self._fatal_stop(AuthError(o.message))  # the request stays attached for next time
+        elif o.action is Action.FINAL:
+            self._fail(row, o.reason, o.message)
+        elif o.action is Action.RETRY:
+            # Deadline passed while the status or result could not be read: the request is
+            # left attached (its id is in the journal) and re-attached by the next run.
+            self._journal.event(row.job_id, "unreachable", o.message)
+        else:
+            self._resubmit(row, o.reason, o.message, lost=o.reason == "expired")
+
+    def _resubmit(self, row: JobRow, reason: str, message: str, *, lost: bool) -> None:
+        current = self._journal.get(row.job_id)
+        attempts = current.attempts if current is not None else row.attempts
+        if attempts + 1 >= self._s.max_attempts and not lost:
+            self._fail(row, reason, f"{message} (after {attempts + 1} attempts)")
+            return
+        self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost)
+        self._emit(Requeued(row.job_id, reason, message, lost))
+
+    # -- downloads ----------------------------------------------------------------------------
+
+    def _enqueue_download(self, job: str, inference_time: float | None) -> None:
+        self._download_backlog += 1
+        self._downloads.put_nowait((job, inference_time))
+
+    async def _download_worker(self) -> None:
+        while True:
+            job, inference_time = await self._downloads.get()
+            try:
+                await self._download(job, inference_time)
+            finally:
+                self._download_backlog -= 1
+                self._wake.set()
+
+    async def _download(self, job: str, inference_time: float | None) -> None:
+        row = self._journal.get(job)  # the result lives in the journal, not in memory
+        if row is None or row.state is not S.COMPLETED or row.result is None:
+            return
+        spec = row.spec
+        images = row.result.get("images")
+        if not isinstance(images, list) or not images:
+            self._fail(row, "no_images", "the result lists no images")
+            return
+        fmt = _output_format(spec)
+        rows: list[dict[str, Any]] = []
+        files: list[dict[str, Any]] = []
+        try:
+            for n, image in enumerate(images):
+                url = image.get("url") if isinstance(image, dict) else None
+                if not isinstance(url, str):
+                    raise DownloadError(f"image {n} has no url", reason="no_url")
+                dest = image_path(
+                    self._s.out_dir, spec.output_template, template_fields(spec, n, fmt)
+                )
+                d = await download_image(
+                    self._media,
+                    url,
+                    dest,
+                    max_bytes=self._s.max_image_bytes,
+                    expected_format=fmt,
+                    sleep=self._sleep,
+                    rng=self._rng,
+                )
+                rows.append(
+                    index_row(
+                        spec,
+                        n,
+                        d,
+                        out_dir=self._s.out_dir,
+                        manifest_sha256=self._sha,
+                        request_id=row.request_id,
+                        submitted_at=row.submitted_at,
+                        completed_at=row.updated_at,
+                        inference_time=inference_time,
+                        cost_estimate=row.cost / len(images),
+                        usage=row.result.get("usage")
+                        if isinstance(row.result.get("usage"), dict)
+                        else None,
+                    )
+                )
+                files.append(
+                    {
+                        "file_name": relative_name(self._s.out_dir, d.path),
+                        "sha256": d.sha256,
+                        "bytes": d.bytes,
+                    }
+                )
+        except DownloadError as exc:
+            self._fail(row, f"download_{exc.reason}", str(exc))
+            return
+        except (BatchgenError, OSError, ValueError) as exc:  # a bad template, a full disk
+            self._fail(row, "download_error", f"{type(exc).__name__}: {exc}")
+            return
+        # Index rows first: a crash before the journal commit re-downloads and rewrites the
+        # same row, which readers de-duplicate by file name; the reverse would lose the row.
+        append_rows(self._s.out_dir, rows)
+        self._journal.mark_downloaded(job, files)
+        self._emit(Saved(job, len(files)))
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def _fail(self, row: JobRow, reason: str, message: str) -> None:
+        current = self._journal.get(row.job_id)
+        self._journal.fail(row.job_id, reason, message)
+        append_failure(
+            self._s.out_dir,
+            failure_row(
+                row.spec,
+                error_class=reason,
+                message=message,
+                attempts=(current or row).attempts + 1,
+                request_id=(current or row).request_id,
+            ),
+        )
+        self._emit(Failed(row.job_id, reason, message))
+
+    def _fatal_stop(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc if isinstance(exc, AuthError) else AuthError(str(exc))
+        self.stop(now=True, reason=StopReason.FATAL)
+
+    def _observe(self, obs: Observation) -> None:
+        before = self.window.size
+        if self.window.observe(obs) != before:
+            self._emit(WindowChanged(self.window.size))
+            self._wake.set()
+
+    def _retrying(self, job: str | None, op: str, o: Outcome, delay: float, attempt: int) -> None:
+        self._journal.event(job, "retry", f"{op} {o.reason}: {o.message}; wait {delay:.2f} s")
+        self._emit(Retrying(job, op, o.reason, o.message, delay, attempt))
+
+    async def _changed(self) -> None:
+        self._wake.clear()
+        await self._wake.wait()
+
+    def _emit(self, event: Event) -> None:
+        self.stats.add(event)
+        if self._emit_to is not None:
+            self._emit_to(event)
+
+
+def _output_format(spec: JobSpec) -> str | None:
+    fmt = spec.input.get("output_format", DEFAULTS.get(spec.endpoint, {}).get("output_format"))
+    return fmt if isinstance(fmt, str) and fmt in FORMATS else None
+
+
+def _inference_time(done: Completed) -> float | None:
+    t = done.metrics.get("inference_time")
+    return float(t) if isinstance(t, int | float) else None
+
+
+def _closable(stream: AsyncIterator[Status]) -> AsyncGenerator[Status, None]:
+    # stream_status is an async generator; closing it promptly ends the HTTP stream.
+    return cast(AsyncGenerator[Status, None], stream)
