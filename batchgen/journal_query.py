@@ -40,6 +40,7 @@ class Tallies:
     not_in_manifest: dict[JobState, int]
     spent: float
     in_flight: float
+    to_submit: float  # cost of the manifest's PENDING jobs (UNKNOWN ones count as in flight)
     lost: int
     possible_duplicates: int
     retries: int
@@ -49,7 +50,7 @@ def tallies(conn: sqlite3.Connection) -> Tallies:
     """One pass over the jobs table (about 0.3 s per million rows)."""
     counts = dict.fromkeys(S, 0)
     gone = dict.fromkeys(S, 0)
-    spent = in_flight = 0.0
+    spent = in_flight = to_submit = 0.0
     lost = dups = retries = 0
     for state, in_manifest, n, cost, extra_cost, n_lost, n_dup, n_att in conn.execute(
         "SELECT state, in_manifest, count(*), total(cost),"
@@ -63,10 +64,11 @@ def tallies(conn: sqlite3.Connection) -> Tallies:
         # request fal ran and charged); the budget would rather over- than under-count.
         spent += extra_cost + (cost if st in BILLED else 0.0)
         in_flight += cost if st in IN_FLIGHT else 0.0
+        to_submit += cost if in_manifest and st is S.PENDING else 0.0
         lost += int(n_lost)
         dups += int(n_dup)
         retries += int(n_att)
-    return Tallies(counts, gone, spent, in_flight, lost, dups, retries)
+    return Tallies(counts, gone, spent, in_flight, to_submit, lost, dups, retries)
 
 
 class JournalReader:

@@ -1,8 +1,15 @@
+"""``batchgen status OUT [--json]``: read a run's journal without touching it."""
+
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-from batchgen.errors import UsageError
+from batchgen.journal import JOURNAL_NAME, Journal, writer_pid
+from batchgen.status import build_report, render_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -11,4 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UsageError("status is not built yet")
+    out = Path(args.out)
+    path = out / JOURNAL_NAME
+    # Read-only: safe while a run writes to the same folder (WAL); a missing journal is a
+    # JournalError, which the CLI turns into one line and exit code 2.
+    with Journal.open_readonly(path) as reader:
+        report = build_report(reader, out, now=time.time(), writer_pid=writer_pid(path))
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(report))
+    return 0

@@ -1,0 +1,136 @@
+"""``batchgen status``: the report a user reads (or a script parses) about an output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_journal_support import FakeClock, handle, open_journal, spec
+
+from batchgen.cli import main
+from batchgen.journal import Journal
+from batchgen.status import build_report, render_text
+
+MANIFEST = "manifests/my cats.yaml"
+
+
+def _populate(out: Path, clock: FakeClock | None = None) -> Journal:
+    """A run caught mid-way: one downloaded, two failed, two in flight, one pending."""
+    kw = {"clock": clock} if clock else {}
+    j = open_journal(out / "journal.sqlite", manifest_path=MANIFEST, **kw)
+    j.add_jobs([spec(i) for i in range(6)], cost_of=lambda s: 0.25)
+    rows = j.claim(5)
+    for i, r in enumerate(rows):
+        j.set_submitted(r.job_id, handle(f"req-{i}"))
+        if clock:
+            clock.now += 60
+    j.set_result(rows[0].job_id, {"images": []})
+    j.mark_downloaded(rows[0].job_id, [])
+    j.fail(rows[1].job_id, "content_policy_violation", "the prompt was refused")
+    j.fail(rows[2].job_id, "content_policy_violation", "refused again")
+    j.transition(rows[3].job_id, j.get(rows[3].job_id).state.RUNNING)  # type: ignore[union-attr]
+    return j
+
+
+def test_no_journal_is_one_clear_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("batchgen: no journal at ") and "Traceback" not in err
+
+
+def test_the_report_while_a_run_is_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with _populate(out) as j:
+        assert main(["status", str(out)]) == 0
+        text = capsys.readouterr().out
+        # The writer is not disturbed by the reader: it keeps committing.
+        j.claim(1)
+        assert main(["status", str(out), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+    assert "6 jobs" in text
+    assert "downloaded 1" in text and "failed 2" in text and "queued 1" in text
+    assert "spent ~$0.25, in flight ~$0.50, still to submit ~$0.25" in text
+    assert "content_policy_violation: 2" in text and "refused again" in text
+    assert "req-3" in text and "req-4" in text and "in flight: 2 requests" in text
+    assert f"a run is in progress (pid {os.getpid()})" in text
+    assert f"batchgen run 'manifests/my cats.yaml' --out {out}" in text
+    assert doc["counts"]["SUBMITTING"] == 1 and doc["counts"]["PENDING"] == 0
+    assert doc["running"] is True and doc["done"] is False
+    assert doc["failures"][0]["error_class"] == "content_policy_violation"
+    assert doc["failures"][0]["count"] == 2
+    assert doc["resume_command"] == f"batchgen run 'manifests/my cats.yaml' --out {out}"
+
+
+def test_in_flight_requests_show_their_age_oldest_first(tmp_path: Path) -> None:
+    clock = FakeClock(1000.0)
+    out = tmp_path / "out"
+    _populate(out, clock).close()
+    with Journal.open_readonly(out / "journal.sqlite") as r:
+        rep = build_report(r, out, now=1000.0 + 600, writer_pid=None)
+    assert [(f.request_id, f.state, f.age_s) for f in rep.in_flight] == [
+        ("req-3", "RUNNING", 420.0),
+        ("req-4", "QUEUED", 360.0),
+    ]
+    assert "req-3  running      7m  job " in render_text(rep)
+
+
+def test_an_interrupted_run_says_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    j = _populate(out)
+    j.close()  # closed without an exit code is still a stop; a crash leaves ended_at empty
+    assert main(["status", str(out)]) == 0
+    assert f"stopped; to resume: batchgen run 'manifests/my cats.yaml' --out {out}" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_budget_stop_says_to_raise_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    _populate(out).close(exit_code=3)
+    assert main(["status", str(out)]) == 0
+    assert "stopped at the budget; to continue, raise it: batchgen run" in capsys.readouterr().out
+
+
+def test_a_finished_run_with_failures_offers_retry_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with open_journal(out / "journal.sqlite", manifest_path="m.yaml") as j:
+        j.add_jobs([spec(0), spec(1)])
+        a, b = j.claim(2)
+        j.fail(a.job_id, "validation", "bad size")
+        j.set_submitted(b.job_id, handle("r"))
+        j.set_result(b.job_id, {"images": []})
+        j.mark_downloaded(b.job_id, [])
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert (
+        f"finished; to retry the failures: batchgen run m.yaml --out {out} --retry-failed" in text
+    )
+
+
+def test_jobs_dropped_from_the_manifest_are_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with open_journal(out / "journal.sqlite") as j:
+        j.add_jobs([spec(0), spec(1), spec(2)])
+    with open_journal(out / "journal.sqlite", sha="e" * 64, allow_manifest_change=True) as j:
+        j.add_jobs([spec(0)])
+    assert main(["status", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["not_in_manifest"] == {"PENDING": 2} and doc["total"] == 1
+    assert main(["status", str(out)]) == 0
+    assert "2 jobs are no longer in the manifest and will not run (pending 2)" in (
+        capsys.readouterr().out
+    )
