@@ -47,8 +47,16 @@ def load_manifest(path: Path) -> Manifest:
     shown = str(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ManifestError([Problem(shown, None, None, f"unknown manifest type {suffix!r}; "
-                                     f"use .yaml, .yml, .csv or .jsonl")])
+        raise ManifestError(
+            [
+                Problem(
+                    shown,
+                    None,
+                    None,
+                    f"unknown manifest type {suffix!r}; use .yaml, .yml, .csv or .jsonl",
+                )
+            ]
+        )
     text = read_text(path, shown)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     # Names come from the file's stem only when the manifest has none; keep them folder-safe.
@@ -57,8 +65,9 @@ def load_manifest(path: Path) -> Manifest:
         fields = build_yaml(load_yaml(text, shown), path, shown, name_default)
         return Manifest(path=path, sha256=sha256, **fields)
     problems = ProblemList()
-    ctx = PromptContext(folder=path.parent, endpoint=TEXT_TO_IMAGE, problems=problems,
-                        templated=False)
+    ctx = PromptContext(
+        folder=path.parent, endpoint=TEXT_TO_IMAGE, problems=problems, templated=False
+    )
     if suffix == ".csv":
         prompts = csv_prompts(text, shown, ctx, standalone=True)
     else:
@@ -66,12 +75,15 @@ def load_manifest(path: Path) -> Manifest:
     if not prompts and not problems.items:
         problems.add(shown, None, None, "no jobs: the file has no rows")
     problems.raise_if_any()
-    notices = [f"model {e} is not one batchgen knows: its inputs are sent unchecked and its "
-               f"cost is not estimated" for e in unknown_endpoints(prompts)]
+    notices = [
+        f"model {e} is not one batchgen knows: its inputs are sent unchecked and its "
+        f"cost is not estimated"
+        for e in unknown_endpoints(prompts)
+    ]
     if ctx.local_files:
-        notices.append("local files are kept as paths relative to the manifest; uploading "
-                       "them comes later")
-    return Manifest(name=name_default, path=path, sha256=sha256, prompts=tuple(prompts),
-                    notices=tuple(notices))
-
-
+        notices.append(
+            "local files are kept as paths relative to the manifest; uploading them comes later"
+        )
+    return Manifest(
+        name=name_default, path=path, sha256=sha256, prompts=tuple(prompts), notices=tuple(notices)
+    )

@@ -68,8 +68,13 @@ def value_problems(endpoint: str, name: str, value: Any, folder: Path) -> list[t
     try:
         canonical_json(value)
     except (TypeError, ValueError):
-        return [(name, f"must be plain JSON data (text, numbers, true/false, lists, mappings), "
-                       f"got {short(value)}")]
+        return [
+            (
+                name,
+                f"must be plain JSON data (text, numbers, true/false, lists, mappings), "
+                f"got {short(value)}",
+            )
+        ]
     out: list[tuple[str, str]] = []
     if endpoint in KNOWN_ENDPOINTS:
         request = {**_minimal_request(endpoint), name: value}

@@ -16,15 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchgen.errors import ManifestError
 from batchgen.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
-from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE
+from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec
 from batchgen.manifest_fields import MAX_REPEAT, local_files, local_path_problem, short
 from batchgen.manifest_fields import value_problems as field_value_problems
 from batchgen.manifest_model import PromptEntry
 from batchgen.manifest_prompts import PromptContext, build_prompt, did_you_mean
 from batchgen.manifest_source import Located, ProblemList, dotted, read_text
 from batchgen.manifest_tabular import csv_prompts, jsonl_prompts
+from batchgen.paths import TemplateError, render_template, template_fields
 from batchgen.pricing import DEFAULT_TABLE, PriceTable
-from batchgen.templates import output_template_problems
+from batchgen.templates import output_template_problems, parse
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
@@ -170,7 +171,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     for var in ctx.vars:
         if var not in ctx.used_vars:
             add(("vars", var), f"is used by no prompt (write {{{var}}} in a prompt to use it)")
-    for message in output_template_problems(doc.output, list(ctx.vars)):
+    for message in _output_problems(doc.output, prompts, ctx):
         add(("output",), message)
     pricing = _pricing(doc.pricing, add)
     if ctx.local_files:
@@ -206,6 +207,36 @@ def _field_problems(
             (key, f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")
         ]
     return found
+
+
+def _output_problems(text: str, prompts: list[PromptEntry], ctx: PromptContext) -> list[str]:
+    """The output template must name files for every job: each var or tag it uses must exist
+    on every prompt, and the run's own renderer (`paths`) must accept it."""
+    found = output_template_problems(text, list(ctx.vars))
+    if found:
+        return found
+    names = parse(text).names
+    for p in prompts:
+        used = set(parse(p.text).names) if p.templated else set()
+        for name in names:
+            lacks = (name in ctx.vars and name not in used) or (
+                name.startswith("tag_") and name[4:] not in p.tags
+            )
+            if lacks:
+                return [f"uses {{{name}}}, which the prompt at {p.source} does not have"]
+    sample = JobSpec(
+        job_id="0" * 64,
+        endpoint=ctx.endpoint,
+        input={},
+        prompt_id="p",
+        vars=dict.fromkeys(ctx.vars, "v"),
+        tags={n[4:]: "t" for n in names if n[:4] == "tag_"},
+    )
+    try:
+        render_template(text, template_fields(sample, 0))
+    except TemplateError as exc:
+        return [str(exc)]
+    return []
 
 
 def _vars(raw: dict[str, list[Any]], add: Any) -> dict[str, list[str]]:

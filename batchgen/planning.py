@@ -13,8 +13,8 @@ from typing import Any
 
 from batchgen.jobs import JobSpec
 from batchgen.manifest_model import Deduplicated, Manifest, plan
+from batchgen.paths import IMAGES_DIR, render_template, template_fields
 from batchgen.pricing import Basis, PriceTable
-from batchgen.templates import extension, render_output
 
 SAMPLES = 5
 ESTIMATE_NOTE = "an estimate from fal's published per-image prices; fal bills per token"
@@ -89,22 +89,11 @@ def size_key(image_size: Any) -> str:
     return "-" if image_size is None else str(image_size)
 
 
-def output_path(spec: JobSpec, name: str, n: int = 0) -> str:
-    """Where image `n` of `spec` lands, relative to the output folder."""
-    fields: dict[str, object] = {
-        **spec.vars,
-        "prompt_id": spec.prompt_id,
-        "job_id": spec.job_id,
-        "job_id16": spec.short_id,
-        "n": n,
-        "ext": extension(spec.input.get("output_format", "png")),
-        "variant": spec.variant,
-        "quality": spec.input.get("quality", "-"),
-        "size": size_key(spec.input.get("image_size")),
-        "endpoint": spec.endpoint,
-        "name": name,
-    }
-    return "images/" + render_output(spec.output_template, fields)
+def output_path(spec: JobSpec, n: int = 0) -> str:
+    """Where image `n` of `spec` lands, relative to the output folder: the very function the
+    run uses to name files, so the plan's sample paths are the real ones."""
+    rel = render_template(spec.output_template, template_fields(spec, n))
+    return f"{IMAGES_DIR}/{rel.as_posix()}"
 
 
 def summarize(manifest: Manifest, jobs: Deduplicated | None = None) -> PlanSummary:
@@ -168,7 +157,7 @@ def _summary(
             s.endpoint,
             size_key(s.input.get("image_size")),
             str(s.input.get("quality", "-")),
-            output_path(s, manifest.name),
+            output_path(s),
             s.source,
         )
         for s in chosen

@@ -97,8 +97,9 @@ DEFAULT_TABLE = PriceTable()
 def job_estimate(spec: JobSpec, table: PriceTable | None = None) -> tuple[float, Basis]:
     """USD for the whole job (per image × num_images) and the basis of the price."""
     t = DEFAULT_TABLE if table is None else table
-    price, basis = t.per_image(spec.endpoint, spec.input.get("image_size"), spec.input.get(
-        "quality", "high"))
+    price, basis = t.per_image(
+        spec.endpoint, spec.input.get("image_size"), spec.input.get("quality", "high")
+    )
     return price * spec.num_images, basis
 
 

@@ -14,10 +14,10 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# Fields the output template may use, besides the manifest's vars.
+# Fields the output template may use, besides the prompts' vars and `tag_<name>` for tags
+# (the same set `paths.template_fields` fills in when images are saved).
 OUTPUT_FIELDS = frozenset(
-    {"prompt_id", "job_id", "job_id16", "n", "ext", "variant", "quality", "size", "endpoint",
-     "name"}
+    {"prompt_id", "job_id", "job_id16", "n", "ext", "variant", "quality", "size"}
 )
 # Letters, digits and these are all a literal part of the output template may hold: enough
 # for folders and separators, never enough to climb out of the output folder.
@@ -91,7 +91,10 @@ def prompt_slug(text: str, *, words: int = 6) -> str:
 
 
 def output_template_problems(text: str, var_names: Sequence[str]) -> list[str]:
-    """Every reason `text` cannot be the output file-name template (empty when it is fine)."""
+    """Every reason `text` cannot be the output file-name template (empty when it is fine).
+
+    Whether each prompt has the vars and tags the template names is checked by the caller.
+    """
     try:
         tpl = parse(text)
     except TemplateError as exc:
@@ -99,9 +102,10 @@ def output_template_problems(text: str, var_names: Sequence[str]) -> list[str]:
     out: list[str] = []
     allowed = OUTPUT_FIELDS | set(var_names)
     for name in tpl.names:
-        if name not in allowed:
+        if name not in allowed and not name.startswith("tag_"):
             out.append(
-                f"unknown field {{{name}}}; use {', '.join(sorted(OUTPUT_FIELDS))} or a var"
+                f"unknown field {{{name}}}; use {', '.join(sorted(OUTPUT_FIELDS))}, a var or "
+                f"tag_<name>"
             )
     names = set(tpl.fields)
     if not ({"job_id", "job_id16"} & names and "n" in names and "ext" in names):
@@ -115,27 +119,9 @@ def output_template_problems(text: str, var_names: Sequence[str]) -> list[str]:
             break
     literal_path = "{}".join(tpl.literals)
     segments = literal_path.split("/")
-    if literal_path.startswith("/") or any(seg in {".", ".."} for seg in segments):
-        out.append("must be a relative path that stays inside the output folder")
+    if literal_path.startswith("/") or any(seg.startswith(".") for seg in segments):
+        out.append(
+            "must be a relative path that stays inside the output folder (no "
+            "leading '/', no '..', no hidden '.' folders)"
+        )
     return out
-
-
-def render_output(text: str, fields: Mapping[str, object]) -> str:
-    """The image's path relative to `<out>/images`: every field value slugged, so a prompt id
-    or var can never add a folder or climb out. The template was checked at load time."""
-    tpl = parse(text)
-    values = {name: slug(str(fields.get(name, "none"))) for name in tpl.names}
-    # Ids and the image index are already safe; keep them exactly as they are.
-    for key in ("job_id", "job_id16", "n", "variant"):
-        if key in fields and key in values:
-            values[key] = str(fields[key])
-    return tpl.render(values)
-
-
-def extension(output_format: object) -> str:
-    """The file extension for an `output_format` value (jpeg images are saved as .jpg)."""
-    if output_format == "jpeg":
-        return "jpg"
-    if isinstance(output_format, str) and output_format in {"png", "webp"}:
-        return output_format
-    return "png"

@@ -22,9 +22,16 @@ from batchgen.manifest import load_manifest
 from batchgen.planning import summarize
 
 SIZES = [
-    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9",
-    {"width": 1536, "height": 1024}, {"width": 2048, "height": 1152},
-    {"width": 1920, "height": 1088}, {"width": 3840, "height": 2160},
+    "square_hd",
+    "square",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+    {"width": 1536, "height": 1024},
+    {"width": 2048, "height": 1152},
+    {"width": 1920, "height": 1088},
+    {"width": 3840, "height": 2160},
 ]
 
 
@@ -33,8 +40,10 @@ def write_manifest(folder: Path, prompts: int, repeat: int) -> Path:
         "name": "bench",
         "matrix": {"image_size": SIZES, "quality": ["low", "medium", "high"]},
         "repeat": repeat,
-        "prompts": [f"prompt number {i}: a lighthouse on a cliff at dusk, oil painting"
-                    for i in range(prompts)],
+        "prompts": [
+            f"prompt number {i}: a lighthouse on a cliff at dusk, oil painting"
+            for i in range(prompts)
+        ],
     }
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -17,160 +17,165 @@ CORPUS = Path(__file__).parent / "bad_manifests"
 
 # file name -> the problem lines `batchgen plan` must print, in order.
 CASES = {
-    'bad_format.yaml': [
+    "bad_format.yaml": [
         "bad_format.yaml:2: defaults.output_format: must be one of jpeg, png, webp, got 'gif'",
     ],
-    'bad_name.yaml': [
+    "bad_name.yaml": [
         "bad_name.yaml:1: name: '../../etc' must be a simple folder name: letters, digits, '.', '_', '-', at most 64 characters",
     ],
-    'bad_placeholder.yaml': [
-        'bad_placeholder.yaml:2: vars.animal: is used by no prompt (write {animal} in a prompt to use it)',
-        'bad_placeholder.yaml:4: prompts[0].prompt: placeholder {animal.__class__} must be a plain name like {subject}',
+    "bad_placeholder.yaml": [
+        "bad_placeholder.yaml:2: vars.animal: is used by no prompt (write {animal} in a prompt to use it)",
+        "bad_placeholder.yaml:4: prompts[0].prompt: placeholder {animal.__class__} must be a plain name like {subject}",
     ],
-    'bad_preset.yaml': [
+    "bad_preset.yaml": [
         "bad_preset.yaml:2: defaults.image_size: unknown preset 'square_xl'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9",
     ],
-    'bad_pricing.yaml': [
-        'bad_pricing.yaml:3: pricing.table.big: a bucket is WIDTHxHEIGHT, like 1024x1024',
-        'bad_pricing.yaml:4: pricing.table.1024x1024.cheap: unknown quality; use low, medium, high',
-        'bad_pricing.yaml:5: pricing.per_image: a price cannot be negative',
+    "bad_pricing.yaml": [
+        "bad_pricing.yaml:3: pricing.table.big: a bucket is WIDTHxHEIGHT, like 1024x1024",
+        "bad_pricing.yaml:4: pricing.table.1024x1024.cheap: unknown quality; use low, medium, high",
+        "bad_pricing.yaml:5: pricing.per_image: a price cannot be negative",
     ],
-    'bad_quality.yaml': [
+    "bad_quality.yaml": [
         "bad_quality.yaml:2: matrix.quality[1]: must be one of low, medium, high, got 'ultra'",
     ],
-    'csv_bad_size.csv': [
+    "csv_bad_size.csv": [
         "csv_bad_size.csv:2: image_size: must be a preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9, or auto for edits) or WIDTHxHEIGHT, got 'huge'",
-        'csv_bad_size.csv:3: image_size.width: must be a multiple of 16, got 1000',
-        'csv_bad_size.csv:3: image_size.height: must be a multiple of 16, got 1000',
+        "csv_bad_size.csv:3: image_size.width: must be a multiple of 16, got 1000",
+        "csv_bad_size.csv:3: image_size.height: must be a multiple of 16, got 1000",
     ],
-    'csv_no_prompt_column.csv': [
+    "csv_no_prompt_column.csv": [
         "csv_no_prompt_column.csv:1: no 'prompt' column; the header has: id, Prompt, quality",
     ],
-    'csv_ragged.csv': [
-        'csv_ragged.csv:3: the row has 3 cells; the header has 2',
+    "csv_ragged.csv": [
+        "csv_ragged.csv:3: the row has 3 cells; the header has 2",
     ],
-    'duplicate_ids.yaml': [
+    "duplicate_ids.yaml": [
         "duplicate_ids.yaml:4: prompts[1].id: 'fox' is already the id of the prompt at duplicate_ids.yaml:2",
     ],
-    'duplicate_key.yaml': [
-        'duplicate_key.yaml:3: defaults.quality: appears twice in this mapping (first on line 2)',
+    "duplicate_key.yaml": [
+        "duplicate_key.yaml:3: defaults.quality: appears twice in this mapping (first on line 2)",
     ],
-    'edit_no_images.yaml': [
-        'edit_no_images.yaml:3: prompts[0].image_urls: is required for openai/gpt-image-2/edit (on the prompt, in defaults or in the matrix)',
+    "edit_no_images.yaml": [
+        "edit_no_images.yaml:3: prompts[0].image_urls: is required for openai/gpt-image-2/edit (on the prompt, in defaults or in the matrix)",
     ],
-    'empty.yaml': [
-        'empty.yaml: the manifest is empty',
+    "empty.yaml": [
+        "empty.yaml: the manifest is empty",
     ],
-    'empty_axis.yaml': [
-        'empty_axis.yaml:2: matrix.quality: lists no values: the matrix would make no jobs',
+    "empty_axis.yaml": [
+        "empty_axis.yaml:2: matrix.quality: lists no values: the matrix would make no jobs",
     ],
-    'empty_prompt.yaml': [
-        'empty_prompt.yaml:3: prompts[1].prompt: is empty',
+    "empty_prompt.yaml": [
+        "empty_prompt.yaml:3: prompts[1].prompt: is empty",
     ],
-    'jsonl_bad.jsonl': [
+    "jsonl_bad.jsonl": [
         "jsonl_bad.jsonl:2: not valid JSON: Expecting ',' delimiter: line 1 column 48 (char 47)",
         "jsonl_bad.jsonl:3: imput: unknown key; use id, endpoint, input, tags (did you mean 'input'?)",
-        'jsonl_bad.jsonl:3: input: must be a JSON object: the request body',
-        'jsonl_bad.jsonl:4: input.image_size.width: must be a multiple of 16, got 100',
-        'jsonl_bad.jsonl:4: input.image_size.height: must be a multiple of 16, got 100',
+        "jsonl_bad.jsonl:3: input: must be a JSON object: the request body",
+        "jsonl_bad.jsonl:4: input.image_size.width: must be a multiple of 16, got 100",
+        "jsonl_bad.jsonl:4: input.image_size.height: must be a multiple of 16, got 100",
     ],
-    'latin1.csv': [
-        'latin1.csv:2: not UTF-8 text (byte 0xe9); save the file as UTF-8',
+    "latin1.csv": [
+        "latin1.csv:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
     ],
-    'many_problems.yaml': [
+    "many_problems.yaml": [
         "many_problems.yaml:4: defaults.quality: must be one of low, medium, high, got 'best'",
-        'many_problems.yaml:6: matrix.image_size[1].width: must be a multiple of 16, got 17',
+        "many_problems.yaml:6: matrix.image_size[1].width: must be a multiple of 16, got 17",
         "many_problems.yaml:11: prompts[1].prompt: uses {animl}, which is not in vars (did you mean 'animal'?)",
-        'many_problems.yaml:12: prompts[2].prompt: is empty',
+        "many_problems.yaml:12: prompts[2].prompt: is empty",
     ],
-    'missing_file.yaml': [
+    "missing_file.yaml": [
         "missing_file.yaml:3: defaults.image_urls[0]: no such file 'refs/nope.png' (local paths are relative to the manifest)",
         "missing_file.yaml:4: defaults.mask_url: 'ftp://example.com/mask.png': use an http(s) URL, a data: URI or a path next to the manifest",
     ],
-    'missing_var.yaml': [
-        'missing_var.yaml:2: vars.color: is used by no prompt (write {color} in a prompt to use it)',
+    "missing_var.yaml": [
+        "missing_var.yaml:2: vars.color: is used by no prompt (write {color} in a prompt to use it)",
         "missing_var.yaml:4: prompts[0].prompt: uses {colour}, which is not in vars (did you mean 'color'?)",
     ],
-    'no_prompts.yaml': [
-        'no_prompts.yaml:1: prompts: no prompts: list them under prompts or name a prompts_file',
+    "no_prompts.yaml": [
+        "no_prompts.yaml:1: prompts: no prompts: list them under prompts or name a prompts_file",
     ],
-    'not_mapping.yaml': [
+    "not_mapping.yaml": [
         "not_mapping.yaml:1: the manifest must be a mapping of keys (name, prompts, ...), got ['a red fox', 'a blue owl']",
     ],
-    'num_images.yaml': [
-        'num_images.yaml:3: prompts[0].num_images: must be an integer from 1 to 4, got 5',
+    "num_images.yaml": [
+        "num_images.yaml:3: prompts[0].num_images: must be an integer from 1 to 4, got 5",
     ],
-    'output_escapes.yaml': [
-        'output_escapes.yaml:1: output: must be a relative path that stays inside the output folder',
+    "output_escapes.yaml": [
+        "output_escapes.yaml:1: output: must be a relative path that stays inside the output folder (no leading '/', no '..', no hidden '.' folders)",
     ],
-    'output_no_id.yaml': [
-        'output_no_id.yaml:1: output: must contain {job_id16} (or {job_id}), {n} and {ext}, so that no two images share a file name',
+    "output_no_id.yaml": [
+        "output_no_id.yaml:1: output: must contain {job_id16} (or {job_id}), {n} and {ext}, so that no two images share a file name",
     ],
-    'path_escapes.yaml': [
+    "output_unknown_field.yaml": [
+        "output_unknown_field.yaml:1: output: unknown field {model}; use ext, job_id, job_id16, n, prompt_id, quality, size, variant, a var or tag_<name>",
+    ],
+    "output_var_missing.yaml": [
+        "output_var_missing.yaml:3: output: uses {animal}, which the prompt at output_var_missing.yaml:6 does not have",
+    ],
+    "path_escapes.yaml": [
         "path_escapes.yaml:4: prompts[0].image_urls[0]: '../test_manifest_bad.py' is outside the manifest's folder; local files must be inside it",
     ],
-    'prompt_not_text.yaml': [
-        'prompt_not_text.yaml:2: prompts[0].prompt: must be text, got 42',
+    "prompt_not_text.yaml": [
+        "prompt_not_text.yaml:2: prompts[0].prompt: must be text, got 42",
         "prompt_not_text.yaml:3: prompts[1]: must be text or a mapping, got ['a', 'list']",
     ],
-    'prompts_file_errors.yaml': [
+    "prompts_file_errors.yaml": [
         "rows_with_errors.csv:3: num_images: must be a whole number, got 'two'",
-        'rows_with_errors.csv:3: prompt: uses {city}, which is not in vars',
+        "rows_with_errors.csv:3: prompt: uses {city}, which is not in vars",
         "rows_with_errors.csv:3: quality: must be one of low, medium, high, got 'best'",
     ],
-    'prompts_file_missing.yaml': [
+    "prompts_file_missing.yaml": [
         "prompts_file_missing.yaml:1: prompts_file: no such file 'prompts_nowhere.csv' (local paths are relative to the manifest)",
     ],
-    'repeat_text.yaml': [
+    "repeat_text.yaml": [
         "repeat_text.yaml:1: repeat: must be a whole number, got 'three'",
     ],
-    'repeat_zero.yaml': [
-        'repeat_zero.yaml:1: repeat: must be greater than or equal to 1',
+    "repeat_zero.yaml": [
+        "repeat_zero.yaml:1: repeat: must be greater than or equal to 1",
     ],
-    'secret.yaml': [
-        'secret.yaml:2: defaults.openai_api_key: never put an API key in a manifest; batchgen reads OPENAI_API_KEY from the environment when it submits',
+    "secret.yaml": [
+        "secret.yaml:2: defaults.openai_api_key: never put an API key in a manifest; batchgen reads OPENAI_API_KEY from the environment when it submits",
     ],
-    'size_not_multiple.yaml': [
-        'size_not_multiple.yaml:4: matrix.image_size[1].width: must be a multiple of 16, got 1000',
+    "size_not_multiple.yaml": [
+        "size_not_multiple.yaml:4: matrix.image_size[1].width: must be a multiple of 16, got 1000",
     ],
-    'size_ratio.yaml': [
-        'size_ratio.yaml:2: defaults.image_size: aspect ratio of 3840x1024 is over 3:1',
+    "size_ratio.yaml": [
+        "size_ratio.yaml:2: defaults.image_size: aspect ratio of 3840x1024 is over 3:1",
     ],
-    'size_side_too_long.yaml': [
-        'size_side_too_long.yaml:2: defaults.image_size.width: must be at most 3840, got 4096',
+    "size_side_too_long.yaml": [
+        "size_side_too_long.yaml:2: defaults.image_size.width: must be at most 3840, got 4096",
     ],
-    'size_text_number.yaml': [
+    "size_text_number.yaml": [
         "size_text_number.yaml:2: defaults.image_size.width: must be an integer, got '1024'",
     ],
-    'size_too_small.yaml': [
-        'size_too_small.yaml:2: defaults.image_size: 512x512 is 262,144 pixels; it must be between 655,360 and 8,294,400',
+    "size_too_small.yaml": [
+        "size_too_small.yaml:2: defaults.image_size: 512x512 is 262,144 pixels; it must be between 655,360 and 8,294,400",
     ],
-    'unknown_field.yaml': [
+    "unknown_field.yaml": [
         "unknown_field.yaml:2: defaults.qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
     ],
-    'unknown_top_key.yaml': [
+    "unknown_top_key.yaml": [
         "unknown_top_key.yaml:2: promtps: unknown key (did you mean 'prompts'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
     ],
-    'unused_var.yaml': [
-        'unused_var.yaml:3: vars.style: is used by no prompt (write {style} in a prompt to use it)',
+    "unused_var.yaml": [
+        "unused_var.yaml:3: vars.style: is used by no prompt (write {style} in a prompt to use it)",
     ],
-    'utf16.yaml': [
-        'utf16.yaml: the file is UTF-16; save it as UTF-8',
+    "utf16.yaml": [
+        "utf16.yaml: the file is UTF-16; save it as UTF-8",
     ],
-    'wrong_suffix.txt': [
+    "wrong_suffix.txt": [
         "wrong_suffix.txt: unknown manifest type '.txt'; use .yaml, .yml, .csv or .jsonl",
     ],
-    'yaml_bomb.yaml': [
-        'yaml_bomb.yaml:1: too many YAML values (aliases that expand into millions of values?)',
+    "yaml_bomb.yaml": [
+        "yaml_bomb.yaml:1: too many YAML values (aliases that expand into millions of values?)",
     ],
-    'yaml_syntax.yaml': [
-        'yaml_syntax.yaml:5: YAML syntax: found unexpected end of stream, while scanning a quoted scalar that starts on line 3',
+    "yaml_syntax.yaml": [
+        "yaml_syntax.yaml:5: YAML syntax: found unexpected end of stream, while scanning a quoted scalar that starts on line 3",
     ],
-    'yaml_tab.yaml': [
+    "yaml_tab.yaml": [
         "yaml_tab.yaml:3: YAML syntax: found character '\\t' that cannot start any token",
     ],
 }
-
 
 
 def plan_stderr(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
@@ -249,8 +254,10 @@ def test_vars_that_expand_past_the_cap(
     code, _, err = plan_stderr(capsys, ["v.yaml"])
     assert code == 2
     assert err == expected(
-        ["v.yaml:4: prompts[0].prompt: can expand to 40,001 characters; a prompt may be at "
-         "most 32,000"]
+        [
+            "v.yaml:4: prompts[0].prompt: can expand to 40,001 characters; a prompt may be at "
+            "most 32,000"
+        ]
     )
 
 
@@ -270,10 +277,15 @@ def test_prompts_file_outside_the_folder(
     (tmp_path / "m" / "a.yaml").write_text("prompts_file: ../secret.csv\n")
     monkeypatch.chdir(tmp_path / "m")
     code, _, err = plan_stderr(capsys, ["a.yaml"])
-    assert (code, err) == (2, expected([
-        "a.yaml:1: prompts_file: '../secret.csv' is outside the manifest's folder; local "
-        "files must be inside it"
-    ]))
+    assert (code, err) == (
+        2,
+        expected(
+            [
+                "a.yaml:1: prompts_file: '../secret.csv' is outside the manifest's folder; local "
+                "files must be inside it"
+            ]
+        ),
+    )
 
 
 def test_symlink_out_of_the_folder_is_refused(
@@ -287,7 +299,12 @@ def test_symlink_out_of_the_folder_is_refused(
     )
     monkeypatch.chdir(tmp_path / "m")
     code, _, err = plan_stderr(capsys, ["e.yaml"])
-    assert (code, err) == (2, expected([
-        "e.yaml:3: defaults.image_urls[0]: 'ref.png' is outside the manifest's folder; local "
-        "files must be inside it"
-    ]))
+    assert (code, err) == (
+        2,
+        expected(
+            [
+                "e.yaml:3: defaults.image_urls[0]: 'ref.png' is outside the manifest's folder; local "
+                "files must be inside it"
+            ]
+        ),
+    )

@@ -38,8 +38,11 @@ def render(s: PlanSummary, out: TextIO) -> None:
     w(f"jobs       {s.jobs:,}{dup}\n")
     w(f"images     {s.images:,}\n")
     w(f"cost       ~${s.cost_usd:,.2f}  ({ESTIMATE_NOTE})\n")
-    for title, groups in (("endpoint", s.by_endpoint), ("size", s.by_size),
-                          ("quality", s.by_quality)):
+    for title, groups in (
+        ("endpoint", s.by_endpoint),
+        ("size", s.by_size),
+        ("quality", s.by_quality),
+    ):
         w(f"\nby {title}\n")
         _table(groups, out)
     w("\nsample jobs\n")
@@ -56,5 +59,6 @@ def render(s: PlanSummary, out: TextIO) -> None:
 def _table(groups: Mapping[str, Group], out: TextIO) -> None:
     width = max((len(k) for k in groups), default=0)
     for key, g in sorted(groups.items(), key=lambda kv: (-kv[1].jobs, kv[0])):
-        out.write(f"  {key:<{width}}  {g.jobs:>10,} jobs  {g.images:>10,} images  "
-              f"~${g.cost_usd:,.2f}\n")
+        out.write(
+            f"  {key:<{width}}  {g.jobs:>10,} jobs  {g.images:>10,} images  ~${g.cost_usd:,.2f}\n"
+        )
