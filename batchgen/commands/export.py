@@ -1,16 +1,32 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from batchgen.errors import UsageError
+from batchgen.export import FORMATS, export
+from batchgen.index import METADATA
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="a run's output folder")
-    p.add_argument("--format", required=True, choices=["parquet", "csv", "webdataset"])
-    p.add_argument("--dest", help="where to write (default: inside the output folder)")
+    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--dest", help="where to write (default: under OUT/exports)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per webdataset shard")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UsageError("export is not built yet")
+    out = Path(args.out)
+    if not (out / METADATA).is_file():
+        raise UsageError(f"{out} has no {METADATA}: is it a batchgen output folder?")
+    dest = Path(args.dest) if args.dest else None
+    result = export(out, args.format, dest, shard_size=args.shard_size)
+    for path in result.paths:
+        print(path)
+    print(f"{result.rows} rows exported as {args.format}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} images missing or changed on disk:")
+        for name in result.skipped[:20]:
+            print(f"  {name}")
+        return 1
+    return 0

@@ -1,0 +1,131 @@
+"""Exports: parquet with typed columns, CSV a spreadsheet cannot execute, verified tar shards."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from batchgen.cli import main
+from batchgen.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.errors import UsageError
+from batchgen.export import csv_cell, export
+from batchgen.index import INDEX_FIELDS, append_rows, index_row, read_index
+from batchgen.jobs import JobSpec, job_id
+from batchgen.paths import image_path, template_fields
+
+EP = "openai/gpt-image-2"
+PROMPTS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2", "@SUM(A1)", "\tcmd", "\rcr",
+           "a plain owl", "line one\nline two, \"quoted\""]  # fmt: skip
+
+
+def make_output(out: Path, prompts: list[str] = PROMPTS) -> list[dict[str, object]]:
+    for i, prompt in enumerate(prompts):
+        inp = {"prompt": prompt, "quality": "low", "output_format": "jpeg" if i % 2 else "png"}
+        spec = JobSpec(job_id=job_id(EP, inp, 0), endpoint=EP, input=inp, prompt_id=f"p{i % 3}",
+                       prompt=prompt, vars={"i": str(i)}, tags={"set": "=A"})  # fmt: skip
+        dest = image_path(out, spec.output_template, template_fields(spec, 0))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32 + i, 24), (i * 30, 80, 120)).save(dest, "JPEG" if i % 2 else "PNG")
+        size, digest = sha256_file(dest)
+        w, h, fmt = inspect_image(dest)
+        row = index_row(spec, 0, Downloaded(dest, digest, size, w, h, mime_of(fmt)), out_dir=out,
+                        manifest_sha256="m" * 64, submitted_at=1.0, cost_estimate=0.01,
+                        usage={"total_tokens": 7} if i == 0 else None)  # fmt: skip
+        append_rows(out, [row])
+    return read_index(out)
+
+
+def test_parquet_has_the_index_columns_typed(tmp_path: Path) -> None:
+    rows = make_output(tmp_path)
+    result = export(tmp_path, "parquet")
+    assert result.paths == [tmp_path / "exports" / "index.parquet"]
+    table = pq.read_table(result.paths[0])
+    assert table.column_names == list(INDEX_FIELDS) and table.num_rows == len(rows)
+    assert table.schema.field("vars").type == pa.map_(pa.string(), pa.string())
+    assert table.schema.field("submitted_at").type == pa.timestamp("ms", tz="UTC")
+    got = table.to_pylist()
+    assert [r["sha256"] for r in got] == [r["sha256"] for r in rows]
+    assert got[0]["prompt"] == PROMPTS[0] and got[0]["tags"] == [("set", "=A")]
+    assert json.loads(got[0]["usage"]) == {"total_tokens": 7} and got[1]["usage"] is None
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_output(tmp_path, ["a"])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(UsageError, match=r"batchgen\[parquet\]"):
+        export(tmp_path, "parquet")
+    assert main(["export", str(tmp_path), "--format", "parquet"]) == 2
+    assert not (tmp_path / "exports").exists()
+
+
+def test_csv_defuses_formulas_and_round_trips_text(tmp_path: Path) -> None:
+    make_output(tmp_path)
+    (dest,) = export(tmp_path, "csv", tmp_path / "x.csv").paths
+    assert dest.read_bytes().startswith(b"\xef\xbb\xbf")  # BOM: Excel reads UTF-8
+    with dest.open(encoding="utf-8-sig", newline="") as f:
+        header, *body = list(csv.reader(f))
+    assert header == list(INDEX_FIELDS)
+    prompts = [dict(zip(header, r, strict=True))["prompt"] for r in body]
+    assert prompts[:6] == ["'" + p for p in PROMPTS[:6]]
+    assert prompts[6:] == PROMPTS[6:]
+    for r in body:
+        for cell in r:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    first = dict(zip(header, body[0], strict=True))
+    assert first["width"] == "32" and first["cost_estimate"] == "0.01"
+    assert first["tags"] == '{"set": "=A"}' and first["request_id"] == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"), [(None, ""), (-3, -3), (True, "true"), ("-x", "'-x"), ({"a": 1}, '{"a": 1}')]
+)
+def test_csv_cells(value: object, cell: object) -> None:
+    assert csv_cell(value) == cell
+
+
+def test_webdataset_shards_hold_verified_samples(tmp_path: Path) -> None:
+    rows = make_output(tmp_path)
+    changed = tmp_path / str(rows[3]["file_name"])
+    changed.write_bytes(changed.read_bytes() + b"tampered")
+    bad = dict(rows[0], file_name="images/../../../etc/passwd", job_id="f" * 64)
+    append_rows(tmp_path, [bad])
+
+    result = export(tmp_path, "webdataset", shard_size=3)
+    shards = sorted((tmp_path / "exports" / "webdataset").glob("shard-*.tar"))
+    assert result.paths == shards and len(shards) == 3  # 7 good samples in threes
+    assert sorted(result.skipped) == sorted([rows[3]["file_name"], bad["file_name"]])
+    by_sha = {r["sha256"]: r for r in rows}
+    keys = []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+        for name, data in members.items():
+            key, ext = name.split(".", 1)
+            if ext == "json":
+                meta = json.loads(data)
+                image = next(v for k, v in members.items() if k.startswith(key + ".")
+                             and not k.endswith(".json"))  # fmt: skip
+                assert hashlib.sha256(image).hexdigest() == meta["sha256"]
+                assert by_sha[meta["sha256"]]["file_name"] == meta["file_name"]
+                keys.append(key)
+    assert len(keys) == 7 == len(set(keys))
+
+    # A re-export with bigger shards leaves no stale shard behind; the CLI reports the skips.
+    assert main(["export", str(tmp_path), "--format", "webdataset", "--shard-size", "100"]) == 1
+    assert [p.name for p in (tmp_path / "exports" / "webdataset").iterdir()] == ["shard-000000.tar"]
+
+
+def test_export_command_refuses_a_folder_without_an_index(tmp_path: Path) -> None:
+    assert main(["export", str(tmp_path), "--format", "csv"]) == 2
