@@ -23,7 +23,7 @@ OUTPUT_FIELDS = frozenset(
 # for folders and separators, never enough to climb out of the output folder.
 _SAFE_LITERAL = re.compile(r"[A-Za-z0-9_./-]*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SLUG_BAD = re.compile(r"[^a-z0-9._-]+")
+_SLUG_BAD = re.compile(r"[^a-z0-9_]+")
 
 
 class TemplateError(ValueError):
@@ -78,7 +78,7 @@ def parse(text: str) -> Template:
 
 
 def slug(value: str, *, max_length: int = 60) -> str:
-    """A safe, lower-case path segment: never empty, never '.', '..' or containing '/'."""
+    """A lower-case id of letters, digits, `_` and `-`: never empty, safe as a path segment."""
     ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
     s = _SLUG_BAD.sub("-", ascii_text.lower()).strip("-._")[:max_length].strip("-._")
     return s or "x"
