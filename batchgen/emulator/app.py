@@ -31,8 +31,8 @@ from batchgen.emulator.http import (
     nginx_503,
     unauthorized,
 )
-from batchgen.emulator.images import ImageSpec, render
-from batchgen.emulator.model import Phase, QueueModel
+from batchgen.emulator.images import ImageSpec, render_async
+from batchgen.emulator.model import Outcome, Phase, QueueModel
 from batchgen.emulator.storage import FileStore, storage_routes
 from batchgen.emulator.webhooks import WebhookDispatcher
 
@@ -198,6 +198,9 @@ async def result(request: Request, rid: str) -> Response:
         return _not_found(f"Request {rid} not found")
     if view.phase is not Phase.DONE:
         return _json({"detail": f"Request {rid} is still {view.phase.value}"}, 400)
+    if view.request.outcome is Outcome.OK:
+        for spec in bodies.image_specs(view.request):
+            await render_async(spec)  # warm the cache off the event loop
     code, body, headers = bodies.result_parts(
         base_url(request), view.request, request.app.state.media
     )
@@ -220,7 +223,7 @@ async def media(request: Request) -> Response:
     spec: ImageSpec | None = request.app.state.media.get(request.path_params["media_id"])
     if spec is None:
         return _not_found("File not found")
-    data = render(spec)
+    data = await render_async(spec)
     if request.method == "HEAD":
         return Response(
             b"", media_type=spec.content_type, headers={"content-length": str(len(data))}
