@@ -21,9 +21,9 @@ Rules (DESIGN.md, "The journal and the job states"):
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -44,12 +44,12 @@ from batchgen.journal_open import (
 from batchgen.journal_plan import plan_into
 from batchgen.journal_query import JournalReader, tallies
 from batchgen.journal_schema import (
-    BILLED,
-    IN_FLIGHT,
     JOB_COLUMNS,
     JOURNAL_NAME,
     AddReport,
+    JobHead,
     JobRow,
+    LiveTallies,
     dumps,
     job_row,
     one_line,
@@ -89,7 +89,7 @@ class Journal(JournalReader):
         self._clock = clock
         self._durable_submits = durable_submits
         self.needs_plan = needs_plan
-        self._reload_tallies()
+        self._live = LiveTallies(tallies(self._db()))
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ class Journal(JournalReader):
             self._db(), specs, cost_of=cost_of, run_id=self.run_id, clock=self._clock
         )
         self.needs_plan = False
-        self._reload_tallies()
+        self._live = LiveTallies(tallies(self._db()))
         return report
 
     # ---- the submit path ----------------------------------------------------------------
@@ -207,7 +207,7 @@ class Journal(JournalReader):
         out = []
         for r in rows:
             dup = r.possible_duplicates + (r.state is S.UNKNOWN)
-            self._tally(r, r.state, S.SUBMITTING, dup, r.lost)
+            self._live.move(r, S.SUBMITTING, dup=dup, lost=r.lost)
             out.append(replace(r, state=S.SUBMITTING, updated_at=now, submits=r.submits + 1,
                                possible_duplicates=dup))  # fmt: skip
         return out
@@ -269,11 +269,11 @@ class Journal(JournalReader):
 
     def mark_downloaded(self, job_id: str, files: list[dict[str, Any]]) -> None:
         """COMPLETED -> DOWNLOADED with the files written; inline image data is dropped."""
-        row = self._get_or_raise(job_id)
         sets: dict[str, Any] = {"files": dumps(files)}
-        if row.result is not None:
-            sets["result"] = dumps(strip_data_uris(row.result))
-        self._move(job_id, S.DOWNLOADED, sets=sets, row=row, detail=f"{len(files)} files")
+        found = self._db().execute("SELECT result FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if found and found[0] and "data:" in found[0]:  # parse only when there is data to drop
+            sets["result"] = dumps(strip_data_uris(json.loads(found[0])))
+        self._move(job_id, S.DOWNLOADED, sets=sets, detail=f"{len(files)} files")
 
     def fail(self, job_id: str, error_class: str, message: str) -> None:
         """A final failure with its class (``http_422``, ``content_policy_violation``, ...)."""
@@ -304,7 +304,7 @@ class Journal(JournalReader):
                 " error = NULL, updated_at = ? WHERE state = 'FAILED' AND in_manifest = 1",
                 (now,),
             ).rowcount
-        self._reload_tallies()
+        self._live = LiveTallies(tallies(self._db()))
         return n
 
     def interrupted_submits(self) -> list[JobRow]:
@@ -315,7 +315,7 @@ class Journal(JournalReader):
         """
         rows = self._select("state = 'SUBMITTING'")
         for r in rows:
-            self._move(r.job_id, S.UNKNOWN, row=r, detail="interrupted submit")
+            self._move(r.job_id, S.UNKNOWN, detail="interrupted submit")
         return [replace(r, state=S.UNKNOWN) for r in rows]
 
     def event(self, job_id: str | None, kind: str, detail: str) -> None:
@@ -336,27 +336,13 @@ class Journal(JournalReader):
     # ---- tallies (in memory, exact: this process is the only writer) --------------------
 
     def counts(self) -> dict[JobState, int]:
-        return {s: self._counts[s] for s in S}
+        return {s: self._live.counts[s] for s in S}
 
     def spent_estimate(self) -> float:
-        return self._spent
+        return self._live.spent
 
     def in_flight_estimate(self) -> float:
-        return self._in_flight
-
-    def _reload_tallies(self) -> None:
-        t = tallies(self._db())
-        self._counts: Counter[JobState] = Counter(t.counts)
-        self._spent = t.spent
-        self._in_flight = t.in_flight
-
-    def _tally(self, r: JobRow, old: JobState, new: JobState, dup: int, lost: int) -> None:
-        if r.in_manifest:
-            self._counts[old] -= 1
-            self._counts[new] += 1
-        extra = (dup - r.possible_duplicates) + (lost - r.lost)
-        self._spent += r.cost * (extra + (new in BILLED) - (old in BILLED))
-        self._in_flight += r.cost * ((new in IN_FLIGHT) - (old in IN_FLIGHT))
+        return self._live.in_flight
 
     # ---- the one state-changing path ----------------------------------------------------
 
@@ -369,10 +355,9 @@ class Journal(JournalReader):
         bump: bool = False,
         lost: bool = False,
         same_ok: bool = False,
-        row: JobRow | None = None,
         detail: str = "",
     ) -> None:
-        r = row or self._get_or_raise(job_id)
+        r = self._head(job_id)
         if not (same_ok and r.state is new):
             check_transition(r.state, new)
         cols = dict(sets or {})
@@ -392,10 +377,20 @@ class Journal(JournalReader):
                 "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
                 (now, job_id, f"{r.state}->{new} {detail}{old_req}".rstrip()),
             )
-        self._tally(r, r.state, new, r.possible_duplicates, r.lost + int(lost))
+        self._live.move(r, new, dup=r.possible_duplicates, lost=r.lost + int(lost))
 
-    def _get_or_raise(self, job_id: str) -> JobRow:
-        row = self.get(job_id)
-        if row is None:
+    def _head(self, job_id: str) -> JobHead:
+        # Only the columns a transition needs: parsing the spec on every commit would double
+        # the cost of the hot path (bench/journal.py).
+        found = (
+            self._db()
+            .execute(
+                "SELECT seq, state, in_manifest, cost, possible_duplicates, lost, request_id"
+                " FROM jobs WHERE job_id = ?",
+                (job_id,),
+            )
+            .fetchone()
+        )
+        if found is None:
             raise JournalError(f"no job {job_id[:16]} in the journal {self.path}")
-        return row
+        return JobHead(found[0], JobState(found[1]), bool(found[2]), *found[3:])

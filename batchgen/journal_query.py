@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -24,26 +23,12 @@ from batchgen.journal_schema import (
     FailureGroup,
     JobRow,
     RunInfo,
+    Tallies,
     Upload,
     job_row,
 )
 
 S = JobState
-
-
-@dataclass(frozen=True, slots=True)
-class Tallies:
-    """Aggregates over every job. ``counts`` covers jobs named by the current manifest only;
-    money covers every job, since work paid for is paid for whatever the manifest says now."""
-
-    counts: dict[JobState, int]
-    not_in_manifest: dict[JobState, int]
-    spent: float
-    in_flight: float
-    to_submit: float  # cost of the manifest's PENDING jobs (UNKNOWN ones count as in flight)
-    lost: int
-    possible_duplicates: int
-    retries: int
 
 
 def tallies(conn: sqlite3.Connection) -> Tallies:
