@@ -40,12 +40,16 @@ class ExportResult:
 
 
 def default_dest(out_dir: Path, fmt: str) -> Path:
-    return out_dir / EXPORTS / {"parquet": "index.parquet", "csv": "index.csv",
-                                "webdataset": "webdataset"}[fmt]  # fmt: skip
+    return (
+        out_dir
+        / EXPORTS
+        / {"parquet": "index.parquet", "csv": "index.csv", "webdataset": "webdataset"}[fmt]
+    )
 
 
-def export(out_dir: Path, fmt: str, dest: Path | None = None, *, shard_size: int = 1000
-           ) -> ExportResult:  # fmt: skip
+def export(
+    out_dir: Path, fmt: str, dest: Path | None = None, *, shard_size: int = 1000
+) -> ExportResult:
     """Export ``out_dir``'s index as ``fmt`` to ``dest`` (default: under ``out/exports``)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -85,19 +89,31 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
     text, i32, i64, f64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
     smap, ts = pa.map_(pa.string(), pa.string()), pa.timestamp("ms", tz="UTC")
     types: dict[str, Any] = {
-        "image_index": i32, "variant": i32, "width": i32, "height": i32, "bytes": i64,
-        "vars": smap, "tags": smap, "submitted_at": ts, "completed_at": ts, "downloaded_at": ts,
-        "inference_time": f64, "cost_estimate": f64,
-    }  # fmt: skip
+        "image_index": i32,
+        "variant": i32,
+        "width": i32,
+        "height": i32,
+        "bytes": i64,
+        "vars": smap,
+        "tags": smap,
+        "submitted_at": ts,
+        "completed_at": ts,
+        "downloaded_at": ts,
+        "inference_time": f64,
+        "cost_estimate": f64,
+    }
     convert: dict[str, Callable[[Any], Any]] = {
         "vars": lambda v: [(str(k), str(x)) for k, x in v.items()] if isinstance(v, dict) else None,
-        "submitted_at": _timestamp, "completed_at": _timestamp, "downloaded_at": _timestamp,
+        "submitted_at": _timestamp,
+        "completed_at": _timestamp,
+        "downloaded_at": _timestamp,
         "usage": lambda v: None if v is None else json.dumps(v, sort_keys=True),
-    }  # fmt: skip
+    }
     convert["tags"] = convert["vars"]
     schema = pa.schema([(name, types.get(name, text)) for name in INDEX_FIELDS])
-    columns = {name: [convert.get(name, lambda v: v)(r.get(name)) for r in rows]
-               for name in INDEX_FIELDS}  # fmt: skip
+    columns = {
+        name: [convert.get(name, lambda v: v)(r.get(name)) for r in rows] for name in INDEX_FIELDS
+    }
     table = pa.Table.from_pydict(columns, schema=schema)
     _atomic_write(dest, lambda tmp: pq.write_table(table, tmp))
     return ExportResult(paths=[dest], rows=len(rows))
@@ -114,8 +130,9 @@ def csv_cell(value: Any) -> str | int | float:
         return str(value).lower()
     if isinstance(value, int | float):
         return value
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
-                                                             sort_keys=True)  # fmt: skip
+    text = (
+        value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    )
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
@@ -141,8 +158,9 @@ def sample_key(row: Mapping[str, Any]) -> str:
     return f"{row['job_id']}_{int(row.get('image_index') or 0)}"
 
 
-def _verified(out_dir: Path, rows: Sequence[Mapping[str, Any]], skipped: list[str]
-              ) -> Iterator[tuple[Mapping[str, Any], Path]]:  # fmt: skip
+def _verified(
+    out_dir: Path, rows: Sequence[Mapping[str, Any]], skipped: list[str]
+) -> Iterator[tuple[Mapping[str, Any], Path]]:
     images = (out_dir / "images").resolve()
     for r in rows:
         path = (out_dir / str(r["file_name"])).resolve()
@@ -171,8 +189,9 @@ def _write_shard(tmp: Path, *, batch: Sequence[tuple[Mapping[str, Any], Path]]) 
             _add(tar, f"{key}.json", json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
 
 
-def export_webdataset(out_dir: Path, rows: Sequence[Mapping[str, Any]], dest: Path, *,
-                      shard_size: int = 1000) -> ExportResult:  # fmt: skip
+def export_webdataset(
+    out_dir: Path, rows: Sequence[Mapping[str, Any]], dest: Path, *, shard_size: int = 1000
+) -> ExportResult:
     """Tar shards ``shard-000000.tar``… of ``shard_size`` samples: ``{key}.{ext}`` + ``{key}.json``.
 
     Shards from an earlier, larger export into the same folder are removed so that a loader

@@ -67,8 +67,12 @@ def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> bool:
     return True
 
 
-def _ensure_thumbs(out_dir: Path, rows: Sequence[Mapping[str, Any]], workers: int) -> set[str]:
-    """Make missing thumbnails (in threads: Pillow decodes without the GIL); the ones present."""
+def _ensure_thumbs(
+    out_dir: Path, rows: Sequence[Mapping[str, Any]], workers: int
+) -> tuple[set[str], int]:
+    """Make missing thumbnails (in threads: Pillow decodes without the GIL).
+
+    Returns the checksums that have a thumbnail, and how many were made now."""
     todo: dict[str, Path] = {}
     have: set[str] = set()
     for r in rows:
@@ -80,29 +84,29 @@ def _ensure_thumbs(out_dir: Path, rows: Sequence[Mapping[str, Any]], workers: in
         else:
             todo[sha] = src
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        made = pool.map(lambda kv: (kv[0], make_thumbnail(kv[1], out_dir / thumb_name(kv[0]))),
-                        todo.items())  # fmt: skip
-        have.update(sha for sha, ok in made if ok)
-    return have
+        made = pool.map(
+            lambda kv: (kv[0], make_thumbnail(kv[1], out_dir / thumb_name(kv[0]))), todo.items()
+        )
+        new = {sha for sha, ok in made if ok}
+    return have | new, len(new)
 
 
-def build_gallery(out_dir: Path, *, title: str | None = None, workers: int | None = None
-                  ) -> GalleryReport:  # fmt: skip
+def build_gallery(
+    out_dir: Path, *, title: str | None = None, workers: int | None = None
+) -> GalleryReport:
     """(Re)write ``out_dir/index.html`` from the index, making any missing thumbnails."""
     rows = sorted(read_index(out_dir), key=lambda r: (str(r.get("prompt_id")), r["file_name"]))
     failures = read_failures(out_dir)
-    before = sum(1 for _ in (out_dir / THUMBS).rglob("*.jpg")) if (out_dir / THUMBS).is_dir() \
-        else 0  # fmt: skip
-    thumbs = _ensure_thumbs(out_dir, rows, workers or os.cpu_count() or 2)
+    thumbs, made = _ensure_thumbs(out_dir, rows, workers or os.cpu_count() or 2)
     missing = sum(1 for r in rows if not (out_dir / str(r["file_name"])).is_file())
-    page = render_page(rows, failures, thumbs, title=title or out_dir.resolve().name,
-                       missing=missing)  # fmt: skip
+    page = render_page(
+        rows, failures, thumbs, title=title or out_dir.resolve().name, missing=missing
+    )
     dest = out_dir / GALLERY
     tmp = dest.with_name(dest.name + ".part")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, dest)
-    after = sum(1 for _ in (out_dir / THUMBS).rglob("*.jpg")) if (out_dir / THUMBS).is_dir() else 0
-    return GalleryReport(dest, len(rows), after - before, missing, len(failures))
+    return GalleryReport(dest, len(rows), made, missing, len(failures))
 
 
 # ---- rendering: pure functions of the rows -------------------------------------------------
@@ -133,10 +137,13 @@ def _money(x: float) -> str:
 
 
 def _options(element_id: str, label: str, counts: Counter[str]) -> str:
-    opts = "".join(f'<option value="{_e(v)}">{_e(v)} ({n})</option>'
-                   for v, n in sorted(counts.items()) if v)  # fmt: skip
-    return (f'<label>{_e(label)} <select id="{element_id}"><option value="">all</option>'
-            f"{opts}</select></label>")  # fmt: skip
+    opts = "".join(
+        f'<option value="{_e(v)}">{_e(v)} ({n})</option>' for v, n in sorted(counts.items()) if v
+    )
+    return (
+        f'<label>{_e(label)} <select id="{element_id}"><option value="">all</option>'
+        f"{opts}</select></label>"
+    )
 
 
 def _card(r: Mapping[str, Any], thumbs: set[str]) -> str:
@@ -149,9 +156,11 @@ def _card(r: Mapping[str, Any], thumbs: set[str]) -> str:
     if sha in thumbs:
         w, h = r.get("width") or 1, r.get("height") or 1
         scale = THUMB_SIDE / max(int(w), int(h), 1)
-        img = (f'<img src="{_href(thumb_name(sha))}" loading="lazy" decoding="async" '
-               f'width="{round(int(w) * scale)}" height="{round(int(h) * scale)}" '
-               f'alt="{_e(prompt[:200])}">')  # fmt: skip
+        img = (
+            f'<img src="{_href(thumb_name(sha))}" loading="lazy" decoding="async" '
+            f'width="{round(int(w) * scale)}" height="{round(int(h) * scale)}" '
+            f'alt="{_e(prompt[:200])}">'
+        )
     else:
         img = '<span class="missing">image missing</span>'
     cost = r.get("cost_estimate")
@@ -182,8 +191,9 @@ def _failures_table(failures: Iterable[Mapping[str, Any]]) -> str:
     )
     if not rows:
         return '<p class="empty">No failures.</p>'
-    head = "".join(f"<th>{h}</th>" for h in
-                   ("prompt id", "prompt", "class", "message", "attempts", "job"))  # fmt: skip
+    head = "".join(
+        f"<th>{h}</th>" for h in ("prompt id", "prompt", "class", "message", "attempts", "job")
+    )
     return f'<table class="failures"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
@@ -197,13 +207,21 @@ def _job_cost(rows: Iterable[Mapping[str, Any]]) -> float:
     return sum(per_job.values())
 
 
-def render_page(rows: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]],
-                thumbs: set[str], *, title: str, missing: int = 0) -> str:  # fmt: skip
+def render_page(
+    rows: Sequence[Mapping[str, Any]],
+    failures: Sequence[Mapping[str, Any]],
+    thumbs: set[str],
+    *,
+    title: str,
+    missing: int = 0,
+) -> str:
     """The whole page as text: a pure function of the index rows and the thumbnails present."""
     script = _asset("gallery.js")
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    csp = (f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
-           f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")  # fmt: skip
+    csp = (
+        f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+        f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
+    )
     jobs = len({r.get("job_id") for r in rows})
     total_bytes = sum(int(r.get("bytes") or 0) for r in rows)
     totals = [
@@ -215,13 +233,15 @@ def render_page(rows: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[st
         f"<span><b>{missing:,}</b> missing files</span>" if missing else "",
         f'<span>showing <b id="shown">{len(rows):,}</b></span>',
     ]
-    filters = "".join([
-        _options("f-prompt", "prompt", Counter(str(r.get("prompt_id") or "") for r in rows)),
-        _options("f-size", "size", Counter(_size_of(r) for r in rows)),
-        _options("f-quality", "quality", Counter(str(r.get("quality") or "") for r in rows)),
-        _options("f-tag", "tag", Counter(t for r in rows for t in _tags(r))),
-        '<input id="q" type="search" placeholder="search prompts" aria-label="search">',
-    ])  # fmt: skip
+    filters = "".join(
+        [
+            _options("f-prompt", "prompt", Counter(str(r.get("prompt_id") or "") for r in rows)),
+            _options("f-size", "size", Counter(_size_of(r) for r in rows)),
+            _options("f-quality", "quality", Counter(str(r.get("quality") or "") for r in rows)),
+            _options("f-tag", "tag", Counter(t for r in rows for t in _tags(r))),
+            '<input id="q" type="search" placeholder="search prompts" aria-label="search">',
+        ]
+    )
     cards = "\n".join(_card(r, thumbs) for r in rows)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -173,6 +173,11 @@ def _line(row: Mapping[str, Any]) -> bytes:
     return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+# Where this process's last append left each file (inode, size): the torn-line check is only
+# needed when the file changed behind our back.
+_left_at: dict[Path, tuple[int, int]] = {}
+
+
 def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     lines = [_line(r) for r in rows]  # serialise first: a bad row must not leave half a batch
     if not lines:
@@ -180,16 +185,21 @@ def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            # A line torn by a crash stays alone (and is skipped). Racing another appender this
-            # can at worst add a blank line: O_APPEND puts it after their whole row.
+        st = os.fstat(fd)
+        # If someone else wrote since our last append (or we just started), the last line may
+        # be torn by a crash: make ours start on a fresh one. Racing another appender this can
+        # add a blank line (O_APPEND puts it after their whole row); readers, pyarrow and
+        # ImageFolder skip blank lines.
+        changed = st.st_size and _left_at.get(path) != (st.st_ino, st.st_size)
+        if changed and os.pread(fd, 1, st.st_size - 1) != b"\n":
             os.write(fd, b"\n")
         for line in lines:
             written = os.write(fd, line)
             while written < len(line):  # only on a full disk or a signal; finish the row
                 written += os.write(fd, line[written:])
         os.fsync(fd)
+        st = os.fstat(fd)
+        _left_at[path] = (st.st_ino, st.st_size)
     finally:
         os.close(fd)
 
@@ -317,12 +327,20 @@ def rebuild_from_rows(
                 report.changed.append(name)
             d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
             row = index_row(
-                job.spec, n, d, out_dir=out_dir, manifest_sha256=manifest_sha256,
-                request_id=job.request_id, submitted_at=job.submitted_at,
-                completed_at=job.completed_at, inference_time=job.inference_time,
-                cost_estimate=job.cost_estimate, usage=job.usage, version=version,
+                job.spec,
+                n,
+                d,
+                out_dir=out_dir,
+                manifest_sha256=manifest_sha256,
+                request_id=job.request_id,
+                submitted_at=job.submitted_at,
+                completed_at=job.completed_at,
+                inference_time=job.inference_time,
+                cost_estimate=job.cost_estimate,
+                usage=job.usage,
+                version=version,
                 downloaded_at=old.get(name, {}).get("downloaded_at") or os.path.getmtime(dest),
-            )  # fmt: skip
+            )
             rows.append(row)
     failures = [dict(f) for f in failed_jobs]
     _rewrite(out_dir / METADATA, rows)

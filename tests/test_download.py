@@ -86,9 +86,13 @@ class ImageServer:
     async def image(self, request: Request) -> Response:
         self._hit(request)
         name = request.path_params["name"]
-        body, mime = {"a.png": (PNG, "image/png"), "a.jpg": (JPEG, "image/jpeg"),
-                      "a.webp": (WEBP, "image/webp"), "lying.png": (JPEG, "image/png"),
-                      "untyped": (PNG, "")}[name]  # fmt: skip
+        body, mime = {
+            "a.png": (PNG, "image/png"),
+            "a.jpg": (JPEG, "image/jpeg"),
+            "a.webp": (WEBP, "image/webp"),
+            "lying.png": (JPEG, "image/png"),
+            "untyped": (PNG, ""),
+        }[name]
         return Response(body, headers={"content-type": mime} if mime else {})
 
     async def redirect(self, request: Request) -> Response:
@@ -111,8 +115,10 @@ class ImageServer:
     async def short(self, request: Request) -> Response:
         # Declares the whole image and sends half of it, as a CDN that drops the connection.
         self._hit(request)
-        return Response(PNG[: len(PNG) // 2], headers={"content-length": str(len(PNG)),
-                                                       "content-type": "image/png"})  # fmt: skip
+        return Response(
+            PNG[: len(PNG) // 2],
+            headers={"content-length": str(len(PNG)), "content-type": "image/png"},
+        )
 
     async def flaky(self, request: Request) -> Response:
         self._hit(request)
@@ -170,9 +176,13 @@ async def fetch(http: httpx.AsyncClient, url: str, dest: Path, **kw: Any) -> Dow
 
 @pytest.mark.parametrize(
     ("url", "fmt", "mime"),
-    [("/img/a.png", "png", "image/png"), ("/img/a.jpg", "jpeg", "image/jpeg"),
-     ("/img/a.webp", "webp", "image/webp"), ("/img/untyped", None, "image/png")],
-)  # fmt: skip
+    [
+        ("/img/a.png", "png", "image/png"),
+        ("/img/a.jpg", "jpeg", "image/jpeg"),
+        ("/img/a.webp", "webp", "image/webp"),
+        ("/img/untyped", None, "image/png"),
+    ],
+)
 async def test_downloads_verified_image(
     http: httpx.AsyncClient, out: Path, url: str, fmt: str | None, mime: str
 ) -> None:
@@ -216,10 +226,13 @@ async def test_follows_up_to_five_redirects(http: httpx.AsyncClient, out: Path) 
         ("http://media.test/status/404", "http_404", {}),
         ("data:text/html;base64,PGh0bWw+", "wrong_type", {}),
         ("data:image/png;base64,!!!not-base64", "bad_url", {}),
-        ("data:image/png;base64," + base64.b64encode(b"\0" * 9000).decode(), "too_large",
-         {"max_bytes": 1000}),
+        (
+            "data:image/png;base64," + base64.b64encode(b"\0" * 9000).decode(),
+            "too_large",
+            {"max_bytes": 1000},
+        ),
     ],
-)  # fmt: skip
+)
 async def test_hostile_or_broken_sources_are_refused_with_a_reason(
     http: httpx.AsyncClient, tmp_path: Path, out: Path, url: str, reason: str, kw: dict[str, Any]
 ) -> None:
@@ -230,8 +243,9 @@ async def test_hostile_or_broken_sources_are_refused_with_a_reason(
     assert info.value.reason == reason
     assert not info.value.retryable and sleeps.calls == []  # refused once, never retried
     spec = JobSpec(job_id="a" * 64, endpoint="openai/gpt-image-2", input={"prompt": "p"})
-    append_failure(out, failure_row(spec, error_class=info.value.reason, message=str(info.value),
-                                    attempts=1))  # fmt: skip
+    append_failure(
+        out, failure_row(spec, error_class=info.value.reason, message=str(info.value), attempts=1)
+    )
     assert [f["class"] for f in read_failures(out)] == [reason]
     # Nothing in place, no .part, and nothing outside the output folder.
     assert files_under(tmp_path) == {out / "failures.jsonl"}
@@ -240,11 +254,22 @@ async def test_hostile_or_broken_sources_are_refused_with_a_reason(
 
 async def test_server_file_name_never_names_the_file(out: Path) -> None:
     """fal's ``file_name`` is ignored: the name comes from the template and the job only."""
-    result = {"images": [{"url": "data:image/png;base64," + base64.b64encode(PNG).decode(),
-                          "file_name": "../../etc/x", "content_type": "image/png"}]}  # fmt: skip
+    result = {
+        "images": [
+            {
+                "url": "data:image/png;base64," + base64.b64encode(PNG).decode(),
+                "file_name": "../../etc/x",
+                "content_type": "image/png",
+            }
+        ]
+    }
     inp = {"prompt": "p", "output_format": "png"}
-    spec = JobSpec(job_id=job_id("openai/gpt-image-2", inp, 0), endpoint="openai/gpt-image-2",
-                   input=inp, prompt_id="../../etc/x")  # fmt: skip
+    spec = JobSpec(
+        job_id=job_id("openai/gpt-image-2", inp, 0),
+        endpoint="openai/gpt-image-2",
+        input=inp,
+        prompt_id="../../etc/x",
+    )
     fields = template_fields(spec, 0)
     assert "file_name" not in fields
     dest = image_path(out, spec.output_template, fields)
@@ -268,8 +293,9 @@ async def test_truncated_body_is_retried_and_never_left_in_place(
     dest = dest_in(out)
     sleeps = Sleeps()
     with pytest.raises(DownloadError) as info:
-        await fetch(http, "http://media.test/short", dest, sleep=sleeps, attempts=3,
-                    rng=lambda: 1.0)  # fmt: skip
+        await fetch(
+            http, "http://media.test/short", dest, sleep=sleeps, attempts=3, rng=lambda: 1.0
+        )
     assert info.value.reason == "truncated" and info.value.retryable
     assert server.hits["/short"] == 3 and sleeps.calls == [0.5, 1.0]
     assert files_under(out) == set()

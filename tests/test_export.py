@@ -23,23 +23,45 @@ from batchgen.jobs import JobSpec, job_id
 from batchgen.paths import image_path, template_fields
 
 EP = "openai/gpt-image-2"
-PROMPTS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2", "@SUM(A1)", "\tcmd", "\rcr",
-           "a plain owl", "line one\nline two, \"quoted\""]  # fmt: skip
+PROMPTS = [
+    '=HYPERLINK("http://evil","x")',
+    "+1+1",
+    "-2",
+    "@SUM(A1)",
+    "\tcmd",
+    "\rcr",
+    "a plain owl",
+    'line one\nline two, "quoted"',
+]
 
 
 def make_output(out: Path, prompts: list[str] = PROMPTS) -> list[dict[str, object]]:
     for i, prompt in enumerate(prompts):
         inp = {"prompt": prompt, "quality": "low", "output_format": "jpeg" if i % 2 else "png"}
-        spec = JobSpec(job_id=job_id(EP, inp, 0), endpoint=EP, input=inp, prompt_id=f"p{i % 3}",
-                       prompt=prompt, vars={"i": str(i)}, tags={"set": "=A"})  # fmt: skip
+        spec = JobSpec(
+            job_id=job_id(EP, inp, 0),
+            endpoint=EP,
+            input=inp,
+            prompt_id=f"p{i % 3}",
+            prompt=prompt,
+            vars={"i": str(i)},
+            tags={"set": "=A"},
+        )
         dest = image_path(out, spec.output_template, template_fields(spec, 0))
         dest.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (32 + i, 24), (i * 30, 80, 120)).save(dest, "JPEG" if i % 2 else "PNG")
         size, digest = sha256_file(dest)
         w, h, fmt = inspect_image(dest)
-        row = index_row(spec, 0, Downloaded(dest, digest, size, w, h, mime_of(fmt)), out_dir=out,
-                        manifest_sha256="m" * 64, submitted_at=1.0, cost_estimate=0.01,
-                        usage={"total_tokens": 7} if i == 0 else None)  # fmt: skip
+        row = index_row(
+            spec,
+            0,
+            Downloaded(dest, digest, size, w, h, mime_of(fmt)),
+            out_dir=out,
+            manifest_sha256="m" * 64,
+            submitted_at=1.0,
+            cost_estimate=0.01,
+            usage={"total_tokens": 7} if i == 0 else None,
+        )
         append_rows(out, [row])
     return read_index(out)
 
@@ -115,8 +137,11 @@ def test_webdataset_shards_hold_verified_samples(tmp_path: Path) -> None:
             key, ext = name.split(".", 1)
             if ext == "json":
                 meta = json.loads(data)
-                image = next(v for k, v in members.items() if k.startswith(key + ".")
-                             and not k.endswith(".json"))  # fmt: skip
+                image = next(
+                    v
+                    for k, v in members.items()
+                    if k.startswith(key + ".") and not k.endswith(".json")
+                )
                 assert hashlib.sha256(image).hexdigest() == meta["sha256"]
                 assert by_sha[meta["sha256"]]["file_name"] == meta["file_name"]
                 keys.append(key)

@@ -33,8 +33,14 @@ def make_output(out: Path) -> list[JobSpec]:
     specs = []
     for prompt, pid, quality, size, colour, tag in JOBS:
         inp = {"prompt": prompt, "quality": quality, "image_size": size}
-        spec = JobSpec(job_id=job_id(EP, inp, 0), endpoint=EP, input=inp, prompt_id=pid,
-                       prompt=prompt, tags={"set": tag})  # fmt: skip
+        spec = JobSpec(
+            job_id=job_id(EP, inp, 0),
+            endpoint=EP,
+            input=inp,
+            prompt_id=pid,
+            prompt=prompt,
+            tags={"set": tag},
+        )
         dest = image_path(out, spec.output_template, template_fields(spec, 0))
         dest.parent.mkdir(parents=True, exist_ok=True)
         w, h = (512, 512) if size == "square_hd" else (512, 384)
@@ -42,11 +48,14 @@ def make_output(out: Path) -> list[JobSpec]:
         size_b, digest = sha256_file(dest)
         _, _, fmt = inspect_image(dest)
         d = Downloaded(dest, digest, size_b, w, h, mime_of(fmt))
-        append_rows(out, [index_row(spec, 0, d, out_dir=out, manifest_sha256="m",
-                                    cost_estimate=0.15)])  # fmt: skip
+        append_rows(
+            out, [index_row(spec, 0, d, out_dir=out, manifest_sha256="m", cost_estimate=0.15)]
+        )
         specs.append(spec)
-    append_failure(out, failure_row(specs[2], error_class="content_policy_violation",
-                                    message=HOSTILE, attempts=1))  # fmt: skip
+    append_failure(
+        out,
+        failure_row(specs[2], error_class="content_policy_violation", message=HOSTILE, attempts=1),
+    )
     return specs
 
 
@@ -134,18 +143,34 @@ CONSOLE = re.compile(r":CONSOLE[:(]")
 def chromium(url: str, profile: Path, *extra: str) -> tuple[str, list[str]]:
     """Load ``url`` headless; returns (the DOM after scripts ran, console messages)."""
     assert CHROMIUM
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-           "--virtual-time-budget=3000", "--dump-dom", *extra, url]  # fmt: skip
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+        *extra,
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=45, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, [line for line in done.stderr.splitlines() if CONSOLE.search(line)]
 
 
 def visible_cards(dom: str) -> list[str]:
-    return [str(a.get("data-prompt-id")) for t, a in elements(dom)
-            if t == "article" and "hidden" not in a]  # fmt: skip
+    return [
+        str(a.get("data-prompt-id"))
+        for t, a in elements(dom)
+        if t == "article" and "hidden" not in a
+    ]
 
 
 @pytest.fixture
