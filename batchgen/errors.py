@@ -49,12 +49,17 @@ class Problem:
 
 class ManifestError(BatchgenError):
     exit_code = 2
+    # A file with 100,000 bad rows must not print 100,000 lines; `problems` keeps them all.
+    SHOWN = 50
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         n = len(self.problems)
-        head = f"{n} problem{'s' if n != 1 else ''} in the manifest:"
-        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+        head = f"{n:,} problem{'s' if n != 1 else ''} in the manifest:"
+        lines = [f"  {p}" for p in self.problems[: self.SHOWN]]
+        if n > self.SHOWN:
+            lines.append(f"  ... and {n - self.SHOWN:,} more")
+        super().__init__("\n".join([head, *lines]))
 
 
 class JournalError(BatchgenError):

@@ -308,3 +308,17 @@ def test_symlink_out_of_the_folder_is_refused(
             ]
         ),
     )
+
+
+def test_thousands_of_bad_rows_are_counted_not_all_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("rows.csv").write_text("prompt,quality\n" + "a fox,best\n" * 2000)
+    code, _, err = plan_stderr(capsys, ["rows.csv"])
+    lines = err.splitlines()
+    assert code == 2
+    assert lines[0] == "batchgen: 2,000 problems in the manifest:"
+    assert lines[1] == "  rows.csv:2: quality: must be one of low, medium, high, got 'best'"
+    assert lines[-1] == "  ... and 1,950 more"
+    assert len(lines) == 52
