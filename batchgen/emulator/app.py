@@ -110,7 +110,9 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
     now = config.clock()
     endpoint = "/".join([app_id, *rest])
     webhook = request.query_params.get("fal_webhook")
-    req = model.submit(app_id, endpoint, body, now, webhook=webhook)
+    req = model.submit(
+        app_id, endpoint, body, now, webhook=webhook, start_timeout=_start_timeout(request)
+    )
     base = base_url(request)
     if webhook:
         request.app.state.webhooks.watch(req, base)
@@ -122,6 +124,16 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
     view = model.view(req.id, now)
     position = view.position if view is not None and view.position is not None else 0
     return _json(bodies.submit_body(base, req, position), headers={"x-fal-request-id": req.id})
+
+
+def _start_timeout(request: Request) -> float | None:
+    """X-Fal-Request-Timeout in seconds; an unparsable value is ignored, as a proxy would."""
+    raw = request.headers.get("x-fal-request-timeout")
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value > 0 else None
 
 
 async def status(request: Request, rid: str) -> Response:

@@ -139,8 +139,13 @@ def result_parts(
         return 422, {"detail": detail}, headers
     err = req.error
     assert err is not None
+    headers["x-fal-error-type"] = err[1]
+    if req.outcome is Outcome.START_TIMEOUT:
+        # The user's own timeout: fal-client must not retry this one (fal-protocol.md §6).
+        headers["x-fal-request-timeout-type"] = "user"
+        return 504, {"detail": err[0], "error_type": err[1]}, headers
     code = req.runner_error[0] if req.runner_error else 499
-    return code, {"detail": err[0], "error_type": err[1]}, {**headers, "x-fal-error-type": err[1]}
+    return code, {"detail": err[0], "error_type": err[1]}, headers
 
 
 def webhook_body(status: int, body: dict[str, Any], req: Request) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Outcome(StrEnum):
     CONTENT_POLICY = "content_policy"  # 422 content_policy_violation
     RUNNER_ERROR = "runner_error"  # 5xx with an error_type
     CANCELLED = "cancelled"  # 499 client_cancelled
+    START_TIMEOUT = "start_timeout"  # 504: still queued when X-Fal-Request-Timeout ran out
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class Request:
     outcome: Outcome
     qseq: int  # FIFO ticket
     webhook: str | None = None
+    start_by: float | None = None  # fail if still queued at this time (X-Fal-Request-Timeout)
     problems: list[gptimage.InputProblem] = field(default_factory=list)
     runner_error: tuple[int, str, str] | None = None
     phase: Phase = Phase.QUEUED
@@ -88,6 +90,8 @@ class Request:
             return self.runner_error[2], self.runner_error[1]
         if self.outcome is Outcome.CANCELLED:
             return "Request was cancelled", "client_cancelled"
+        if self.outcome is Outcome.START_TIMEOUT:
+            return "Request timed out before it started", "request_timeout"
         if self.outcome is Outcome.CONTENT_POLICY:
             return "Invalid status code: 422", "content_policy_violation"
         return "Invalid status code: 422", "validation_error"
@@ -175,9 +179,12 @@ class QueueModel:
         self.requests: dict[str, Request] = {}
         self.expired: set[str] = set()
         self._queue: deque[Request] = deque()
-        self._cancelled_qseqs: list[int] = []  # sorted; queued requests removed by cancel
+        self._cancelled_qseqs: list[
+            int
+        ] = []  # sorted; queued tickets taken out of line (cancel, timeout)
         self._next_qseq = 0
         self._running: list[tuple[float, int, str]] = []  # heap of (finish_at, qseq, id)
+        self._deadlines: list[tuple[float, int, str]] = []  # heap of (start by, qseq, id)
         self._n_running = 0
         self._n_queued = 0
         self._expiry: list[tuple[float, str]] = []  # heap of (expires_at, id)
@@ -190,36 +197,67 @@ class QueueModel:
     # -- time -----------------------------------------------------------------------------
 
     def advance(self, now: float) -> list[Request]:
-        """Replay everything up to ``now``; return the requests that completed meanwhile."""
+        """Replay everything up to ``now``; return the requests that completed meanwhile.
+
+        Two kinds of event move the queue: a running request finishing (which lets the next
+        one start at that instant) and a queued request's start deadline passing. They are
+        replayed in time order; on a tie the deadline wins, as it has already run out.
+        """
         done: list[Request] = []
         if now < self._t:
             now = self._t  # a clock never runs backwards inside the model
         t = self._t if self._t != float("-inf") else now
         while True:
             self._fill(t)
-            if self._running and self._running[0][0] <= now:
-                finish_at, _, rid = heapq.heappop(self._running)
-                req = self.requests.get(rid)
-                if req is None or req.phase is not Phase.RUNNING or req.finish_at != finish_at:
-                    continue  # a stale heap entry (the request was cancelled while running)
-                t = finish_at
-                self._complete(req, finish_at)
-                done.append(req)
-                continue
-            break
+            finish = self._peek_finish()
+            deadline = self._peek_deadline()
+            if (
+                deadline is not None
+                and deadline[0] <= now
+                and (finish is None or deadline[0] <= finish[0])
+            ):
+                heapq.heappop(self._deadlines)
+                t, req = deadline
+                self._unqueue(req)
+                req.outcome = Outcome.START_TIMEOUT
+                self._complete(req, t)
+            elif finish is not None and finish[0] <= now:
+                heapq.heappop(self._running)
+                t, req = finish
+                self._complete(req, t)
+            else:
+                break
+            done.append(req)
         self._t = now
         self._expire(now)
         return done
 
-    def next_event_at(self) -> float | None:
-        """When the next request will complete (and a queued one may start), if any runs."""
+    def _peek_finish(self) -> tuple[float, Request] | None:
         while self._running:
             finish_at, _, rid = self._running[0]
             req = self.requests.get(rid)
             if req is not None and req.phase is Phase.RUNNING and req.finish_at == finish_at:
-                return finish_at
-            heapq.heappop(self._running)
+                return finish_at, req
+            heapq.heappop(self._running)  # stale: cancelled while running
         return None
+
+    def _peek_deadline(self) -> tuple[float, Request] | None:
+        while self._deadlines:
+            at, _, rid = self._deadlines[0]
+            req = self.requests.get(rid)
+            if req is not None and req.phase is Phase.QUEUED:
+                return at, req
+            heapq.heappop(self._deadlines)  # stale: it started, or was cancelled
+        return None
+
+    def next_event_at(self) -> float | None:
+        """When the queue next changes by itself (a completion or a start deadline), if ever."""
+        times = [e[0] for e in (self._peek_finish(), self._peek_deadline()) if e is not None]
+        return min(times) if times else None
+
+    def _unqueue(self, req: Request) -> None:
+        """Take a queued request out of line; it stays in the deque and is skipped there."""
+        bisect.insort(self._cancelled_qseqs, req.qseq)
 
     def _fill(self, t: float) -> None:
         while self._n_running < self.limit and self._queue:
@@ -268,8 +306,13 @@ class QueueModel:
         now: float,
         *,
         webhook: str | None = None,
+        start_timeout: float | None = None,
     ) -> Request:
-        """Accept a request (fal accepts invalid input too: it fails at result time)."""
+        """Accept a request (fal accepts invalid input too: it fails at result time).
+
+        ``start_timeout`` (fal's X-Fal-Request-Timeout, real seconds, not scaled) fails the
+        request if it is still queued that long after submission.
+        """
         self.advance(now)
         problems = gptimage.validate_input(endpoint, body, strict=False)
         if problems:
@@ -300,6 +343,9 @@ class QueueModel:
         self.requests[req.id] = req
         self._queue.append(req)
         self._n_queued += 1
+        if start_timeout is not None:
+            req.start_by = now + start_timeout
+            heapq.heappush(self._deadlines, (req.start_by, req.qseq, req.id))
         self.counters["submits_accepted"] += 1
         self.submits_per_input[canonical_input_key(endpoint, body)] += 1
         self._fill(now)
@@ -333,7 +379,7 @@ class QueueModel:
             return "ALREADY_COMPLETED"
         self.counters["cancels_effective"] += 1
         if req.phase is Phase.QUEUED:
-            bisect.insort(self._cancelled_qseqs, req.qseq)
+            self._unqueue(req)
         req.outcome = Outcome.CANCELLED
         req.finish_at = now
         self._complete(req, now)

@@ -12,6 +12,7 @@ BODY = {"prompt": "p", "quality": "low", "image_size": "square_hd"}
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("submit"), st.sampled_from(["low", "medium", "high"])),
+        st.tuples(st.just("submit_by"), st.floats(min_value=0.5, max_value=60)),
         st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=40)),
         st.tuples(st.just("wait"), st.floats(min_value=0, max_value=40)),
     ),
@@ -28,6 +29,8 @@ def test_limit_fifo_and_work_conservation(limit: int, script: list[tuple[str, ob
     for op, arg in script:
         if op == "submit":
             ids.append(model.submit("o/a", "o/a", {**BODY, "quality": arg}, now).id)
+        elif op == "submit_by":
+            ids.append(model.submit("o/a", "o/a", BODY, now, start_timeout=float(str(arg))).id)
         elif op == "cancel" and ids:
             model.cancel(ids[int(str(arg)) % len(ids)], now)
         else:
@@ -37,6 +40,9 @@ def test_limit_fifo_and_work_conservation(limit: int, script: list[tuple[str, ob
         running = [r for r in reqs if r.phase is Phase.RUNNING]
         queued = [r for r in reqs if r.phase is Phase.QUEUED]
         assert len(running) == model.in_progress() <= limit
+        # Nobody is still waiting past their start deadline, nor started after it.
+        assert all(r.start_by is None or now < r.start_by for r in queued)
+        assert all(r.start_by is None or r.started_at <= r.start_by for r in running)  # type: ignore[operator]
         # Work-conserving: nobody waits while a slot is free.
         assert not queued or len(running) == limit
         # FIFO: positions are 0..n-1 in submit order.
@@ -47,6 +53,8 @@ def test_limit_fifo_and_work_conservation(limit: int, script: list[tuple[str, ob
     by_ticket = sorted(started, key=lambda r: r.qseq)
     assert [r.started_at for r in by_ticket] == sorted(r.started_at for r in by_ticket)  # type: ignore[type-var]
     assert all(r.started_at >= r.submitted_at for r in started)  # type: ignore[operator]
+    timed_out = [r for r in model.requests.values() if r.outcome is Outcome.START_TIMEOUT]
+    assert all(r.started_at is None for r in timed_out)
     for r in started:
         at = r.started_at
         overlapping = [

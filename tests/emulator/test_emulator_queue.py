@@ -249,3 +249,26 @@ async def test_non_gpt_endpoint_still_gets_images(make_client: MakeClient) -> No
     res = await client.get(h["response_url"])
     assert res.status_code == 200
     assert len(res.json()["images"]) == 1
+
+
+async def test_start_timeout_fails_a_request_still_queued(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client, _ = await make_client(concurrency_limit=1)
+    blocker = await submit(client, {**LOW, "quality": "high"})  # ~30 s
+    r = await client.post(T2I, json=LOW, headers={"X-Fal-Request-Timeout": "5.0"})
+    late = r.json()
+    behind = await submit(client, {**LOW, "prompt": "behind"})
+    clock.advance(4)
+    assert (await client.get(late["status_url"])).json()["status"] == "IN_QUEUE"
+    clock.advance(2)
+    status = (await client.get(late["status_url"])).json()
+    assert (status["status"], status["error_type"]) == ("COMPLETED", "request_timeout")
+    assert (await client.get(behind["status_url"])).json()["queue_position"] == 0
+    res = await client.get(late["response_url"])
+    assert res.status_code == 504
+    assert res.headers["x-fal-request-timeout-type"] == "user"
+    # A request that starts in time is not affected by its start timeout.
+    clock.advance(100)
+    assert (await client.get(blocker["response_url"])).status_code == 200
+    assert (await client.get(behind["response_url"])).status_code == 200
