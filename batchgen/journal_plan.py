@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from batchgen.errors import JournalError
-from batchgen.jobs import JobSpec
+from batchgen.jobs import SECRET_FIELDS, JobSpec
 from batchgen.journal_open import transaction
 from batchgen.journal_schema import SECRET_MARKERS, AddReport, dumps, find_secret
 
@@ -27,57 +26,58 @@ def plan_into(
     clock: Callable[[], float],
 ) -> AddReport:
     """Insert the jobs not yet in the journal; flag the ones ``specs`` no longer names."""
-    fresh = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM jobs)").fetchone()[0]
+    last_seq: int = conn.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[0]
+    fresh = last_seq == 0
     if not fresh:
-        # This plan's membership goes to a temp table, not the jobs rows: flagging a million
-        # rows would rewrite every page of the database into the WAL on every resume.
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS named (job_id TEXT PRIMARY KEY)")
+        # This plan's membership goes to a temp table of row numbers, not the jobs rows:
+        # flagging a million rows would rewrite every page of the database into the WAL.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS named (seq INTEGER PRIMARY KEY)")
         conn.execute("DELETE FROM temp.named")
-    new = named = 0
-    batch: list[tuple[Any, ...]] = []
+    new = kept = 0
+    batch: list[JobSpec] = []
+    now = clock()
 
     def flush() -> None:
-        nonlocal new, named
+        nonlocal new, kept
+        known: dict[str, int] = {}
+        if not fresh:  # one indexed look-up per batch; kept jobs are never re-serialised
+            marks = ",".join("?" * len(batch))
+            sql = f"SELECT job_id, seq FROM jobs WHERE job_id IN ({marks}) AND seq <= ?"
+            known = dict(conn.execute(sql, (*(s.job_id for s in batch), last_seq)))
+        rows = [_row(s, cost_of, now) for s in batch if s.job_id not in known]
         with transaction(conn) as c:
-            new += c.executemany(
+            c.executemany(
                 "INSERT OR IGNORE INTO jobs (job_id, spec, state, cost, created_at, updated_at)"
                 " VALUES (?, ?, 'PENDING', ?, ?, ?)",
-                batch,
-            ).rowcount
-            if not fresh:
-                named += c.executemany(
-                    "INSERT OR IGNORE INTO temp.named VALUES (?)", [(b[0],) for b in batch]
+                rows,
+            )
+            if known:
+                kept += c.executemany(
+                    "INSERT OR IGNORE INTO temp.named VALUES (?)", [(q,) for q in known.values()]
                 ).rowcount
         batch.clear()
 
-    now = clock()
     for spec in specs:
-        text = dumps(spec.to_json())
-        if any(m in text for m in SECRET_MARKERS):
-            secret = find_secret(spec.input)
-            if secret:
-                raise JournalError(
-                    f"job {spec.short_id} carries a secret in {secret}: secrets are added at "
-                    "submit time and never stored in the journal"
-                )
-        cost = float(cost_of(spec)) if cost_of else 0.0
-        batch.append((spec.job_id, text, cost, now, now))
+        if not SECRET_FIELDS.isdisjoint(spec.input):
+            _refuse(spec)
+        batch.append(spec)
         if len(batch) >= BATCH:
             flush()
     if batch:
         flush()
 
     with transaction(conn) as c:
-        kept = gone = 0
+        new = c.execute("SELECT count(*) FROM jobs WHERE seq > ?", (last_seq,)).fetchone()[0]
+        gone = 0
         if not fresh:
-            kept = named - new
             c.execute(
-                "UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1"
-                " AND job_id NOT IN (SELECT job_id FROM temp.named)"
+                "UPDATE jobs SET in_manifest = 0 WHERE in_manifest = 1 AND seq <= ?"
+                " AND seq NOT IN (SELECT seq FROM temp.named)",
+                (last_seq,),
             )
             c.execute(
                 "UPDATE jobs SET in_manifest = 1 WHERE in_manifest = 0"
-                " AND job_id IN (SELECT job_id FROM temp.named)"
+                " AND seq IN (SELECT seq FROM temp.named)"
             )
             gone = c.execute("SELECT count(*) FROM jobs WHERE in_manifest = 0").fetchone()[0]
         c.execute("UPDATE runs SET planned_at = ? WHERE id = ?", (clock(), run_id))
@@ -88,3 +88,21 @@ def plan_into(
     if not fresh:
         conn.execute("DROP TABLE temp.named")
     return AddReport(new=new, kept=kept, not_in_manifest=gone)
+
+
+def _row(
+    spec: JobSpec, cost_of: Callable[[JobSpec], float] | None, now: float
+) -> tuple[str, str, float, float, float]:
+    text = dumps(spec.to_json())
+    if any(m in text for m in SECRET_MARKERS):  # a C-speed scan; the walk only on a hit
+        _refuse(spec)
+    return (spec.job_id, text, float(cost_of(spec)) if cost_of else 0.0, now, now)
+
+
+def _refuse(spec: JobSpec) -> None:
+    where = find_secret(spec.input)
+    if where:
+        raise JournalError(
+            f"job {spec.short_id} carries a secret in {where}: secrets are added at "
+            "submit time and never stored in the journal"
+        )
