@@ -165,7 +165,10 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     ctx.vars = _vars(doc.vars, add)
     prompts = _prompts(doc, located, file, ctx)
     if doc.prompts_file is not None:
-        prompts += _prompts_file(doc.prompts_file, folder, file, ctx, add)
+        from_file = _prompts_file(doc.prompts_file, folder, file, ctx, add)
+        if not from_file and not problems.items:
+            add(("prompts_file",), f"{short(doc.prompts_file)} has no prompts")
+        prompts += from_file
     if not doc.prompts and doc.prompts_file is None:
         add(("prompts",), "no prompts: list them under prompts or name a prompts_file")
     for var in ctx.vars:

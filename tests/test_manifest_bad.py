@@ -6,12 +6,20 @@ with no traceback and nothing on stdout.
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from batchgen.cli import main
+from batchgen.errors import ManifestError
+from batchgen.manifest import load_manifest, plan
 
 CORPUS = Path(__file__).parent / "bad_manifests"
 
@@ -67,6 +75,9 @@ CASES = {
     "empty_prompt.yaml": [
         "empty_prompt.yaml:3: prompts[1].prompt: is empty",
     ],
+    "empty_rows.csv": [
+        "empty_rows.csv: no jobs: the file has no rows",
+    ],
     "jsonl_bad.jsonl": [
         "jsonl_bad.jsonl:2: not valid JSON: Expecting ',' delimiter: line 1 column 48 (char 47)",
         "jsonl_bad.jsonl:3: imput: unknown key; use id, endpoint, input, tags (did you mean 'input'?)",
@@ -118,6 +129,9 @@ CASES = {
     "prompt_not_text.yaml": [
         "prompt_not_text.yaml:2: prompts[0].prompt: must be text, got 42",
         "prompt_not_text.yaml:3: prompts[1]: must be text or a mapping, got ['a', 'list']",
+    ],
+    "prompts_file_empty.yaml": [
+        "prompts_file_empty.yaml:1: prompts_file: 'empty_rows.csv' has no prompts",
     ],
     "prompts_file_errors.yaml": [
         "rows_with_errors.csv:3: num_images: must be a whole number, got 'two'",
@@ -322,3 +336,44 @@ def test_thousands_of_bad_rows_are_counted_not_all_printed(
     assert lines[1] == "  rows.csv:2: quality: must be one of low, medium, high, got 'best'"
     assert lines[-1] == "  ... and 1,950 more"
     assert len(lines) == 52
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5000)
+    | st.floats(allow_nan=True)
+    | st.text("ab{}x./_ ", max_size=8)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["prompt", "id", "quality", "image_size", "width", "height", "tags", "a"]
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=10,
+)
+TOP_KEYS = ["name", "model", "defaults", "matrix", "repeat", "vars", "prompts", "output", "pricing"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(TOP_KEYS), values, max_size=6))
+def test_any_yaml_document_loads_or_fails_cleanly(doc: dict[str, Any]) -> None:
+    # Whatever the file holds, the outcome is a Manifest or a ManifestError: never a crash.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        try:
+            m = load_manifest(path)
+        except ManifestError as exc:
+            assert exc.problems
+            assert all(p.file == str(path) for p in exc.problems)
+            return
+        for _ in itertools.islice(plan(m), 50):
+            pass
