@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from batchgen.emulator.app import create_app
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.http import DROP_EXTENSION
+from batchgen.errors import UsageError
 
 SHUTDOWN_GRACE_S = 1
 
@@ -51,7 +52,7 @@ class _QuietServer(uvicorn.Server):
         yield  # leave SIGINT/SIGTERM to the caller
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
     # TCP, and without it every response (headers, then body) waits ~40 ms for a delayed ACK.
@@ -82,33 +83,39 @@ async def serve(
     log_level: str = "warning",
 ) -> AsyncIterator[str]:
     """Run the emulator on ``host:port`` (0 = a free port); yield its base URL."""
-    config = config or EmulatorConfig()
-    try:
-        sock = _bind(host, port)
-    except OSError as exc:
-        from batchgen.errors import UsageError
+    app = create_app(config or EmulatorConfig())
+    async with serve_asgi(app, host, port, log_level=log_level) as url:
+        yield url
 
+
+@contextlib.asynccontextmanager
+async def serve_asgi(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+) -> AsyncIterator[str]:
+    """Serve any ASGI app on loopback in this event loop (tests use it for webhook receivers)."""
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     port = sock.getsockname()[1]
-    app = create_app(config)
     uv_config = uvicorn.Config(
         app,
         http=_DroppingH11Protocol,
         lifespan="on",
         log_level=log_level,
+        # No dictConfig of the host process's logging (we may run inside `batchgen run`);
+        # uvicorn's warnings still reach stderr through logging's last-resort handler.
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     server = _QuietServer(uv_config)
-    # uvicorn's own logger would print a traceback for our deliberate drops at error level
-    # if anything went wrong; keep its noise at the level asked for.
-    logging.getLogger("uvicorn.error").setLevel(log_level.upper())
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():
                 task.result()  # startup failed: raise its error
-                raise RuntimeError("emulator server stopped during startup")
+                raise RuntimeError("server stopped during startup")
             await asyncio.sleep(0.01)
         yield url_for(host, port)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import signal
@@ -11,8 +13,13 @@ import sys
 import httpx
 import pytest
 from emu_helpers import AUTH, T2I
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from batchgen.emulator import EmulatorConfig, serve
+from batchgen.emulator.server import serve_asgi
 from batchgen.errors import UsageError
 
 LOW = {"prompt": "a windmill", "quality": "low", "image_size": "square_hd"}
@@ -94,3 +101,39 @@ def test_cli_rejects_bad_faults_without_a_traceback() -> None:
     assert proc.returncode == 2
     assert "between 0 and 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_stream_over_a_socket_follows_the_queue_in_real_time() -> None:
+    config = EmulatorConfig(time_scale=0.01, concurrency_limit=1)
+    async with serve(config) as url, httpx.AsyncClient(base_url=url, headers=AUTH) as client:
+        await client.post(T2I, json={**LOW, "quality": "medium"})  # ~120 ms, holds the slot
+        h = (await client.post(T2I, json=LOW)).json()
+        statuses = []
+        async with client.stream("GET", f"{h['status_url']}/stream") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    statuses.append(json.loads(line[6:])["status"])
+        assert statuses == ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+
+
+async def test_webhook_delivered_over_a_socket_with_the_default_client() -> None:
+    got: list[dict[str, object]] = []
+    arrived = asyncio.Event()
+
+    async def hook(request: Request) -> Response:
+        got.append(await request.json())
+        arrived.set()
+        return Response(status_code=204)
+
+    receiver = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    async with (
+        serve_asgi(receiver) as hook_base,
+        serve(EmulatorConfig(time_scale=0.01)) as url,
+        httpx.AsyncClient(base_url=url, headers=AUTH) as client,
+    ):
+        r = await client.post(T2I, json=LOW, params={"fal_webhook": f"{hook_base}/hook"})
+        await asyncio.wait_for(arrived.wait(), 10)
+    (body,) = got
+    assert body["request_id"] == r.json()["request_id"]
+    assert body["status"] == "OK"
