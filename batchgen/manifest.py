@@ -20,7 +20,7 @@ from batchgen.errors import ManifestError, Problem
 from batchgen.gptimage import TEXT_TO_IMAGE
 from batchgen.manifest_model import Deduplicated, Manifest, PromptEntry, plan
 from batchgen.manifest_prompts import PromptContext
-from batchgen.manifest_source import ProblemList, load_yaml, read_text
+from batchgen.manifest_source import ProblemList, decode, load_yaml, read_bytes
 from batchgen.manifest_tabular import csv_prompts, jsonl_requests, unknown_endpoints
 from batchgen.manifest_yaml import build_yaml
 from batchgen.pricing import estimate_cost
@@ -57,8 +57,9 @@ def load_manifest(path: Path) -> Manifest:
                 )
             ]
         )
-    text = read_text(path, shown)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = read_bytes(path, shown)
+    sha256 = hashlib.sha256(data).hexdigest()  # of exactly the bytes that were checked
+    text = decode(data, shown)
     # Names come from the file's stem only when the manifest has none; keep them folder-safe.
     name_default = slug(path.stem)
     if suffix in YAML_SUFFIXES:

@@ -50,6 +50,11 @@ def fail(file: str, line: int | None, fld: str | None, message: str) -> Manifest
 
 def read_text(path: Path, shown: str) -> str:
     """The file's text, decoded as UTF-8 (a BOM is allowed), or a ManifestError."""
+    return decode(read_bytes(path, shown), shown)
+
+
+def read_bytes(path: Path, shown: str) -> bytes:
+    """The file's bytes, refused before reading when it is too large."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -67,10 +72,9 @@ def read_text(path: Path, shown: str) -> str:
             f"{MAX_FILE_BYTES // (1024 * 1024)} MiB",
         )
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise fail(shown, None, None, f"cannot read it: {exc.strerror}") from None
-    return decode(data, shown)
 
 
 def decode(data: bytes, shown: str) -> str:
