@@ -58,7 +58,6 @@ from batchgen.summary import (
     WindowChanged,
 )
 from batchgen.window import (
-    AutoWindow,
     Observation,
     RunTimes,
     WatchMode,
@@ -112,6 +111,10 @@ class Scheduler:
         self._download_backlog = 0
         self._wake = asyncio.Event()
         self._unknown: set[str] = set()  # jobs whose last POST may have created a request
+        self._unstarted: set[str] = set()  # claimed, but their task has not run yet
+        self._seq = 0  # submit order of this run's requests...
+        self._live: set[int] = set()  # ...and which of them are still in flight
+        self._reattached = 0  # re-attached requests still in flight
 
     # -- public ---------------------------------------------------------------------------
 
@@ -153,6 +156,9 @@ class Scheduler:
             for task in [*self._tasks, *workers]:
                 task.cancel()
             await asyncio.gather(*self._tasks, *workers, return_exceptions=True)
+            for job in self._unstarted:  # cancelled before their first step: nothing sent
+                self._journal.transition(job, S.PENDING)
+            self._unstarted.clear()
         if self._fatal is not None:
             raise self._fatal
 
@@ -169,6 +175,7 @@ class Scheduler:
                 self._enqueue_download(row.job_id, None)
             else:
                 reattached += 1
+                self._reattached += 1
                 self._spawn(self._reattach(row))
         self._emit(Resumed(reattached, to_download, len(unknown), retried))
         if reattached or to_download or unknown:
@@ -203,6 +210,7 @@ class Scheduler:
                     self._emit(BudgetReached(spent, others, row.cost, cap))
                     self.stop(reason=StopReason.BUDGET)
                     return
+                self._unstarted.add(row.job_id)
                 self._spawn(self._fresh(row, len(self._tasks) + 1))
 
     def _spawn(self, coro: Any) -> None:
@@ -216,18 +224,27 @@ class Scheduler:
         task.add_done_callback(done)
 
     async def _fresh(self, row: JobRow, in_flight: int) -> None:
-        handle = await self._submit(row)
-        if handle is not None:
-            await self._follow(row, handle, self._clock(), observe_at=in_flight)
+        seq = self._seq = self._seq + 1
+        self._live.add(seq)
+        try:
+            handle = await self._submit(row)
+            if handle is not None:
+                await self._follow(row, handle, self._clock(), observe_at=(in_flight, seq))
+        finally:
+            self._live.discard(seq)
 
     async def _reattach(self, row: JobRow) -> None:
         assert row.handle is not None
         # The deadline counts from the original submit, possibly in an earlier process.
         age = max(0.0, self._wall() - (row.submitted_at or self._wall()))
-        await self._follow(row, Handle.from_json(row.handle), self._clock() - age, None)
+        try:
+            await self._follow(row, Handle.from_json(row.handle), self._clock() - age, None)
+        finally:
+            self._reattached -= 1
 
     async def _submit(self, row: JobRow) -> Handle | None:
         job, spec = row.job_id, row.spec
+        self._unstarted.discard(job)
         dup = job in self._unknown
         for attempt in range(1, SUBMIT_TRIES + 1):
             if self._stopping:
@@ -281,7 +298,11 @@ class Scheduler:
     # -- watch and fetch ----------------------------------------------------------------------
 
     async def _follow(
-        self, row: JobRow, handle: Handle, submitted_at: float, observe_at: int | None
+        self,
+        row: JobRow,
+        handle: Handle,
+        submitted_at: float,
+        observe_at: tuple[int, int] | None,
     ) -> None:
         """Watch until completed, fetch and commit the result; on failure requeue or fail."""
         job = row.job_id
@@ -289,11 +310,15 @@ class Scheduler:
         started = row.state is S.RUNNING
         first = True
 
-        def note(st: Status) -> None:
+        def note(st: Status, prompt: bool) -> None:
             nonlocal started, first
             if first and observe_at is not None:
                 pos = st.position if isinstance(st, Queued) else None
-                self._observe(Observation(pos, observe_at))
+                n, seq = observe_at
+                # Ours submitted earlier and still in flight: those running, waiting ahead,
+                # or finished a moment ago. Re-attached requests (older still) count too.
+                ahead = sum(1 for q in self._live if q < seq) + self._reattached
+                self._observe(Observation(pos, n, prompt, ahead))
             first = False
             if isinstance(st, InProgress) and not started:
                 started = True
@@ -339,18 +364,21 @@ class Scheduler:
         handle: Handle,
         submitted_at: float,
         deadline_at: float,
-        note: Callable[[Status], None],
+        note: Callable[[Status, bool], None],
         *,
         quick_first: bool,
     ) -> Completed:
         expected = self.runtimes.expected()
         plan = plan_watch(self._s.watch, expected)
+        # A searching auto window needs each request's first status at once.
+        prompt = quick_first and self.window.wants_prompt_check()
         if plan.check_after is not None:
-            await self._sleep(
-                max(0.0, min(submitted_at + plan.check_after, deadline_at) - self._clock())
-            )
+            if not prompt:
+                await self._sleep(
+                    max(0.0, min(submitted_at + plan.check_after, deadline_at) - self._clock())
+                )
             st = await self._client.status(handle)
-            note(st)
+            note(st, prompt)
             if isinstance(st, Completed):
                 return st
         if plan.mode is WatchMode.STREAM:
@@ -360,7 +388,7 @@ class Scheduler:
                     contextlib.aclosing(_closable(self._client.stream_status(handle))) as stream,
                 ):
                     async for st in stream:
-                        note(st)
+                        note(st, True)
                         if isinstance(st, Completed):
                             return st
             except TimeoutError:
@@ -368,10 +396,9 @@ class Scheduler:
             except StatusStreamError as exc:
                 o = Outcome(Action.RETRY, "stream_broken", str(exc))
                 self._retrying(job, "status", o, 0.0, 1)  # polling takes over for this one
-        elif quick_first and isinstance(self.window, AutoWindow):
-            # An auto window learns from each request's first status: ask at once.
+        elif prompt:
             st = await self._client.status(handle)
-            note(st)
+            note(st, True)
             if isinstance(st, Completed):
                 return st
         polls = 0
@@ -382,7 +409,7 @@ class Scheduler:
             await self._sleep(min(left, poll_delay(polls, expected, self._clock() - submitted_at)))
             polls += 1
             st = await self._client.status(handle)
-            note(st)
+            note(st, False)
             if isinstance(st, Completed):
                 return st
 

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from batchgen.jobs import JobState
 
+DROPPED = "submit_dropped"  # retry.classify's reason for a submit sent without an answer
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -147,19 +148,21 @@ class RunStats:
 
     def add(self, event: Event) -> None:
         match event:
-            case Submitted(possible_duplicate=dup):
+            case Submitted():
                 self.submitted += 1
-                self.possible_duplicates += int(dup)
             case Retrying():
                 self.retries += 1
-            case Requeued(lost=lost):
+            case Requeued(lost=lost, reason=reason):
                 self.requeued += 1
                 self.lost += int(lost)
+                # a submit with no answer may have created a job that fal will bill
+                self.possible_duplicates += int(reason == DROPPED)
             case Saved(images=n):
                 self.saved_jobs += 1
                 self.images += n
             case Failed(reason=reason):
                 self.failed[reason] += 1
+                self.possible_duplicates += int(reason == DROPPED)
             case _:
                 pass
 

@@ -35,11 +35,17 @@ class Observation:
 
     ``position`` is the IN_QUEUE position (0 = next to start), or None when the request was
     already running or done. ``in_flight`` is how many of our requests were in flight when
-    this one was submitted, itself included.
+    this one was submitted, itself included. ``prompt`` says the status was asked for right
+    after the submit: a later look that finds it running cannot tell whether it waited first.
+    ``ahead`` counts our requests submitted before this one and still in flight when the
+    status came: the sharpest estimate of how many run, since requests that finished between
+    this submit and this status no longer inflate it.
     """
 
     position: int | None
     in_flight: int
+    prompt: bool = True
+    ahead: int | None = None  # ours submitted earlier and still in flight, when known
 
     @property
     def waited(self) -> bool:
@@ -56,6 +62,9 @@ class FixedWindow:
 
     def observe(self, obs: Observation) -> int:
         return self.size
+
+    def wants_prompt_check(self) -> bool:
+        return False
 
 
 @dataclass
@@ -80,10 +89,16 @@ class AutoWindow:
             # Ours on the server = running + queued, and at least position + 1 of ours wait,
             # so the server ran at most this many. Requests that finished meanwhile inflate
             # the estimate, never deflate it: a later observation corrects it downwards.
-            estimate = obs.in_flight - (obs.position + 1)
+            before = obs.in_flight - 1 if obs.ahead is None else obs.ahead
+            estimate = before - obs.position
             self.size = max(self.lo, min(self.size, estimate))
             self.ceiling = self.size
             self._streak = 0
+            return self.size
+        if not obs.prompt:
+            # A late look: only a wait is evidence. It still counts towards the next probe.
+            if self.ceiling is not None and obs.in_flight >= self.size >= self.ceiling:
+                self._count_towards_probe()
             return self.size
         if self.ceiling is not None and obs.in_flight > self.ceiling:
             self.ceiling = None  # it ran at once above the ceiling: the limit went up
@@ -92,11 +107,19 @@ class AutoWindow:
         if self.ceiling is None or self.size < self.ceiling:
             self.size = min(self.hi, self.size + 1)
             return self.size
+        self._count_towards_probe()
+        return self.size
+
+    def _count_towards_probe(self) -> None:
         self._streak += 1
         if self._streak >= PROBE_ROUNDS * self.size and self.size < self.hi:
             self._streak = 0
             self.size += 1  # probe one above the ceiling; a wait puts it back
-        return self.size
+
+    def wants_prompt_check(self) -> bool:
+        """Every request's first status should come at once: a late look that finds it
+        running hides that it waited, and the window would never learn it is too big."""
+        return True
 
 
 Window = FixedWindow | AutoWindow

@@ -54,6 +54,14 @@ def at(in_flight: int, position: int | None = None) -> Observation:
         (5, 5, at(5), 5, 5),
         # ran at once above the ceiling: the limit went up
         (6, 5, at(6), 7, None),
+        # `ahead` (ours still in flight, submitted earlier) is sharper than in_flight
+        (8, None, Observation(0, 8, True, ahead=3), 3, 3),
+        (8, None, Observation(1, 8, True, ahead=6), 5, 5),
+        # a late look that finds it running is no evidence either way
+        (3, None, Observation(None, 3, prompt=False), 3, None),
+        (3, 5, Observation(None, 9, prompt=False), 3, 5),
+        # ...but a late look that finds it waiting still is
+        (8, None, Observation(2, 8, prompt=False), 5, 5),
     ],
 )
 def test_auto_window_steps(
@@ -73,6 +81,11 @@ def test_auto_window_probes_above_ceiling_after_long_streak() -> None:
     assert w.ceiling == 4  # still the settled value until the probe answers
     assert w.observe(at(5, 0)) == 4  # the probe waited: back to the limit
     assert w.ceiling == 4
+
+
+def test_auto_window_wants_every_first_status_at_once() -> None:
+    assert AutoWindow().wants_prompt_check()
+    assert not FixedWindow(3).wants_prompt_check()
 
 
 def test_fixed_window_ignores_observations() -> None:
@@ -104,10 +117,10 @@ def simulate(limit: int, hi: int, steps: int, seed: int) -> list[int]:
             n = len(running) + len(queued) + 1
             if len(running) < limit:
                 running.add(rid)
-                w.observe(Observation(None, n))
+                w.observe(Observation(None, n, ahead=n - 1))
             else:
                 queued.append(rid)
-                w.observe(Observation(len(queued) - 1, n))
+                w.observe(Observation(len(queued) - 1, n, ahead=n - 1))
             assert len(running) <= limit
         for rid in list(running):
             if rng.random() < 0.3:

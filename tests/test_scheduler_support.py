@@ -1,0 +1,204 @@
+"""Shared rig for the scheduler tests: a manifest, the emulator in-process, one call per run.
+
+Not a test module (it holds no tests); named so that it sits with the files it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from batchgen.config import Settings, build_settings
+from batchgen.emulator import EmulatorConfig, create_app
+from batchgen.emulator.model import canonical_input_key
+from batchgen.falqueue import Endpoints, QueueClient
+from batchgen.index import read_failures, read_index
+from batchgen.jobs import JobState
+from batchgen.journal import JOURNAL_NAME, Journal
+from batchgen.manifest import Manifest, estimate_cost, load_manifest, plan
+from batchgen.retry import RetryPolicy
+from batchgen.scheduler import Scheduler
+from batchgen.summary import Event, Failed, Requeued, Submitted
+from batchgen.window import Window, make_window
+
+BASE = "http://emulator"
+S = JobState
+
+
+def write_manifest(folder: Path, n: int, *, quality: str = "low", name: str = "t") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    items = ", ".join(str(i) for i in range(n))
+    path.write_text(
+        f"name: {name}\n"
+        "defaults:\n"
+        f"  quality: {quality}\n"
+        "  output_format: jpeg\n"
+        "  image_size: landscape_4_3\n"
+        "vars:\n"
+        f"  i: [{items}]\n"
+        "prompts:\n"
+        "  - id: p\n"
+        '    prompt: "test picture number {i}"\n'
+    )
+    return path
+
+
+async def short_sleep(seconds: float) -> None:
+    """Backoff and polls still yield and still pace, but never for long: tests stay fast."""
+    await asyncio.sleep(min(seconds, 0.02))
+
+
+@dataclass
+class RunResult:
+    sched: Scheduler
+    events: list[Event]
+    error: BaseException | None = None
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@dataclass
+class Rig:
+    """One manifest, one output folder, one emulator that outlives the runs (as fal does)."""
+
+    tmp: Path
+    n: int
+    emulator: dict[str, Any] = field(default_factory=dict)
+    quality: str = "low"
+
+    def __post_init__(self) -> None:
+        self.manifest: Manifest = load_manifest(
+            write_manifest(self.tmp, self.n, quality=self.quality)
+        )
+        self.out = self.tmp / "out"
+        self.emulator.setdefault("time_scale", 0.005)
+        self.emulator.setdefault("slow_media_s", 0.2)  # slow, not a 5 s wait per fault
+        self.app = create_app(EmulatorConfig(**self.emulator))
+
+    def new_emulator(self, **kw: Any) -> None:
+        """A fal that has forgotten every request (as after their results expired)."""
+        kw.setdefault("time_scale", 0.005)
+        self.app = create_app(EmulatorConfig(**kw))
+
+    def settings(self, **flags: Any) -> Settings:
+        flags = {
+            "manifest": str(self.manifest.path),
+            "out": str(self.out),
+            "endpoint": BASE,
+            **flags,
+        }
+        return build_settings(flags, {}, manifest_name=self.manifest.name)
+
+    async def run(
+        self,
+        *,
+        window: Window | None = None,
+        control: Callable[[Scheduler, Event], None] | None = None,
+        sleep: Callable[[float], Any] = short_sleep,
+        key: str | None = "test-key",
+        transport: httpx.AsyncBaseTransport | None = None,
+        **flags: Any,
+    ) -> RunResult:
+        settings = self.settings(**flags)
+        journal = Journal.open(
+            self.out / JOURNAL_NAME,
+            manifest_sha256=self.manifest.sha256,
+            version="test",
+            settings=settings.public(),
+        )
+        if journal.needs_plan:
+            m = self.manifest
+            journal.add_jobs(plan(m), cost_of=lambda s: estimate_cost(s, m.pricing))
+        events: list[Event] = []
+        transport = transport or httpx.ASGITransport(app=self.app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+                holder: list[Scheduler] = []
+
+                def on_event(e: Event) -> None:
+                    events.append(e)
+                    if control is not None:
+                        control(holder[0], e)
+
+                client = QueueClient(
+                    http,
+                    endpoints=Endpoints.single(BASE),
+                    key=key,
+                    sleep=sleep,
+                    retry=RetryPolicy(rng=lambda: 0.0),
+                )
+                sched = Scheduler(
+                    journal,
+                    client,
+                    http,
+                    settings=settings,
+                    window=window or make_window(settings.concurrency),
+                    manifest_sha256=self.manifest.sha256,
+                    on_event=on_event,
+                    sleep=sleep,
+                    rng=lambda: 0.0,
+                )
+                holder.append(sched)
+                result = RunResult(sched, events)
+                try:
+                    await sched.run()
+                except Exception as exc:
+                    result.error = exc
+                return result
+        finally:
+            journal.close()
+
+    # -- what the server saw, what the journal and the folder hold ---------------------------
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.app.state.emulator.stats()
+        return stats
+
+    def journal(self) -> Any:
+        return Journal.open_readonly(self.out / JOURNAL_NAME)
+
+    def states(self) -> Counter[JobState]:
+        with self.journal() as j:
+            return Counter({s: n for s, n in j.counts().items() if n})
+
+    def input_key(self, job_id: str) -> str:
+        with self.journal() as j:
+            row = j.get(job_id)
+            assert row is not None
+            return canonical_input_key(row.spec.endpoint, dict(row.spec.input))
+
+    def check_folder(self) -> None:
+        """Every index row names a real, complete file; no partial file anywhere."""
+        assert not list(self.out.rglob("*.part"))
+        rows = read_index(self.out)
+        for row in rows:
+            data = (self.out / row["file_name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == row["sha256"]
+        with self.journal() as j:
+            done = j.counts()[S.DOWNLOADED]
+            failed = {r.job_id for r in j.iter_jobs(S.FAILED)}
+        assert len(rows) == done  # one image per job in these manifests
+        assert {r["job_id"] for r in read_failures(self.out)} == failed
+
+
+def submits_explained(rig: Rig, runs: list[RunResult]) -> None:
+    """No input reached the server more often than our own events explain: one accepted
+    submit per ``Submitted``, plus one per dropped submit (``Requeued`` for submit_dropped)."""
+    expected: Counter[str] = Counter()
+    for r in runs:
+        for e in r.events:
+            if isinstance(e, Submitted) or (
+                isinstance(e, Requeued | Failed) and e.reason == "submit_dropped"
+            ):
+                expected[rig.input_key(e.job_id)] += 1
+    seen = Counter(rig.stats()["submits_per_input"])
+    assert seen == expected
