@@ -17,21 +17,19 @@ import heapq
 import random
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from batchgen import gptimage
+from batchgen.emulator.counters import STAT_KEYS, canonical_input_key
 from batchgen.emulator.faults import FaultDice, FaultSpec
+from batchgen.emulator.latency import INVALID_RUN_S, run_time_for
 
 RETENTION_S = 3600.0  # fal keeps a result 1 hour after completion...
 RETENTION_LARGE_S = 360.0  # ...or 6 minutes when it is 10 KB or more
-INVALID_RUN_S = 0.2  # validation fails fast: no image is generated
-# Seconds for one 1-megapixel image at each quality (gpt-image-2 takes seconds to minutes).
-BASE_RUN_S: Mapping[str, float] = {"low": 4.0, "medium": 12.0, "high": 30.0}
-JITTER = 0.25  # run times vary ±25 %
 
+__all__ = ["STAT_KEYS", "Outcome", "Phase", "QueueModel", "Request", "canonical_input_key"]
 # Runner failures as fal reports them: (HTTP status of the result, error_type, message).
 RUNNER_ERRORS: tuple[tuple[int, str, str], ...] = (
     (503, "runner_disconnected", "Runner disconnected"),
@@ -75,11 +73,6 @@ class Request:
     finish_at: float | None = None  # planned completion, set when it starts
     completed_at: float | None = None
     expires_at: float | None = None
-    webhook_sent: bool = False
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome is not Outcome.OK
 
     @property
     def error(self) -> tuple[str, str] | None:
@@ -102,53 +95,6 @@ class StatusView:
     phase: Phase
     position: int | None  # IN_QUEUE only: 0 = next to start
     request: Request
-
-
-def canonical_input_key(endpoint: str, body: Any) -> str:
-    """sha256 of the canonical JSON of (endpoint, input): equal for identical submits."""
-    import hashlib
-    import json
-
-    text = json.dumps({"endpoint": endpoint, "input": body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def run_time_for(endpoint: str, body: Mapping[str, Any], rng: random.Random) -> float:
-    """Unscaled seconds one request takes: quality × √megapixels × image count, ± jitter."""
-    req = gptimage.with_defaults(endpoint, body)
-    base = BASE_RUN_S.get(str(req.get("quality", "high")), BASE_RUN_S["high"])
-    w, h = gptimage.resolved_dimensions(req.get("image_size")) or (1024, 1024)
-    megapixels = (w * h) / 1_048_576
-    n = req.get("num_images", 1)
-    count = n if isinstance(n, int) and 1 <= n <= 4 else 1
-    seconds = base * megapixels**0.5 * (1 + 0.3 * (count - 1))
-    return float(seconds * rng.uniform(1 - JITTER, 1 + JITTER))
-
-
-# Counters the stats route always shows (zero until something happens).
-STAT_KEYS: tuple[str, ...] = (
-    "submit_attempts",
-    "submits_accepted",
-    "submits_refused_429",
-    "submits_refused_503",
-    "submits_refused_queue_length",
-    "submits_dropped",
-    "status_polls",
-    "status_faults",
-    "stream_connections",
-    "stream_events",
-    "result_requests",
-    "cancel_requests",
-    "cancels_effective",
-    "media_requests",
-    "media_truncated",
-    "media_slow",
-    "file_requests",
-    "uploads",
-    "unauthorized",
-    "webhooks_delivered",
-    "webhooks_failed",
-)
 
 
 class QueueModel:
