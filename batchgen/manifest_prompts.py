@@ -159,6 +159,8 @@ def _prompt_text(
         tpl = parse(text)
     except TemplateError as exc:
         add("prompt", str(exc))
+        # Do not also call the vars it meant to use "unused": one mistake, one message.
+        ctx.used_vars.update(v for v in ctx.vars if "{" + v in text)
         return None
     longest = tpl.literal_length
     for name in tpl.fields:
