@@ -103,11 +103,12 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
     if model.dice.roll("submit503"):
         model.counters["submits_refused_503"] += 1
         return nginx_503()
+    now = config.clock()
+    model.advance(now)  # the queue length below must be the one at this instant
     max_len = request.query_params.get("fal_max_queue_length")
     if max_len is not None and max_len.isdigit() and model.queue_length() >= int(max_len):
         model.counters["submits_refused_queue_length"] += 1
         return _json({"detail": "Queue is full"}, 429)
-    now = config.clock()
     endpoint = "/".join([app_id, *rest])
     webhook = request.query_params.get("fal_webhook")
     req = model.submit(

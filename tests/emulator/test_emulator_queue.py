@@ -272,3 +272,18 @@ async def test_start_timeout_fails_a_request_still_queued(
     clock.advance(100)
     assert (await client.get(blocker["response_url"])).status_code == 200
     assert (await client.get(behind["response_url"])).status_code == 200
+
+
+async def test_fal_max_queue_length_refuses_with_429(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client, _ = await make_client(concurrency_limit=1)
+    for i in range(3):  # one running, two queued
+        await submit(client, {**LOW, "prompt": f"p{i}"})
+    r = await client.post(T2I, json=LOW, params={"fal_max_queue_length": "2"})
+    assert r.status_code == 429
+    clock.advance(6)  # the first finished and the second started: one left in the queue
+    r = await client.post(T2I, json=LOW, params={"fal_max_queue_length": "2"})
+    assert r.status_code == 200
+    s = await stats(client)
+    assert (s["submits_refused_queue_length"], s["submits_accepted"]) == (1, 4)
