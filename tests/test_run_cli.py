@@ -1,0 +1,118 @@
+"""`batchgen run` through `main(argv)`: exit codes, the output folder, secrets kept out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_run_support import emulator_thread, states, stats, write_manifest
+
+from batchgen.cli import main
+from batchgen.index import read_failures, read_index
+from batchgen.jobs import JobState
+
+S = JobState
+SECRET = "kid-1234:s3cr3t-value-that-must-not-leak"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "BATCHGEN_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_emulate_clean_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = write_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    code = main(["run", str(m), "--emulate", "--out", str(out), "--quiet", "--time-scale", "0.01"])
+    assert code == 0
+    assert states(out) == {S.DOWNLOADED: 6}
+    assert (out / "manifest.yaml").read_bytes() == m.read_bytes()
+    assert len(read_index(out)) == 6
+    assert (out / "index.html").is_file()
+    log = (out / "run.log").read_text()
+    assert "plan: 6 new jobs" in log and "exit 0" in log
+    err = capsys.readouterr().err
+    assert "done 6, failed 0" in err
+
+
+def test_default_out_is_outputs_manifest_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = write_manifest(tmp_path / "m", 2, name="tiny")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(m), "--emulate", "--quiet", "--time-scale", "0"]) == 0
+    assert states(tmp_path / "outputs" / "tiny") == {S.DOWNLOADED: 2}
+
+
+def test_missing_key_exits_2_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    assert main(["run", str(m), "--out", str(out)]) == 2
+    assert "FAL_KEY" in capsys.readouterr().err
+    assert not out.exists()  # nothing written, nothing submitted
+
+
+def test_key_never_written_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAL_KEY", SECRET)
+    m = write_manifest(tmp_path, 4)
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0.01, faults="submit429=0.3,status500=0.2", seed=2) as url:
+        code = main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    for part in (SECRET, "s3cr3t"):
+        assert part not in err
+        for f in out.rglob("*"):
+            if f.is_file():
+                assert part.encode() not in f.read_bytes(), f
+
+
+def test_budget_exit_3_then_continue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = write_manifest(tmp_path, 8)  # $0.01 a job
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0.01) as url:
+        args = ["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]
+        assert main([*args, "--concurrency", "2", "--max-cost", "0.035"]) == 3
+        err = capsys.readouterr().err
+        assert "raise --max-cost and run the same command again" in err
+        assert states(out) == {S.DOWNLOADED: 3, S.PENDING: 5}
+        assert main([*args, "--max-cost", "1"]) == 0
+        assert states(out) == {S.DOWNLOADED: 8}
+        s = stats(url)
+    assert s["submits_accepted"] == 8 and s["duplicate_submits"] == 0
+
+
+def test_flaky_emulate_ends_with_recorded_failures(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path, 30)
+    out = tmp_path / "out"
+    code = main(["run", str(m), "--emulate", "--faults", "flaky,content_policy=0.2",
+                 "--out", str(out), "--quiet", "--time-scale", "0.01"])  # fmt: skip
+    st = states(out)
+    assert set(st) <= {S.DOWNLOADED, S.FAILED}
+    assert st[S.FAILED] >= 1
+    assert code == 1  # some jobs failed for good
+    assert len(read_failures(out)) == st[S.FAILED]
+    assert "failed:" in (out / "run.log").read_text()
+
+
+def test_retry_failed_flag(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path, 4)
+    out = tmp_path / "out"
+    base = ["run", str(m), "--emulate", "--out", str(out), "--quiet", "--time-scale", "0"]
+    assert main([*base, "--faults", "content_policy=1"]) == 1
+    assert states(out) == {S.FAILED: 4}
+    assert main(base) == 1  # failures are final until asked
+    assert main([*base, "--retry-failed"]) == 0
+    assert states(out) == {S.DOWNLOADED: 4}
+
+
+def test_bad_flags_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = write_manifest(tmp_path, 1)
+    assert main(["run", str(m), "--emulate", "--concurrency", "zero"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
+    assert main(["run", str(m), "--endpoint", "http://127.0.0.1:9", "--faults", "flaky"]) == 2
