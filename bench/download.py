@@ -1,0 +1,184 @@
+"""Benchmark downloads: batchgen's verified download against plain httpx streaming to disk.
+
+Measures, never asserts. A server process serves PNGs of 1–4 MB over loopback (the emulator's
+own images are flat colours that compress to a few KB, far from real model output, so this
+script serves noise images of realistic size instead). Both clients fetch the same URLs with
+the same concurrency, in alternating passes, in the same run:
+
+- ``plain``: ``client.stream("GET")`` and ``open(path, "wb").write(chunk)`` — no checks at all;
+- ``batchgen``: ``download_image`` — scheme and redirect checks, status, type, length and cap
+  checks, sha256 while streaming, Pillow verification, fsync, atomic rename.
+
+    .venv/bin/python bench/download.py                       # 2,000 images, 8 at a time
+    .venv/bin/python bench/download.py --count 500 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from batchgen.download import download_image
+
+
+def make_images(folder: Path, distinct: int) -> list[int]:
+    """``distinct`` noise PNGs from 1 to 4 MB (noise does not compress: size ≈ pixels × 3)."""
+    from PIL import Image
+
+    sizes = []
+    for i in range(distinct):
+        target = 1_000_000 + 3_000_000 * i // max(1, distinct - 1)
+        side = int((target / 3) ** 0.5)
+        im = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+        buf = io.BytesIO()
+        im.save(buf, "PNG", compress_level=1)
+        (folder / f"{i}.png").write_bytes(buf.getvalue())
+        sizes.append(len(buf.getvalue()))
+    return sizes
+
+
+def serve(folder: str, sock_fd: int) -> None:
+    """The media server (its own process, so it does not share the client's CPU)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    files = sorted(Path(folder).glob("*.png"), key=lambda p: int(p.stem))
+    blobs = [p.read_bytes() for p in files]
+
+    async def image(request: Request) -> Response:
+        i = int(request.path_params["i"])
+        return Response(blobs[i % len(blobs)], media_type="image/png")
+
+    app = Starlette(routes=[Route("/img/{i:int}.png", image)])
+    sock = socket.socket(fileno=sock_fd)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+Fetch = Callable[[httpx.AsyncClient, str, Path], Awaitable[int]]
+
+
+async def plain(http: httpx.AsyncClient, url: str, dest: Path) -> int:
+    n = 0
+    async with http.stream("GET", url) as r:
+        r.raise_for_status()
+        with dest.open("wb") as f:
+            async for chunk in r.aiter_bytes():
+                f.write(chunk)
+                n += len(chunk)
+    return n
+
+
+async def verified(http: httpx.AsyncClient, url: str, dest: Path) -> int:
+    d = await download_image(http, url, dest, max_bytes=50 << 20, expected_format="png")
+    return d.bytes
+
+
+async def one_pass(
+    fetch: Fetch, base: str, out: Path, count: int, concurrency: int
+) -> tuple[int, float, float]:
+    """(bytes, wall seconds, client CPU seconds) for ``count`` downloads into ``out``."""
+    todo: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        todo.put_nowait(i)
+    total = 0
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal total
+        while not todo.empty():
+            i = todo.get_nowait()
+            n = await fetch(http, f"{base}/img/{i}.png", out / f"{i:05d}.png")
+            total += n  # not `total += await ...`: that reads total before the await
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return total, wall, cpu
+
+
+def run_pass(
+    fetch: Fetch, base: str, out: Path, count: int, concurrency: int
+) -> tuple[int, float, float]:
+    out.mkdir(parents=True)
+    result = asyncio.run(one_pass(fetch, base, out, count, concurrency))
+    assert len(list(out.iterdir())) == count  # every file landed (and no .part left)
+    shutil.rmtree(out)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--distinct", type=int, default=16, help="distinct image files served")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=8,
+        help="the count is split into this many alternating "
+        "passes per method, so load from other processes hits both methods alike",
+    )
+    ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a tmp dir)")
+    args = ap.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-download-", dir=args.dir))
+    try:
+        sizes = make_images(scratch, args.distinct)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        ctx = multiprocessing.get_context("fork")
+        server = ctx.Process(target=serve, args=(str(scratch), sock.fileno()), daemon=True)
+        server.start()
+        httpx.get(f"{base}/img/0.png", timeout=30).raise_for_status()
+        print(
+            f"{args.count} images, {min(sizes) / 1e6:.1f}–{max(sizes) / 1e6:.1f} MB "
+            f"({args.distinct} distinct files), {args.concurrency} at a time, loopback, "
+            f"{os.cpu_count()} cores"
+        )
+        results: dict[str, list[tuple[int, float, float]]] = {"plain": [], "batchgen": []}
+        per_pass = max(1, args.count // args.rounds)
+        methods: list[tuple[str, Fetch]] = [("plain", plain), ("batchgen", verified)]
+        for r in range(args.rounds):
+            for name, fetch in methods if r % 2 == 0 else methods[::-1]:
+                out = scratch / f"out-{name}-{r}"
+                results[name].append(run_pass(fetch, base, out, per_pass, args.concurrency))
+        server.terminate()
+        server.join(5)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print(f"{'method':<10} {'images':>7} {'MB':>7} {'seconds':>8} {'MB/s':>6} {'CPU ms/img':>11}")
+    rate = {}
+    for name, runs in results.items():
+        b, wall, cpu = (sum(x[i] for x in runs) for i in range(3))
+        rate[name] = b / 1e6 / wall
+        n = per_pass * len(runs)
+        print(
+            f"{name:<10} {n:>7} {b / 1e6:>7.0f} {wall:>8.1f} {rate[name]:>6.0f} "
+            f"{cpu / n * 1e3:>11.2f}"
+        )
+    print(f"batchgen / plain = {rate['batchgen'] / rate['plain']:.0%}  (target ≥ 80%)")
+
+
+if __name__ == "__main__":
+    main()
