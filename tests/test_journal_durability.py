@@ -40,7 +40,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(path: Path, mode: str, n: int = 1) -> subprocess.Popen[str]:
+def start_child(path: Path, mode: str, n: int = 1) -> subprocess.Popen[str]:
     code = CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), path=str(path), n=n, mode=mode)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
 
@@ -51,7 +51,7 @@ def path(tmp_path: Path) -> Path:
 
 
 def test_a_request_id_survives_kill_9_right_after_set_submitted(path: Path) -> None:
-    proc = _child(path, "kill-after-submit")
+    proc = start_child(path, "kill-after-submit")
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     with open_journal(path) as j:  # the dead writer's lock went with it
@@ -63,7 +63,7 @@ def test_a_request_id_survives_kill_9_right_after_set_submitted(path: Path) -> N
 
 
 def test_a_claim_interrupted_by_kill_9_resumes_as_a_possible_duplicate(path: Path) -> None:
-    proc = _child(path, "kill-after-claim")
+    proc = start_child(path, "kill-after-claim")
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     with open_journal(path) as j:
@@ -74,7 +74,7 @@ def test_a_claim_interrupted_by_kill_9_resumes_as_a_possible_duplicate(path: Pat
 
 
 def test_kill_9_from_outside_loses_no_returned_commit(path: Path) -> None:
-    proc = _child(path, "loop", n=5_000)
+    proc = start_child(path, "loop", n=5_000)
     assert proc.stdout is not None
     seen = [proc.stdout.readline().strip() for _ in range(300)]
     os.kill(proc.pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_journal_durability import start_child as kill_9_child
 from test_journal_support import FakeClock, handle, open_journal, spec
 
 from batchgen.cli import main
@@ -134,3 +135,18 @@ def test_jobs_dropped_from_the_manifest_are_listed(
     assert "2 jobs are no longer in the manifest and will not run (pending 2)" in (
         capsys.readouterr().out
     )
+
+
+def test_a_killed_run_reads_as_interrupted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    proc = kill_9_child(out / "journal.sqlite", "kill-after-submit")
+    proc.communicate(timeout=30)
+    # A kill -9 never reaches close(): ended_at stays empty and the lock died with the process.
+    assert main(["status", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["running"] is False and doc["last_run"]["ended_at"] is None
+    assert doc["in_flight"][0]["request_id"] == "req-p0"
+    assert main(["status", str(out)]) == 0
+    assert "interrupted; to resume: batchgen run MANIFEST --out" in capsys.readouterr().out
