@@ -24,11 +24,13 @@ import base64
 import contextlib
 import json
 import logging
+import mimetypes
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -362,9 +364,17 @@ class QueueClient:
 
     # -- storage
 
-    async def upload(self, data: bytes, content_type: str, file_name: str | None = None) -> str:
-        """Host ``data`` on fal's CDN and return its URL: the v3 CDN with a cached token, and if
-        that fails the initiate + signed PUT route, as fal-client does."""
+    async def upload(
+        self, data: bytes | Path, content_type: str | None = None, file_name: str | None = None
+    ) -> str:
+        """Host ``data`` (bytes, or a file's path) on fal's CDN and return its URL: the v3 CDN
+        with a cached token, and if that fails the initiate + signed PUT route, as fal-client.
+        For a path the name and (unless given) the content type come from the file."""
+        if isinstance(data, Path):
+            file_name = file_name or data.name
+            content_type = content_type or mimetypes.guess_type(data.name)[0]
+            data = await asyncio.to_thread(data.read_bytes)
+        content_type = content_type or "application/octet-stream"
         try:
             return await self._upload_cdn(data, content_type, file_name)
         except QueueError as exc:

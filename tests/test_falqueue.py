@@ -5,6 +5,7 @@ server saw (``/_emulator/stats``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -373,6 +374,18 @@ async def test_upload_falls_back_to_initiate_and_signed_put(make_env: MakeEnv) -
     put = next(r for r in env.recorder.requests if r.method == "PUT")
     assert "authorization" not in put.headers  # the key never goes to a signed URL
     assert put.headers["content-type"] == "image/png"
+
+
+async def test_upload_a_file_by_path(make_env: MakeEnv, tmp_path: Path) -> None:
+    env = await make_env()
+    pic = tmp_path / "ref image.webp"
+    pic.write_bytes(b"RIFF....WEBP")
+    url = await env.client().upload(pic)
+    got = await env.http.get(url)
+    assert got.content == b"RIFF....WEBP"
+    assert got.headers["content-type"] == "image/webp"
+    sent = next(r for r in env.recorder.requests if r.url.path == "/files/upload")
+    assert sent.headers["x-fal-file-name"] == "ref image.webp"
 
 
 def test_data_uri_is_the_offline_choice() -> None:
