@@ -27,7 +27,7 @@ import logging
 import mimetypes
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -289,12 +289,13 @@ class QueueClient:
 
     async def stream_status(
         self, h: Handle, *, logs: bool = False, inactivity_timeout: float = 30.0
-    ) -> AsyncIterator[Status]:
+    ) -> AsyncGenerator[Status, None]:
         """Statuses from the SSE stream until Completed (the last one yielded).
 
         ``inactivity_timeout`` bounds the silence between any two bytes; fal's keep-alive
         comments (every 15 s) count as activity. Any failure other than a refused key raises
         ``StatusStreamError``: the caller falls back to polling, whose answer is authoritative.
+        An async generator: close it (``contextlib.aclosing``) to end the HTTP stream at once.
         """
         watch = _Watch(asyncio.get_running_loop(), inactivity_timeout)
         phase = "open"  # which silence timed out: the answer's headers, or the events
