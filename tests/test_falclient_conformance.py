@@ -166,6 +166,32 @@ def test_cancel_queued_then_already_completed(point_fal_at: Any) -> None:
         assert stats(url)["cancels_effective"] == 1
 
 
+def test_cancel_running_frees_the_slot(point_fal_at: Any) -> None:
+    with emulator_thread(EmulatorConfig(time_scale=1.0, concurrency_limit=1)) as url:
+        client = point_fal_at(url)
+        running = client.submit(APP, {**LOW, "quality": "high"})
+        waiting = client.submit(APP, LOW)
+        assert isinstance(running.status(), fal_client.InProgress)
+        client.cancel(APP, running.request_id)  # the rebuilt cancel URL
+        assert isinstance(waiting.status(), fal_client.InProgress)
+        with pytest.raises(fal_client.FalClientHTTPError) as info:
+            running.get()
+        assert (info.value.status_code, info.value.error_type) == (499, "client_cancelled")
+
+
+def test_start_timeout_is_not_retried(point_fal_at: Any) -> None:
+    with emulator_thread(EmulatorConfig(time_scale=1.0, concurrency_limit=1)) as url:
+        client = point_fal_at(url)
+        client.submit(APP, {**LOW, "quality": "high"})  # ~30 s: the next one cannot start
+        late = client.submit(APP, LOW, start_timeout=1.1)  # sent as X-Fal-Request-Timeout
+        with pytest.raises(fal_client.FalClientHTTPError) as info:
+            late.get(interval=0.05)
+        assert info.value.status_code == 504
+        assert info.value.error_type == "request_timeout"
+        # 504 with X-Fal-Request-Timeout-Type is the user's own timeout: asked for once.
+        assert stats(url)["result_requests"] == 1
+
+
 def test_errors_reach_the_caller_as_fal_reports_them(point_fal_at: Any) -> None:
     with emulator_thread(EmulatorConfig(time_scale=0, faults="runner_error=1")) as url:
         client = point_fal_at(url)
