@@ -1,6 +1,17 @@
 """Opening a journal file: schema checks, the manifest check, the run record, the writer lock.
 
 Separate from ``journal.py`` (the state changes) because none of this runs after ``open``.
+
+The manifest rule (what a user sees):
+
+* The same manifest file, edited since the last run (same absolute path, new sha256): allowed.
+  That is the everyday "add a few prompts and re-run" case. The caller re-plans
+  (``needs_plan``): new jobs are added, finished ones kept, and jobs the file no longer names
+  are reported and never run (kept in the journal, so paid work is never forgotten).
+* Another manifest file aimed at a folder that holds a run: refused with
+  :class:`ManifestChanged` naming both files, unless the caller passes
+  ``allow_manifest_change=True``. Mixing two unrelated plans in one folder is almost always a
+  wrong ``--out``.
 """
 
 from __future__ import annotations
@@ -53,11 +64,14 @@ def start_run(
     if tables and "meta" not in tables:
         raise JournalError(f"{path} is an SQLite file but not a batchgen journal")
     if not tables:
-        conn.executescript(f"BEGIN IMMEDIATE; {DDL} COMMIT;")
-        conn.execute(
-            "INSERT INTO meta VALUES ('schema_version', ?), ('created_by', ?)",
-            (str(SCHEMA_VERSION), version),
-        )
+        # One transaction, so a kill -9 here never leaves tables without their schema version.
+        with transaction(conn) as c:
+            for statement in filter(str.strip, DDL.split(";")):
+                c.execute(statement)
+            c.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?), ('created_by', ?)",
+                (str(SCHEMA_VERSION), version),
+            )
     found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if found is None or found[0] != str(SCHEMA_VERSION):
         have = found[0] if found else "none"
@@ -68,17 +82,20 @@ def start_run(
     if manifest_path is None:
         guess = settings.get("manifest_path", settings.get("manifest"))
         manifest_path = str(guess) if isinstance(guess, (str, os.PathLike)) else None
+    if manifest_path is not None:  # absolute: the resume command must work from any folder
+        manifest_path = os.path.abspath(manifest_path)
     last = conn.execute(
         # The latest run, planned or not: a re-plan cut short must be redone before claiming.
         "SELECT manifest_sha256, manifest_path, version, planned_at FROM runs"
         " ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    if last and last[0] != sha and not allow_change:
+    edited = last is not None and manifest_path is not None and last[1] == manifest_path
+    if last and last[0] != sha and not (allow_change or edited):
         raise ManifestChanged(
             f"{path.parent} holds a run of another manifest ({last[1] or 'unknown path'}, "
             f"sha256 {last[0][:12]}); this one ({manifest_path or '?'}) has sha256 {sha[:12]}. "
-            "Use another --out folder, or allow the change to re-plan this folder "
-            "(new jobs are added, finished ones kept, dropped ones reported and not run).",
+            "Use another --out folder for this manifest (editing the original manifest file "
+            "and re-running it is fine: its new jobs are added).",
             recorded_sha256=last[0],
             recorded_path=last[1],
         )
@@ -89,6 +106,11 @@ def start_run(
         (sha, manifest_path, version, dumps(redact_settings(settings)), now),
     )
     assert cur.lastrowid is not None
+    if last and last[0] != sha:
+        conn.execute(
+            "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, NULL, 'manifest', ?)",
+            (now, f"manifest changed: sha256 {last[0][:12]} -> {sha[:12]} ({manifest_path})"),
+        )
     return cur.lastrowid, needs_plan
 
 

@@ -50,23 +50,43 @@ def test_files_that_are_not_journals_are_refused(tmp_path: Path) -> None:
         open_journal(other)
 
 
-def test_a_different_manifest_in_the_same_folder_is_refused_unless_allowed(path: Path) -> None:
-    with open_journal(path, sha="a" * 64, manifest_path="cats.yaml") as j:
+def test_a_different_manifest_in_the_same_folder_is_refused_unless_allowed(
+    path: Path, tmp_path: Path
+) -> None:
+    cats, dogs = str(tmp_path / "cats.yaml"), str(tmp_path / "dogs.yaml")
+    with open_journal(path, sha="a" * 64, manifest_path=cats) as j:
         j.add_jobs([spec(0)])
     with pytest.raises(ManifestChanged) as err:
-        open_journal(path, sha="b" * 64, manifest_path="dogs.yaml")
-    assert "another manifest (cats.yaml, sha256 aaaaaaaaaaaa)" in str(err.value)
-    assert "dogs.yaml" in str(err.value)
-    assert err.value.recorded_path == "cats.yaml"
+        open_journal(path, sha="b" * 64, manifest_path=dogs)
+    assert f"another manifest ({cats}, sha256 aaaaaaaaaaaa)" in str(err.value)
+    assert dogs in str(err.value)
+    assert err.value.recorded_path == cats
     assert err.value.exit_code == 2
-    with open_journal(path, sha="b" * 64, allow_manifest_change=True) as j:
+    with open_journal(path, sha="b" * 64, manifest_path=dogs, allow_manifest_change=True) as j:
         assert j.needs_plan
     # The new manifest is now the folder's: reopening it needs no permission.
-    with open_journal(path, sha="b" * 64) as j:
+    with open_journal(path, sha="b" * 64, manifest_path=dogs) as j:
         assert j.needs_plan  # the allowed run above never planned
         j.add_jobs([spec(0)])
-    with open_journal(path, sha="b" * 64) as j:
+    with open_journal(path, sha="b" * 64, manifest_path=dogs) as j:
         assert not j.needs_plan
+
+
+def test_editing_the_same_manifest_file_re_plans_without_asking(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_journal(path, sha="a" * 64, manifest_path="cats.yaml") as j:
+        j.add_jobs([spec(0)])
+    # Run again from another folder, by another relative path to the same file.
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    with open_journal(path, sha="e" * 64, manifest_path="../cats.yaml") as j:
+        assert j.needs_plan
+        assert j.add_jobs([spec(0), spec(1)]).new == 1
+        (run,) = j.runs()[-1:]
+        assert run.manifest_path == str(tmp_path / "cats.yaml")
+        assert "manifest changed: sha256 aaaaaaaaaaaa -> eeeeeeeeeeee" in j.events()[-2][3]
 
 
 def test_a_new_batchgen_version_re_plans(path: Path) -> None:

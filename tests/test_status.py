@@ -14,7 +14,7 @@ from batchgen.cli import main
 from batchgen.journal import Journal
 from batchgen.status import build_report, render_text
 
-MANIFEST = "manifests/my cats.yaml"
+MANIFEST = "/data/manifests/my cats.yaml"  # recorded absolute, quoted in the command
 
 
 def _populate(out: Path, clock: FakeClock | None = None) -> Journal:
@@ -60,12 +60,12 @@ def test_the_report_while_a_run_is_writing(
     assert "content_policy_violation: 2" in text and "refused again" in text
     assert "req-3" in text and "req-4" in text and "in flight: 2 requests" in text
     assert f"a run is in progress (pid {os.getpid()})" in text
-    assert f"batchgen run 'manifests/my cats.yaml' --out {out}" in text
+    assert f"batchgen run '/data/manifests/my cats.yaml' --out {out}" in text
     assert doc["counts"]["SUBMITTING"] == 1 and doc["counts"]["PENDING"] == 0
     assert doc["running"] is True and doc["done"] is False
     assert doc["failures"][0]["error_class"] == "content_policy_violation"
     assert doc["failures"][0]["count"] == 2
-    assert doc["resume_command"] == f"batchgen run 'manifests/my cats.yaml' --out {out}"
+    assert doc["resume_command"] == f"batchgen run '/data/manifests/my cats.yaml' --out {out}"
 
 
 def test_in_flight_requests_show_their_age_oldest_first(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_an_interrupted_run_says_how_to_resume(
     j = _populate(out)
     j.close()  # closed without an exit code is still a stop; a crash leaves ended_at empty
     assert main(["status", str(out)]) == 0
-    assert f"stopped; to resume: batchgen run 'manifests/my cats.yaml' --out {out}" in (
+    assert f"stopped; to resume: batchgen run '/data/manifests/my cats.yaml' --out {out}" in (
         capsys.readouterr().out
     )
 
@@ -106,7 +106,7 @@ def test_a_finished_run_with_failures_offers_retry_failed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    with open_journal(out / "journal.sqlite", manifest_path="m.yaml") as j:
+    with open_journal(out / "journal.sqlite", manifest_path="/data/m.yaml") as j:
         j.add_jobs([spec(0), spec(1)])
         a, b = j.claim(2)
         j.fail(a.job_id, "validation", "bad size")
@@ -116,7 +116,8 @@ def test_a_finished_run_with_failures_offers_retry_failed(
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert (
-        f"finished; to retry the failures: batchgen run m.yaml --out {out} --retry-failed" in text
+        f"finished; to retry the failures: batchgen run /data/m.yaml --out {out} --retry-failed"
+        in text
     )
 
 
