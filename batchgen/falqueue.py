@@ -318,7 +318,7 @@ class QueueClient:
                         await resp.aread()
                         err = http_error(resp)
                         if err.status in _AUTH_STATUSES:
-                            raise _auth_error(err)
+                            raise _auth_error(err) from err
                         raise StatusStreamError(f"status stream refused: {err}") from err
                     resp.stream = _Activity(resp.stream, watch.touch)
                 phase = "events"
@@ -465,16 +465,17 @@ class QueueClient:
                 f"{op} {_safe_url(url)}: {_exc_line(exc)}", sent=not nothing_sent(exc)
             ) from exc
         if check:
-            self._raise_for(resp)
+            self._raise_for(resp, keyed=auth)
         return resp
 
     @staticmethod
-    def _raise_for(resp: httpx.Response) -> None:
+    def _raise_for(resp: httpx.Response, *, keyed: bool = True) -> None:
         if resp.status_code < 300:
             return
         err = http_error(resp)
-        if err.status in _AUTH_STATUSES:
-            raise _auth_error(err)
+        # A 403 from a signed upload URL (sent without our key) says nothing about the account.
+        if keyed and err.status in _AUTH_STATUSES:
+            raise _auth_error(err) from err
         raise err
 
     async def _retrying(self, op: str, method: str, url: str, **kw: Any) -> httpx.Response:

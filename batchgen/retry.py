@@ -105,7 +105,9 @@ def classify(exc: BaseException, *, op: str) -> Outcome:
 def _classify_http(exc: QueueHTTPError, op: str, msg: str) -> Outcome:
     status = exc.status
     reason = f"http_{status}"
-    if status in _FATAL:
+    # Media and signed upload URLs are fetched without our key: their 403 is about that one
+    # URL, not the account (the client raises AuthError where the key itself was refused).
+    if status in _FATAL and op not in ("media", "upload"):
         return Outcome(Action.FATAL, "auth", msg)
     transient = (
         status in _REFUSED_NOTHING_CREATED

@@ -363,3 +363,15 @@ async def test_a_failed_upload_names_no_signature() -> None:
     with pytest.raises(QueueHTTPError) as err:
         await client(s).upload(b"data", "image/png")
     assert "s3cr3t" not in str(err.value) and "s3cr3t" not in repr(err.value.url)
+
+
+async def test_a_403_from_the_signed_url_is_not_an_account_problem() -> None:
+    s = Script(
+        ok({"detail": "no CDN"}, 400),
+        ok({"upload_url": f"{BASE}/put/1?sig=x", "file_url": f"{BASE}/f/1"}),
+        httpx.Response(403, text="<Error>SignatureDoesNotMatch</Error>"),
+    )
+    with pytest.raises(QueueHTTPError) as err:
+        await client(s).upload(b"data", "image/png")
+    assert err.value.status == 403
+    assert classify(err.value, op="upload").action is Action.FINAL  # this upload, not the run

@@ -48,6 +48,9 @@ TABLE: list[tuple[str, BaseException, Action, str]] = [
     ("submit", http(403), Action.FATAL, "auth"),
     ("result", http(402), Action.FATAL, "auth"),
     ("upload", AuthError("bad key"), Action.FATAL, "auth"),
+    # ...but a 403 from a public media URL or a signed upload URL is about that URL only
+    ("media", http(403), Action.FINAL, "http_403"),
+    ("upload", http(403), Action.FINAL, "http_403"),
     # submit: 408, 409, 429, ingress 5xx, connect error -> retry with backoff
     ("submit", http(408), Action.RETRY, "http_408"),
     ("submit", http(409), Action.RETRY, "http_409"),
