@@ -6,6 +6,8 @@ import httpx
 import pytest
 from conftest import MakeClient
 from emu_helpers import T2I, FakeClock, stats, submit
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from batchgen.emulator import PROFILES, FaultSpec, parse_faults
 from batchgen.emulator.faults import FaultDice
@@ -153,3 +155,36 @@ async def test_fault_rates_roughly_match_the_spec(make_client: MakeClient) -> No
     codes = [(await client.post(T2I, json=LOW)).status_code for _ in range(300)]
     assert 35 <= codes.count(429) <= 85
     assert codes.count(200) == (await stats(client))["submits_accepted"]
+
+
+probability = st.sampled_from([0.0, 0.3, 1.0])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    p429=probability,
+    p503=probability,
+    pdrop=probability,
+    seed=st.integers(min_value=0, max_value=1000),
+)
+async def test_every_submit_is_accounted_for(
+    make_client: MakeClient, p429: float, p503: float, pdrop: float, seed: int
+) -> None:
+    spec = FaultSpec(submit429=p429, submit503=p503, submitdrop=pdrop)
+    client, app = await make_client(time_scale=0, faults=spec, seed=seed)
+    answered = dropped = 0
+    for i in range(12):
+        try:
+            r = await client.post(T2I, json={**LOW, "prompt": f"p{i}"})
+        except httpx.TransportError:
+            dropped += 1
+        else:
+            answered += r.status_code == 200
+    s = await stats(client)
+    refused = s["submits_refused_429"] + s["submits_refused_503"]
+    assert s["submit_attempts"] == 12 == s["submits_accepted"] + refused
+    assert s["submits_dropped"] == dropped
+    # Every accepted job exists, whether or not its submitter heard back.
+    assert len(app.state.emulator.requests) == s["submits_accepted"] == answered + dropped
