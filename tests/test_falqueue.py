@@ -4,6 +4,7 @@ server saw (``/_emulator/stats``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -356,8 +357,11 @@ class BrokenCDN(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-async def test_upload_falls_back_to_initiate_and_signed_put(make_env: MakeEnv) -> None:
+async def test_upload_falls_back_to_initiate_and_signed_put(
+    make_env: MakeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     env = await make_env()
+    caplog.set_level(logging.DEBUG)
     http = httpx.AsyncClient(transport=BrokenCDN(env.recorder))
     try:
         q = QueueClient(
@@ -374,6 +378,9 @@ async def test_upload_falls_back_to_initiate_and_signed_put(make_env: MakeEnv) -
     put = next(r for r in env.recorder.requests if r.method == "PUT")
     assert "authorization" not in put.headers  # the key never goes to a signed URL
     assert put.headers["content-type"] == "image/png"
+    (warning,) = [r for r in caplog.records if r.name == "batchgen.falqueue"]
+    assert "CDN down" in warning.getMessage()
+    assert all("very-secret" not in r.getMessage() for r in caplog.records)
 
 
 async def test_upload_a_file_by_path(make_env: MakeEnv, tmp_path: Path) -> None:

@@ -268,3 +268,39 @@ async def test_loop_refuses_the_submit() -> None:
 
     with pytest.raises(ValueError, match="never retried"):
         await call_with_retries(fn, op="submit", policy=RetryPolicy(), sleep=ZeroWait())
+
+
+@given(
+    status=st.integers(300, 599),
+    op=st.sampled_from(["submit", "status", "result", "cancel", "media", "upload"]),
+    ingress=st.booleans(),
+    error_type=st.none() | st.sampled_from(["runner_disconnected", "request_timeout"]),
+    retryable=st.none() | st.booleans(),
+    retry_after=st.none() | st.floats(0, 100),
+)
+def test_any_http_answer_classifies_without_ambiguity(
+    status: int,
+    op: str,
+    ingress: bool,
+    error_type: str | None,
+    retryable: bool | None,
+    retry_after: float | None,
+) -> None:
+    exc = http(
+        status,
+        ingress=ingress,
+        error_type=error_type,
+        retryable=retryable,
+        retry_after=retry_after,
+    )
+    outcome = classify(exc, op=op)
+    # An answer, even an error, proves the server saw the request: never "unknown".
+    assert outcome.action is not Action.UNKNOWN
+    # Only the queue-side request can be resubmitted; a submit answer never asks for it.
+    if op in ("submit", "cancel", "media", "upload"):
+        assert outcome.action is not Action.RESUBMIT
+    # The server's "do not retry" always wins over our guess.
+    if retryable is False:
+        assert outcome.action is not Action.RETRY
+    if outcome.action is Action.RETRY:
+        assert outcome.retry_after == retry_after
