@@ -161,3 +161,30 @@ def test_a_reader_opens_a_cleanly_closed_journal(path: Path) -> None:
 def test_no_journal_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="no journal at"):
         Journal.open_readonly(tmp_path / "journal.sqlite")
+
+
+def test_the_public_api_other_modules_build_on() -> None:
+    """docs/interfaces.md pins these; a change here must change every caller with it."""
+    import inspect
+
+    def params(f: object) -> list[str]:
+        return [
+            f"{p.name}{'=' if p.default is not p.empty else ''}"
+            for p in inspect.signature(f).parameters.values()  # type: ignore[arg-type]
+        ]
+
+    assert params(Journal.open)[:4] == ["path", "manifest_sha256", "version", "settings"]
+    assert {"clock=", "manifest_path=", "allow_manifest_change="} <= set(params(Journal.open))
+    assert params(Journal.add_jobs) == ["self", "specs", "cost_of="]
+    assert params(Journal.claim) == ["self", "limit"]
+    assert params(Journal.set_submitted) == ["self", "job_id", "handle"]
+    assert params(Journal.transition) == [
+        "self", "job_id", "new", "error_class=", "error=", "bump_attempts="
+    ]  # fmt: skip
+    assert params(Journal.requeue) == ["self", "job_id", "reason", "lost="]
+    assert params(Journal.fail) == ["self", "job_id", "error_class", "message"]
+    assert params(Journal.event) == ["self", "job_id", "kind", "detail"]
+    others = "set_result mark_downloaded retry_failed attached interrupted_submits counts"
+    others += " spent_estimate in_flight_estimate failures_by_class upload_get upload_put"
+    for name in (others + " close open_readonly iter_jobs tallies get").split():
+        assert callable(getattr(Journal, name))
