@@ -23,23 +23,20 @@ request id (re-attached next time), a half download leaves no file in place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 from batchgen.config import Settings
-from batchgen.download import download_image
-from batchgen.errors import AuthError, BatchgenError, DownloadError, StatusStreamError
+from batchgen.downloader import DownloadPool
+from batchgen.errors import AuthError
 from batchgen.falqueue import Completed, Handle, InProgress, QueueClient, Queued, Status
-from batchgen.gptimage import DEFAULTS
-from batchgen.index import append_failure, append_rows, failure_row, index_row
-from batchgen.jobs import JobSpec, JobState
+from batchgen.index import append_failure, failure_row
+from batchgen.jobs import JobState
 from batchgen.journal import JobRow, Journal
-from batchgen.paths import image_path, relative_name, template_fields
 from batchgen.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
 from batchgen.summary import (
     BudgetReached,
@@ -57,24 +54,18 @@ from batchgen.summary import (
     Submitted,
     WindowChanged,
 )
+from batchgen.watcher import DeadlineExceeded, watch
 from batchgen.window import (
     Observation,
     RunTimes,
-    WatchMode,
     Window,
     budget_allows,
-    plan_watch,
-    poll_delay,
 )
 
 S = JobState
 SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
 CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
 FORMATS = ("png", "jpeg", "webp")
-
-
-class _DeadlineExceeded(Exception):
-    pass
 
 
 class Scheduler:
@@ -101,15 +92,19 @@ class Scheduler:
         self._sha = manifest_sha256
         self._emit_to = on_event
         self._clock, self._wall, self._sleep, self._rng = clock, wall, sleep, rng
+        self._wake = asyncio.Event()
         self.stats = RunStats()
         self.runtimes = RunTimes()
         self.stop_reason: StopReason | None = None
         self._fatal: AuthError | None = None
         self._stopping = self._stop_now = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._downloads: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
-        self._download_backlog = 0
-        self._wake = asyncio.Event()
+        self._pool = DownloadPool(
+            journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
+            max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
+            on_saved=lambda job, n: self._emit(Saved(job, n)), on_failed=self._fail,
+            on_idle=self._wake.set, sleep=sleep, rng=rng,
+        )  # fmt: skip
         self._unknown: set[str] = set()  # jobs whose last POST may have created a request
         self._unstarted: set[str] = set()  # claimed, but their task has not run yet
         self._seq = 0  # submit order of this run's requests...
@@ -143,19 +138,17 @@ class Scheduler:
 
     async def run(self) -> None:
         """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
-        workers = [
-            asyncio.create_task(self._download_worker())
-            for _ in range(self._s.download_concurrency)
-        ]
+        self._pool.start()
         try:
             self._resume()
             await self._submit_loop()
-            while not self._stop_now and (self._tasks or self._download_backlog):
+            while not self._stop_now and (self._tasks or self._pool.backlog):
                 await self._changed()
         finally:
-            for task in [*self._tasks, *workers]:
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, *workers, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._pool.close()
             for job in self._unstarted:  # cancelled before their first step: nothing sent
                 self._journal.transition(job, S.PENDING)
             self._unstarted.clear()
@@ -172,7 +165,7 @@ class Scheduler:
         for row in self._journal.attached():
             if row.state is S.COMPLETED:
                 to_download += 1
-                self._enqueue_download(row.job_id, None)
+                self._pool.put(row.job_id)
             else:
                 reattached += 1
                 self._reattached += 1
@@ -330,13 +323,20 @@ class Scheduler:
         while True:
             try:
                 op = "status"
-                done = await self._watch(
-                    job, handle, submitted_at, deadline_at, note, quick_first=observe_at is not None
-                )
+                done = await watch(
+                    self._client, handle, mode=self._s.watch, expected=self.runtimes.expected(),
+                    # an auto window learns from each new request's first status
+                    prompt=observe_at is not None and self.window.wants_prompt_check(),
+                    submitted_at=submitted_at, deadline_at=deadline_at, note=note,
+                    on_stream_broken=lambda msg: self._retrying(
+                        job, "status", Outcome(Action.RETRY, "stream_broken", msg), 0.0, 1
+                    ),
+                    clock=self._clock, sleep=self._sleep,
+                )  # fmt: skip
                 op = "result"
                 result = await self._client.result(handle)
                 break
-            except _DeadlineExceeded:
+            except DeadlineExceeded:
                 await self._cancel(job, handle)
                 msg = f"no result within --deadline {self._s.deadline:g} s; cancelled"
                 self._resubmit(row, "deadline", msg, lost=False)
@@ -356,62 +356,7 @@ class Scheduler:
         self.runtimes.add(self._clock() - submitted_at)
         self._journal.set_result(job, result)  # committed before any download
         self._emit(Finished(job, self._clock() - submitted_at))
-        self._enqueue_download(job, _inference_time(done))
-
-    async def _watch(
-        self,
-        job: str,
-        handle: Handle,
-        submitted_at: float,
-        deadline_at: float,
-        note: Callable[[Status, bool], None],
-        *,
-        quick_first: bool,
-    ) -> Completed:
-        expected = self.runtimes.expected()
-        plan = plan_watch(self._s.watch, expected)
-        # A searching auto window needs each request's first status at once.
-        prompt = quick_first and self.window.wants_prompt_check()
-        if plan.check_after is not None:
-            if not prompt:
-                await self._sleep(
-                    max(0.0, min(submitted_at + plan.check_after, deadline_at) - self._clock())
-                )
-            st = await self._client.status(handle)
-            note(st, prompt)
-            if isinstance(st, Completed):
-                return st
-        if plan.mode is WatchMode.STREAM:
-            try:
-                async with (
-                    asyncio.timeout(max(0.0, deadline_at - self._clock())),
-                    contextlib.aclosing(_closable(self._client.stream_status(handle))) as stream,
-                ):
-                    async for st in stream:
-                        note(st, True)
-                        if isinstance(st, Completed):
-                            return st
-            except TimeoutError:
-                raise _DeadlineExceeded from None
-            except StatusStreamError as exc:
-                o = Outcome(Action.RETRY, "stream_broken", str(exc))
-                self._retrying(job, "status", o, 0.0, 1)  # polling takes over for this one
-        elif prompt:
-            st = await self._client.status(handle)
-            note(st, True)
-            if isinstance(st, Completed):
-                return st
-        polls = 0
-        while True:
-            left = deadline_at - self._clock()
-            if left <= 0:
-                raise _DeadlineExceeded
-            await self._sleep(min(left, poll_delay(polls, expected, self._clock() - submitted_at)))
-            polls += 1
-            st = await self._client.status(handle)
-            note(st, False)
-            if isinstance(st, Completed):
-                return st
+        self._pool.put(job, _inference_time(done))  # the slot is free from here on
 
     async def _cancel(self, job: str, handle: Handle) -> None:
         try:
@@ -440,86 +385,6 @@ class Scheduler:
             return
         self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost)
         self._emit(Requeued(row.job_id, reason, message, lost))
-
-    # -- downloads ----------------------------------------------------------------------------
-
-    def _enqueue_download(self, job: str, inference_time: float | None) -> None:
-        self._download_backlog += 1
-        self._downloads.put_nowait((job, inference_time))
-
-    async def _download_worker(self) -> None:
-        while True:
-            job, inference_time = await self._downloads.get()
-            try:
-                await self._download(job, inference_time)
-            finally:
-                self._download_backlog -= 1
-                self._wake.set()
-
-    async def _download(self, job: str, inference_time: float | None) -> None:
-        row = self._journal.get(job)  # the result lives in the journal, not in memory
-        if row is None or row.state is not S.COMPLETED or row.result is None:
-            return
-        spec = row.spec
-        images = row.result.get("images")
-        if not isinstance(images, list) or not images:
-            self._fail(row, "no_images", "the result lists no images")
-            return
-        fmt = _output_format(spec)
-        rows: list[dict[str, Any]] = []
-        files: list[dict[str, Any]] = []
-        try:
-            for n, image in enumerate(images):
-                url = image.get("url") if isinstance(image, dict) else None
-                if not isinstance(url, str):
-                    raise DownloadError(f"image {n} has no url", reason="no_url")
-                dest = image_path(
-                    self._s.out_dir, spec.output_template, template_fields(spec, n, fmt)
-                )
-                d = await download_image(
-                    self._media,
-                    url,
-                    dest,
-                    max_bytes=self._s.max_image_bytes,
-                    expected_format=fmt,
-                    sleep=self._sleep,
-                    rng=self._rng,
-                )
-                rows.append(
-                    index_row(
-                        spec,
-                        n,
-                        d,
-                        out_dir=self._s.out_dir,
-                        manifest_sha256=self._sha,
-                        request_id=row.request_id,
-                        submitted_at=row.submitted_at,
-                        completed_at=row.updated_at,
-                        inference_time=inference_time,
-                        cost_estimate=row.cost / len(images),
-                        usage=row.result.get("usage")
-                        if isinstance(row.result.get("usage"), dict)
-                        else None,
-                    )
-                )
-                files.append(
-                    {
-                        "file_name": relative_name(self._s.out_dir, d.path),
-                        "sha256": d.sha256,
-                        "bytes": d.bytes,
-                    }
-                )
-        except DownloadError as exc:
-            self._fail(row, f"download_{exc.reason}", str(exc))
-            return
-        except (BatchgenError, OSError, ValueError) as exc:  # a bad template, a full disk
-            self._fail(row, "download_error", f"{type(exc).__name__}: {exc}")
-            return
-        # Index rows first: a crash before the journal commit re-downloads and rewrites the
-        # same row, which readers de-duplicate by file name; the reverse would lose the row.
-        append_rows(self._s.out_dir, rows)
-        self._journal.mark_downloaded(job, files)
-        self._emit(Saved(job, len(files)))
 
     # -- shared -------------------------------------------------------------------------------
 
@@ -563,16 +428,6 @@ class Scheduler:
             self._emit_to(event)
 
 
-def _output_format(spec: JobSpec) -> str | None:
-    fmt = spec.input.get("output_format", DEFAULTS.get(spec.endpoint, {}).get("output_format"))
-    return fmt if isinstance(fmt, str) and fmt in FORMATS else None
-
-
 def _inference_time(done: Completed) -> float | None:
     t = done.metrics.get("inference_time")
     return float(t) if isinstance(t, int | float) else None
-
-
-def _closable(stream: AsyncIterator[Status]) -> AsyncGenerator[Status, None]:
-    # stream_status is an async generator; closing it promptly ends the HTTP stream.
-    return cast(AsyncGenerator[Status, None], stream)

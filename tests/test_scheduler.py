@@ -65,7 +65,8 @@ async def test_flaky_profile_ends_done_or_failed_for_a_reason(tmp_path: Path, se
         [e for e in r.of(Failed) if e.reason == "submit_dropped"]
     )
     assert stats["duplicate_submits"] <= explained
-    assert stats["peak_in_progress"] <= 8
+    # a dropped submit's request runs on fal unseen by us: the only way past the window
+    assert stats["peak_in_progress"] <= 8 + stats["submits_dropped"]
 
 
 async def test_hostile_profile_no_submit_without_a_reason(tmp_path: Path) -> None:
