@@ -119,7 +119,9 @@ class Scheduler:
 
     def stop(self, *, now: bool = False, reason: StopReason = StopReason.INTERRUPTED) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
-        if self.stop_reason is None or reason is StopReason.FATAL:
+        # What the exit code reports: a refused key over Ctrl-C over the budget.
+        rank = [None, StopReason.BUDGET, StopReason.INTERRUPTED, StopReason.FATAL]
+        if rank.index(reason) > rank.index(self.stop_reason):
             self.stop_reason = reason
         first = not self._stopping
         self._stopping = True

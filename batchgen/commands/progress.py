@@ -23,6 +23,8 @@ LOG_EVERY_S = 5.0
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     pending: int
+    queued: int  # waiting on fal's side
+    running: int  # seen IN_PROGRESS
     in_flight: int
     done: int
     failed: int
@@ -42,8 +44,9 @@ def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elaps
     eta = eta_seconds(snap.pending + snap.in_flight, done_now, elapsed)
     eta_text = "?" if eta is None else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
     return (
-        f"progress: done {snap.done}/{total}, failed {snap.failed}, in flight {snap.in_flight}"
-        f" (window {snap.window}), pending {snap.pending}, {per_min:.1f} images/min,"
+        f"progress: done {snap.done}/{total}, failed {snap.failed}, queued {snap.queued},"
+        f" running {snap.running}, in flight {snap.in_flight} (window {snap.window}),"
+        f" pending {snap.pending}, {per_min:.1f} images/min,"
         f" spent ~${snap.spent:.2f}, ETA {eta_text}"
     )
 
@@ -92,7 +95,8 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(
                 failed=snap.failed,
-                flight=snap.in_flight,
+                queued=snap.queued,
+                running=snap.running,
                 window=snap.window,
                 spent=f"${snap.spent:.2f}",
                 refresh=True,

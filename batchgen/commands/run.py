@@ -185,6 +185,8 @@ def _snapshot(journal: Journal, sched: Scheduler) -> Snapshot:
     c = journal.counts()
     return Snapshot(
         pending=c[S.PENDING] + c[S.UNKNOWN],
+        queued=c[S.QUEUED],
+        running=c[S.RUNNING],
         in_flight=sched.in_flight,
         done=c[S.DOWNLOADED],
         failed=c[S.FAILED],
