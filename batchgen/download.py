@@ -96,6 +96,7 @@ async def download_image(
     attempts: int = 3,
     expected_sha256: str | None = None,
     rng: Callable[[], float] = random.random,
+    durable: bool = True,
 ) -> Downloaded:
     """Fetch ``url`` to ``dest`` (a path from :func:`batchgen.paths.image_path`), verified.
 
@@ -103,6 +104,11 @@ async def download_image(
     ``None`` for any of them. With ``expected_sha256``, a file already at ``dest`` with that
     checksum is returned as is, without a request. Transport errors, truncation, 429 and 5xx
     are tried ``attempts`` times in all; anything else fails at once.
+
+    ``durable`` fsyncs the file before the rename, so not even a power cut can leave a partial
+    file under the final name; it costs real disk bandwidth (see bench/download.py). Without
+    it a killed process still never leaves one (the rename is atomic), and a power cut can be
+    caught by the index checksums (``batchgen index --rebuild``).
     """
     if expected_format is not None and expected_format.lower() not in FORMATS:
         raise ValueError(f"unknown image format {expected_format!r}")
@@ -120,7 +126,9 @@ async def download_image(
                 size, digest = await _write_data_uri(url, part, max_bytes, expected_format)
             else:
                 size, digest = await _fetch(http, url, part, max_bytes, expected_format)
-            width, height, fmt = await asyncio.to_thread(_verify_and_sync, part, expected_format)
+            width, height, fmt = await asyncio.to_thread(
+                _verify_and_sync, part, expected_format, durable
+            )
             os.replace(part, dest)
             return Downloaded(dest, digest, size, width, height, mime_of(fmt))
         except DownloadError as exc:
@@ -195,15 +203,18 @@ def _existing(dest: Path, sha256: str, expected_format: str | None) -> Downloade
     return Downloaded(dest, digest, size, width, height, mime_of(fmt))
 
 
-def _verify_and_sync(part: Path, expected_format: str | None) -> tuple[int, int, str]:
+def _verify_and_sync(
+    part: Path, expected_format: str | None, durable: bool
+) -> tuple[int, int, str]:
     result = inspect_image(part, expected_format)
-    # fsync before the rename: otherwise a power cut can leave an empty file under the final
-    # name, which is exactly the partial file this module promises never to leave.
-    fd = os.open(part, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if durable:
+        # Without this, a power cut after the rename can leave an empty file under the final
+        # name: exactly the partial file this module promises never to leave.
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return result
 
 

@@ -40,6 +40,8 @@ def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64)) -> bytes:
 
 
 PNG, JPEG, WEBP = make_image("PNG"), make_image("JPEG"), make_image("WEBP")
+# Bigger than several write blocks, so blocks are hashed and written while others arrive.
+BIG = make_image("PNG", (1100, 1000))
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -70,6 +72,8 @@ class ImageServer:
             Route("/garbage", lambda r: Response(b"\x89PNG not really", media_type="image/png")),
             Route("/big", self.big),
             Route("/big-unsized", self.big_unsized),
+            Route("/large.png", lambda r: Response(BIG, media_type="image/png")),
+            Route("/large-unsized", self.large_unsized),
             Route("/short", self.short),
             Route("/flaky", self.flaky),
             Route("/status/{code:int}", lambda r: Response(b"no", r.path_params["code"])),
@@ -109,6 +113,13 @@ class ImageServer:
         async def body() -> AsyncIterator[bytes]:
             for _ in range(10):
                 yield b"\0" * 1000
+
+        return StreamingResponse(body(), media_type="image/png")
+
+    async def large_unsized(self, request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(0, len(BIG), 65536):
+                yield BIG[i : i + 65536]
 
         return StreamingResponse(body(), media_type="image/png")
 
@@ -193,6 +204,28 @@ async def test_downloads_verified_image(
     assert d.sha256 == hashlib.sha256(data).hexdigest()
     assert (d.width, d.height, d.content_type) == (96, 64, mime)
     assert files_under(out) == {dest}
+
+
+async def test_large_image_streams_in_blocks(http: httpx.AsyncClient, out: Path) -> None:
+    assert len(BIG) > 3 * 1024 * 1024
+    for url in ("/large.png", "/large-unsized"):
+        dest = dest_in(out, f"p{url.replace('.', '-')}.png")
+        d = await fetch(http, "http://media.test" + url, dest)
+        assert (
+            d.sha256
+            == hashlib.sha256(BIG).hexdigest()
+            == hashlib.sha256(dest.read_bytes()).hexdigest()
+        )
+        assert (d.width, d.height) == (1100, 1000)
+    # Over the cap mid-stream while a block is still being written: nothing is left behind.
+    with pytest.raises(DownloadError, match="cap"):
+        await fetch(
+            http,
+            "http://media.test/large-unsized",
+            dest_in(out, "q/z.png"),
+            max_bytes=len(BIG) - 100_000,
+        )
+    assert not (out / "images" / "q").exists() or not any((out / "images" / "q").iterdir())
 
 
 async def test_fal_key_never_reaches_the_image_host(
@@ -357,9 +390,14 @@ async def test_stale_part_is_replaced(http: httpx.AsyncClient, out: Path) -> Non
     assert sweep_parts(out) == 1 and files_under(out) == {dest}
 
 
-async def test_concurrent_downloads_land_whole(http: httpx.AsyncClient, out: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False])
+async def test_concurrent_downloads_land_whole(
+    http: httpx.AsyncClient, out: Path, durable: bool
+) -> None:
     dests = [dest_in(out, f"p/{i}.png") for i in range(20)]
-    got = await asyncio.gather(*(fetch(http, "http://media.test/img/a.png", d) for d in dests))
+    got = await asyncio.gather(
+        *(fetch(http, "http://media.test/img/a.png", d, durable=durable) for d in dests)
+    )
     assert {d.sha256 for d in got} == {hashlib.sha256(PNG).hexdigest()}
     assert files_under(out) == set(dests)
 
