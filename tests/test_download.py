@@ -26,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from batchgen.download import DEFAULT_MAX_BYTES, Downloaded, download_image, part_path, sweep_parts
+from batchgen.download import (
+    DEFAULT_MAX_BYTES,
+    WRITE_BLOCK,
+    Downloaded,
+    download_image,
+    part_path,
+    sweep_parts,
+)
 from batchgen.errors import DownloadError
 from batchgen.index import append_failure, failure_row, read_failures
 from batchgen.jobs import JobSpec, job_id
@@ -207,7 +214,7 @@ async def test_downloads_verified_image(
 
 
 async def test_large_image_streams_in_blocks(http: httpx.AsyncClient, out: Path) -> None:
-    assert len(BIG) > 3 * 1024 * 1024
+    assert len(BIG) > 2 * WRITE_BLOCK
     for url in ("/large.png", "/large-unsized"):
         dest = dest_in(out, f"p{url.replace('.', '-')}.png")
         d = await fetch(http, "http://media.test" + url, dest)
