@@ -59,6 +59,9 @@ from .retry import (
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"batchgen/{__version__}"
+# Per request, whatever the injected client's default (httpx's is 5 s): a submit whose answer
+# is slow must not be abandoned early, since an abandoned submit is an UNKNOWN, maybe billed twice.
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 _AUTH_STATUSES = frozenset({401, 402, 403})
 _INGRESS_STATUSES = frozenset({502, 503, 504})
 
@@ -242,6 +245,7 @@ class QueueClient:
         retry: RetryPolicy | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self._http = http
         self.endpoints = endpoints or Endpoints()
@@ -250,6 +254,7 @@ class QueueClient:
         self._retry = retry or RetryPolicy()
         self._on_retry = on_retry
         self._wall_clock = wall_clock
+        self._timeout = timeout
         self._token: tuple[str, float] | None = None  # (Authorization value, expiry epoch)
         self._token_lock = asyncio.Lock()
 
@@ -310,7 +315,7 @@ class QueueClient:
                             params=_logs_param(logs),
                             headers=self._headers(None),
                             # The watchdog is the inactivity timeout; no read timeout under it.
-                            timeout=httpx.Timeout(inactivity_timeout, read=None),
+                            timeout=httpx.Timeout(**{**self._timeout.as_dict(), "read": None}),
                         )
                     )
                     resp = source.response
@@ -459,6 +464,7 @@ class QueueClient:
                 json=json,
                 content=content,
                 headers=self._headers(extra, auth),
+                timeout=self._timeout,
             )
         except httpx.TransportError as exc:
             raise QueueTransportError(

@@ -3,6 +3,7 @@ stream as it really arrives (incrementally, with keep-alives), and a real droppe
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -89,3 +90,62 @@ async def test_a_dropped_submit_over_a_real_socket_is_unknown() -> None:
             await client(http, url).submit(T2I, LOW)
         stats = (await http.get(f"{url}/_emulator/stats")).json()
     assert stats["submits_accepted"] == 1
+
+
+SUBMIT_ANSWER = (
+    b'{"request_id":"r1","status_url":"http://x/r1/status","response_url":"http://x/r1",'
+    b'"cancel_url":"http://x/r1/cancel"}'
+)
+
+
+async def slow_server(delay: float) -> asyncio.Server:
+    """Reads a request, waits ``delay`` seconds, then answers a submit (a slow fal ingress)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        try:
+            await asyncio.sleep(delay)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + b"content-length: %d\r\n\r\n" % len(SUBMIT_ANSWER)
+                + SUBMIT_ANSWER
+            )
+            await writer.drain()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_a_submit_answered_too_late_is_unknown() -> None:
+    server = await slow_server(delay=5.0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient() as http:
+        q = QueueClient(
+            http,
+            endpoints=Endpoints.single(f"http://127.0.0.1:{port}"),
+            key="k",
+            timeout=httpx.Timeout(0.2),
+        )
+        with pytest.raises(UnknownOutcome, match="ReadTimeout"):
+            await q.submit(T2I, LOW)
+        server.close()
+
+
+async def test_the_clients_timeout_overrides_a_short_httpx_default() -> None:
+    server = await slow_server(delay=0.3)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(timeout=0.05) as http:
+        q = QueueClient(http, endpoints=Endpoints.single(f"http://127.0.0.1:{port}"), key="k")
+        handle = await q.submit(T2I, LOW)
+        server.close()
+    assert handle.request_id == "r1"
