@@ -136,6 +136,13 @@ def _money(x: float) -> str:
     return f"${x:,.2f}" if x >= 0.1 or x == 0 else f"${x:.3f}"
 
 
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _options(element_id: str, label: str, counts: Counter[str]) -> str:
     opts = "".join(
         f'<option value="{_e(v)}">{_e(v)} ({n})</option>' for v, n in sorted(counts.items()) if v
@@ -229,7 +236,7 @@ def render_page(
         f"<span><b>{jobs:,}</b> jobs</span>",
         f"<span><b>{len(failures):,}</b> failed</span>",
         f"<span><b>{_e(_money(_job_cost(rows)))}</b> estimated cost</span>",
-        f"<span><b>{total_bytes / 1e6:,.1f}</b> MB</span>",
+        f"<span><b>{_bytes(total_bytes)}</b></span>",
         f"<span><b>{missing:,}</b> missing files</span>" if missing else "",
         f'<span>showing <b id="shown">{len(rows):,}</b></span>',
     ]
