@@ -1,8 +1,8 @@
 """The fal queue client: submit, status (polled or streamed), result, cancel, upload.
 
-Built directly on an injected ``httpx.AsyncClient`` (the caller owns its pool and timeouts) and
-on ``retry.py``'s one loop. What each call does when things go wrong is the contract the
-scheduler relies on:
+Built directly on an injected ``httpx.AsyncClient`` (the caller owns its pool; the per-request
+timeouts are set here) and on ``retry.py``'s one loop. What each call does when things go wrong
+is the contract the scheduler relies on:
 
 - ``submit`` is ONE POST and is never retried here, because a repeated POST can pay twice.
   Nothing sent (connect error, pool timeout) -> ``QueueTransportError(sent=False)``; sent with
@@ -12,7 +12,8 @@ scheduler relies on:
   what ``classify`` calls RETRY (transport errors, 429 with Retry-After, ingress 5xx), a bounded
   number of times. ``result`` raises ``QueueHTTPError`` for the request's own failure (422 with
   its detail list, 5xx with a runner ``error_type``, 404 after expiry) for the caller to classify.
-- 401/402/403 anywhere raise ``AuthError``: the key or the account is wrong, stop the run.
+- 401/402/403 wherever our key was sent raise ``AuthError``: the key or the account is wrong,
+  stop the run. (A signed upload URL or a CDN token being refused is not that.)
 
 The key is sent only to fal's own hosts (never to a signed upload URL) and never printed.
 """
@@ -384,6 +385,8 @@ class QueueClient:
         try:
             return await self._upload_cdn(data, content_type, file_name)
         except QueueError as exc:
+            if isinstance(exc, QueueHTTPError) and exc.status in _AUTH_STATUSES:
+                self._token = None  # revoked or expired early: fetch a fresh one next time
             log.warning("CDN upload failed (%s); trying storage initiate", _exc_line(exc))
         return await self._upload_initiate(data, content_type, file_name)
 
@@ -392,8 +395,14 @@ class QueueClient:
         headers = {"Content-Type": content_type, "Authorization": token}
         if file_name:
             headers["X-Fal-File-Name"] = file_name
+        # auth=False: the token, not the key, authorises this one; its refusal is no AuthError.
         resp = await self._retrying(
-            "upload", "POST", f"{self.endpoints.cdn}/files/upload", content=data, extra=headers
+            "upload",
+            "POST",
+            f"{self.endpoints.cdn}/files/upload",
+            content=data,
+            extra=headers,
+            auth=False,
         )
         return _url_field(resp, "access_url")
 

@@ -375,3 +375,20 @@ async def test_a_403_from_the_signed_url_is_not_an_account_problem() -> None:
         await client(s).upload(b"data", "image/png")
     assert err.value.status == 403
     assert classify(err.value, op="upload").action is Action.FINAL  # this upload, not the run
+
+
+async def test_a_refused_cdn_token_is_dropped_and_the_upload_falls_back() -> None:
+    token = {"token": "t1", "token_type": "Bearer", "expires_at": "2099-01-01T00:00:00+00:00"}
+    s = Script(
+        ok(token),
+        ok({"detail": "token revoked"}, 401),  # the CDN refuses the token, not our key
+        ok({"upload_url": f"{BASE}/put/1", "file_url": f"{BASE}/f/1"}),
+        httpx.Response(200),
+        ok({**token, "token": "t2"}),  # the next upload asks for a fresh token
+        ok({"access_url": f"{BASE}/files/2"}),
+    )
+    q = client(s)
+    assert await q.upload(b"one", "image/png") == f"{BASE}/f/1"
+    assert await q.upload(b"two", "image/png") == f"{BASE}/files/2"
+    assert s.seen[1].headers["authorization"] == "Bearer t1"
+    assert s.seen[5].headers["authorization"] == "Bearer t2"
