@@ -446,7 +446,7 @@ class QueueClient:
     def _headers(self, extra: Mapping[str, str] | None, auth: bool = True) -> dict[str, str]:
         headers = dict(extra) if extra else {}
         headers["User-Agent"] = USER_AGENT
-        if auth and self._key is not None and "Authorization" not in headers:
+        if auth and self._key is not None:
             headers["Authorization"] = self._key.header
         return headers
 
