@@ -204,14 +204,9 @@ def _failures_table(failures: Iterable[Mapping[str, Any]]) -> str:
     return f'<table class="failures"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def _job_cost(rows: Iterable[Mapping[str, Any]]) -> float:
-    """The estimate is per job (every image row of a job carries it): count each job once."""
-    per_job: dict[str, float] = {}
-    for r in rows:
-        c = r.get("cost_estimate")
-        if isinstance(c, int | float):
-            per_job[str(r.get("job_id"))] = float(c)
-    return sum(per_job.values())
+def _total_cost(rows: Iterable[Mapping[str, Any]]) -> float:
+    """The sum of the rows' estimates (each row carries its image's share of the job's)."""
+    return sum(float(c) for r in rows if isinstance(c := r.get("cost_estimate"), int | float))
 
 
 def render_page(
@@ -235,7 +230,7 @@ def render_page(
         f"<span><b>{len(rows):,}</b> images</span>",
         f"<span><b>{jobs:,}</b> jobs</span>",
         f"<span><b>{len(failures):,}</b> failed</span>",
-        f"<span><b>{_e(_money(_job_cost(rows)))}</b> estimated cost</span>",
+        f"<span><b>{_e(_money(_total_cost(rows)))}</b> estimated cost</span>",
         f"<span><b>{_bytes(total_bytes)}</b></span>",
         f"<span><b>{missing:,}</b> missing files</span>" if missing else "",
         f'<span>showing <b id="shown">{len(rows):,}</b></span>',

@@ -112,7 +112,9 @@ def index_row(
 ) -> dict[str, Any]:
     """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
 
-    ``downloaded_at`` defaults to now. ``usage`` is the token count a BYOK response carries.
+    ``downloaded_at`` defaults to now. ``cost_estimate`` is this image's share of the job's
+    estimate (the job's divided by its number of images), so summing rows gives the total.
+    ``usage`` is the token count a BYOK response carries.
     """
     fmt = _input_value(spec, "output_format")
     return {

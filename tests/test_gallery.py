@@ -100,6 +100,8 @@ def test_page_is_offline_escaped_and_points_at_real_files(gallery: Path) -> None
             assert "//" not in value and ":" not in value, value  # no URL leaves the folder
             assert (gallery / value).is_file(), value
     assert "&lt;script&gt;alert" in page
+    assert "<b>4</b> images" in page and "<b>1</b> failed" in page
+    assert "<b>$0.60</b> estimated cost" in page  # four images at $0.15
     (csp,) = [a["content"] for t, a in tags if a.get("http-equiv") == "Content-Security-Policy"]
     assert csp and csp.startswith("default-src 'none';") and "http" not in csp
     for _, attrs in tags:
