@@ -156,7 +156,8 @@ def parse_status(body: object) -> Status:
     if state == "IN_PROGRESS":
         return InProgress(_logs(body))
     if state == "COMPLETED":
-        metrics = body.get("metrics") or {}
+        metrics = body.get("metrics")
+        metrics = {} if metrics is None else metrics
         if not isinstance(metrics, dict):
             raise ProtocolError("COMPLETED status with non-object metrics")
         return Completed(

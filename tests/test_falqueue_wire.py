@@ -3,11 +3,14 @@ bodies, timeouts mid-request): an ``httpx.MockTransport`` plays the server, scri
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchgen.errors import (
     AuthError,
@@ -24,6 +27,7 @@ from batchgen.falqueue import (
     InProgress,
     QueueClient,
     Queued,
+    http_error,
     parse_status,
 )
 from batchgen.retry import Action, RetryPolicy, ZeroWait, classify
@@ -263,6 +267,7 @@ def test_parse_status(body: dict[str, Any], status: object) -> None:
         {"status": "IN_PROGRESS"},
         {"status": "COMPLETED"},
         {"status": "COMPLETED", "logs": None, "metrics": [1]},
+        {"status": "COMPLETED", "logs": None, "metrics": []},
         {"status": "COMPLETED", "logs": "text"},
         {"status": "COMPLETED", "logs": None, "error": 5},
         {"status": "FAILED", "logs": None},  # fal has no FAILED status
@@ -392,3 +397,53 @@ async def test_a_refused_cdn_token_is_dropped_and_the_upload_falls_back() -> Non
     assert await q.upload(b"two", "image/png") == f"{BASE}/files/2"
     assert s.seen[1].headers["authorization"] == "Bearer t1"
     assert s.seen[5].headers["authorization"] == "Bearer t2"
+
+
+# ---------------------------------------------------------------------------- fuzzing the edges
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+STATUS_LIKE = st.fixed_dictionaries(
+    {"status": st.sampled_from(["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED"])},
+    optional={"queue_position": JSON, "logs": JSON, "metrics": JSON, "error": JSON},
+)
+
+
+@given(body=JSON | STATUS_LIKE)
+def test_parse_status_fails_only_with_protocol_error(body: Any) -> None:
+    try:
+        parse_status(body)
+    except ProtocolError as exc:
+        assert "\n" not in str(exc)
+
+
+@given(
+    status=st.integers(400, 599),
+    body=st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()),
+    headers=st.dictionaries(
+        st.sampled_from(
+            [
+                "retry-after",
+                "x-fal-retryable",
+                "x-fal-error-type",
+                "x-fal-request-id",
+                "x-ratelimit-reset",
+                "x-fal-request-timeout-type",
+            ]
+        ),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+    ),
+)
+def test_any_error_answer_becomes_one_readable_line(
+    status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    resp = httpx.Response(status, content=body, headers=headers, request=req())
+    err = http_error(resp)
+    assert err.status == status
+    assert "\n" not in str(err)
+    assert err.retry_after is None or err.retry_after >= 0
+    for op in ("submit", "status", "result", "cancel"):
+        classify(err, op=op)
