@@ -67,7 +67,8 @@ _FATAL = frozenset({401, 402, 403})
 
 
 def classify(exc: BaseException, *, op: str) -> Outcome:
-    """Map a failure during ``op`` to what the caller should do. Pure; never raises."""
+    """Map a failure during ``op`` to what the caller should do. Pure: any exception gets an
+    answer (ValueError only for an ``op`` that is not one of ``OPS``)."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}")
     msg = _one_line(exc)
