@@ -5,6 +5,7 @@ server saw (``/_emulator/stats``)."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,12 @@ async def test_dropped_submit_is_unknown_not_a_refusal(make_env: MakeEnv) -> Non
 
 
 async def test_nothing_sent_is_a_safe_transport_error() -> None:
-    # Port 9 on loopback (discard) is closed here: the connection is refused before any byte.
+    # A port that was free a moment ago: the connection is refused before any byte is sent.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     async with httpx.AsyncClient() as http:
-        q = QueueClient(http, endpoints=Endpoints.single("http://127.0.0.1:9"), key=KEY)
+        q = QueueClient(http, endpoints=Endpoints.single(f"http://127.0.0.1:{port}"), key=KEY)
         with pytest.raises(QueueTransportError) as err:
             await q.submit(T2I, CAT)
     assert err.value.sent is False

@@ -53,17 +53,17 @@ async def test_stream_follows_a_request_from_queue_to_completion() -> None:
 
 
 async def test_keepalives_hold_the_stream_open_past_the_inactivity_timeout() -> None:
-    # The request runs ~0.5 s, no status changes meanwhile, and the inactivity timeout is
-    # 0.25 s: only the keep-alive comments (every 0.05 s) keep the stream alive.
-    config = EmulatorConfig(time_scale=0.125, keepalive_s=0.05)
+    # The request runs 0.6-1 s with no status change, and the inactivity timeout is 0.3 s:
+    # only the keep-alive comments (every 0.05 s) keep the stream alive.
+    config = EmulatorConfig(time_scale=0.2, keepalive_s=0.05)
     async with serve(config) as url, httpx.AsyncClient() as http:
         q = client(http, url)
         h = await q.submit(T2I, LOW)
         start = time.monotonic()
-        seen = [s async for s in q.stream_status(h, inactivity_timeout=0.25)]
+        seen = [s async for s in q.stream_status(h, inactivity_timeout=0.3)]
         took = time.monotonic() - start
     assert isinstance(seen[-1], Completed)
-    assert took > 0.25
+    assert took > 0.3
 
 
 async def test_a_silent_stream_is_abandoned_after_the_inactivity_timeout() -> None:
