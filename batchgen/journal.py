@@ -52,6 +52,7 @@ from batchgen.journal_schema import (
     JobHead,
     JobRow,
     LiveTallies,
+    charges,
     dumps,
     job_row,
     one_line,
@@ -209,7 +210,7 @@ class Journal(JournalReader):
         out = []
         for r in rows:
             dup = r.possible_duplicates + (r.state is S.UNKNOWN)
-            self._live.move(r, S.SUBMITTING, dup=dup, lost=r.lost)
+            self._live.move(r, S.SUBMITTING, dup=dup, billed=r.billed)
             out.append(replace(r, state=S.SUBMITTING, updated_at=now, submits=r.submits + 1,
                                possible_duplicates=dup))  # fmt: skip
         return out
@@ -368,18 +369,19 @@ class Journal(JournalReader):
         now = self._clock()
         cols.update(state=str(new), updated_at=now)
         assign = ", ".join(f"{k} = ?" for k in cols)
-        assign += ", attempts = attempts + ?, lost = lost + ?"
+        billed = charges(r.state, new, lost=lost)
+        assign += ", attempts = attempts + ?, lost = lost + ?, billed = billed + ?"
         with transaction(self._db()) as c:
             c.execute(
                 f"UPDATE jobs SET {assign} WHERE seq = ?",
-                (*cols.values(), int(bump), int(lost), r.seq),
+                (*cols.values(), int(bump), int(lost), billed, r.seq),
             )
             old_req = f" (was {r.request_id})" if new is S.PENDING and r.request_id else ""
             c.execute(
                 "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
                 (now, job_id, f"{r.state}->{new} {detail}{old_req}".rstrip()),
             )
-        self._live.move(r, new, dup=r.possible_duplicates, lost=r.lost + int(lost))
+        self._live.move(r, new, dup=r.possible_duplicates, billed=r.billed + billed)
 
     def _head(self, job_id: str) -> JobHead:
         # Only the columns a transition needs: parsing the spec on every commit would double
@@ -387,7 +389,7 @@ class Journal(JournalReader):
         found = (
             self._db()
             .execute(
-                "SELECT seq, state, in_manifest, cost, possible_duplicates, lost, request_id"
+                "SELECT seq, state, in_manifest, cost, possible_duplicates, billed, request_id"
                 " FROM jobs WHERE job_id = ?",
                 (job_id,),
             )

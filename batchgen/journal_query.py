@@ -17,7 +17,6 @@ from typing import Any, Self
 from batchgen.errors import JournalError
 from batchgen.jobs import JobState
 from batchgen.journal_schema import (
-    BILLED,
     IN_FLIGHT,
     JOB_COLUMNS,
     FailureGroup,
@@ -37,17 +36,17 @@ def tallies(conn: sqlite3.Connection) -> Tallies:
     gone = dict.fromkeys(S, 0)
     spent = in_flight = to_submit = 0.0
     lost = dups = retries = 0
-    for state, in_manifest, n, cost, extra_cost, n_lost, n_dup, n_att in conn.execute(
+    for state, in_manifest, n, cost, billed_cost, n_lost, n_dup, n_att in conn.execute(
         "SELECT state, in_manifest, count(*), total(cost),"
-        " total(cost * (possible_duplicates + lost)), total(lost),"
+        " total(cost * (possible_duplicates + billed)), total(lost),"
         " total(possible_duplicates), total(attempts)"
         " FROM jobs GROUP BY state, in_manifest"
     ):
         st = JobState(state)
         (counts if in_manifest else gone)[st] += n
-        # Billed: finished requests, plus every lost result and possible duplicate (each is a
-        # request fal ran and charged); the budget would rather over- than under-count.
-        spent += extra_cost + (cost if st in BILLED else 0.0)
+        # Billed: every completion fal ran (lost results included) and every possible
+        # duplicate; the budget would rather over- than under-count.
+        spent += billed_cost
         in_flight += cost if st in IN_FLIGHT else 0.0
         to_submit += cost if in_manifest and st is S.PENDING else 0.0
         lost += int(n_lost)

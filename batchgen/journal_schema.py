@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     submits INTEGER NOT NULL DEFAULT 0,
     possible_duplicates INTEGER NOT NULL DEFAULT 0,
     lost INTEGER NOT NULL DEFAULT 0,
+    billed INTEGER NOT NULL DEFAULT 0,
     cost REAL NOT NULL DEFAULT 0,
     result TEXT,
     files TEXT,
@@ -79,14 +80,12 @@ CREATE TABLE IF NOT EXISTS uploads (
 JOB_COLUMNS = (
     "seq, job_id, spec, state, in_manifest, request_id, handle, attempts, submits, "
     "possible_duplicates, lost, cost, result, files, error_class, error, created_at, "
-    "updated_at, submitted_at"
+    "updated_at, submitted_at, billed"
 )
 
 # States whose request may exist on fal's side and whose cost is committed but not yet known
 # to be delivered: the budget counts them as in flight.
 IN_FLIGHT = frozenset({JobState.SUBMITTING, JobState.UNKNOWN, JobState.QUEUED, JobState.RUNNING})
-# States whose request finished on fal's side: billed.
-BILLED = frozenset({JobState.COMPLETED, JobState.DOWNLOADED})
 
 MAX_MESSAGE = 1000
 
@@ -113,6 +112,7 @@ class JobRow:
     possible_duplicates: int = 0
     lost: int = 0
     files: list[dict[str, Any]] | None = None
+    billed: int = 0  # completions on fal's side (each one charged), lost ones included
 
     @property
     def job_id(self) -> str:
@@ -183,8 +183,18 @@ class JobHead(NamedTuple):
     in_manifest: bool
     cost: float
     possible_duplicates: int
-    lost: int
+    billed: int
     request_id: str | None
+
+
+def charges(old: JobState, new: JobState, *, lost: bool = False) -> int:
+    """How many fal charges a state change reveals (0 or 1).
+
+    A request that completes is charged once, however often its result is fetched. A lost
+    result (expired before we fetched it) was charged too, even if we never saw it complete.
+    """
+    already = old in (JobState.COMPLETED, JobState.DOWNLOADED)
+    return int((new is JobState.COMPLETED or lost) and not already)
 
 
 class LiveTallies:
@@ -199,14 +209,16 @@ class LiveTallies:
         self.spent = t.spent
         self.in_flight = t.in_flight
 
-    def move(self, r: JobHead | JobRow, new: JobState, *, dup: int, lost: int) -> None:
-        """Account ``r`` going from ``r.state`` to ``new`` with its new duplicate/lost counts."""
+    def move(self, r: JobHead | JobRow, new: JobState, *, dup: int, billed: int) -> None:
+        """Account ``r`` going from ``r.state`` to ``new`` with its new dup/billed counts.
+
+        Spending only grows: a charge is never undone by a later retry or failure.
+        """
         old = r.state
         if r.in_manifest:
             self.counts[old] -= 1
             self.counts[new] += 1
-        extra = (dup - r.possible_duplicates) + (lost - r.lost)
-        self.spent += r.cost * (extra + (new in BILLED) - (old in BILLED))
+        self.spent += r.cost * ((dup - r.possible_duplicates) + (billed - r.billed))
         self.in_flight += r.cost * ((new in IN_FLIGHT) - (old in IN_FLIGHT))
 
 
@@ -248,6 +260,7 @@ def job_row(r: tuple[Any, ...]) -> JobRow:
         created_at=r[16],
         updated_at=r[17],
         submitted_at=r[18],
+        billed=r[19],
     )
 
 

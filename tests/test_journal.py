@@ -298,3 +298,19 @@ def test_close_records_the_end_of_the_run(path: Path) -> None:
     assert (run.started_at, run.ended_at, run.exit_code) == (10.0, 20.0, 3)
     with pytest.raises(JournalError, match="closed"):
         j.claim(1)
+
+
+def test_a_charge_is_never_undone(path: Path) -> None:
+    # fal charged for the completion; a download that then fails for good does not refund it.
+    with open_journal(path) as j:
+        j.add_jobs([spec(0), spec(1)], cost_of=lambda s: 0.5)
+        a, b = j.claim(2)
+        for r in (a, b):
+            j.set_submitted(r.job_id, handle(r.spec.prompt_id))
+            j.set_result(r.job_id, {"images": []})
+        j.set_result(a.job_id, {"images": []})  # fetched twice, charged once
+        j.fail(a.job_id, "truncated", "download kept failing")
+        j.mark_downloaded(b.job_id, [])
+        j.transition(b.job_id, S.PENDING)  # its files vanished: it will run again
+        assert j.spent_estimate() == pytest.approx(1.0)
+        assert j.tallies().spent == pytest.approx(1.0)

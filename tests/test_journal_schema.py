@@ -11,6 +11,7 @@ from batchgen.journal_schema import (
     JobHead,
     LiveTallies,
     Tallies,
+    charges,
     find_secret,
     one_line,
     redact_settings,
@@ -74,40 +75,59 @@ def test_one_line() -> None:
     assert long is not None and len(long) == 1000 and long.endswith("…")
 
 
-def _head(state: JobState, cost: float = 2.0, dup: int = 0, lost: int = 0) -> JobHead:
-    return JobHead(1, state, True, cost, dup, lost, None)
+def _head(state: JobState, cost: float = 2.0, dup: int = 0, billed: int = 0) -> JobHead:
+    return JobHead(1, state, True, cost, dup, billed, None)
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "spent", "in_flight"),
+    ("old", "new", "lost", "charged"),
     [
-        (S.PENDING, S.SUBMITTING, 0.0, 2.0),  # a claim commits the money
-        (S.SUBMITTING, S.QUEUED, 0.0, 0.0),
-        (S.RUNNING, S.COMPLETED, 2.0, -2.0),  # finished on fal: billed
-        (S.COMPLETED, S.DOWNLOADED, 0.0, 0.0),
-        (S.RUNNING, S.FAILED, 0.0, -2.0),  # a failed run is not counted as billed
-        (S.SUBMITTING, S.PENDING, 0.0, -2.0),  # refused submit: nothing exists
-        (S.DOWNLOADED, S.PENDING, -2.0, 0.0),
+        (S.RUNNING, S.COMPLETED, False, 1),
+        (S.QUEUED, S.COMPLETED, False, 1),  # completed while we were not looking
+        (S.COMPLETED, S.COMPLETED, False, 0),  # fetching the result again is free
+        (S.COMPLETED, S.DOWNLOADED, False, 0),
+        (S.COMPLETED, S.PENDING, True, 0),  # expired after we saw it complete: charged once
+        (S.RUNNING, S.PENDING, True, 1),  # expired before we saw it: still a charge
+        (S.DOWNLOADED, S.PENDING, False, 0),
+        (S.RUNNING, S.FAILED, False, 0),
+        (S.SUBMITTING, S.PENDING, False, 0),
     ],
 )
-def test_live_tallies_follow_the_money(
-    old: JobState, new: JobState, spent: float, in_flight: float
+def test_charges(old: JobState, new: JobState, lost: bool, charged: int) -> None:
+    assert charges(old, new, lost=lost) == charged
+
+
+def _tallies(spent: float = 0.0, in_flight: float = 0.0) -> LiveTallies:
+    return LiveTallies(
+        Tallies(dict.fromkeys(S, 5), dict.fromkeys(S, 0), spent, in_flight, 0.0, 0, 0, 0)
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "in_flight"),
+    [
+        (S.PENDING, S.SUBMITTING, 2.0),  # a claim commits the money
+        (S.SUBMITTING, S.QUEUED, 0.0),
+        (S.RUNNING, S.COMPLETED, -2.0),
+        (S.RUNNING, S.FAILED, -2.0),
+        (S.SUBMITTING, S.PENDING, -2.0),  # refused submit: nothing exists
+        (S.UNKNOWN, S.SUBMITTING, 0.0),
+    ],
+)
+def test_live_tallies_move_counts_and_money_in_flight(
+    old: JobState, new: JobState, in_flight: float
 ) -> None:
-    t = LiveTallies(Tallies(dict.fromkeys(S, 5), dict.fromkeys(S, 0), 0.0, 0.0, 0.0, 0, 0, 0))
-    t.move(_head(old), new, dup=0, lost=0)
-    assert (t.spent, t.in_flight) == (spent, in_flight)
+    t = _tallies()
+    t.move(_head(old), new, dup=0, billed=0)
+    assert t.in_flight == in_flight and t.spent == 0.0
     assert t.counts[old] == 4 and t.counts[new] == 6
 
 
-def test_a_lost_result_or_a_possible_duplicate_is_paid_again() -> None:
-    zero = dict.fromkeys(S, 1)
-    # One completed job (2.0 spent) whose result expired: it stays paid for, and the rerun
-    # that completes costs a second time.
-    t = LiveTallies(Tallies(zero, dict.fromkeys(S, 0), 2.0, 0.0, 0.0, 0, 0, 0))
-    t.move(_head(S.COMPLETED), S.PENDING, dup=0, lost=1)
+def test_spending_only_grows() -> None:
+    t = _tallies(spent=2.0)  # one job, completed and downloaded
+    t.move(_head(S.DOWNLOADED, billed=1), S.PENDING, dup=0, billed=1)  # files vanished
     assert t.spent == pytest.approx(2.0)
-    t.move(_head(S.RUNNING, lost=1), S.COMPLETED, dup=0, lost=1)
+    t.move(_head(S.RUNNING, billed=1), S.COMPLETED, dup=0, billed=2)  # the rerun is charged
     assert t.spent == pytest.approx(4.0)
-    # Resubmitting an UNKNOWN submit counts the first one as possibly billed.
-    t.move(_head(S.UNKNOWN), S.SUBMITTING, dup=1, lost=0)
+    t.move(_head(S.UNKNOWN, billed=2), S.SUBMITTING, dup=1, billed=2)  # possible duplicate
     assert t.spent == pytest.approx(6.0)
