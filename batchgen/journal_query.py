@@ -7,6 +7,7 @@ per query while the writer keeps committing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -74,6 +75,16 @@ class JournalReader:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Self]:
+        """Run several queries against one consistent state while a writer keeps going (WAL
+        gives a read transaction its own snapshot). Not for use inside the writer's calls."""
+        self._db().execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._db().execute("COMMIT")
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -68,10 +68,12 @@ def resume_command(out_dir: Path, run: RunInfo | None) -> str:
 def build_report(
     reader: JournalReader, out_dir: Path, *, now: float, writer_pid: int | None
 ) -> StatusReport:
-    t = reader.tallies()
-    runs = reader.runs()
+    with reader.snapshot():  # counts, failures and in-flight rows from the same moment
+        t = reader.tallies()
+        runs = reader.runs()
+        live = reader.in_flight()
+        failures = reader.failures_by_class()
     last = runs[-1] if runs else None
-    live = reader.in_flight()
     return StatusReport(
         out_dir=str(out_dir),
         counts={str(s): n for s, n in t.counts.items()},
@@ -79,7 +81,7 @@ def build_report(
         spent_usd=round(t.spent, 4),
         in_flight_usd=round(t.in_flight, 4),
         remaining_usd=round(t.to_submit, 4),
-        failures=reader.failures_by_class(),
+        failures=failures,
         in_flight=[
             InFlight(r.job_id, r.request_id or "", str(r.state), _since(r.submitted_at, now))
             for r in live[:MAX_IN_FLIGHT_SHOWN]

@@ -188,3 +188,13 @@ def test_the_public_api_other_modules_build_on() -> None:
     others += " spent_estimate in_flight_estimate failures_by_class upload_get upload_put"
     for name in (others + " close open_readonly iter_jobs tallies get").split():
         assert callable(getattr(Journal, name))
+
+
+def test_a_reader_snapshot_is_one_consistent_moment(path: Path) -> None:
+    with open_journal(path) as j, Journal.open_readonly(path) as reader:
+        j.add_jobs([spec(i) for i in range(3)])
+        with reader.snapshot():
+            before = reader.counts()
+            j.claim(2)  # the writer is not blocked by the open snapshot
+            assert reader.counts() == before
+        assert reader.counts()[S.SUBMITTING] == 2
