@@ -103,6 +103,10 @@ class ImageServer:
             "a.webp": (WEBP, "image/webp"),
             "lying.png": (JPEG, "image/png"),
             "untyped": (PNG, ""),
+            # Cut files served whole: the lengths agree, only decoding can tell.
+            "cut.png": (BIG[: len(BIG) // 2], "image/png"),
+            "cut.jpg": (make_image("JPEG", (640, 480))[:3000], "image/jpeg"),
+            "cut.webp": (WEBP[: len(WEBP) // 2], "image/webp"),
         }[name]
         return Response(body, headers={"content-type": mime} if mime else {})
 
@@ -258,6 +262,9 @@ async def test_follows_up_to_five_redirects(http: httpx.AsyncClient, out: Path) 
         ("http://media.test/redirect/5", "too_many_redirects", {}),
         ("http://media.test/html", "wrong_type", {}),
         ("http://media.test/garbage", "not_image", {}),
+        ("http://media.test/img/cut.png", "not_image", {}),
+        ("http://media.test/img/cut.jpg", "not_image", {"expected_format": "jpeg"}),
+        ("http://media.test/img/cut.webp", "not_image", {"expected_format": "webp"}),
         ("http://media.test/img/lying.png", "wrong_format", {}),
         ("http://media.test/img/a.jpg", "wrong_type", {}),
         ("http://media.test/big", "too_large", {"max_bytes": len(PNG) + 100}),
