@@ -51,6 +51,13 @@ def open_journal(path: Path, durable: bool = True) -> Journal:
                         durable_submits=durable)  # fmt: skip
 
 
+def phase_generate(path: Path, n: int) -> dict[str, Any]:
+    """The plan side alone (building specs and their ids), to subtract from ``add``."""
+    t = time.perf_counter()
+    count = sum(1 for _ in specs(n))
+    return {"jobs": count, "seconds": time.perf_counter() - t}
+
+
 def phase_add(path: Path, n: int) -> dict[str, Any]:
     base = peak_rss_mb()
     t = time.perf_counter()
@@ -123,8 +130,8 @@ def phase_status(path: Path, n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}
 
 
-PHASES = {"add": phase_add, "replan": phase_replan, "resume": phase_resume,
-          "commits": phase_commits, "status": phase_status}  # fmt: skip
+PHASES = {"generate": phase_generate, "add": phase_add, "replan": phase_replan,
+          "resume": phase_resume, "commits": phase_commits, "status": phase_status}  # fmt: skip
 
 
 def run_phase(name: str, path: Path, n: int, durable: bool = True) -> dict[str, Any]:
@@ -154,6 +161,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "outputs") as d:
         big = Path(d) / "big" / "journal.sqlite"
         rows = [
+            ("generate", f"build {a.jobs:,} JobSpecs only (no journal)",
+             run_phase("generate", big, a.jobs)),
             ("add", f"add_jobs({a.jobs:,}) into a new journal", run_phase("add", big, a.jobs)),
             ("resume", "reopen, re-attach, first claim(64)", run_phase("resume", big, a.jobs)),
             ("status", "batchgen status report", run_phase("status", big, a.jobs)),
