@@ -121,7 +121,8 @@ class DownloadPool:
             return
         # Index rows first: a crash before the journal commit downloads again and appends the
         # same rows, which readers de-duplicate by file name; the other order could lose them.
-        append_rows(self._out, rows)
+        # append_rows fsyncs: off the event loop, so a slow disk never stalls the watchers.
+        await asyncio.to_thread(append_rows, self._out, rows)
         self._journal.mark_downloaded(job, files)
         self._on_saved(job, len(files))
 

@@ -355,10 +355,14 @@ class Scheduler:
                     continue
                 self._after_failure(row, o)
                 return
-        self.runtimes.add(self._clock() - submitted_at)
+        took = self._clock() - submitted_at
+        inference = _inference_time(done)
+        # fal's own run time when it says so: ours includes our own lag under load, which
+        # would talk the watch choice out of the quick check exactly when it pays most.
+        self.runtimes.add(took if inference is None else inference)
         self._journal.set_result(job, result)  # committed before any download
-        self._emit(Finished(job, self._clock() - submitted_at))
-        self._pool.put(job, _inference_time(done))  # the slot is free from here on
+        self._emit(Finished(job, took))
+        self._pool.put(job, inference)  # the slot is free from here on
 
     async def _cancel(self, job: str, handle: Handle) -> None:
         try:

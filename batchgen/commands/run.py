@@ -38,6 +38,7 @@ from batchgen.summary import Event, Planned, StopReason, Summary, build_summary
 from batchgen.window import make_window
 
 S = JobState
+KEEPALIVE = 20  # idle connections kept per client (httpx's default)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -219,7 +220,9 @@ async def _clients(
     # One open stream per request in flight, plus polls and results: the pool must hold the
     # whole window or watchers would queue behind each other for a connection.
     n = max(settings.concurrency or settings.max_window, 1) * 2 + 16
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    # Few idle connections kept: httpcore scans every pooled connection on every request,
+    # and a pool of a hundred idle sockets costs more CPU than reconnecting on loopback.
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=KEEPALIVE)
     timeout = httpx.Timeout(60.0, connect=15.0)
     media_limits = httpx.Limits(max_connections=settings.download_concurrency * 2 + 4)
     async with (
