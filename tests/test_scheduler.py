@@ -268,3 +268,25 @@ async def test_fixed_window_bounds_in_progress(tmp_path: Path) -> None:
     rig = Rig(tmp_path, 30, emulator={"concurrency_limit": 40, "time_scale": 0.01})
     await rig.run(window=FixedWindow(5))
     assert rig.stats()["peak_in_progress"] == 5
+
+
+async def test_quick_requests_are_checked_once_instead_of_streamed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, 24, emulator={"time_scale": 0.0})  # every request done at once
+    r = await rig.run(window=FixedWindow(4))
+    assert rig.states() == {S.DOWNLOADED: 24}
+    stats = rig.stats()
+    # only the first few, before any run time was known, opened a stream; then one GET each
+    assert stats.get("stream_connections", 0) <= 4
+    assert stats["status_polls"] + stats.get("stream_connections", 0) <= 24 + 4
+    assert r.sched.runtimes.expected() == 0.0  # fal's inference_time, not our own lag
+
+
+async def test_ctrl_c_after_the_budget_reports_the_interruption(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, 6)
+
+    def control(sched: Scheduler, e: Event) -> None:
+        if isinstance(e, BudgetReached):
+            sched.stop()  # the user presses Ctrl-C while paid requests finish
+
+    r = await rig.run(concurrency="2", max_cost=0.02, control=control)
+    assert r.sched.stop_reason is StopReason.INTERRUPTED  # exit 130, not 3
