@@ -65,7 +65,6 @@ from batchgen.window import (
 S = JobState
 SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
 CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
-FORMATS = ("png", "jpeg", "webp")
 
 
 class Scheduler:
