@@ -8,10 +8,10 @@ Rules (DESIGN.md, "The journal and the job states"):
   it returns, which survives a ``kill -9`` of the process; a power loss may drop the last
   commits. The one commit whose loss costs money, the request id of ``set_submitted``, is made
   with ``synchronous=FULL`` (an fsync of the WAL, which also persists every earlier commit)
-  unless ``durable_submits=False``. Measured by bench/journal.py on the shared 2-core VM: a
-  bare commit ~30 µs; a job's four commits (claim share, submit, result, download) ~0.42 ms
-  all NORMAL, ~0.92 ms with the FULL submit, i.e. a ceiling of ~1,000 jobs/s, far above the
-  ~150 jobs/s the queue API sustains, so the fsync is bought cheaply.
+  unless ``durable_submits=False``. Measured by bench/journal.py on the shared 2-core VM
+  (load 5-7): a bare commit 26-78 µs; a job's four commits 0.3-0.6 ms all NORMAL, ~1.4 ms
+  with the FULL submit: a ceiling of ~700 jobs/s, well above the ~150 jobs/s of the queue
+  API, so the fsync is bought cheaply.
 * Concurrency: one writer process, guarded by an ``flock`` on ``journal.sqlite.lock`` (a second
   ``batchgen run`` on the same folder would submit every job twice). The writer is used from
   one asyncio thread with short synchronous transactions: at tens of microseconds per commit,
