@@ -1,23 +1,17 @@
 """The asyncio pipeline behind ``batchgen run``: submit within a window, watch, fetch, download.
 
-Shape (DESIGN.md, "Scheduling"):
+One submit loop claims jobs from the journal while the window has room (no task per job:
+memory stays flat in the number of jobs); one task per request in flight submits it, watches
+it (``watcher``), fetches the result the moment it completes and commits it; a separate
+``DownloadPool`` fetches the images, so a slow CDN never holds a submission slot. Every state
+change is committed before the action it enables: SUBMITTING before the POST, the request id
+the moment the POST answers, the result JSON before any download. ``retry.classify`` decides
+what a failure means (DESIGN.md's Errors table); the pacing rules are pure, in ``window``.
+Everything is reported through ``on_event``.
 
-* one submit loop pulls jobs from the journal (``claim``) while the window has room: no task
-  per job, so memory stays flat however many jobs the journal holds;
-* one task per request in flight (bounded by the window): submit, watch (SSE stream, or
-  polling with backoff), fetch the result the moment it completes, commit it, hand it on;
-* a separate pool of download workers (``download_concurrency``), so a slow CDN never holds a
-  submission slot.
-
-Every state change is committed to the journal before the action it enables: SUBMITTING
-before the POST (``claim``), the request id the moment the POST answers, the result JSON
-before any download. What fails is decided by ``retry.classify`` (DESIGN.md's Errors table);
-the pure pacing rules live in ``window.py``. Everything is reported through ``on_event``.
-
-Stopping: ``stop()`` ends submitting and lets paid requests finish and download;
-``stop(now=True)`` cancels everything at once. Both leave the journal consistent: a POST cut
-short is UNKNOWN (resubmitted and counted next time), a request being watched keeps its
-request id (re-attached next time), a half download leaves no file in place.
+``stop()`` ends submitting and lets paid requests finish and download; ``stop(now=True)``
+cancels at once. Both leave the journal consistent: a POST cut short is UNKNOWN (resubmitted
+and counted), a watched request keeps its id (re-attached), a half download leaves no file.
 """
 
 from __future__ import annotations
@@ -30,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from batchgen import summary as ev
 from batchgen.config import Settings
 from batchgen.downloader import DownloadPool
 from batchgen.errors import AuthError
@@ -38,29 +33,9 @@ from batchgen.index import append_failure, failure_row
 from batchgen.jobs import JobState
 from batchgen.journal import JobRow, Journal
 from batchgen.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
-from batchgen.summary import (
-    BudgetReached,
-    Event,
-    Failed,
-    Finished,
-    Requeued,
-    Resumed,
-    Retrying,
-    RunStats,
-    Saved,
-    Started,
-    Stopping,
-    StopReason,
-    Submitted,
-    WindowChanged,
-)
+from batchgen.summary import Event, RunStats, StopReason
 from batchgen.watcher import DeadlineExceeded, watch
-from batchgen.window import (
-    Observation,
-    RunTimes,
-    Window,
-    budget_allows,
-)
+from batchgen.window import Observation, RunTimes, Window, budget_allows
 
 S = JobState
 SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
@@ -101,7 +76,7 @@ class Scheduler:
         self._pool = DownloadPool(
             journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
             max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
-            on_saved=lambda job, n: self._emit(Saved(job, n)), on_failed=self._fail,
+            on_saved=lambda job, n: self._emit(ev.Saved(job, n)), on_failed=self._fail,
             on_idle=self._wake.set, sleep=sleep, rng=rng,
         )  # fmt: skip
         self._unknown: set[str] = set()  # jobs whose last POST may have created a request
@@ -126,16 +101,16 @@ class Scheduler:
         self._stopping = True
         if now and not self._stop_now:
             self._stop_now = True
-            self._emit(Stopping(now=True, reason=str(reason)))
+            self._emit(ev.Stopping(now=True, reason=str(reason)))
             for task in list(self._tasks):
                 task.cancel()
         elif first:
-            self._emit(Stopping(now=False, reason=str(reason)))
+            self._emit(ev.Stopping(now=False, reason=str(reason)))
         self._wake.set()
 
-    def on_client_retry(self, ev: RetryEvent) -> None:
+    def on_client_retry(self, retry: RetryEvent) -> None:
         """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
-        self._retrying(None, ev.op, ev.outcome, ev.delay, ev.attempt)
+        self._retrying(None, retry.op, retry.outcome, retry.delay, retry.attempt)
 
     async def run(self) -> None:
         """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
@@ -171,7 +146,7 @@ class Scheduler:
                 reattached += 1
                 self._reattached += 1
                 self._spawn(self._reattach(row))
-        self._emit(Resumed(reattached, to_download, len(unknown), retried))
+        self._emit(ev.Resumed(reattached, to_download, len(unknown), retried))
         if reattached or to_download or unknown:
             self._journal.event(
                 None,
@@ -201,7 +176,7 @@ class Scheduler:
                     assert cap is not None
                     for r in rows[i:]:  # nothing was sent for these: back in line
                         self._journal.transition(r.job_id, S.PENDING)
-                    self._emit(BudgetReached(spent, others, row.cost, cap))
+                    self._emit(ev.BudgetReached(spent, others, row.cost, cap))
                     self.stop(reason=StopReason.BUDGET)
                     return
                 self._unstarted.add(row.job_id)
@@ -269,14 +244,9 @@ class Scheduler:
                     if row.attempts + 1 >= self._s.max_attempts:
                         self._fail(row, o.reason, o.message)
                     else:
-                        self._journal.transition(
-                            job,
-                            S.UNKNOWN,
-                            error_class=o.reason,
-                            error=o.message,
-                            bump_attempts=True,
-                        )
-                        self._emit(Requeued(job, o.reason, o.message, lost=False))
+                        self._journal.transition(job, S.UNKNOWN, error_class=o.reason,
+                                                 error=o.message, bump_attempts=True)  # fmt: skip
+                        self._emit(ev.Requeued(job, o.reason, o.message, lost=False))
                 elif o.action is Action.FATAL:
                     self._journal.transition(job, S.PENDING)  # refused: nothing was created
                     self._fatal_stop(exc)
@@ -285,7 +255,7 @@ class Scheduler:
                 return None
             self._journal.set_submitted(job, handle.to_json())  # before anything else
             self._unknown.discard(job)
-            self._emit(Submitted(job, handle.request_id, dup))
+            self._emit(ev.Submitted(job, handle.request_id, dup))
             return handle
         return None  # unreachable: the last try always returns
 
@@ -317,7 +287,7 @@ class Scheduler:
             if isinstance(st, InProgress) and not started:
                 started = True
                 self._journal.transition(job, S.RUNNING)
-                self._emit(Started(job))
+                self._emit(ev.Started(job))
 
         op = "status"
         attempt = 0
@@ -360,7 +330,7 @@ class Scheduler:
         # would talk the watch choice out of the quick check exactly when it pays most.
         self.runtimes.add(took if inference is None else inference)
         self._journal.set_result(job, result)  # committed before any download
-        self._emit(Finished(job, took))
+        self._emit(ev.Finished(job, took))
         self._pool.put(job, inference)  # the slot is free from here on
 
     async def _cancel(self, job: str, handle: Handle) -> None:
@@ -389,7 +359,7 @@ class Scheduler:
             self._fail(row, reason, f"{message} (after {attempts + 1} attempts)")
             return
         self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost)
-        self._emit(Requeued(row.job_id, reason, message, lost))
+        self._emit(ev.Requeued(row.job_id, reason, message, lost))
 
     # -- shared -------------------------------------------------------------------------------
 
@@ -406,7 +376,7 @@ class Scheduler:
                 request_id=(current or row).request_id,
             ),
         )
-        self._emit(Failed(row.job_id, reason, message))
+        self._emit(ev.Failed(row.job_id, reason, message))
 
     def _fatal_stop(self, exc: BaseException) -> None:
         if self._fatal is None:
@@ -416,12 +386,12 @@ class Scheduler:
     def _observe(self, obs: Observation) -> None:
         before = self.window.size
         if self.window.observe(obs) != before:
-            self._emit(WindowChanged(self.window.size))
+            self._emit(ev.WindowChanged(self.window.size))
             self._wake.set()
 
     def _retrying(self, job: str | None, op: str, o: Outcome, delay: float, attempt: int) -> None:
         self._journal.event(job, "retry", f"{op} {o.reason}: {o.message}; wait {delay:.2f} s")
-        self._emit(Retrying(job, op, o.reason, o.message, delay, attempt))
+        self._emit(ev.Retrying(job, op, o.reason, o.message, delay, attempt))
 
     async def _changed(self) -> None:
         self._wake.clear()
