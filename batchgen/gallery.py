@@ -129,7 +129,10 @@ def _size_of(r: Mapping[str, Any]) -> str:
 
 def _tags(r: Mapping[str, Any]) -> list[str]:
     tags = r.get("tags")
-    return [f"{k}={v}" for k, v in tags.items()] if isinstance(tags, Mapping) else []
+    if not isinstance(tags, Mapping):
+        return []
+    # A tag given as a bare word (`tags: [nature]`) has an empty value: show just the word.
+    return [str(k) if v in ("", None) else f"{k}={v}" for k, v in tags.items()]
 
 
 def _money(x: float) -> str:

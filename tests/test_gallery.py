@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html.parser
+import json
 import re
 import shutil
 import subprocess
@@ -126,6 +127,19 @@ def test_missing_image_is_shown_as_missing(tmp_path: Path) -> None:
     report = build_gallery(out)
     assert report.missing == 1
     assert (out / "index.html").read_text().count("image missing") == 1
+
+
+def test_bare_word_tags_show_as_words(tmp_path: Path) -> None:
+    # `tags: [nature]` in a manifest lands in the index as {"nature": ""}: a card and the tag
+    # filter show "nature", not "nature=".
+    out = tmp_path / "out"
+    make_output(out)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    rows[0]["tags"] = {"nature": "", "set": "A"}
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = build_gallery(out).path.read_text()
+    assert '<span class="tag">nature</span>' in page and "nature=" not in page
+    assert '<option value="nature">' in page and '<span class="tag">set=A</span>' in page
 
 
 def test_gallery_command(tmp_path: Path) -> None:
