@@ -29,8 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 from batchgen.errors import JournalError
 from batchgen.jobs import JobSpec, JobState, check_transition
@@ -153,14 +152,6 @@ class Journal(JournalReader):
             super().close()
             unlock_folder(self._lock)
             self._lock = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ---- planning -----------------------------------------------------------------------
 
