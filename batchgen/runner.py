@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -323,18 +324,23 @@ def _signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
         hits += 1
         sched.stop(now=hits > 1)
 
-    installed = []
+    # remove_signal_handler resets a signal to Python's default, but asyncio.run (and so
+    # run_sync, or a test runner) had put its own SIGINT handler there: put that one back.
+    installed: list[tuple[signal.Signals, Any]] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, handler)
-            installed.append(sig)
+            installed.append((sig, previous))
         except (NotImplementedError, RuntimeError):  # not the main thread, or no unix signals
             pass
     try:
         yield
     finally:
-        for sig in installed:
+        for sig, previous in installed:
             loop.remove_signal_handler(sig)
+            if previous is not None:  # None: set from outside Python, cannot be restored
+                signal.signal(sig, previous)
 
 
 def _gallery(out: Path, log: RunLog) -> None:
