@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
+import shutil
 import signal
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ from batchgen.gptimage import PRESETS
 from batchgen.jobs import JobState
 
 S = JobState
-EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "manifests"
 BAD = Path(__file__).resolve().parent / "bad_manifests"
 NO_KEY: dict[str, str] = {}  # an injected environment: the tests never read os.environ
 
@@ -223,3 +227,26 @@ async def test_a_failing_callback_surfaces_after_a_clean_run(tmp_path: Path) -> 
     assert calls == 1  # not called again after it failed
     assert states(out) == {S.DOWNLOADED: 3}  # the run itself finished
     assert "on_event raised ValueError" in (out / "run.log").read_text()
+
+
+async def test_the_notebook_cell_in_docs_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = (REPO / "docs" / "api.md").read_text()
+    block = re.search(r"```python\n(.*?)```", doc, re.S)
+    assert block is not None
+    (tmp_path / "manifests").mkdir()
+    shutil.copy(EXAMPLES / "demo.yaml", tmp_path / "manifests")
+    monkeypatch.chdir(tmp_path)
+    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "BATCHGEN_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    # a cell's top-level await, as the body of a coroutine
+    cell: dict[str, Any] = {}
+    source = "async def cell():\n" + textwrap.indent(block.group(1), "    ")
+    exec(compile(source, "docs/api.md", "exec"), cell)
+    await cell["cell"]()
+    out = capsys.readouterr().out
+    assert "12 jobs, 12 images, about $0.12" in out
+    assert out.count("saved 1 image(s) of job") == 12
+    assert "12/12 done" in out and "done 12, failed 0" in out
+    assert len(batchgen.read_index(tmp_path / "outputs" / "demo")) == 12
