@@ -109,13 +109,17 @@ async def execute(
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, redact=settings.key.redact)
     deliver = _Delivery(on_event, log)
-    journal = Journal.open(
-        out / JOURNAL_NAME,
-        manifest_sha256=manifest.sha256,
-        version=__version__,
-        settings=settings.public(),
-        manifest_path=str(manifest.path),
-    )
+    try:
+        journal = Journal.open(
+            out / JOURNAL_NAME,
+            manifest_sha256=manifest.sha256,
+            version=__version__,
+            settings=settings.public(),
+            manifest_path=str(manifest.path),
+        )
+    except BaseException:  # another manifest's folder, or in use: a notebook goes on, so close
+        log.close()
+        raise
     code = 1
     try:
         write_manifest_copy(out, manifest.path)

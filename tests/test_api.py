@@ -250,3 +250,13 @@ async def test_the_notebook_cell_in_docs_runs_as_written(
     assert out.count("saved 1 image(s) of job") == 12
     assert "12/12 done" in out and "done 12, failed 0" in out
     assert len(batchgen.read_index(tmp_path / "outputs" / "demo")) == 12
+
+
+def test_a_folder_of_another_manifest_is_a_journal_error(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = write_manifest(tmp_path / "a", 1)
+    assert batchgen.run_sync(first, out=out, emulate=True, time_scale=0, environ=NO_KEY).ok
+    other = write_manifest(tmp_path / "b", 2)
+    with pytest.raises(batchgen.JournalError):
+        batchgen.run_sync(other, out=out, emulate=True, time_scale=0, environ=NO_KEY)
+    assert states(out) == {S.DOWNLOADED: 1}  # the folder is as the first run left it
