@@ -8,6 +8,8 @@ import inspect
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,13 @@ def test_public_surface_is_pinned() -> None:
     for fn in (batchgen.load_manifest, batchgen.plan, batchgen.run, batchgen.run_sync,
                batchgen.read_index, batchgen.read_failures):  # fmt: skip
         assert fn.__doc__, fn.__name__
+
+
+def test_importing_one_module_does_not_load_the_runner() -> None:
+    """Every module reads batchgen.__version__; the API loads on first use, not with them."""
+    code = "import sys, batchgen.jobs; print(sorted(m for m in sys.modules if 'runner' in m))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
 def test_run_options_have_the_cli_defaults() -> None:
