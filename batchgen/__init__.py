@@ -1,3 +1,103 @@
-"""batchgen: bulk image generation on fal.ai's queue API."""
+"""batchgen: bulk image generation on fal.ai's queue API.
+
+The Python API (see docs/api.md): ``load_manifest``, ``plan``, ``await run(...)`` or
+``run_sync(...)``, ``read_index``, ``read_failures``; the events a ``run(on_event=...)``
+callback receives; and the exception tree. ``__all__`` is pinned by tests/test_api.py.
+
+The names load on first use: every module of the package reads ``__version__`` from here,
+and importing one of them (``batchgen.jobs``) must not pull in the whole runner (~0.3 s).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from batchgen.api import load_manifest, plan, read_failures, read_index, run, run_sync
+    from batchgen.errors import (
+        AuthError,
+        BatchgenError,
+        JournalError,
+        ManifestError,
+        Problem,
+        UsageError,
+    )
+    from batchgen.manifest import Manifest
+    from batchgen.planning import PlanSummary
+    from batchgen.runner import RunEvent, RunResult, Snapshot
+    from batchgen.summary import (
+        BudgetReached,
+        Failed,
+        Finished,
+        Planned,
+        Requeued,
+        Resumed,
+        Retrying,
+        Saved,
+        Started,
+        Stopping,
+        StopReason,
+        Submitted,
+        WindowChanged,
+    )
+
+_HOME = {
+    "batchgen.api": "load_manifest plan read_failures read_index run run_sync",
+    "batchgen.errors": "AuthError BatchgenError JournalError ManifestError Problem UsageError",
+    "batchgen.manifest": "Manifest",
+    "batchgen.planning": "PlanSummary",
+    "batchgen.runner": "RunEvent RunResult Snapshot",
+    "batchgen.summary": "BudgetReached Failed Finished Planned Requeued Resumed Retrying "
+    "Saved Started Stopping StopReason Submitted WindowChanged",
+}
+_WHERE = {name: module for module, names in _HOME.items() for name in names.split()}
+
+__all__ = [
+    "AuthError",
+    "BatchgenError",
+    "BudgetReached",
+    "Failed",
+    "Finished",
+    "JournalError",
+    "Manifest",
+    "ManifestError",
+    "PlanSummary",
+    "Planned",
+    "Problem",
+    "Requeued",
+    "Resumed",
+    "Retrying",
+    "RunEvent",
+    "RunResult",
+    "Saved",
+    "Snapshot",
+    "Started",
+    "StopReason",
+    "Stopping",
+    "Submitted",
+    "UsageError",
+    "WindowChanged",
+    "__version__",
+    "load_manifest",
+    "plan",
+    "read_failures",
+    "read_index",
+    "run",
+    "run_sync",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,7 @@
 """`batchgen plan MANIFEST [--json]`: what the manifest will do, and an estimate of its cost.
 
-Nothing is sent anywhere. A bad manifest raises ManifestError (exit 2, no traceback).
+A thin layer over ``batchgen.api.plan``: this file only prints its ``PlanSummary``. Nothing is
+sent anywhere. A bad manifest raises ManifestError (exit 2, no traceback).
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TextIO
 
-from batchgen.manifest import load_manifest
-from batchgen.planning import ESTIMATE_NOTE, Group, PlanSummary, summarize
+from batchgen.api import plan
+from batchgen.planning import ESTIMATE_NOTE, Group, PlanSummary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = summarize(load_manifest(Path(args.manifest)))
+    summary = plan(args.manifest)
     if args.json:
         json.dump(summary.to_json(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

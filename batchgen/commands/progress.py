@@ -1,35 +1,23 @@
 """Progress on stderr: a tqdm bar on a terminal, else one plain line every few seconds.
 
-The only module that knows tqdm. It listens to the scheduler's events (done, failed, images)
-and, on each tick, reads a snapshot (pending, in flight, spend, window) from a callback, so it
-never touches the journal or the scheduler's internals itself.
+The only module that knows tqdm. It listens to the run's events (done, failed, images) and, on
+each refresh, reads the latest ``Snapshot`` (pending, in flight, spend, window) from a callback;
+``batchgen run`` refreshes it on each snapshot event, so it never touches the journal or the
+scheduler itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any
 
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs shipped
 
+from batchgen.runner import Snapshot as Snapshot  # re-exported: callers build them
 from batchgen.summary import Event, Failed, Saved
 
 LOG_EVERY_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    pending: int
-    queued: int  # waiting on fal's side
-    running: int  # seen IN_PROGRESS
-    in_flight: int
-    done: int
-    failed: int
-    spent: float
-    window: int
 
 
 def eta_seconds(remaining: int, done_now: int, elapsed: float) -> float | None:
@@ -111,12 +99,6 @@ class Progress:
                 elapsed=elapsed,
             )
             print(line, file=self._stream, flush=True)
-
-    async def tick(self) -> None:
-        """Refresh until cancelled: often on a terminal, every few seconds otherwise."""
-        while True:
-            await asyncio.sleep(0.5 if self._bar is not None else self._every)
-            self.refresh()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -1,0 +1,224 @@
+"""The Python API: what ``import batchgen`` offers notebooks and pipelines.
+
+    import batchgen
+
+    summary = batchgen.plan("manifests/demo.yaml")          # nothing is sent anywhere
+    print(summary.jobs, summary.images, summary.cost_usd)
+    result = await batchgen.run("manifests/demo.yaml", emulate=True, on_event=print)
+    rows = batchgen.read_index(result.out_dir)               # one dict per image
+
+``batchgen run`` is a thin layer over ``execute`` (argument parsing, the progress bar, the
+summary on stderr, the exit code), so the API and the CLI do exactly the same work: the same
+journal, the same resume, the same output folder. Every error is a ``BatchgenError`` (bad
+manifest: ``ManifestError`` with every problem; bad option or no key: ``UsageError``; folder
+of another manifest: ``JournalError``); a job that fails is a recorded row, never an exception.
+Nothing here installs signal handlers unless asked (``handle_signals=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from batchgen import index
+from batchgen.config import build_settings
+from batchgen.errors import UsageError
+from batchgen.manifest import Manifest
+from batchgen.manifest import load_manifest as _load
+from batchgen.planning import PlanSummary, summarize
+from batchgen.runner import OnEvent, RunResult, execute
+
+__all__ = [
+    "ManifestLike",
+    "execute",
+    "load_manifest",
+    "plan",
+    "read_failures",
+    "read_index",
+    "run",
+    "run_sync",
+]
+
+ManifestLike = Manifest | str | os.PathLike[str]
+PathLike = str | os.PathLike[str]
+
+
+def load_manifest(path: PathLike) -> Manifest:
+    """Read and check a YAML, CSV or JSONL manifest.
+
+    Raises ``ManifestError`` listing every problem (``.problems``: file, line, field, message).
+    """
+    return _load(Path(path))
+
+
+def plan(manifest: ManifestLike) -> PlanSummary:
+    """What ``manifest`` (a ``Manifest`` or a path) will do, without sending anything.
+
+    The jobs are expanded lazily in one pass (memory stays flat for a million jobs) into
+    counts (``jobs``, ``images``, ``duplicates`` collapsed), an estimated ``cost_usd``, the
+    breakdowns ``by_endpoint``, ``by_size``, ``by_quality``, a few ``samples`` with their
+    output paths, and ``notices``. ``to_json()`` is what ``batchgen plan --json`` prints.
+    """
+    return summarize(_manifest(manifest))
+
+
+async def run(
+    manifest: ManifestLike,
+    *,
+    out: PathLike | None = None,
+    emulate: bool = False,
+    endpoint: str | None = None,
+    concurrency: int | Literal["auto"] = "auto",
+    max_cost: float | None = None,
+    max_attempts: int = 3,
+    deadline: float = 1200.0,
+    watch: Literal["stream", "poll"] = "stream",
+    download_concurrency: int = 8,
+    max_image_bytes: int = 50_000_000,
+    retry_failed: bool = False,
+    inline_uploads: bool = False,
+    faults: str | None = None,
+    time_scale: float | None = None,
+    on_event: OnEvent | None = None,
+    progress_every: float | None = 5.0,
+    handle_signals: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Run ``manifest`` (a ``Manifest`` or a path) to the end, resuming its output folder.
+
+    The options are ``batchgen run``'s flags, with the same defaults: ``out`` (default
+    ``outputs/<manifest name>``), ``emulate`` (the built-in emulator, no key, no network) or
+    ``endpoint`` (a fal-compatible server), ``concurrency`` (a number, or ``"auto"`` to find
+    the account's limit), ``max_cost`` (stop submitting before this estimate in USD), and so
+    on. The fal key comes from ``environ`` (default ``os.environ``): ``FAL_KEY``, or
+    ``FAL_KEY_ID`` and ``FAL_KEY_SECRET``; it is never written anywhere.
+
+    ``on_event`` receives every event as it happens (``Submitted``, ``Started``,
+    ``Finished``, ``Saved``, ``Failed``, ``Retrying``, ...) and a ``Snapshot`` of the counts
+    before the first submit, every ``progress_every`` seconds (None: never) and at the end.
+    It is called on the event loop: keep it quick.
+
+    Returns a ``RunResult`` (``exit_code`` is what the CLI would exit with: 0 all done, 1 some
+    jobs failed, 2 the key was refused, 3 stopped at the budget, 130 interrupted). Raises
+    ``ManifestError``, ``UsageError`` (bad option, no key) before anything is written.
+    ``handle_signals=True`` makes the first Ctrl-C stop submitting and finish what is paid
+    for, the second stop at once; without it, cancelling the task stops at once. Either
+    way the same call resumes.
+    """
+    m = _manifest(manifest)
+    flags: dict[str, Any] = {
+        "manifest": m.path,
+        "out": os.fspath(out) if out is not None else None,
+        "emulate": emulate,
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+        "max_cost": max_cost,
+        "max_attempts": max_attempts,
+        "deadline": deadline,
+        "watch": watch,
+        "download_concurrency": download_concurrency,
+        "max_image_bytes": max_image_bytes,
+        "retry_failed": retry_failed,
+        "inline_uploads": inline_uploads,
+        "faults": faults,
+        "time_scale": time_scale,
+        "quiet": True,
+    }
+    env = os.environ if environ is None else environ
+    settings = build_settings(flags, env, manifest_name=m.name)
+    return await execute(
+        m,
+        settings,
+        on_event=on_event,
+        progress_every=progress_every,
+        handle_signals=handle_signals,
+    )
+
+
+def run_sync(
+    manifest: ManifestLike,
+    *,
+    out: PathLike | None = None,
+    emulate: bool = False,
+    endpoint: str | None = None,
+    concurrency: int | Literal["auto"] = "auto",
+    max_cost: float | None = None,
+    max_attempts: int = 3,
+    deadline: float = 1200.0,
+    watch: Literal["stream", "poll"] = "stream",
+    download_concurrency: int = 8,
+    max_image_bytes: int = 50_000_000,
+    retry_failed: bool = False,
+    inline_uploads: bool = False,
+    faults: str | None = None,
+    time_scale: float | None = None,
+    on_event: OnEvent | None = None,
+    progress_every: float | None = 5.0,
+    handle_signals: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> RunResult:
+    """``run`` for code without an event loop (a script, a pipeline step): blocks until done.
+
+    Inside a running event loop (a Jupyter cell has one) it raises ``UsageError``: use
+    ``await batchgen.run(...)`` there instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop: the expected case
+    else:
+        raise UsageError(
+            "batchgen.run_sync() cannot run inside a running event loop (a Jupyter cell "
+            "has one): use `await batchgen.run(...)` there instead"
+        )
+    return asyncio.run(
+        run(
+            manifest,
+            out=out,
+            emulate=emulate,
+            endpoint=endpoint,
+            concurrency=concurrency,
+            max_cost=max_cost,
+            max_attempts=max_attempts,
+            deadline=deadline,
+            watch=watch,
+            download_concurrency=download_concurrency,
+            max_image_bytes=max_image_bytes,
+            retry_failed=retry_failed,
+            inline_uploads=inline_uploads,
+            faults=faults,
+            time_scale=time_scale,
+            on_event=on_event,
+            progress_every=progress_every,
+            handle_signals=handle_signals,
+            environ=environ,
+        )
+    )
+
+
+def read_index(out: PathLike) -> list[dict[str, Any]]:
+    """The rows of ``out/metadata.jsonl``, one dict per image (DESIGN.md's index row:
+    ``file_name`` relative to ``out``, ``job_id``, ``prompt``, ``width``, ``height``,
+    ``sha256``, ...). An image written twice keeps its last row; a line torn by a crash is
+    skipped. Raises ``UsageError`` when ``out`` is not a folder."""
+    return index.read_index(_folder(out))
+
+
+def read_failures(out: PathLike) -> list[dict[str, Any]]:
+    """The rows of ``out/failures.jsonl``, one dict per job that failed for good (``job_id``,
+    ``prompt``, ``class``, ``message``, ``attempts``, ...)."""
+    return index.read_failures(_folder(out))
+
+
+def _manifest(manifest: ManifestLike) -> Manifest:
+    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+
+
+def _folder(out: PathLike) -> Path:
+    path = Path(out)
+    if not path.is_dir():
+        raise UsageError(f"{path} is not an output folder (no such directory)")
+    return path
