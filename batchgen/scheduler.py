@@ -216,7 +216,9 @@ class Scheduler:
         self._unstarted.discard(job)
         dup = job in self._unknown
         for attempt in range(1, SUBMIT_TRIES + 1):
-            if self._stopping:
+            # A claim that passed the budget check is still sent after the budget stop (the
+            # stop refuses only the jobs after it); Ctrl-C or a refused key abandons it.
+            if self._stopping and self.stop_reason is not StopReason.BUDGET:
                 self._journal.transition(job, S.PENDING)  # nothing sent for this claim
                 self._unknown.discard(job)  # its possible duplicate is already counted
                 return None
