@@ -357,7 +357,10 @@ async def _save_body(
     size = 0
     block: list[bytes] = []
     pending = 0
-    f = await asyncio.to_thread(part.open, "wb")
+    # Opened here, not in a worker thread: a task cancelled while a thread opens the file
+    # could never close it (the thread's result is dropped), leaking a descriptor per cancel.
+    # Creating an empty file is a metadata operation, short enough for the event loop.
+    f = part.open("wb")
     # One block is hashed and written in a worker thread while the next is received. Blocks
     # go one at a time (each waits for the one before), so the hash sees the bytes in order.
     flushing: asyncio.Future[None] | None = None
@@ -385,9 +388,11 @@ async def _save_body(
             reason="truncated",
         ) from None
     finally:
-        if flushing is not None:  # failing mid-body: let the block's write end before closing
-            await asyncio.gather(flushing, return_exceptions=True)
-        await asyncio.to_thread(f.close)
+        try:
+            if flushing is not None:  # failing mid-body: let the block's write end first
+                await asyncio.gather(flushing, return_exceptions=True)
+        finally:
+            f.close()  # even when cancelled again while waiting; blocks are already written
     if declared is not None and size != declared:
         raise DownloadError(
             f"truncated: {size} of {declared} bytes from {_short(url)}",
