@@ -22,6 +22,7 @@ from typing import IO
 import httpx
 
 from batchgen import __version__
+from batchgen.byok import manifest_wants_key
 from batchgen.commands.progress import Progress, Snapshot
 from batchgen.config import Settings, Target, build_settings
 from batchgen.download import sweep_parts
@@ -66,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
-    settings = build_settings(vars(args), os.environ, manifest_name=manifest.name)
+    settings = build_settings(
+        vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest)
+    )
     return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr))
 
 
@@ -75,7 +78,7 @@ async def run_manifest(
 ) -> int:
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, redact=settings.key.redact)
+    log = RunLog(out, redact=settings.redact)
     journal = Journal.open(
         out / JOURNAL_NAME,
         manifest_sha256=manifest.sha256,
@@ -133,6 +136,7 @@ async def _execute(
             http,
             endpoints=Endpoints.single(base) if base else Endpoints(),
             key=settings.key,
+            redact=settings.redact,
             on_retry=lambda ev: sched.on_client_retry(ev) if sched is not None else None,
         )
         sched = Scheduler(
