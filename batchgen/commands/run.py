@@ -183,6 +183,7 @@ async def _execute(
         wall_seconds=time.monotonic() - start,
         stop=StopReason.FATAL if fatal is not None else sched.stop_reason,
         resume_hint=f"batchgen status {settings.out_dir}",
+        usages=journal.usages(),
     )
 
 
