@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batchgen import index
+from batchgen.byok import manifest_wants_key
 from batchgen.config import build_settings
 from batchgen.errors import UsageError
 from batchgen.manifest import Manifest
@@ -128,7 +129,7 @@ async def run(
         "quiet": True,
     }
     env = os.environ if environ is None else environ
-    settings = build_settings(flags, env, manifest_name=m.name)
+    settings = build_settings(flags, env, manifest_name=m.name, byok=manifest_wants_key(m))
     return await execute(
         m,
         settings,

@@ -4,6 +4,8 @@ Flags win over the environment, which wins over the manifest, which wins over th
 ``build_settings`` is the only place that reads the environment, and it is handed the
 ``environ`` mapping, so tests never touch ``os.environ``. The fal key is held as a
 ``FalKey`` (redacted ``repr``) and ``public()`` — what the journal records — leaves it out.
+So is the OpenAI key of a BYOK manifest (``OPENAI_API_KEY``, an ``OpenAIKey``): it is required
+before anything is submitted or written when ``byok=True``, and ``redact`` masks both keys.
 
 Where the run talks to:
     --emulate               the built-in emulator, started in-process on a free loopback port
@@ -21,7 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from batchgen.auth import FalKey, key_from_env
+from batchgen.auth import FalKey, OpenAIKey, key_from_env, openai_key_from_env, redact_all
+from batchgen.byok import MISSING_KEY
 from batchgen.errors import UsageError
 from batchgen.window import DEFAULT_MAX_WINDOW, WatchMode
 
@@ -61,6 +64,11 @@ class Settings:
     time_scale: float | None
     seed: int
     quiet: bool
+    openai_key: OpenAIKey | None = None  # BYOK only; redacted repr, never in public()
+
+    def redact(self, text: str) -> str:
+        """``text`` with the fal key and the OpenAI key masked (for logs and messages)."""
+        return redact_all(text, self.key, self.openai_key)
 
     def public(self) -> dict[str, Any]:
         """The settings as the journal records them: no key, nothing secret."""
@@ -82,12 +90,19 @@ class Settings:
 
 
 def build_settings(
-    flags: Mapping[str, Any], environ: Mapping[str, str], *, manifest_name: str
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    manifest_name: str,
+    byok: bool = False,
 ) -> Settings:
     """Settings from the parsed flags (``vars(args)``), the environment and the manifest's name.
 
     Raises UsageError (exit 2) for a bad combination, and before anything is submitted when
-    real fal is the target and no key is set.
+    real fal is the target and no key is set, or when the manifest is BYOK (``byok``, see
+    ``byok.manifest_wants_key``) and ``OPENAI_API_KEY`` is not set. The OpenAI key is read
+    only for a BYOK manifest, and is sent to the emulator too: a rehearsal must need what the
+    real run needs, and the emulator keeps it in memory only.
     """
     emulate = bool(flags.get("emulate"))
     endpoint = flags.get("endpoint") or None
@@ -118,6 +133,10 @@ def build_settings(
     elif target is Target.EMULATE:
         key = FalKey(DUMMY_KEY)  # a real key has no business travelling to the emulator
 
+    openai_key = openai_key_from_env(environ) if byok else None
+    if byok and openai_key is None:
+        raise UsageError(MISSING_KEY)
+
     out = flags.get("out")
     out_dir = Path(out) if out else Path("outputs") / manifest_name
     return Settings(
@@ -145,6 +164,7 @@ def build_settings(
         time_scale=time_scale,
         seed=int(flags.get("seed") or 0),
         quiet=bool(flags.get("quiet")),
+        openai_key=openai_key,
     )
 
 

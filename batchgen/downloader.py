@@ -24,6 +24,7 @@ from batchgen.index import append_rows, index_row
 from batchgen.jobs import JobSpec, JobState
 from batchgen.journal import JobRow, Journal
 from batchgen.paths import image_path, relative_name, template_fields
+from batchgen.pricing import parse_usage, token_cost
 from batchgen.retry import Sleep
 
 FORMATS = ("png", "jpeg", "webp")
@@ -91,6 +92,8 @@ class DownloadPool:
             self._on_failed(row, "no_images", "the result lists no images")
             return
         usage = result.get("usage") if isinstance(result.get("usage"), dict) else None
+        # What fal's per-token prices make of the usage (BYOK), shared out like the estimate.
+        actual = token_cost(usage) if usage is not None and parse_usage(usage) else None
         fmt = _output_format(row.spec)
         rows: list[dict[str, Any]] = []
         files: list[dict[str, Any]] = []
@@ -110,6 +113,7 @@ class DownloadPool:
                     request_id=row.request_id, submitted_at=row.submitted_at,
                     completed_at=row.updated_at, inference_time=inference_time,
                     cost_estimate=row.cost / len(images), usage=usage,
+                    cost_actual=actual / len(images) if actual is not None else None,
                 ))  # fmt: skip
                 files.append({"file_name": relative_name(self._out, d.path),
                               "sha256": d.sha256, "bytes": d.bytes})  # fmt: skip

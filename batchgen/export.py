@@ -101,6 +101,7 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
         "downloaded_at": ts,
         "inference_time": f64,
         "cost_estimate": f64,
+        "cost_actual": f64,
     }
     convert: dict[str, Callable[[Any], Any]] = {
         "vars": lambda v: [(str(k), str(x)) for k, x in v.items()] if isinstance(v, dict) else None,

@@ -190,12 +190,16 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
 # ---------------------------------------------------------------------------- error answers
 
 
-def http_error(resp: httpx.Response) -> QueueHTTPError:
+def http_error(resp: httpx.Response, redact: Callable[[str], str] | None = None) -> QueueHTTPError:
     """An error answer as a ``QueueHTTPError``; ``ingress`` marks a load balancer's error page
-    (502/503/504, not JSON, no x-fal-request-id): no request reached fal behind it."""
+    (502/503/504, not JSON, no x-fal-request-id): no request reached fal behind it.
+
+    ``redact`` scrubs the body before it is read: a 422 may echo the request's input, which
+    for a BYOK request holds the user's OpenAI key, and nothing downstream may see it."""
     h = resp.headers
     request_id = h.get("x-fal-request-id")
-    body = _json_or_none(resp.content)
+    text = resp.text if redact is None else redact(resp.text)
+    body = _json_or_none(text)
     detail: Any
     error_type: str | None = None
     if isinstance(body, dict):
@@ -205,7 +209,7 @@ def http_error(resp: httpx.Response) -> QueueHTTPError:
         if request_id is None and isinstance(body.get("request_id"), str):
             request_id = body["request_id"]
     else:
-        detail = _page_text(resp.text) or None
+        detail = _page_text(text) or None
     error_type = error_type or h.get("x-fal-error-type")
     ingress = (
         resp.status_code in _INGRESS_STATUSES
@@ -248,10 +252,13 @@ class QueueClient:
         on_retry: Callable[[RetryEvent], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self._http = http
         self.endpoints = endpoints or Endpoints()
         self._key = FalKey(key) if isinstance(key, str) else key
+        # Applied to every error body: masks our key by default, every secret when given.
+        self._redact = redact or (self._key.redact if self._key is not None else None)
         self._sleep = sleep
         self._retry = retry or RetryPolicy()
         self._on_retry = on_retry
@@ -323,7 +330,7 @@ class QueueClient:
                     resp = source.response
                     if resp.status_code >= 300:
                         await resp.aread()
-                        err = http_error(resp)
+                        err = http_error(resp, self._redact)
                         if err.status in _AUTH_STATUSES:
                             raise _auth_error(err) from err
                         raise StatusStreamError(f"status stream refused: {err}") from err
@@ -484,11 +491,10 @@ class QueueClient:
             self._raise_for(resp, keyed=auth)
         return resp
 
-    @staticmethod
-    def _raise_for(resp: httpx.Response, *, keyed: bool = True) -> None:
+    def _raise_for(self, resp: httpx.Response, *, keyed: bool = True) -> None:
         if resp.status_code < 300:
             return
-        err = http_error(resp)
+        err = http_error(resp, self._redact)
         # A 403 from a signed upload URL (sent without our key) says nothing about the account.
         if keyed and err.status in _AUTH_STATUSES:
             raise _auth_error(err) from err

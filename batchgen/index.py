@@ -31,6 +31,7 @@ from batchgen.errors import DownloadError
 from batchgen.gptimage import DEFAULTS
 from batchgen.jobs import JobSpec
 from batchgen.paths import image_path, relative_name, size_label, template_fields
+from batchgen.pricing import parse_usage, token_cost
 
 METADATA = "metadata.jsonl"
 FAILURES = "failures.jsonl"
@@ -61,6 +62,7 @@ INDEX_FIELDS = (
     "downloaded_at",
     "inference_time",
     "cost_estimate",
+    "cost_actual",
     "usage",
     "manifest_sha256",
     "batchgen_version",
@@ -108,14 +110,19 @@ def index_row(
     inference_time: float | None = None,
     cost_estimate: float | None = None,
     usage: Mapping[str, Any] | None = None,
+    cost_actual: float | None = None,
     version: str = __version__,
 ) -> dict[str, Any]:
     """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
 
     ``downloaded_at`` defaults to now. ``cost_estimate`` is this image's share of the job's
     estimate (the job's divided by its number of images), so summing rows gives the total.
-    ``usage`` is the token count a BYOK response carries.
+    ``usage`` is the token count a BYOK response carries; ``cost_actual`` is this image's share
+    of what those tokens cost at fal's per-token prices (computed from ``usage`` over the
+    job's ``num_images`` when not given), None without usage.
     """
+    if cost_actual is None and usage is not None and parse_usage(usage) is not None:
+        cost_actual = token_cost(usage) / spec.num_images
     fmt = _input_value(spec, "output_format")
     return {
         "file_name": relative_name(out_dir, d.path),
@@ -141,6 +148,7 @@ def index_row(
         "downloaded_at": iso(time.time() if downloaded_at is None else downloaded_at),
         "inference_time": inference_time,
         "cost_estimate": cost_estimate,
+        "cost_actual": round(cost_actual, 8) if cost_actual is not None else None,
         "usage": dict(usage) if usage is not None else None,
         "manifest_sha256": manifest_sha256,
         "batchgen_version": version,

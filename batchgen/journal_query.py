@@ -139,6 +139,19 @@ class JournalReader:
     def in_flight_estimate(self) -> float:
         return self.tallies().in_flight
 
+    def usages(self) -> Iterator[tuple[dict[str, Any], int]]:
+        """``(usage, number of images)`` of every job whose stored result carries a ``usage``
+        object (BYOK responses), for the real cost. Only those results are parsed."""
+        rows = self._db().execute(
+            "SELECT result FROM jobs WHERE result IS NOT NULL AND instr(result, '\"usage\"')"
+        )
+        for (text,) in rows:
+            result = json.loads(text)
+            usage = result.get("usage") if isinstance(result, dict) else None
+            if isinstance(usage, dict):
+                images = result.get("images")
+                yield usage, len(images) if isinstance(images, list) else 0
+
     def failures_by_class(self) -> list[FailureGroup]:
         """Final failures grouped by class, most frequent first, each with its latest message."""
         # SQLite fills the bare columns (error, job_id) from the row holding max(updated_at).

@@ -4,11 +4,15 @@ fal really bills per token, so every figure here is an estimate. A size that is 
 table uses the bucket nearest by pixel count; `auto` (edit: "as the inputs") and unknown sizes
 use the 1024×1024 bucket and are flagged as assumed. A manifest's `pricing:` block overrides
 the table (per bucket and quality) or sets one flat price per image for any endpoint.
+
+Where a response carries `usage` (BYOK requests), `token_cost` prices its token counts at
+fal's per-token prices: the real cost, reported beside the estimate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -106,3 +110,84 @@ def job_estimate(spec: JobSpec, table: PriceTable | None = None) -> tuple[float,
 def estimate_cost(spec: JobSpec, table: PriceTable | None = None) -> float:
     """USD estimated for one job: the per-image price times `num_images`."""
     return job_estimate(spec, table)[0]
+
+
+# -- the real cost, from the token counts a BYOK response carries ----------------------------
+
+# fal's per-token prices for gpt-image-2, USD per million tokens (shared/gpt-image-2.md).
+TEXT_INPUT_PER_M = 5.0
+IMAGE_INPUT_PER_M = 8.0
+IMAGE_OUTPUT_PER_M = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """The token counts of one response, by the kinds fal prices."""
+
+    text_input: int
+    image_input: int
+    output: int
+
+    @property
+    def usd(self) -> float:
+        return (
+            self.text_input * TEXT_INPUT_PER_M
+            + self.image_input * IMAGE_INPUT_PER_M
+            + self.output * IMAGE_OUTPUT_PER_M
+        ) / 1_000_000
+
+
+def parse_usage(usage: object) -> Tokens | None:
+    """The counts in a ``usage`` object (OpenAI's shape), or None when it has none.
+
+    ``input_tokens_details`` splits the input into ``text_tokens`` and ``image_tokens``;
+    without it every input token is priced as text (a text-to-image prompt is all text). Every
+    output token is priced as image output: fal publishes no other output price. A count that
+    is missing, negative or not a whole number is taken as 0.
+    """
+    if not isinstance(usage, Mapping):
+        return None
+    total_in, out = _count(usage, "input_tokens"), _count(usage, "output_tokens")
+    details = usage.get("input_tokens_details")
+    if isinstance(details, Mapping) and ("text_tokens" in details or "image_tokens" in details):
+        text, image = _count(details, "text_tokens"), _count(details, "image_tokens")
+    else:
+        text, image = total_in, 0
+    if not ({"input_tokens", "output_tokens"} & set(usage) or text or image):
+        return None  # not token counts at all
+    return Tokens(text_input=text, image_input=image, output=out)
+
+
+def token_cost(usage: Mapping[str, Any]) -> float:
+    """USD for one response from its ``usage`` token counts at fal's per-token prices (0.0 for a
+    ``usage`` without counts)."""
+    tokens = parse_usage(usage)
+    return tokens.usd if tokens is not None else 0.0
+
+
+def _count(doc: Mapping[str, Any], key: str) -> int:
+    value = doc.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ActualCost:
+    """What the responses that carried ``usage`` really cost, and how many there were."""
+
+    usd: float
+    jobs: int
+    images: int
+
+
+def actual_cost(usages: Iterable[tuple[Any, int]]) -> ActualCost:
+    """Sum ``(usage, images)`` pairs (one per completed job) into an ``ActualCost``; pairs whose
+    usage has no token counts are left out."""
+    usd, jobs, images = 0.0, 0, 0
+    for usage, n in usages:
+        tokens = parse_usage(usage)
+        if tokens is None:
+            continue
+        usd += tokens.usd
+        jobs += 1
+        images += n
+    return ActualCost(usd=usd, jobs=jobs, images=images)

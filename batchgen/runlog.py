@@ -3,8 +3,9 @@
 One line per thing a person debugging a night's run wants to see: the start, the plan, every
 resume, retry, requeue and failure, window changes, stops, and the summary. Routine successes
 (a job submitted, an image saved) are left to the journal's audit trail, so the log stays
-readable at 100,000 jobs. Every line passes through ``redact`` (the fal key's), so a key can
-never reach the file even if a server echoes it back in an error message.
+readable at 100,000 jobs. Every line passes through ``redact`` (``Settings.redact``: the fal
+key and, for a BYOK run, the OpenAI key), so a key can never reach the file even if a server
+echoes it back in an error message.
 """
 
 from __future__ import annotations

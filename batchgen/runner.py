@@ -107,7 +107,7 @@ async def execute(
     """
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out, redact=settings.key.redact)
+    log = RunLog(out, redact=settings.redact)
     deliver = _Delivery(on_event, log)
     try:
         journal = Journal.open(
@@ -192,6 +192,7 @@ async def _execute(
             http,
             endpoints=Endpoints.single(base) if base else Endpoints(),
             key=settings.key,
+            redact=settings.redact,
             on_retry=lambda ev: sched.on_client_retry(ev) if sched is not None else None,
         )
         sched = Scheduler(
@@ -236,6 +237,7 @@ async def _execute(
         wall_seconds=time.monotonic() - start,
         stop=StopReason.FATAL if fatal is not None else sched.stop_reason,
         resume_hint=f"batchgen status {settings.out_dir}",
+        usages=journal.usages(),
     )
     return RunResult(
         out_dir=settings.out_dir,

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from batchgen import summary as ev
+from batchgen.byok import submit_input
 from batchgen.config import Settings
 from batchgen.downloader import DownloadPool
 from batchgen.errors import AuthError
@@ -223,7 +224,9 @@ class Scheduler:
                 self._unknown.discard(job)  # its possible duplicate is already counted
                 return None
             try:
-                handle = await self._client.submit(spec.endpoint, spec.input)
+                # A BYOK job's OpenAI key joins the body here only: it is never stored.
+                body = submit_input(spec, self._s.openai_key)
+                handle = await self._client.submit(spec.endpoint, body)
             except asyncio.CancelledError:
                 # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
                 self._journal.transition(

@@ -15,6 +15,7 @@ from typing import Any
 from batchgen.jobs import JobState
 from batchgen.journal_query import JournalReader
 from batchgen.journal_schema import FailureGroup, RunInfo
+from batchgen.pricing import ActualCost, actual_cost
 
 S = JobState
 MAX_IN_FLIGHT_SHOWN = 20
@@ -46,6 +47,7 @@ class StatusReport:
     writer_pid: int | None
     last_run: RunInfo | None
     resume_command: str
+    actual: ActualCost | None = None  # real cost of the results that carried usage (BYOK)
 
     @property
     def done(self) -> bool:
@@ -73,6 +75,7 @@ def build_report(
         runs = reader.runs()
         live = reader.in_flight()
         failures = reader.failures_by_class()
+        actual = actual_cost(reader.usages())
     last = runs[-1] if runs else None
     return StatusReport(
         out_dir=str(out_dir),
@@ -93,6 +96,7 @@ def build_report(
         writer_pid=writer_pid,
         last_run=last,
         resume_command=resume_command(out_dir, last),
+        actual=actual if actual.jobs else None,
     )  # fmt: skip
 
 
@@ -117,6 +121,11 @@ def render_text(rep: StatusReport) -> str:
         f"  spent ~${rep.spent_usd:.2f}, in flight ~${rep.in_flight_usd:.2f},"
         f" still to submit ~${rep.remaining_usd:.2f} (estimates)"
     )
+    if rep.actual is not None:
+        lines.append(
+            f"  actual cost from usage ${rep.actual.usd:.2f}"
+            f" ({rep.actual.images} images with usage, {rep.actual.jobs} jobs)"
+        )
     if rep.lost or rep.possible_duplicates:
         lines.append(
             f"  {rep.lost} results expired before download (resubmitted),"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from batchgen.jobs import JobState
+from batchgen.pricing import ActualCost, actual_cost
 
 DROPPED = "submit_dropped"  # retry.classify's reason for a submit sent without an answer
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -201,6 +202,7 @@ class Summary:
     stop: StopReason | None
     failure_examples: dict[str, str] = field(default_factory=dict)
     resume_hint: str = ""
+    actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
 
     @property
     def exit_code(self) -> int:
@@ -216,6 +218,14 @@ class Summary:
             f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
             f" lost results {self.lost}",
         ]
+        if self.actual is not None:
+            a = self.actual
+            out.insert(
+                1,
+                f"actual cost from usage ${a.usd:.2f} ({a.images} image"
+                f"{'s' if a.images != 1 else ''} with usage, {a.jobs} job"
+                f"{'s' if a.jobs != 1 else ''}; fal's per-token prices)",
+            )
         for cls, n in sorted(self.failed.items(), key=lambda kv: (-kv[1], kv[0])):
             example = self.failure_examples.get(cls, "")
             out.append(f"  failed {n} × {cls}" + (f": {example}" if example else ""))
@@ -245,8 +255,11 @@ def build_summary(
     wall_seconds: float,
     stop: StopReason | None,
     resume_hint: str = "",
+    usages: Iterable[tuple[object, int]] = (),
 ) -> Summary:
-    """``failures`` is (class, count, example message) per class, as the journal groups them."""
+    """``failures`` is (class, count, example message) per class, as the journal groups them;
+    ``usages`` is (usage, images) per job whose result carried token counts
+    (``JournalReader.usages()``): the summary then reports their real cost too."""
     failed: dict[str, int] = {}
     examples: dict[str, str] = {}
     for cls, n, example in failures:
@@ -267,6 +280,7 @@ def build_summary(
         stop=stop,
         failure_examples=examples,
         resume_hint=resume_hint,
+        actual=actual if (actual := actual_cost(usages)).jobs else None,
     )
 
 

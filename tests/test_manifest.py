@@ -68,6 +68,7 @@ def test_every_example_manifest_loads() -> None:
     counts = {p.name: len(jobs(p)) for p in sorted(EXAMPLES.glob("*.yaml"))}
     counts["portraits.csv"] = len(jobs(EXAMPLES / "portraits.csv"))
     assert counts == {
+        "byok.yaml": 2,
         "demo.yaml": 12,
         "edit.yaml": 5,
         "everything.yaml": 80,

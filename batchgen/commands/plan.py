@@ -1,18 +1,21 @@
 """`batchgen plan MANIFEST [--json]`: what the manifest will do, and an estimate of its cost.
 
 A thin layer over ``batchgen.api.plan``: this file only prints its ``PlanSummary``. Nothing is
-sent anywhere. A bad manifest raises ManifestError (exit 2, no traceback).
+sent anywhere. A bad manifest raises ManifestError (exit 2, no traceback). A BYOK manifest
+without ``OPENAI_API_KEY`` is a warning here (exit 0), and an error for ``run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from batchgen.api import plan
+from batchgen.api import load_manifest, plan
+from batchgen.byok import ENV, plan_note
 from batchgen.planning import ESTIMATE_NOTE, Group, PlanSummary
 
 
@@ -22,12 +25,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = plan(args.manifest)
+    manifest = load_manifest(args.manifest)
+    summary = plan(manifest)
+    # Only whether the key is set: plan never holds the key itself.
+    byok = plan_note(manifest, key_set=bool(os.environ.get(ENV, "").strip()))
     if args.json:
-        json.dump(summary.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        doc = summary.to_json()
+        if byok is not None:
+            doc["byok"] = byok
+        json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
         render(summary, sys.stdout)
+        if byok is not None:
+            sys.stdout.write(f"\nbyok       your OpenAI key ({ENV}) is added to each request")
+            sys.stdout.write(" at submit time\n" if byok["openai_key_set"] else "; it is NOT set\n")
+    if byok is not None and byok["problem"]:
+        print(f"batchgen: warning: {byok['problem']}", file=sys.stderr)
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from batchgen.api import execute
+from batchgen.byok import manifest_wants_key
 from batchgen.commands.progress import LOG_EVERY_S, Progress
 from batchgen.config import Settings, build_settings
 from batchgen.manifest import Manifest, load_manifest
@@ -49,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
-    settings = build_settings(vars(args), os.environ, manifest_name=manifest.name)
+    settings = build_settings(
+        vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest)
+    )
     return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr))
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchgen import gptimage
+from batchgen.emulator import byok
 from batchgen.emulator.images import ImageSpec, render
 from batchgen.emulator.model import Outcome, Phase, Request, StatusView
 
@@ -112,7 +113,11 @@ def output_body(base: str, req: Request, media: MutableMapping[str, ImageSpec]) 
                 "height": spec.height,
             }
         )
-    return {"images": images}
+    out: dict[str, Any] = {"images": images}
+    usage = byok.usage(req.endpoint, req.input)
+    if usage is not None:
+        out["usage"] = usage
+    return out
 
 
 def result_parts(
@@ -127,6 +132,7 @@ def result_parts(
             {"loc": ["body", *p.field.split(".")], "msg": p.message, "type": "value_error"}
             for p in req.problems
         ]
+        detail = byok.echo_input(detail, req.endpoint, req.input)
         return 422, {"detail": detail}, {**headers, "x-fal-billable-units": "0"}
     if req.outcome is Outcome.CONTENT_POLICY:
         detail = [

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from batchgen import gptimage
+from batchgen.emulator import byok
 from batchgen.emulator.counters import STAT_KEYS, canonical_input_key
 from batchgen.emulator.faults import FaultDice, FaultSpec
 from batchgen.emulator.latency import INVALID_RUN_S, run_time_for
@@ -261,6 +262,7 @@ class QueueModel:
         """
         self.advance(now)
         problems = gptimage.validate_input(endpoint, body, strict=False)
+        problems += byok.problems(endpoint, body)  # the OpenAI key, a BYOK id's rules
         if problems:
             outcome, run_time = Outcome.INVALID, INVALID_RUN_S
         else:
