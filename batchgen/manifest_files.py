@@ -41,6 +41,7 @@ FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # One pattern making more jobs than this is a typo (`**/*`), not a data set.
 MAX_GLOB_MATCHES = 100_000
 
+
 @dataclass(frozen=True, slots=True)
 class LocalFile:
     """A checked reference file: its path as the manifest names it, and what it holds."""
