@@ -15,6 +15,8 @@ it into place.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -62,6 +64,8 @@ INDEX_FIELDS = (
     "inference_time",
     "cost_estimate",
     "usage",
+    "references",
+    "mask",
     "manifest_sha256",
     "batchgen_version",
 )
@@ -94,6 +98,31 @@ def _input_value(spec: JobSpec, key: str) -> Any:
     return DEFAULTS.get(spec.endpoint, {}).get(key)
 
 
+def reference_info(spec: JobSpec, value: Any) -> dict[str, str | None]:
+    """One edit input as the index records it: ``{path, url, sha256}``, the unused ones null.
+    A local file gives its path and the sha256 it was planned with, a data URI its content's
+    sha256 (the bytes themselves stay out of the index), a URL itself."""
+    text = str(value)
+    if text in spec.files:
+        return {"path": text, "url": None, "sha256": spec.files[text]}
+    if text[:5].lower() == "data:":
+        head, _, payload = text.partition(",")
+        try:
+            digest = hashlib.sha256(base64.b64decode(payload)).hexdigest()
+        except ValueError:
+            digest = None
+        return {"path": None, "url": head[:100], "sha256": digest}
+    return {"path": None, "url": text, "sha256": None}
+
+
+def edit_inputs(spec: JobSpec) -> tuple[list[dict[str, str | None]] | None, Any]:
+    """(references, mask) of an edit job's index rows; (None, None) for other jobs."""
+    urls = spec.input.get("image_urls")
+    refs = [reference_info(spec, u) for u in urls] if isinstance(urls, list) else None
+    mask = spec.input.get("mask_url")
+    return refs, reference_info(spec, mask) if isinstance(mask, str) else None
+
+
 def index_row(
     spec: JobSpec,
     n: int,
@@ -114,9 +143,11 @@ def index_row(
 
     ``downloaded_at`` defaults to now. ``cost_estimate`` is this image's share of the job's
     estimate (the job's divided by its number of images), so summing rows gives the total.
-    ``usage`` is the token count a BYOK response carries.
+    ``usage`` is the token count a BYOK response carries. An edit's ``references`` and
+    ``mask`` say which inputs it used (local files by path and sha256).
     """
     fmt = _input_value(spec, "output_format")
+    references, mask = edit_inputs(spec)
     return {
         "file_name": relative_name(out_dir, d.path),
         "job_id": spec.job_id,
@@ -142,6 +173,8 @@ def index_row(
         "inference_time": inference_time,
         "cost_estimate": cost_estimate,
         "usage": dict(usage) if usage is not None else None,
+        "references": references,
+        "mask": mask,
         "manifest_sha256": manifest_sha256,
         "batchgen_version": version,
     }
