@@ -113,12 +113,6 @@ def value_problems(
     return out
 
 
-def local_files(value: Any) -> list[str]:
-    """The local paths among an image_urls / mask_url value."""
-    items = value if isinstance(value, list) else [value]
-    return [v for v in items if isinstance(v, str) and is_local_path(v)]
-
-
 class CellError(ValueError):
     pass
 

@@ -134,7 +134,11 @@ class LocalFiles:
         if len(matches) > MAX_GLOB_MATCHES:
             return [f"{short(pattern)} matches {len(matches):,} files; at most "
                     f"{MAX_GLOB_MATCHES:,} per pattern"]  # fmt: skip
-        problems = [p for m in matches for p in self.check(m)]
+        problems: list[str] = []
+        for m in matches:  # a match is a file, even when its name looks like a pattern
+            if m not in self._seen:
+                self._seen[m] = self._file(m)
+            problems += self._seen[m]
         if not problems:
             self.globs[pattern] = tuple(matches)
         return problems

@@ -277,3 +277,11 @@ def test_each_file_is_read_once_however_many_jobs_name_it(
     )
     assert len(specs(path)) == 60
     assert [p.name for p in reads].count("a.png") == 1
+
+
+def test_a_file_name_with_pattern_characters_is_written_bracketed(tmp_path: Path) -> None:
+    png(tmp_path / "shot[1].png")
+    png(tmp_path / "shot1.png")
+    path = edit_yaml(tmp_path, 'prompts: [{prompt: x, image_urls: ["shot[[]1].png"]}]\n')
+    (spec,) = specs(path)
+    assert spec.input["image_urls"] == ["shot[1].png"] and set(spec.files) == {"shot[1].png"}
