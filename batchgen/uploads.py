@@ -112,18 +112,18 @@ class Uploads:
 
     async def _resolve_one(self, spec: JobSpec, rel: str) -> str:
         planned = spec.files.get(rel)
-        if not self._inline and planned is not None:
+        if self._inline:
+            data, content_type, _ = await asyncio.to_thread(self._read, rel, planned)
+            return data_uri(data, content_type)
+        if planned is None:  # planned by a batchgen without content ids: the bytes decide
+            planned = (await asyncio.to_thread(self._read, rel, None))[2]
+        # One lock per content, taken before reading: jobs waiting for the same file hold no
+        # copy of it, and the one that waited finds the other's upload.
+        async with self._locks.setdefault(planned, asyncio.Lock()):
             url = self._fresh_url(planned)
             if url is not None:  # uploaded before: the file itself need not even exist now
                 return url
-        data, content_type, digest = await asyncio.to_thread(self._read, rel, planned)
-        if self._inline:
-            return data_uri(data, content_type)
-        lock = self._locks.setdefault(digest, asyncio.Lock())
-        async with lock:  # a job that waited here finds the other's upload in the journal
-            url = self._fresh_url(digest)
-            if url is not None:
-                return url
+            data, content_type, digest = await asyncio.to_thread(self._read, rel, planned)
             try:
                 url = await self._client.upload(data, content_type, file_name=Path(rel).name)
             except Exception as exc:

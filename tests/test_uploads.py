@@ -183,3 +183,11 @@ async def test_a_failed_upload_is_an_upload_outcome_never_a_submit_one(tmp_path:
     assert (o.action, o.reason) == (Action.RETRY, "upload_http_500")
     assert o.message.startswith("uploading a.png: ")
     assert app.state.emulator.stats()["uploads_failed"] >= 2  # the CDN and the fallback
+
+
+async def test_a_job_planned_without_content_ids_is_resolved_by_its_bytes(world: World) -> None:
+    data = png(world.folder / "a.png", (7, 7, 7))
+    spec = JobSpec(job_id="1" * 64, endpoint=EDIT, input={"prompt": "x", "image_urls": ["a.png"]})
+    body = await world.uploads().resolve(spec)  # a journal row from before JobSpec.files
+    assert body["image_urls"][0].startswith(f"{BASE}/files/")
+    assert world.journal.upload_get(hashlib.sha256(data).hexdigest()) is not None
