@@ -62,16 +62,20 @@ def key_problem(manifest: Manifest, key: OpenAIKey | None) -> str | None:
     return MISSING_KEY if key is None and manifest_wants_key(manifest) else None
 
 
-def submit_input(spec: JobSpec, key: OpenAIKey | None) -> Mapping[str, Any]:
-    """The body to POST for ``spec``: its input, plus the key for a BYOK job.
+def submit_input(
+    spec: JobSpec, key: OpenAIKey | None, body: Mapping[str, Any] | None = None
+) -> Mapping[str, Any]:
+    """The body to POST for ``spec``: ``body`` (its input, local files already resolved;
+    ``spec.input`` when not given), plus the key for a BYOK job.
 
     A fresh dict each time, never kept: callers send it and drop it.
     """
+    body = spec.input if body is None else body
     if not wants_key(spec):
-        return spec.input
+        return body
     if key is None:  # settings refuse a BYOK manifest without a key; a resumed journal may not
         raise UsageError(MISSING_KEY)
-    return {**spec.input, KEY_FIELD: key.reveal()}
+    return {**body, KEY_FIELD: key.reveal()}
 
 
 def plan_note(manifest: Manifest, key_set: bool) -> dict[str, Any] | None:

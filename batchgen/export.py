@@ -88,6 +88,7 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
         raise UsageError("parquet export needs pyarrow: pip install 'batchgen[parquet]'") from None
     text, i32, i64, f64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
     smap, ts = pa.map_(pa.string(), pa.string()), pa.timestamp("ms", tz="UTC")
+    ref = pa.struct([("path", text), ("url", text), ("sha256", text)])
     types: dict[str, Any] = {
         "image_index": i32,
         "variant": i32,
@@ -102,6 +103,8 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
         "inference_time": f64,
         "cost_estimate": f64,
         "cost_actual": f64,
+        "references": pa.list_(ref),
+        "mask": ref,
     }
     convert: dict[str, Callable[[Any], Any]] = {
         "vars": lambda v: [(str(k), str(x)) for k, x in v.items()] if isinstance(v, dict) else None,

@@ -174,12 +174,15 @@ def _card(r: Mapping[str, Any], thumbs: set[str]) -> str:
     else:
         img = '<span class="missing">image missing</span>'
     cost = r.get("cost_estimate")
+    refs = _references(r)
+    words += [name for name, _ in refs]
     meta = [
         f"<span>{_e(str(r.get('width')))}×{_e(str(r.get('height')))}</span>",
         f"<span>{_e(str(r.get('quality') or ''))}</span>",
         f"<span>{_e(_money(float(cost)))}</span>" if isinstance(cost, int | float) else "",
         f"<span>{_e(str(r.get('prompt_id') or ''))} #{_e(str(r.get('image_index')))}</span>",
         *(f'<span class="tag">{_e(t)}</span>' for t in tags),
+        *(f'<span class="ref" title="{_e(title)}">{_e(name)}</span>' for name, title in refs),
     ]
     return (
         f'<article class="card" data-prompt-id="{_e(str(r.get("prompt_id") or ""))}" '
@@ -189,6 +192,19 @@ def _card(r: Mapping[str, Any], thumbs: set[str]) -> str:
         f'<div class="body"><p class="prompt">{_e(prompt)}</p>'
         f'<div class="meta">{"".join(meta)}</div></div></article>'
     )
+
+
+def _references(r: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, tooltip) for an edit's inputs: file names (sha256 on hover), the mask marked."""
+    found = r.get("references")
+    items = found if isinstance(found, list) else []
+    out: list[tuple[str, str]] = []
+    for label, item in [*(("ref", i) for i in items), ("mask", r.get("mask"))]:
+        if isinstance(item, Mapping):
+            where = str(item.get("path") or item.get("url") or "")
+            name = where.rsplit("/", 1)[-1][:40] or where[:40]
+            out.append((f"{label}: {name}", f"{where} sha256 {item.get('sha256') or '?'}"))
+    return out
 
 
 def _failures_table(failures: Iterable[Mapping[str, Any]]) -> str:

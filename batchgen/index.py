@@ -15,6 +15,8 @@ it into place.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -64,6 +66,8 @@ INDEX_FIELDS = (
     "cost_estimate",
     "cost_actual",
     "usage",
+    "references",
+    "mask",
     "manifest_sha256",
     "batchgen_version",
 )
@@ -96,6 +100,31 @@ def _input_value(spec: JobSpec, key: str) -> Any:
     return DEFAULTS.get(spec.endpoint, {}).get(key)
 
 
+def reference_info(spec: JobSpec, value: Any) -> dict[str, str | None]:
+    """One edit input as the index records it: ``{path, url, sha256}``, the unused ones null.
+    A local file gives its path and the sha256 it was planned with, a data URI its content's
+    sha256 (the bytes themselves stay out of the index), a URL itself."""
+    text = str(value)
+    if text in spec.files:
+        return {"path": text, "url": None, "sha256": spec.files[text]}
+    if text[:5].lower() == "data:":
+        head, _, payload = text.partition(",")
+        try:
+            digest = hashlib.sha256(base64.b64decode(payload)).hexdigest()
+        except ValueError:
+            digest = None
+        return {"path": None, "url": head[:100], "sha256": digest}
+    return {"path": None, "url": text, "sha256": None}
+
+
+def edit_inputs(spec: JobSpec) -> tuple[list[dict[str, str | None]] | None, Any]:
+    """(references, mask) of an edit job's index rows; (None, None) for other jobs."""
+    urls = spec.input.get("image_urls")
+    refs = [reference_info(spec, u) for u in urls] if isinstance(urls, list) else None
+    mask = spec.input.get("mask_url")
+    return refs, reference_info(spec, mask) if isinstance(mask, str) else None
+
+
 def index_row(
     spec: JobSpec,
     n: int,
@@ -119,11 +148,13 @@ def index_row(
     estimate (the job's divided by its number of images), so summing rows gives the total.
     ``usage`` is the token count a BYOK response carries; ``cost_actual`` is this image's share
     of what those tokens cost at fal's per-token prices (computed from ``usage`` over the
-    job's ``num_images`` when not given), None without usage.
+    job's ``num_images`` when not given), None without usage. An edit's ``references`` and
+    ``mask`` say which inputs it used (local files by path and sha256).
     """
     if cost_actual is None and usage is not None and parse_usage(usage) is not None:
         cost_actual = token_cost(usage) / spec.num_images
     fmt = _input_value(spec, "output_format")
+    references, mask = edit_inputs(spec)
     return {
         "file_name": relative_name(out_dir, d.path),
         "job_id": spec.job_id,
@@ -150,6 +181,8 @@ def index_row(
         "cost_estimate": cost_estimate,
         "cost_actual": round(cost_actual, 8) if cost_actual is not None else None,
         "usage": dict(usage) if usage is not None else None,
+        "references": references,
+        "mask": mask,
         "manifest_sha256": manifest_sha256,
         "batchgen_version": version,
     }

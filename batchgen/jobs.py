@@ -26,9 +26,40 @@ def canonical_json(value: Any) -> str:
     )
 
 
-def job_id(endpoint: str, request_input: Mapping[str, Any], variant: int) -> str:
-    """sha256 of {endpoint, input without secrets, variant}: key order and secrets never matter."""
+# Request fields that may name a local file (replaced by a hosted URL when submitted).
+FILE_FIELDS = frozenset({"image_urls", "mask_url"})
+
+
+def identity_input(
+    request_input: Mapping[str, Any], files: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The input a job id is made of: no secrets, and each local file named by its content
+    (``sha256:<hex>``) rather than its path, so an edited reference makes a new job and the
+    same bytes under another name are the same job."""
     clean = {k: v for k, v in request_input.items() if k not in SECRET_FIELDS}
+    if files:
+        for key in FILE_FIELDS & clean.keys():
+            value = clean[key]
+            if isinstance(value, list):
+                clean[key] = [_content_name(v, files) for v in value]
+            else:
+                clean[key] = _content_name(value, files)
+    return clean
+
+
+def _content_name(value: Any, files: Mapping[str, str]) -> Any:
+    return f"sha256:{files[value]}" if isinstance(value, str) and value in files else value
+
+
+def job_id(
+    endpoint: str,
+    request_input: Mapping[str, Any],
+    variant: int,
+    files: Mapping[str, str] | None = None,
+) -> str:
+    """sha256 of {endpoint, input without secrets, variant}: key order and secrets never
+    matter; local files (``files``: path -> sha256) count by content, not by name."""
+    clean = identity_input(request_input, files)
     doc = {"endpoint": endpoint, "input": clean, "variant": variant}
     return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
 
@@ -37,7 +68,9 @@ def job_id(endpoint: str, request_input: Mapping[str, Any], variant: int) -> str
 class JobSpec:
     """One fully resolved request, as planned from a manifest.
 
-    ``input`` is the exact JSON body to submit (minus secrets added at submit time);
+    ``input`` is the exact JSON body to submit (minus secrets added at submit time), except
+    that local reference files are named by their path relative to the manifest (``files``
+    maps each to the sha256 it had when planned; ``uploads`` resolves them at submit time);
     ``variant`` tells apart the ``repeat`` copies of one combination; ``source`` locates the
     prompt in the manifest for messages ("demo.yaml:12").
     """
@@ -53,6 +86,7 @@ class JobSpec:
     output_template: str = DEFAULT_OUTPUT_TEMPLATE
     source: str = ""
     byok: bool = False
+    files: Mapping[str, str] = field(default_factory=dict)  # local path -> sha256 when planned
 
     @property
     def short_id(self) -> str:
@@ -76,6 +110,7 @@ class JobSpec:
             "output_template": self.output_template,
             "source": self.source,
             "byok": self.byok,
+            "files": dict(self.files),
         }
 
     @classmethod
@@ -92,6 +127,7 @@ class JobSpec:
             output_template=doc.get("output_template", DEFAULT_OUTPUT_TEMPLATE),
             source=doc.get("source", ""),
             byok=bool(doc.get("byok", False)),
+            files=dict(doc.get("files", {})),
         )
 
 

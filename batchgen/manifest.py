@@ -18,6 +18,7 @@ from pathlib import Path
 
 from batchgen.errors import ManifestError, Problem
 from batchgen.gptimage import TEXT_TO_IMAGE
+from batchgen.manifest_files import files_notice
 from batchgen.manifest_model import Deduplicated, Manifest, PromptEntry, plan
 from batchgen.manifest_prompts import PromptContext
 from batchgen.manifest_source import ProblemList, decode, load_yaml, read_bytes
@@ -81,10 +82,15 @@ def load_manifest(path: Path) -> Manifest:
         f"cost is not estimated"
         for e in unknown_endpoints(prompts)
     ]
-    if ctx.local_files:
-        notices.append(
-            "local files are kept as paths relative to the manifest; uploading them comes later"
-        )
+    notice = files_notice(ctx.files)
+    if notice:
+        notices.append(notice)
     return Manifest(
-        name=name_default, path=path, sha256=sha256, prompts=tuple(prompts), notices=tuple(notices)
+        name=name_default,
+        path=path,
+        sha256=sha256,
+        prompts=tuple(prompts),
+        notices=tuple(notices),
+        files=ctx.files.sha256s(),
+        globs=dict(ctx.files.globs),
     )

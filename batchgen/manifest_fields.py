@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchgen.gptimage import AUTO, EDIT, KNOWN_ENDPOINTS, PRESETS, validate_input
 from batchgen.jobs import SECRET_FIELDS, canonical_json
 
+if TYPE_CHECKING:
+    from batchgen.manifest_files import LocalFiles
+
 MAX_PROMPT_CHARS = 32_000
 MAX_REPEAT = 10_000
-# Fields that may name a local file (kept relative to the manifest until uploads exist).
+# Fields that may name a local file (relative to the manifest; uploaded when the run submits).
 FILE_FIELDS = frozenset({"image_urls", "mask_url"})
 _URL = re.compile(r"^(https?://|data:)", re.IGNORECASE)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+_MAGIC = frozenset("*?[")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 SECRET_MESSAGE = (
     "never put an API key in a manifest; batchgen reads OPENAI_API_KEY from the environment "
@@ -38,12 +42,25 @@ def is_local_path(value: str) -> bool:
     return not _URL.match(value)
 
 
+def is_glob(value: str) -> bool:
+    """A local path with a pattern in it (`products/*.png`): one job per matching file."""
+    return is_local_path(value) and not _MAGIC.isdisjoint(value)
+
+
+def scheme_problem(value: str) -> str | None:
+    """A URL scheme batchgen cannot send (`file:`, `ftp:`); a Windows drive letter is a path."""
+    if _SCHEME.match(value) and not _URL.match(value) and not re.match(r"^[A-Za-z]:[\\/]", value):
+        return f"{short(value)}: use an http(s) URL, a data: URI or a path next to the manifest"
+    return None
+
+
 def local_path_problem(value: str, folder: Path) -> str | None:
     """Why `value` (a URL, a data URI, or a path relative to the manifest) is not usable."""
     if _URL.match(value):
         return None
-    if _SCHEME.match(value) and not re.match(r"^[A-Za-z]:[\\/]", value):
-        return f"{short(value)}: use an http(s) URL, a data: URI or a path next to the manifest"
+    why = scheme_problem(value)
+    if why:
+        return why
     base = folder.resolve()
     target = (base / value).resolve()
     if not target.is_relative_to(base):
@@ -61,8 +78,11 @@ def _minimal_request(endpoint: str) -> dict[str, Any]:
     return req
 
 
-def value_problems(endpoint: str, name: str, value: Any, folder: Path) -> list[tuple[str, str]]:
-    """(field path, message) for every rule `value` breaks as the request field `name`."""
+def value_problems(
+    endpoint: str, name: str, value: Any, files: LocalFiles
+) -> list[tuple[str, str]]:
+    """(field path, message) for every rule `value` breaks as the request field `name`; local
+    files are checked (and hashed, once each) by `files`."""
     if name in SECRET_FIELDS:
         return [(name, SECRET_MESSAGE)]  # never echo the value: it is a secret
     try:
@@ -85,17 +105,12 @@ def value_problems(endpoint: str, name: str, value: Any, folder: Path) -> list[t
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             if isinstance(item, str):
-                problem = local_path_problem(item, folder)
-                if problem:
-                    where = f"{name}[{i}]" if isinstance(value, list) else name
-                    out.append((where, problem))
+                where = f"{name}[{i}]" if isinstance(value, list) else name
+                if name == "mask_url" and is_glob(item):
+                    out.append((where, f"{short(item)}: patterns are allowed in image_urls only"))
+                    continue
+                out.extend((where, problem) for problem in files.check(item))
     return out
-
-
-def local_files(value: Any) -> list[str]:
-    """The local paths among an image_urls / mask_url value."""
-    items = value if isinstance(value, list) else [value]
-    return [v for v in items if isinstance(v, str) and is_local_path(v)]
 
 
 class CellError(ValueError):

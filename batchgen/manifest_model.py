@@ -17,7 +17,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchgen.gptimage import TEXT_TO_IMAGE, with_defaults
-from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE, SECRET_FIELDS, JobSpec, canonical_json
+from batchgen.jobs import (
+    DEFAULT_OUTPUT_TEMPLATE,
+    FILE_FIELDS,
+    JobSpec,
+    canonical_json,
+    identity_input,
+)
+from batchgen.manifest_files import expand_globs, glob_count, references
 from batchgen.pricing import DEFAULT_TABLE, PriceTable
 from batchgen.templates import parse
 
@@ -56,14 +63,23 @@ class Manifest(BaseModel):
     prompts: tuple[PromptEntry, ...] = ()
     byok: bool = False
     notices: tuple[str, ...] = ()
+    files: dict[str, str] = Field(default_factory=dict)  # local reference path -> sha256
+    globs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # pattern -> paths, sorted
 
     def job_count(self) -> int:
         """Jobs `expand()` yields (duplicates included), computed without expanding."""
         total = 0
         for p in self.prompts:
             n = p.repeat or self.repeat
-            for values in {**self.matrix, **p.axes}.values():
-                n *= len(values)
+            axes = {**self.matrix, **p.axes}
+            for name, values in axes.items():
+                if name == "image_urls" and self.globs:  # a pattern is one job per file
+                    n *= sum(glob_count(v, self.globs) for v in values)
+                else:
+                    n *= len(values)
+            fixed = {**self.defaults, **p.fields}
+            if "image_urls" in fixed and "image_urls" not in axes and self.globs:
+                n *= glob_count(fixed["image_urls"], self.globs)
             if p.templated:
                 for name in parse(p.text).names:
                     n *= len(self.vars[name])
@@ -89,33 +105,66 @@ class Manifest(BaseModel):
             with_prompt = {**base, "prompt": prompt} if prompt or p.templated else base
             for axis_values in itertools.product(*values):
                 # One input dict is shared by a combination's repeats: JobSpecs never mutate it.
-                request = {**with_prompt, **dict(zip(names, axis_values, strict=True))}
-                hasher = _id_prefix(endpoint, request)
-                for variant in range(repeat):
-                    h = hasher.copy()
-                    h.update(b"%d}" % variant)
-                    yield JobSpec(
-                        job_id=h.hexdigest(),
-                        endpoint=endpoint,
-                        input=request,
-                        variant=variant,
-                        prompt_id=p.id,
-                        prompt=prompt,
-                        vars=var_map,
-                        tags=p.tags,
-                        output_template=self.output,
-                        source=p.source,
-                        byok=self.byok,
-                    )
+                combo_request = {**with_prompt, **dict(zip(names, axis_values, strict=True))}
+                requests = self._with_files(combo_request) if self.globs else (combo_request,)
+                for request in requests:
+                    yield from self._variants(request, endpoint, repeat, p, prompt, var_map)
+
+    def _with_files(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The request once per file each image_urls pattern matches (once without patterns)."""
+        if "image_urls" not in request:
+            yield request
+            return
+        for urls in expand_globs(request["image_urls"], self.globs):
+            yield {**request, "image_urls": urls}
+
+    def _variants(
+        self,
+        request: dict[str, Any],
+        endpoint: str,
+        repeat: int,
+        p: PromptEntry,
+        prompt: str,
+        var_map: dict[str, str],
+    ) -> Iterator[JobSpec]:
+        files = self._files_of(request)
+        hasher = _id_prefix(endpoint, request, files)
+        for variant in range(repeat):
+            h = hasher.copy()
+            h.update(b"%d}" % variant)
+            yield JobSpec(
+                job_id=h.hexdigest(),
+                endpoint=endpoint,
+                input=request,
+                variant=variant,
+                prompt_id=p.id,
+                prompt=prompt,
+                vars=var_map,
+                tags=p.tags,
+                output_template=self.output,
+                source=p.source,
+                byok=self.byok,
+                files=files,
+            )
+
+    def _files_of(self, request: dict[str, Any]) -> dict[str, str]:
+        """path -> sha256 of the local files this request names."""
+        if not self.files:
+            return _NO_FILES  # shared: JobSpecs never mutate it
+        named = [v for k in FILE_FIELDS & request.keys() for v in references(request[k])]
+        return {v: self.files[v] for v in named if v in self.files}
 
 
-def _id_prefix(endpoint: str, request: dict[str, Any]) -> Any:
+_NO_FILES: dict[str, str] = {}
+
+
+def _id_prefix(endpoint: str, request: dict[str, Any], files: dict[str, str]) -> Any:
     """sha256 state over the canonical JSON of {endpoint, input, variant: ...} up to the variant.
 
     Equal to `jobs.job_id()` (a property test pins that), but it serialises each combination
     once instead of once per repeat, which is most of the cost of planning a large matrix.
     """
-    clean = {k: v for k, v in request.items() if k not in SECRET_FIELDS}
+    clean = identity_input(request, files)
     endpoint_json = json.dumps(endpoint, ensure_ascii=False)
     head = '{"endpoint":' + endpoint_json + ',"input":' + canonical_json(clean) + ',"variant":'
     return hashlib.sha256(head.encode())

@@ -16,10 +16,10 @@ from batchgen.gptimage import EDIT, FIELDS, KNOWN_ENDPOINTS
 from batchgen.manifest_fields import (
     MAX_PROMPT_CHARS,
     MAX_REPEAT,
-    local_files,
     short,
     value_problems,
 )
+from batchgen.manifest_files import LocalFiles
 from batchgen.manifest_model import PromptEntry
 from batchgen.manifest_source import ProblemList
 from batchgen.templates import TemplateError, parse, prompt_slug
@@ -45,7 +45,10 @@ class PromptContext:
     supplied: frozenset[str] = frozenset()  # fields set by defaults or the matrix
     used_vars: set[str] = field(default_factory=set)
     ids: dict[str, str] = field(default_factory=dict)  # prompt id -> where it was first used
-    local_files: list[str] = field(default_factory=list)
+    files: LocalFiles = field(init=False)  # local reference files, checked once each
+
+    def __post_init__(self) -> None:
+        self.files = LocalFiles(self.folder)
 
 
 def build_prompt(
@@ -101,10 +104,8 @@ def build_prompt(
             fields[key] = value
             items = [(key, value)]
         for path, v in items:
-            for fpath, message in value_problems(ep, key, v, ctx.folder):
+            for fpath, message in value_problems(ep, key, v, ctx.files):
                 add(path + fpath[len(key) :], message)
-            if key in {"image_urls", "mask_url"}:
-                ctx.local_files.extend(local_files(v))
     if ep == EDIT and "image_urls" not in raw and "image_urls" not in ctx.supplied:
         add("image_urls", f"is required for {EDIT} (on the prompt, in defaults or in the matrix)")
     pid = _prompt_id(raw.get("id"), text, file, line, ctx, add)

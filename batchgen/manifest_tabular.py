@@ -22,8 +22,7 @@ from batchgen.manifest_fields import (
     FILE_FIELDS,
     MAX_PROMPT_CHARS,
     CellError,
-    local_files,
-    local_path_problem,
+    is_glob,
     parse_cell,
     short,
 )
@@ -180,10 +179,11 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
         for key in sorted(FILE_FIELDS & set(request)):
             value = request[key]
             for item in value if isinstance(value, list) else [value]:
-                why = local_path_problem(item, ctx.folder) if isinstance(item, str) else None
-                if why:
-                    add(f"input.{key}", why)
-            ctx.local_files.extend(local_files(value))
+                if isinstance(item, str) and key == "mask_url" and is_glob(item):
+                    add(f"input.{key}", f"{short(item)}: patterns are allowed in image_urls only")
+                elif isinstance(item, str):
+                    for why in ctx.files.check(item):
+                        add(f"input.{key}", why)
         raw_id = doc.get("id", f"line{line}")
         pid = str(raw_id).strip() if isinstance(raw_id, str | int) else ""
         if not pid or isinstance(raw_id, bool):

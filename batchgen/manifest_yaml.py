@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from batchgen.errors import ManifestError
 from batchgen.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
 from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec
-from batchgen.manifest_fields import MAX_REPEAT, local_files, local_path_problem, short
+from batchgen.manifest_fields import MAX_REPEAT, local_path_problem, short
 from batchgen.manifest_fields import value_problems as field_value_problems
+from batchgen.manifest_files import files_notice
 from batchgen.manifest_model import PromptEntry
 from batchgen.manifest_prompts import PromptContext, build_prompt, did_you_mean
 from batchgen.manifest_source import Located, ProblemList, dotted, read_text
@@ -151,7 +152,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         if key == "prompt":
             add(("defaults", key), "put prompts under prompts, not defaults")
             continue
-        for fld, message in _field_problems(endpoint, key, value, folder, ctx):
+        for fld, message in _field_problems(endpoint, key, value, ctx):
             add(("defaults", key), message, fld[len(key) :])
     for axis, values in doc.matrix.items():
         if axis == "prompt":
@@ -160,7 +161,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         if not values:
             add(("matrix", axis), "lists no values: the matrix would make no jobs")
         for i, value in enumerate(values):
-            for fld, message in _field_problems(endpoint, axis, value, folder, ctx):
+            for fld, message in _field_problems(endpoint, axis, value, ctx):
                 add(("matrix", axis, i), message, fld[len(axis) :])
     ctx.vars = _vars(doc.vars, add)
     prompts = _prompts(doc, located, file, ctx)
@@ -177,12 +178,9 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     for message in _output_problems(doc.output, prompts, ctx):
         add(("output",), message)
     pricing = _pricing(doc.pricing, add)
-    if ctx.local_files:
-        shown = ", ".join(sorted(set(ctx.local_files))[:3])
-        notices.append(
-            f"local files ({shown}{', ...' if len(set(ctx.local_files)) > 3 else ''})"
-            f" are kept as paths relative to the manifest; uploading them comes later"
-        )
+    notice = files_notice(ctx.files)
+    if notice:
+        notices.append(notice)
     problems.raise_if_any()
     return {
         "name": name,
@@ -196,15 +194,15 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         "prompts": tuple(prompts),
         "byok": doc.byok,
         "notices": tuple(notices),
+        "files": ctx.files.sha256s(),
+        "globs": dict(ctx.files.globs),
     }
 
 
 def _field_problems(
-    endpoint: str, key: str, value: Any, folder: Path, ctx: PromptContext
+    endpoint: str, key: str, value: Any, ctx: PromptContext
 ) -> list[tuple[str, str]]:
-    found = field_value_problems(endpoint, key, value, folder)
-    if key in {"image_urls", "mask_url"}:
-        ctx.local_files.extend(local_files(value))
+    found = field_value_problems(endpoint, key, value, ctx.files)
     if endpoint in KNOWN_ENDPOINTS and any(m.startswith("unknown field") for _, m in found):
         return [
             (key, f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")

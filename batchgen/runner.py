@@ -127,7 +127,8 @@ async def execute(
             f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
             f"({settings.target}{', ' + settings.endpoint if settings.endpoint else ''})"
         )
-        if journal.needs_plan:
+        # Local files can change while the manifest does not: re-plan (cheap, incremental).
+        if journal.needs_plan or manifest.files:
             report = journal.add_jobs(
                 plan(manifest), cost_of=lambda s: estimate_cost(s, manifest.pricing)
             )

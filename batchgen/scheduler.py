@@ -35,6 +35,7 @@ from batchgen.jobs import JobState
 from batchgen.journal import JobRow, Journal
 from batchgen.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
 from batchgen.summary import Event, RunStats, StopReason
+from batchgen.uploads import UploadError, Uploads
 from batchgen.watcher import DeadlineExceeded, watch
 from batchgen.window import Observation, RunTimes, Window, budget_allows
 
@@ -85,6 +86,7 @@ class Scheduler:
         self._seq = 0  # submit order of this run's requests...
         self._live: set[int] = set()  # ...and which of them are still in flight
         self._reattached = 0  # re-attached requests still in flight
+        self._uploads = Uploads.for_run(journal, client, settings)  # local files -> URLs
 
     # -- public ---------------------------------------------------------------------------
 
@@ -224,8 +226,9 @@ class Scheduler:
                 self._unknown.discard(job)  # its possible duplicate is already counted
                 return None
             try:
+                body = await self._uploads.resolve(spec)  # local files -> hosted URLs
                 # A BYOK job's OpenAI key joins the body here only: it is never stored.
-                body = submit_input(spec, self._s.openai_key)
+                body = submit_input(spec, self._s.openai_key, body)
                 handle = await self._client.submit(spec.endpoint, body)
             except asyncio.CancelledError:
                 # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
@@ -234,7 +237,7 @@ class Scheduler:
                 )
                 raise
             except Exception as exc:
-                o = classify(exc, op="submit")
+                o = exc.outcome if isinstance(exc, UploadError) else classify(exc, op="submit")
                 if o.action in (Action.RETRY, Action.RESUBMIT) and attempt < SUBMIT_TRIES:
                     delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
                     self._retrying(job, "submit", o, delay, attempt)

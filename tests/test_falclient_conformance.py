@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import fal_client
 import fal_client.client as fal_client_module
 import httpx
 import pytest
+from PIL import Image
 
 from batchgen.emulator import EmulatorConfig, serve
 
@@ -120,7 +122,11 @@ def test_submit_status_iter_events_and_result(point_fal_at: Any, caplog: Any) ->
 def test_submit_with_sub_path_keeps_handle_urls_on_the_app(point_fal_at: Any) -> None:
     with emulator_thread(EmulatorConfig(time_scale=0)) as url:
         client = point_fal_at(url)
-        handle = client.submit(APP, {**LOW, "image_urls": [f"{url}/x.png"]}, path="/edit")
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, format="PNG")
+        # The edit app fetches its references: they must be uploaded to (its) storage first.
+        ref = client.upload(buf.getvalue(), "image/png", file_name="ref.png")
+        handle = client.submit(APP, {**LOW, "image_urls": [ref]}, path="/edit")
         assert f"/{APP}/requests/" in handle.response_url
         assert "edit" not in handle.response_url
         assert handle.get()["images"]

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from batchgen.gptimage import EDIT, OUTPUT_FORMATS, PRESETS, QUALITIES, TEXT_TO_IMAGE
 from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec, job_id
@@ -73,6 +74,7 @@ def test_every_example_manifest_loads() -> None:
         "edit.yaml": 5,
         "everything.yaml": 80,
         "portraits.csv": 5,
+        "products.yaml": 6,
     }
 
 
@@ -297,7 +299,7 @@ def test_csv_quoted_newlines_keep_line_numbers(tmp_path: Path) -> None:
 
 
 def test_csv_with_image_urls_targets_edit(tmp_path: Path) -> None:
-    (tmp_path / "a.png").write_bytes(b"x")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     path = write(
         tmp_path,
         "m.csv",

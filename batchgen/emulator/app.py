@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from batchgen import gptimage
 from batchgen.emulator import bodies
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.http import (
@@ -33,6 +35,7 @@ from batchgen.emulator.http import (
 )
 from batchgen.emulator.images import ImageSpec, render_async
 from batchgen.emulator.model import Outcome, Phase, QueueModel
+from batchgen.emulator.references import check_references
 from batchgen.emulator.storage import FileStore, storage_routes
 from batchgen.emulator.webhooks import WebhookDispatcher
 
@@ -111,10 +114,20 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
         return _json({"detail": "Queue is full"}, 429)
     endpoint = "/".join([app_id, *rest])
     webhook = request.query_params.get("fal_webhook")
-    req = model.submit(
-        app_id, endpoint, body, now, webhook=webhook, start_timeout=_start_timeout(request)
-    )
     base = base_url(request)
+    problems: list[gptimage.InputProblem] = []
+    reference = None
+    if endpoint == gptimage.EDIT:
+        # Decoding a reference costs milliseconds per megapixel: not on the event loop.
+        problems, reference = await run_in_threadpool(
+            check_references, body, base=base, files=request.app.state.files,
+            media=request.app.state.media,
+        )  # fmt: skip
+        model.counters["references_refused"] += len(problems)
+    req = model.submit(
+        app_id, endpoint, body, now, webhook=webhook, start_timeout=_start_timeout(request),
+        input_problems=problems, reference=reference,
+    )  # fmt: skip
     if webhook:
         request.app.state.webhooks.watch(req, base)
     # The job now exists (and will be billed); dropping here is what makes naive clients pay

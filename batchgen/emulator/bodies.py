@@ -13,6 +13,7 @@ from batchgen import gptimage
 from batchgen.emulator import byok
 from batchgen.emulator.images import ImageSpec, render
 from batchgen.emulator.model import Outcome, Phase, Request, StatusView
+from batchgen.emulator.references import Reference, auto_size
 
 CONTENT_POLICY_MSG = (
     "The request was rejected because the prompt or an input image was flagged by a content "
@@ -83,11 +84,14 @@ def status_body(
 
 def image_specs(req: Request) -> list[ImageSpec]:
     spec = gptimage.with_defaults(req.endpoint, req.input)
-    w, h = gptimage.resolved_dimensions(spec.get("image_size")) or (1024, 1024)
+    ref: Reference | None = req.reference
+    auto = auto_size(ref.width, ref.height) if ref is not None else (1024, 1024)
+    w, h = gptimage.resolved_dimensions(spec.get("image_size")) or auto
     fmt = str(spec.get("output_format", "png"))
     n = int(spec.get("num_images", 1))
     prompt = str(spec.get("prompt", ""))
-    return [ImageSpec(prompt, w, h, fmt, i) for i in range(n)]
+    thumb = ref.thumbnail if ref is not None else None
+    return [ImageSpec(prompt, w, h, fmt, i, thumb) for i in range(n)]
 
 
 def output_body(base: str, req: Request, media: MutableMapping[str, ImageSpec]) -> dict[str, Any]:

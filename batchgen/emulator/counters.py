@@ -26,6 +26,8 @@ STAT_KEYS: tuple[str, ...] = (
     "media_slow",
     "file_requests",
     "uploads",
+    "uploads_failed",
+    "references_refused",
     "unauthorized",
     "webhooks_delivered",
     "webhooks_failed",

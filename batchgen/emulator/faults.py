@@ -27,6 +27,7 @@ class FaultSpec:
     content_policy: float = 0.0  # the request completes; result is 422 content_policy_violation
     truncate: float = 0.0  # a media GET sends fewer bytes than its Content-Length
     slow_media: float = 0.0  # a media GET trickles its bytes slowly
+    upload500: float = 0.0  # a storage upload (CDN POST or signed PUT) answers 500, stores nothing
 
     @property
     def active(self) -> bool:

@@ -32,6 +32,7 @@ class ImageSpec:
     height: int
     fmt: str  # png | jpeg | webp
     index: int = 0  # which of num_images
+    reference: bytes | None = None  # an edit's first reference (PNG thumbnail), shown inset
 
     @property
     def content_type(self) -> str:
@@ -84,6 +85,8 @@ def _render_cached(spec: ImageSpec) -> bytes:
     for line in lines:
         draw.text((size, y), line, fill=1, font=font)
         y += int(size * 1.3)
+    if spec.reference is not None:
+        img = _inset(img, spec.reference)
     buf = io.BytesIO()
     if spec.fmt == "png":
         img.save(buf, format="PNG")
@@ -92,3 +95,30 @@ def _render_cached(spec: ImageSpec) -> bytes:
     else:
         img.convert("RGB").save(buf, format="JPEG", quality=85)
     return buf.getvalue()
+
+
+def inset_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """Where an edit shows its reference: within a square a third of the short side, bottom
+    right (the thumbnail keeps its aspect and sits in that square's bottom-right corner)."""
+    side = max(8, min(width, height) // 3)
+    margin = max(2, min(width, height) // 24)
+    left, top = width - side - margin, height - side - margin
+    return left, top, left + side, top + side
+
+
+def _inset(img: Image.Image, reference: bytes) -> Image.Image:
+    """The picture with the reference's thumbnail pasted in (a white frame around it), so an
+    edit's output visibly used its input."""
+    out = img.convert("RGB")
+    left, top, right, bottom = inset_box(*out.size)
+    with Image.open(io.BytesIO(reference)) as ref:
+        scale = min((right - left) / ref.width, (bottom - top) / ref.height)
+        size = (max(1, round(ref.width * scale)), max(1, round(ref.height * scale)))
+        thumb = ref.convert("RGB").resize(size)
+    left, top = right - thumb.width, bottom - thumb.height
+    frame = max(1, (right - left) // 32)
+    ImageDraw.Draw(out).rectangle(
+        (left - frame, top - frame, right + frame - 1, bottom + frame - 1), fill=(255, 255, 255)
+    )
+    out.paste(thumb, (left, top))
+    return out

@@ -68,6 +68,7 @@ class Request:
     webhook: str | None = None
     start_by: float | None = None  # fail if still queued at this time (X-Fal-Request-Timeout)
     problems: list[gptimage.InputProblem] = field(default_factory=list)
+    reference: Any = None  # an edit's first reference image (references.Reference)
     runner_error: tuple[int, str, str] | None = None
     phase: Phase = Phase.QUEUED
     started_at: float | None = None
@@ -254,15 +255,20 @@ class QueueModel:
         *,
         webhook: str | None = None,
         start_timeout: float | None = None,
+        input_problems: list[gptimage.InputProblem] | None = None,
+        reference: Any = None,
     ) -> Request:
         """Accept a request (fal accepts invalid input too: it fails at result time).
 
         ``start_timeout`` (fal's X-Fal-Request-Timeout, real seconds, not scaled) fails the
-        request if it is still queued that long after submission.
+        request if it is still queued that long after submission. ``input_problems`` are
+        found by the app layer (references it cannot fetch); ``reference`` is kept for the
+        rendered result.
         """
         self.advance(now)
         problems = gptimage.validate_input(endpoint, body, strict=False)
         problems += byok.problems(endpoint, body)  # the OpenAI key, a BYOK id's rules
+        problems += input_problems or []
         if problems:
             outcome, run_time = Outcome.INVALID, INVALID_RUN_S
         else:
@@ -284,6 +290,7 @@ class QueueModel:
             qseq=self._next_qseq,
             webhook=webhook,
             problems=problems,
+            reference=reference,
         )
         if outcome is Outcome.RUNNER_ERROR:
             req.runner_error = self._rng.choice(RUNNER_ERRORS)

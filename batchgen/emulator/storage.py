@@ -81,9 +81,20 @@ async def token(request: Request) -> Response:
     )
 
 
+def _upload_fault(request: Request) -> Response | None:
+    model = emulator_of(request)
+    if model.dice.roll("upload500"):
+        model.counters["uploads_failed"] += 1
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+    return None
+
+
 async def upload(request: Request) -> Response:
     if not authorized(request):
         return unauthorized(request)
+    fault = _upload_fault(request)
+    if fault is not None:
+        return fault
     data = await request.body()
     name = _safe_name(request.headers.get("x-fal-file-name"))
     ctype = request.headers.get("content-type", "application/octet-stream")
@@ -115,6 +126,9 @@ async def initiate(request: Request) -> Response:
 
 async def signed_put(request: Request) -> Response:
     # A signed URL authorises by itself (fal-client happens to send its Key header too).
+    fault = _upload_fault(request)
+    if fault is not None:
+        return fault
     store = _store(request)
     fid = request.path_params["fid"]
     held = store.reserved.pop(fid, None)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
 from conftest import MakeClient
 from emu_helpers import FakeClock, stats, submit
+from PIL import Image
 
+from batchgen.falqueue import data_uri
 from batchgen.pricing import token_cost
 
 KEY = "sk-test-0123456789abcdef"
@@ -42,9 +45,12 @@ async def test_usage_grows_with_images_and_reference_inputs(
     make_client: MakeClient, clock: FakeClock
 ) -> None:
     client, _ = await make_client(time_scale=0.001)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, "PNG")
+    ref = data_uri(png.getvalue(), "image/png")  # the edit endpoint takes only what it can read
     body = {
         "prompt": "x" * 40,
-        "image_urls": ["https://example.invalid/a.png", "https://example.invalid/b.png"],
+        "image_urls": [ref, ref],
         "image_size": "square_hd",
         "quality": "low",
         "num_images": 3,
