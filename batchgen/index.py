@@ -369,6 +369,9 @@ def rebuild_from_rows(
             if expected and expected != digest:
                 report.changed.append(name)
             d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
+            # The journal keeps no completion time or fal's inference time per job: the old
+            # row's values survive a rebuild when there is one.
+            prev = old.get(name, {})
             row = index_row(
                 job.spec,
                 n,
@@ -377,12 +380,12 @@ def rebuild_from_rows(
                 manifest_sha256=manifest_sha256,
                 request_id=job.request_id,
                 submitted_at=job.submitted_at,
-                completed_at=job.completed_at,
-                inference_time=job.inference_time,
+                completed_at=job.completed_at or prev.get("completed_at"),
+                inference_time=job.inference_time or prev.get("inference_time"),
                 cost_estimate=job.cost_estimate,
                 usage=job.usage,
                 version=version,
-                downloaded_at=old.get(name, {}).get("downloaded_at") or os.path.getmtime(dest),
+                downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
             )
             rows.append(row)
     failures = [dict(f) for f in failed_jobs]

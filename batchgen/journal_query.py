@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -171,6 +171,19 @@ class JournalReader:
                 " planned_at, ended_at, exit_code FROM runs ORDER BY id"
             )
         ]
+
+    def entered_at(self, job_ids: Sequence[str], state: JobState) -> dict[str, float]:
+        """When each of ``job_ids`` last entered ``state``, from the audit trail (those that
+        never did are left out). For rebuilding an index: completion and download times."""
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" * len(job_ids))
+        rows = self._db().execute(
+            f"SELECT job_id, max(ts) FROM events WHERE job_id IN ({marks}) AND kind = 'state'"
+            " AND (detail LIKE ? OR detail LIKE ?) GROUP BY job_id",
+            (*job_ids, f"%->{state}", f"%->{state} %"),
+        )
+        return dict(rows.fetchall())
 
     def events(self, job_id: str | None = None) -> list[tuple[float, str | None, str, str]]:
         """The audit trail (ts, job_id, kind, detail), oldest first; one job's when given."""

@@ -1,8 +1,20 @@
+"""``batchgen index OUT --rebuild``: rewrite the index files from the journal, verifying images.
+
+Exit 0 when every image the journal lists is on disk with its checksum, 1 when some are
+missing, changed or not images (each listed), 2 for usage errors (no journal, a run writing).
+"""
+
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from batchgen.errors import UsageError
+from batchgen.index import FAILURES, METADATA
+from batchgen.rebuild import rebuild_index
+
+SHOWN = 20  # file names listed per problem; the rest are counted
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -11,4 +23,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UsageError("index is not built yet")
+    if not args.rebuild:
+        raise UsageError("batchgen index OUT --rebuild: say --rebuild to rewrite the index")
+    out = Path(args.out)
+    report = rebuild_index(out)
+    print(f"{out / METADATA}: {report.rows:,} images")
+    print(f"{out / FAILURES}: {report.failures:,} failed jobs")
+    for what, names in (
+        ("missing", report.missing),
+        ("changed since download (checksum differs)", report.changed),
+        ("not a valid image", report.invalid),
+    ):
+        if names:
+            print(f"{len(names):,} {what}:", file=sys.stderr)
+            for name in names[:SHOWN]:
+                print(f"  {name}", file=sys.stderr)
+            if len(names) > SHOWN:
+                print(f"  ... and {len(names) - SHOWN:,} more", file=sys.stderr)
+    return 0 if report.ok else 1
