@@ -269,3 +269,22 @@ def test_a_folder_of_another_manifest_is_a_journal_error(tmp_path: Path) -> None
     with pytest.raises(batchgen.JournalError):
         batchgen.run_sync(other, out=out, emulate=True, time_scale=0, environ=NO_KEY)
     assert states(out) == {S.DOWNLOADED: 1}  # the folder is as the first run left it
+
+
+async def test_byok_through_the_api_takes_the_key_from_environ(tmp_path: Path) -> None:
+    manifest = Path(__file__).parents[1] / "manifests" / "byok.yaml"
+    key = "sk-api-test-5f2a9c0d1e"
+    with pytest.raises(batchgen.UsageError, match="OPENAI_API_KEY"):
+        await batchgen.run(manifest, out=tmp_path / "none", emulate=True, environ={})
+    assert not (tmp_path / "none").exists()
+
+    out = tmp_path / "out"
+    result = await batchgen.run(
+        manifest, out=out, emulate=True, time_scale=0, environ={"OPENAI_API_KEY": key}
+    )
+    assert result.ok
+    rows = batchgen.read_index(out)
+    assert rows and all(r["usage"] and r["cost_actual"] for r in rows)
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f
