@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +131,18 @@ def test_plan_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     path.write_text("prompts: [a fox]\n")
     assert run_plan(capsys, str(path))[0] == 0
     assert [p.name for p in tmp_path.iterdir()] == ["m.yaml"]
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_quietly() -> None:
+    # `batchgen plan big.yaml | head`: the reader goes away; no traceback, a shell's SIGPIPE code.
+    manifest = Path(__file__).parents[1] / "manifests" / "everything.yaml"
+    read, write = os.pipe()
+    os.close(read)  # nobody will ever read: the first write fails with EPIPE
+    with os.fdopen(write, "wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchgen", "plan", str(manifest), "--json"],
+            stdout=out, stderr=subprocess.PIPE, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 141
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr
