@@ -65,6 +65,8 @@ def local_path_problem(value: str, folder: Path) -> str | None:
     target = (base / value).resolve()
     if not target.is_relative_to(base):
         return f"{short(value)} is outside the manifest's folder; local files must be inside it"
+    if target.is_dir():
+        return f"{short(value)} is a folder, not an image file"
     if not target.is_file():
         return f"no such file {short(value)} (local paths are relative to the manifest)"
     return None

@@ -285,3 +285,13 @@ def test_a_file_name_with_pattern_characters_is_written_bracketed(tmp_path: Path
     path = edit_yaml(tmp_path, 'prompts: [{prompt: x, image_urls: ["shot[[]1].png"]}]\n')
     (spec,) = specs(path)
     assert spec.input["image_urls"] == ["shot[1].png"] and set(spec.files) == {"shot[1].png"}
+
+
+def test_a_reference_that_cannot_be_read_as_a_file_is_a_plan_error(tmp_path: Path) -> None:
+    # Runs as root too (CI), where permission bits do not stop a read: a folder named like an
+    # image cannot be read as one either.
+    (tmp_path / "folder.png").mkdir()
+    path = edit_yaml(tmp_path, "defaults: {image_urls: [folder.png]}\nprompts: [x]\n")
+    assert problems(path) == [
+        f"{path}:2: defaults.image_urls[0]: 'folder.png' is a folder, not an image file"
+    ]
