@@ -198,17 +198,7 @@ def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
              "download_concurrency": cfg.get("download_concurrency", 8)}  # fmt: skip
     settings = build_settings(flags, {}, manifest_name=manifest.name)
     err = io.StringIO()
-    # Timed, not changed: run_manifest looks build_gallery up when it gets there.
-    gallery_s = 0.0
-    build_gallery = gallery.build_gallery
-
-    def timed_gallery(out: Path) -> None:
-        nonlocal gallery_s
-        t = time.perf_counter()
-        build_gallery(out)
-        gallery_s = time.perf_counter() - t
-
-    gallery.build_gallery = timed_gallery
+    timers = instrument(gallery, Journal)
     start = time.monotonic()
     cpu0, t0 = time.process_time(), time.perf_counter()
     code = asyncio.run(run_manifest(manifest, settings, stderr=err, signals=False))
@@ -217,7 +207,36 @@ def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
         counts = j.counts()
     return {"exit": code, "wall": wall, "cpu": cpu, "done": counts[JobState.DOWNLOADED],
             "failed": counts[JobState.FAILED], "log": err.getvalue().splitlines()[-3:],
-            "start": start, "gallery_s": gallery_s}  # fmt: skip
+            "start": start, "timers": timers}  # fmt: skip
+
+
+# The journal's writes: synchronous calls on the event loop's thread (journal.py's docstring).
+JOURNAL_WRITES = ("add_jobs", "claim", "set_submitted", "transition", "set_result",
+                  "mark_downloaded", "requeue", "fail", "event")  # fmt: skip
+
+
+def instrument(gallery: Any, journal_cls: Any) -> dict[str, list[float]]:
+    """Time, without changing them, the journal's writes and the gallery build: [wall s,
+    CPU s]. The writes are synchronous on the loop's thread, so their thread CPU time is
+    exactly theirs; the gallery's thumbnails run in a pool, so it gets the process's."""
+    timers: dict[str, list[float]] = {"journal": [0.0, 0.0], "gallery": [0.0, 0.0]}
+
+    def timed(fn: Any, key: str, cpu_clock: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            w, c = time.perf_counter(), cpu_clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timers[key][0] += time.perf_counter() - w
+                timers[key][1] += cpu_clock() - c
+
+        return wrapper
+
+    for name in JOURNAL_WRITES:
+        setattr(journal_cls, name, timed(getattr(journal_cls, name), "journal", time.thread_time))
+    # run_manifest looks build_gallery up when it gets there, so the wrapper is what it calls.
+    gallery.build_gallery = timed(gallery.build_gallery, "gallery", time.process_time)
+    return timers
 
 
 async def falclient_run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -350,14 +369,14 @@ def status_per_job(st: dict[str, Any], jobs: int) -> tuple[float, float, float]:
 # -- scenarios --------------------------------------------------------------------------------
 
 
-def scenario_throughput(scratch: Path, jobs: int, rounds: int) -> list[str]:
+def scenario_throughput(scratch: Path, jobs: int, rounds: int, cache: bool) -> list[str]:
     manifest, n = write_manifest(scratch / "m", "throughput", jobs, sizes=False)
     clients = [("batchgen", "batchgen"), ("fal-client", "falclient")]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in clients}
     for r in range(rounds):
         # Alternate who goes first, so load from other processes hits both alike.
         for label, client in clients if r % 2 == 0 else clients[::-1]:
-            with emulator(time_scale=0.0, limit=100_000) as emu:
+            with emulator(time_scale=0.0, limit=100_000, render_cache=n if cache else 0) as emu:
                 out = scratch / f"tp-{client}-{r}"
                 runs[label].append(run_client(client, manifest, emu, out, concurrency="64"))
     lines = [
@@ -377,9 +396,14 @@ def scenario_throughput(scratch: Path, jobs: int, rounds: int) -> list[str]:
             f"{best['done']:>6} {best['failed']:>6}  {head:>12.2f}s {body:>9.2f}s "
             f"{tail:>9.2f}s  {each}"
         )
-        if best.get("gallery_s"):
-            lines.append(f"     of which the gallery (thumbnails, index.html): "
-                         f"{best['gallery_s']:.2f} s")  # fmt: skip
+        if "timers" in best:
+            (jw, jc), (gw, gc) = best["timers"]["journal"], best["timers"]["gallery"]
+            rest = best["cpu"] - jc - gc
+            lines.append(
+                f"     per job: journal writes {jc / n * 1e3:.2f} ms CPU ({jw / n * 1e3:.2f} ms "
+                f"wall, the event loop waits), gallery {gc / n * 1e3:.2f} ms CPU "
+                f"({gw:.1f} s wall at the end), the rest {rest / n * 1e3:.2f} ms CPU"
+            )
         lines += [f"     {x}" for x in best["log"] if x and best["failed"]]
     return lines
 
@@ -388,7 +412,7 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def scenario_status(scratch: Path, jobs: int, mean_s: float) -> list[str]:
+def scenario_status(scratch: Path, jobs: int, mean_s: float, cache: bool) -> list[str]:
     manifest, n = write_manifest(scratch / "m", "status", jobs, sizes=True)
     scale = scale_for(mean_s)
     lines = [
@@ -402,7 +426,7 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float) -> list[str]:
         ("batchgen --watch poll", "batchgen", "poll"),
         ("fal-client handle.get()", "falclient", "stream"),  # watch: unused by fal-client
     ]:
-        with emulator(time_scale=scale, limit=LIMIT) as emu:
+        with emulator(time_scale=scale, limit=LIMIT, render_cache=n if cache else 0) as emu:
             out = scratch / f"st-{client}-{watch}"
             res = run_client(client, manifest, emu, out, concurrency="40", watch=watch)
         polls, streams, total = status_per_job(res["stats"], n)
@@ -417,7 +441,7 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float) -> list[str]:
     return lines
 
 
-def scenario_util(scratch: Path, jobs: int, mean_s: float) -> list[str]:
+def scenario_util(scratch: Path, jobs: int, mean_s: float, cache: bool) -> list[str]:
     manifest, n = write_manifest(scratch / "m", "util", jobs, sizes=True)
     scale = scale_for(mean_s)
     lines = [
@@ -431,7 +455,7 @@ def scenario_util(scratch: Path, jobs: int, mean_s: float) -> list[str]:
         ("batchgen --concurrency auto", "batchgen", "auto"),
         ("fal-client, semaphore 40", "falclient", "40"),
     ]:
-        with emulator(time_scale=scale, limit=LIMIT) as emu:
+        with emulator(time_scale=scale, limit=LIMIT, render_cache=n if cache else 0) as emu:
             res = run_client(client, manifest, emu, scratch / f"ut-{client}", concurrency=conc)
         u = utilisation(res["timeline"], LIMIT)
         lines.append(
@@ -513,6 +537,12 @@ def main() -> None:
     ap.add_argument("--resume-jobs", type=int, default=1_000_000)
     ap.add_argument("--resume-run", type=float, default=3.0, help="seconds run before Ctrl-C")
     ap.add_argument("--only", default="throughput,status,util,resume")
+    ap.add_argument(
+        "--stock-render-cache",
+        action="store_true",
+        help="keep the emulator's 128-image render cache (a client that downloads later "
+        "than 128 results after each makes it render every image twice)",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a tmp dir)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--client", help=argparse.SUPPRESS)
@@ -531,14 +561,19 @@ def main() -> None:
     print(f"bench/run.py: emulator and each client in separate processes on loopback; "
           f"{os.cpu_count()} cores; {versions}", flush=True)  # fmt: skip
     only = set(a.only.split(","))
+    cache = not a.stock_render_cache
+    print("emulator render cache: " + ("holds every image of the run (fal's CDN stores files)"
+          if cache else "stock, 128 images"), flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-run-", dir=a.dir) as d:
         scratch = Path(d)
         if "throughput" in only:
-            print("\n".join(scenario_throughput(scratch, a.jobs, a.rounds)), flush=True)
+            print("\n".join(scenario_throughput(scratch, a.jobs, a.rounds, cache)), flush=True)
         if "status" in only:
-            print("\n".join(scenario_status(scratch, a.status_jobs, a.model_time)), flush=True)
+            print(
+                "\n".join(scenario_status(scratch, a.status_jobs, a.model_time, cache)), flush=True
+            )
         if "util" in only:
-            print("\n".join(scenario_util(scratch, a.util_jobs, a.model_time)), flush=True)
+            print("\n".join(scenario_util(scratch, a.util_jobs, a.model_time, cache)), flush=True)
         if "resume" in only:
             print("\n".join(scenario_resume(scratch, a.resume_jobs, a.resume_run)), flush=True)
 
