@@ -102,7 +102,6 @@ async def download_image(
     expected_sha256: str | None = None,
     rng: Callable[[], float] = random.random,
     durable: bool = True,
-    on_verified: Callable[[Path, str], object] | None = None,
 ) -> Downloaded:
     """Fetch ``url`` to ``dest`` (a path from :func:`batchgen.paths.image_path`), verified.
 
@@ -115,10 +114,6 @@ async def download_image(
     file under the final name; it costs real disk bandwidth (see bench/download.py). Without
     it a killed process still never leaves one (the rename is atomic), and a power cut can be
     caught by the index checksums (``batchgen index --rebuild``).
-
-    ``on_verified(part, sha256)`` runs in the same worker-thread hop as the verification,
-    before the rename, while the bytes are still in the page cache (the download pool makes
-    the gallery's thumbnail there). What it raises propagates, and the ``.part`` is removed.
     """
     if expected_format is not None and expected_format.lower() not in FORMATS:
         raise ValueError(f"unknown image format {expected_format!r}")
@@ -137,7 +132,7 @@ async def download_image(
             else:
                 size, digest = await _fetch(http, url, part, max_bytes, expected_format)
             width, height, fmt = await asyncio.to_thread(
-                _verify_and_sync, part, expected_format, durable, digest, on_verified
+                _verify_and_sync, part, expected_format, durable
             )
             os.replace(part, dest)
             return Downloaded(dest, digest, size, width, height, mime_of(fmt))
@@ -214,15 +209,9 @@ def _existing(dest: Path, sha256: str, expected_format: str | None) -> Downloade
 
 
 def _verify_and_sync(
-    part: Path,
-    expected_format: str | None,
-    durable: bool,
-    digest: str,
-    on_verified: Callable[[Path, str], object] | None,
+    part: Path, expected_format: str | None, durable: bool
 ) -> tuple[int, int, str]:
     result = inspect_image(part, expected_format)
-    if on_verified is not None:
-        on_verified(part, digest)
     if durable:
         # Without this, a power cut after the rename can leave an empty file under the final
         # name: exactly the partial file this module promises never to leave.

@@ -10,7 +10,6 @@ the index rows are appended, and only then is the job marked DOWNLOADED.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,6 @@ import httpx
 
 from batchgen.download import download_image
 from batchgen.errors import BatchgenError, DownloadError
-from batchgen.gallery import make_thumbnail, thumb_name
 from batchgen.gptimage import DEFAULTS
 from batchgen.index import append_rows, index_row
 from batchgen.jobs import JobSpec, JobState
@@ -108,7 +106,7 @@ class DownloadPool:
                 dest = image_path(self._out, row.spec.output_template, fields)
                 d = await download_image(
                     self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
-                    sleep=self._sleep, rng=self._rng, on_verified=self._thumbnail,
+                    sleep=self._sleep, rng=self._rng,
                 )  # fmt: skip
                 rows.append(index_row(
                     row.spec, n, d, out_dir=self._out, manifest_sha256=self._sha,
@@ -131,17 +129,6 @@ class DownloadPool:
         await asyncio.to_thread(append_rows, self._out, rows)
         self._journal.mark_downloaded(job, files)
         self._on_saved(job, len(files))
-
-
-    def _thumbnail(self, part: Path, sha256: str) -> None:
-        """The gallery's thumbnail, made as each image lands (in the download's worker
-        thread), so the gallery built at the end of a run has only HTML left to write."""
-        dest = self._out / thumb_name(sha256)
-        if dest.is_file():
-            return
-        # A full disk, say: the gallery tries again at the end; the image is what counts.
-        with contextlib.suppress(OSError):
-            make_thumbnail(part, dest)
 
 
 def _output_format(spec: JobSpec) -> str | None:

@@ -217,35 +217,6 @@ async def test_downloads_verified_image(
     assert files_under(out) == {dest}
 
 
-async def test_on_verified_sees_the_verified_part_before_the_rename(
-    http: httpx.AsyncClient, out: Path
-) -> None:
-    dest = dest_in(out)
-    seen: list[tuple[Path, str, bool, bytes]] = []
-
-    def hook(part: Path, sha: str) -> None:
-        seen.append((part, sha, dest.exists(), part.read_bytes()))
-
-    d = await fetch(http, "http://media.test/img/a.png", dest, on_verified=hook)
-    ((part, sha, dest_there, data),) = seen
-    assert part.name.endswith(".part") and not part.exists()  # renamed since
-    assert sha == d.sha256 == hashlib.sha256(data).hexdigest() and data == PNG
-    assert not dest_there  # the hook runs before the image is in place
-
-    # A bad image never reaches the hook; a hook that raises fails the download cleanly.
-    base = "http://media.test/img"
-    with pytest.raises(DownloadError):
-        await fetch(http, f"{base}/cut.png", dest_in(out, "p/y.png"), on_verified=hook)
-    assert len(seen) == 1
-
-    def broken(part: Path, sha: str) -> None:
-        raise ValueError("boom")
-
-    with pytest.raises(ValueError, match="boom"):
-        await fetch(http, f"{base}/a.png", dest_in(out, "p/z.png"), on_verified=broken)
-    assert files_under(out) == {dest}
-
-
 async def test_large_image_streams_in_blocks(http: httpx.AsyncClient, out: Path) -> None:
     assert len(BIG) > 2 * WRITE_BLOCK
     for url in ("/large.png", "/large-unsized"):
