@@ -225,12 +225,17 @@ class Scheduler:
                 self._journal.transition(job, S.PENDING)  # nothing sent for this claim
                 self._unknown.discard(job)  # its possible duplicate is already counted
                 return None
+            posting = False
             try:
                 body = await self._uploads.resolve(spec)  # local files -> hosted URLs
                 # A BYOK job's OpenAI key joins the body here only: it is never stored.
                 body = submit_input(spec, self._s.openai_key, body)
+                posting = True
                 handle = await self._client.submit(spec.endpoint, body)
             except asyncio.CancelledError:
+                if not posting:  # stopped while uploading its files: nothing was submitted
+                    self._journal.transition(job, S.PENDING)
+                    raise
                 # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
                 self._journal.transition(
                     job, S.UNKNOWN, error_class="interrupted", error="stopped while submitting"

@@ -4,11 +4,14 @@ them, and a file that cannot be sent fails only its own job."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from test_run_support import emulator_thread, states, stats
@@ -22,6 +25,7 @@ from batchgen.index import CompletedJob, read_failures, read_index, rebuild_from
 from batchgen.jobs import JobState
 from batchgen.journal import JOURNAL_NAME, Journal
 from batchgen.manifest import load_manifest
+from batchgen.scheduler import Scheduler
 
 S = JobState
 EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"
@@ -221,3 +225,41 @@ def test_rebuilt_index_keeps_references(tmp_path: Path) -> None:
         == [{"path": "a.png", "url": None, "sha256": sha(tmp_path / "a.png")}]
     )
     assert after["mask"] is None
+
+
+class HangingStorage(httpx.AsyncBaseTransport):
+    """The emulator, except that storage never answers: the run is stopped at once while a
+    job is still uploading its reference, before any POST of that job."""
+
+    def __init__(self, app: Any) -> None:
+        self._inner = httpx.ASGITransport(app=app)
+        self.sched: Scheduler | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "/storage/" in request.url.path or "/files/upload" in request.url.path:
+            assert self.sched is not None
+            self.sched.stop(now=True)  # the second Ctrl-C, while the upload is in flight
+            await asyncio.Event().wait()  # cancelled by the stop
+        return await self._inner.handle_async_request(request)
+
+
+async def test_stopped_while_uploading_is_not_a_possible_duplicate(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, 1)
+    solid_png(tmp_path / "a.png", (5, 5, 5))
+    path = tmp_path / "e.yaml"
+    path.write_text(f"model: {EDIT}\nprompts: [{{prompt: x, image_urls: [a.png]}}]\n")
+    rig.manifest = load_manifest(path)
+    transport = HangingStorage(rig.app)
+
+    def control(sched: Scheduler, event: Any) -> None:
+        transport.sched = sched
+
+    await rig.run(transport=transport, control=control)
+    assert rig.states() == {S.PENDING: 1}  # nothing was submitted: back in line, not UNKNOWN
+    assert rig.stats()["submits_accepted"] == 0
+    with rig.journal() as j:
+        assert j.tallies().possible_duplicates == 0
+
+    result = await rig.run()  # the next run submits it once
+    assert result.error is None and rig.states() == {S.DOWNLOADED: 1}
+    assert rig.stats()["submits_accepted"] == 1
