@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 from batchgen.download import download_image
 from batchgen.errors import BatchgenError, DownloadError
 from batchgen.gptimage import DEFAULTS
-from batchgen.index import append_rows, index_row
+from batchgen.index import METADATA, append_rows, index_row, read_rows
 from batchgen.jobs import JobSpec, JobState
 from batchgen.journal import JobRow, Journal
 from batchgen.paths import image_path, relative_name, template_fields
@@ -57,9 +57,29 @@ class DownloadPool:
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.backlog = 0  # queued or being downloaded
+        self._known: dict[str, str] = {}  # file name -> checksum of images already in place
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
+
+    def resume(self, rows: Iterable[JobRow]) -> None:
+        """Queue jobs an earlier run left COMPLETED. An image of theirs already in place (the
+        run died after the rename, before the journal commit) is kept, without a request,
+        when the index holds its checksum: its URL may have expired since, and it is paid for.
+        """
+        on_disk: set[str] = set()
+        for row in rows:
+            images = (row.result or {}).get("images")
+            for n in range(len(images) if isinstance(images, list) else 0):
+                dest = self._dest(row.spec, n)
+                if dest.is_file():
+                    on_disk.add(relative_name(self._out, dest))
+            self.put(row.job_id)
+        if on_disk:  # rare: one pass over the index, keeping only these names
+            for r in read_rows(self._out / METADATA):
+                name, sha = r.get("file_name"), r.get("sha256")
+                if name in on_disk and isinstance(sha, str):
+                    self._known[name] = sha
 
     def put(self, job_id: str, inference_time: float | None = None) -> None:
         self.backlog += 1
@@ -102,11 +122,11 @@ class DownloadPool:
                 url = image.get("url") if isinstance(image, dict) else None
                 if not isinstance(url, str):
                     raise DownloadError(f"image {n} has no url", reason="no_url")
-                fields = template_fields(row.spec, n, fmt)
-                dest = image_path(self._out, row.spec.output_template, fields)
+                dest = self._dest(row.spec, n)
                 d = await download_image(
                     self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
                     sleep=self._sleep, rng=self._rng,
+                    expected_sha256=self._known.pop(relative_name(self._out, dest), None),
                 )  # fmt: skip
                 rows.append(index_row(
                     row.spec, n, d, out_dir=self._out, manifest_sha256=self._sha,
@@ -129,6 +149,11 @@ class DownloadPool:
         await asyncio.to_thread(append_rows, self._out, rows)
         self._journal.mark_downloaded(job, files)
         self._on_saved(job, len(files))
+
+
+    def _dest(self, spec: JobSpec, n: int) -> Path:
+        fields = template_fields(spec, n, _output_format(spec))
+        return image_path(self._out, spec.output_template, fields)
 
 
 def _output_format(spec: JobSpec) -> str | None:

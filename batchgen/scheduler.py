@@ -140,15 +140,17 @@ class Scheduler:
         retried = self._journal.retry_failed() if self._s.retry_failed else 0
         unknown = self._journal.interrupted_submits()
         self._unknown = {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
-        reattached = to_download = 0
+        reattached = 0
+        completed: list[JobRow] = []
         for row in self._journal.attached():
             if row.state is S.COMPLETED:
-                to_download += 1
-                self._pool.put(row.job_id)
+                completed.append(row)
             else:
                 reattached += 1
                 self._reattached += 1
                 self._spawn(self._reattach(row))
+        self._pool.resume(completed)
+        to_download = len(completed)
         self._emit(ev.Resumed(reattached, to_download, len(unknown), retried))
         if reattached or to_download or unknown:
             self._journal.event(

@@ -3,6 +3,7 @@ journal and the output folder hold."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -290,3 +291,24 @@ async def test_ctrl_c_after_the_budget_reports_the_interruption(tmp_path: Path) 
 
     r = await rig.run(concurrency="2", max_cost=0.02, control=control)
     assert r.sched.stop_reason is StopReason.INTERRUPTED  # exit 130, not 3
+
+
+async def test_images_in_place_after_a_crash_are_kept_without_a_request(tmp_path: Path) -> None:
+    # A run that died after renaming its images into place but before committing DOWNLOADED
+    # leaves the job COMPLETED, its index rows written. By the time it resumes the result's
+    # URLs may be gone (here: a fal that forgot everything); the images on disk, whose
+    # checksums the index holds, are kept rather than fetched (or failed) again.
+    rig = Rig(tmp_path, 3)
+    assert (await rig.run()).error is None
+    files = {f: f.read_bytes() for f in (rig.out / "images").rglob("*.jpg")}
+    assert len(files) == 3
+    # The state such a crash leaves (no public transition goes back from DOWNLOADED):
+    with sqlite3.connect(rig.out / "journal.sqlite") as db:
+        db.execute("UPDATE jobs SET state = 'COMPLETED', files = NULL")
+    rig.new_emulator()
+
+    r = await rig.run()
+    assert r.error is None and rig.states() == {S.DOWNLOADED: 3}
+    assert rig.stats()["media_requests"] == 0 and rig.stats()["submits_accepted"] == 0
+    assert {f: f.read_bytes() for f in (rig.out / "images").rglob("*.jpg")} == files
+    rig.check_folder()
