@@ -30,6 +30,7 @@ import httpx
 
 from .errors import (
     AuthError,
+    BatchgenError,
     DownloadError,
     ProtocolError,
     QueueHTTPError,
@@ -177,7 +178,12 @@ def nothing_sent(exc: httpx.TransportError) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The message people read (failures.jsonl, the gallery, run.log). Our own errors are
+    written to be read as they are ("HTTP 422: prompt: ..."); anything else (an httpx error,
+    a bug) keeps its type's name, which is often the only clue ("ConnectError: ...")."""
     text = str(exc).replace("\n", " ").strip()
+    if isinstance(exc, BatchgenError) and text:
+        return text[:300]
     name = type(exc).__name__
     return f"{name}: {text}"[:300] if text else name
 
