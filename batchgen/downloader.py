@@ -24,7 +24,7 @@ from batchgen.index import METADATA, append_rows, index_row, read_rows
 from batchgen.jobs import JobSpec, JobState
 from batchgen.journal import JobRow, Journal
 from batchgen.paths import image_path, relative_name, template_fields
-from batchgen.pricing import parse_usage, token_cost
+from batchgen.pricing import parse_usage, token_cost, usage_of
 from batchgen.retry import Sleep
 
 FORMATS = ("png", "jpeg", "webp")
@@ -111,7 +111,7 @@ class DownloadPool:
         if not isinstance(images, list) or not images:
             self._on_failed(row, "no_images", "the result lists no images")
             return
-        usage = result.get("usage") if isinstance(result.get("usage"), dict) else None
+        usage = usage_of(result)
         # What fal's per-token prices make of the usage (BYOK), shared out like the estimate.
         actual = token_cost(usage) if usage is not None and parse_usage(usage) else None
         fmt = _output_format(row.spec)

@@ -27,6 +27,7 @@ from batchgen.journal_schema import (
     Upload,
     job_row,
 )
+from batchgen.pricing import usage_of
 
 S = JobState
 
@@ -147,8 +148,8 @@ class JournalReader:
         )
         for (text,) in rows:
             result = json.loads(text)
-            usage = result.get("usage") if isinstance(result, dict) else None
-            if isinstance(usage, dict):
+            usage = usage_of(result)
+            if usage is not None:
                 images = result.get("images")
                 yield usage, len(images) if isinstance(images, list) else 0
 

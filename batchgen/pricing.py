@@ -137,6 +137,12 @@ class Tokens:
         ) / 1_000_000
 
 
+def usage_of(result: object) -> dict[str, Any] | None:
+    """The ``usage`` object of a stored result (BYOK responses carry one), or None."""
+    usage = result.get("usage") if isinstance(result, Mapping) else None
+    return usage if isinstance(usage, dict) else None
+
+
 def parse_usage(usage: object) -> Tokens | None:
     """The counts in a ``usage`` object (OpenAI's shape), or None when it has none.
 

@@ -21,6 +21,7 @@ from batchgen.jobs import JobState
 from batchgen.journal import JOURNAL_NAME, Journal, writer_pid
 from batchgen.journal_query import JournalReader
 from batchgen.journal_schema import JobRow
+from batchgen.pricing import usage_of
 
 
 def rebuild_index(out_dir: Path) -> RebuildReport:
@@ -68,7 +69,7 @@ def _with_times(reader: JournalReader, rows: list[JobRow]) -> Iterator[Completed
             submitted_at=row.submitted_at,
             completed_at=completed.get(row.job_id),
             cost_estimate=row.cost / len(files) if files else None,
-            usage=_usage(row.result),
+            usage=usage_of(row.result),
             sha256={n: str(f["sha256"]) for n, f in enumerate(files) if isinstance(f, dict)},
         )
 
@@ -83,8 +84,3 @@ def _failed(reader: JournalReader) -> Iterator[dict[str, object]]:
             request_id=row.request_id,
             failed_at=row.updated_at,
         )
-
-
-def _usage(result: object) -> dict[str, object] | None:
-    usage = result.get("usage") if isinstance(result, dict) else None
-    return usage if isinstance(usage, dict) else None
