@@ -18,10 +18,11 @@ Nothing here installs signal handlers unless asked (``handle_signals=True``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 from batchgen import index
 from batchgen.byok import manifest_wants_key
@@ -31,6 +32,8 @@ from batchgen.manifest import Manifest
 from batchgen.manifest import load_manifest as _load
 from batchgen.planning import PlanSummary, summarize
 from batchgen.runner import OnEvent, RunResult, execute
+
+P = ParamSpec("P")
 
 __all__ = [
     "ManifestLike",
@@ -139,65 +142,35 @@ async def run(
     )
 
 
-def run_sync(
-    manifest: ManifestLike,
-    *,
-    out: PathLike | None = None,
-    emulate: bool = False,
-    endpoint: str | None = None,
-    concurrency: int | Literal["auto"] = "auto",
-    max_cost: float | None = None,
-    max_attempts: int = 3,
-    deadline: float = 1200.0,
-    watch: Literal["stream", "poll"] = "stream",
-    download_concurrency: int = 8,
-    max_image_bytes: int = 50_000_000,
-    retry_failed: bool = False,
-    inline_uploads: bool = False,
-    faults: str | None = None,
-    time_scale: float | None = None,
-    on_event: OnEvent | None = None,
-    progress_every: float | None = 5.0,
-    handle_signals: bool = False,
-    environ: Mapping[str, str] | None = None,
-) -> RunResult:
-    """``run`` for code without an event loop (a script, a pipeline step): blocks until done.
+def _blocking(
+    fn: Callable[P, Coroutine[Any, Any, RunResult]],
+) -> Callable[P, RunResult]:
+    """``fn`` for code without an event loop: the same parameters (one signature to keep)."""
+
+    @functools.wraps(fn)
+    def run_sync(*args: P.args, **kwargs: P.kwargs) -> RunResult:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop: the expected case
+        else:
+            raise UsageError(
+                "batchgen.run_sync() cannot run inside a running event loop (a Jupyter cell "
+                "has one): use `await batchgen.run(...)` there instead"
+            )
+        return asyncio.run(fn(*args, **kwargs))
+
+    run_sync.__name__ = run_sync.__qualname__ = "run_sync"  # wraps() copied fn's names
+    run_sync.__doc__ = """``run`` for code without an event loop (a script, a pipeline step): blocks
+    until done, with the same options.
 
     Inside a running event loop (a Jupyter cell has one) it raises ``UsageError``: use
     ``await batchgen.run(...)`` there instead.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass  # no loop: the expected case
-    else:
-        raise UsageError(
-            "batchgen.run_sync() cannot run inside a running event loop (a Jupyter cell "
-            "has one): use `await batchgen.run(...)` there instead"
-        )
-    return asyncio.run(
-        run(
-            manifest,
-            out=out,
-            emulate=emulate,
-            endpoint=endpoint,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            max_attempts=max_attempts,
-            deadline=deadline,
-            watch=watch,
-            download_concurrency=download_concurrency,
-            max_image_bytes=max_image_bytes,
-            retry_failed=retry_failed,
-            inline_uploads=inline_uploads,
-            faults=faults,
-            time_scale=time_scale,
-            on_event=on_event,
-            progress_every=progress_every,
-            handle_signals=handle_signals,
-            environ=environ,
-        )
-    )
+    return run_sync
+
+
+run_sync = _blocking(run)
 
 
 def read_index(out: PathLike) -> list[dict[str, Any]]:
