@@ -4,8 +4,8 @@ The Python API (see docs/api.md): ``load_manifest``, ``plan``, ``await run(...)`
 ``run_sync(...)``, ``read_index``, ``read_failures``; the events a ``run(on_event=...)``
 callback receives; and the exception tree. ``__all__`` is pinned by tests/test_api.py.
 
-The names load on first use: every module of the package reads ``__version__`` from here,
-and importing one of them (``batchgen.jobs``) must not pull in the whole runner (~0.3 s).
+The names load on first use: importing one module of the package
+(``batchgen.planning.jobs``) must not pull in the whole runner (~0.3 s).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from batchgen._version import __version__
 
 if TYPE_CHECKING:
     from batchgen.api import load_manifest, plan, read_failures, read_index, run, run_sync
@@ -26,9 +26,8 @@ if TYPE_CHECKING:
         UsageError,
     )
     from batchgen.manifest import Manifest
-    from batchgen.planning import PlanSummary
-    from batchgen.runner import RunEvent, RunResult, Snapshot
-    from batchgen.summary import (
+    from batchgen.planning.summary import PlanSummary
+    from batchgen.running.events import (
         BudgetReached,
         Failed,
         Finished,
@@ -43,14 +42,15 @@ if TYPE_CHECKING:
         Submitted,
         WindowChanged,
     )
+    from batchgen.running.runner import RunEvent, RunResult, Snapshot
 
 _HOME = {
     "batchgen.api": "load_manifest plan read_failures read_index run run_sync",
     "batchgen.errors": "AuthError BatchgenError JournalError ManifestError Problem UsageError",
     "batchgen.manifest": "Manifest",
-    "batchgen.planning": "PlanSummary",
-    "batchgen.runner": "RunEvent RunResult Snapshot",
-    "batchgen.summary": "BudgetReached Failed Finished Planned Requeued Resumed Retrying "
+    "batchgen.planning.summary": "PlanSummary",
+    "batchgen.running.runner": "RunEvent RunResult Snapshot",
+    "batchgen.running.events": "BudgetReached Failed Finished Planned Requeued Resumed Retrying "
     "Saved Started Stopping StopReason Submitted WindowChanged",
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names.split()}

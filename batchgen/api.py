@@ -24,14 +24,15 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Literal, ParamSpec
 
-from batchgen import index
-from batchgen.byok import manifest_wants_key
 from batchgen.config import build_settings
 from batchgen.errors import UsageError
+from batchgen.fal.byok import manifest_wants_key
 from batchgen.manifest import Manifest
 from batchgen.manifest import load_manifest as _load
-from batchgen.planning import PlanSummary, summarize
-from batchgen.runner import OnEvent, RunResult, execute
+from batchgen.manifest import plan as plan_jobs
+from batchgen.outputs import index
+from batchgen.planning.summary import PlanSummary, summarize
+from batchgen.running.runner import OnEvent, RunResult, execute
 
 P = ParamSpec("P")
 
@@ -66,7 +67,8 @@ def plan(manifest: ManifestLike) -> PlanSummary:
     breakdowns ``by_endpoint``, ``by_size``, ``by_quality``, a few ``samples`` with their
     output paths, and ``notices``. ``to_json()`` is what ``batchgen plan --json`` prints.
     """
-    return summarize(_manifest(manifest))
+    m = _manifest(manifest)
+    return summarize(m, plan_jobs(m))
 
 
 async def run(

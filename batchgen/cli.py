@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from batchgen import __version__
+from batchgen._version import __version__
 from batchgen.errors import BatchgenError
 
 COMMANDS: dict[str, str] = {

@@ -23,10 +23,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from batchgen.auth import FalKey, OpenAIKey, key_from_env, openai_key_from_env, redact_all
-from batchgen.byok import MISSING_KEY
 from batchgen.errors import UsageError
-from batchgen.window import DEFAULT_MAX_WINDOW, WatchMode
+from batchgen.fal.auth import FalKey, OpenAIKey, key_from_env, openai_key_from_env, redact_all
+from batchgen.fal.byok import MISSING_KEY
+from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
 # The emulator's latency model is real time (a high-quality image takes ~30 s); a rehearsal
 # should finish in seconds, so --emulate runs 50× faster unless told otherwise.

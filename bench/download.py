@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchgen.download import download_image
+from batchgen.outputs.download import download_image
 
 
 def make_images(folder: Path, distinct: int) -> list[int]:

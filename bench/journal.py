@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchgen.jobs import JobSpec, job_id
-from batchgen.journal import Journal
-from batchgen.status import build_report
+from batchgen.journal.writer import Journal
+from batchgen.outputs.status import build_report
+from batchgen.planning.jobs import JobSpec, job_id
 
 SHA = "b" * 64
 ENDPOINT = "openai/gpt-image-2"

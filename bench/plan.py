@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from batchgen.manifest import load_manifest
-from batchgen.planning import summarize
+from batchgen.manifest import load_manifest, plan
+from batchgen.planning.summary import summarize
 
 SIZES = [
     "square_hd",
@@ -65,7 +65,7 @@ def main() -> int:
         t0 = time.perf_counter()
         manifest = load_manifest(path)
         t_load = time.perf_counter() - t0
-        summary = summarize(manifest)
+        summary = summarize(manifest, plan(manifest))
         t_total = time.perf_counter() - t0
     rows = [
         ("jobs", f"{summary.jobs:,}"),

@@ -191,12 +191,12 @@ def emulator(*, time_scale: float, limit: int, render_cache: int = 0) -> Iterato
 
 def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
     """``run_manifest`` exactly as ``batchgen run --endpoint`` calls it, timed in-process."""
-    from batchgen import gallery
     from batchgen.commands.run import run_manifest
     from batchgen.config import build_settings
-    from batchgen.jobs import JobState
-    from batchgen.journal import JOURNAL_NAME, Journal
+    from batchgen.journal.writer import JOURNAL_NAME, Journal
     from batchgen.manifest import load_manifest
+    from batchgen.outputs import gallery
+    from batchgen.planning.jobs import JobState
 
     manifest = load_manifest(Path(cfg["manifest"]))
     flags = {"manifest": cfg["manifest"], "endpoint": cfg["url"], "out": cfg["out"],
@@ -216,7 +216,7 @@ def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
             "start": start, "timers": timers}  # fmt: skip
 
 
-# The journal's writes: synchronous calls on the event loop's thread (journal.py's docstring).
+# The journal's writes: synchronous calls on the event loop's thread (see journal/writer.py).
 JOURNAL_WRITES = ("add_jobs", "claim", "set_submitted", "transition", "set_result",
                   "mark_downloaded", "requeue", "fail", "event")  # fmt: skip
 

@@ -20,8 +20,8 @@ from test_run_support import emulator_thread, states, stats, write_manifest
 
 import batchgen
 from batchgen.cli import build_parser
-from batchgen.gptimage import PRESETS
-from batchgen.jobs import JobState
+from batchgen.planning.gptimage import PRESETS
+from batchgen.planning.jobs import JobState
 
 S = JobState
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,10 @@ def test_public_surface_is_pinned() -> None:
 
 def test_importing_one_module_does_not_load_the_runner() -> None:
     """Every module reads batchgen.__version__; the API loads on first use, not with them."""
-    code = "import sys, batchgen.jobs; print(sorted(m for m in sys.modules if 'runner' in m))"
+    code = (
+        "import sys, batchgen.planning.jobs; "
+        "print(sorted(m for m in sys.modules if 'runner' in m))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 

@@ -1,4 +1,4 @@
-"""auth.py: the key comes from the given environ, and never shows when printed."""
+"""fal/auth.py: the key comes from the given environ, and never shows when printed."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from batchgen.auth import FalKey, key_from_env
 from batchgen.errors import AuthError
+from batchgen.fal.auth import FalKey, key_from_env
 
 SECRET = "abc123:s3cr3t-value-xyz"
 

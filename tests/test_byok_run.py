@@ -11,9 +11,9 @@ import pytest
 from test_run_support import emulator_thread, states, stats
 
 from batchgen.cli import main
-from batchgen.index import read_failures, read_index
-from batchgen.jobs import JobState
-from batchgen.pricing import token_cost
+from batchgen.outputs.index import read_failures, read_index
+from batchgen.planning.jobs import JobState
+from batchgen.planning.pricing import token_cost
 
 S = JobState
 KEY = "sk-proj-Byok0123456789-must-never-be-written"

@@ -10,22 +10,22 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen.auth import FalKey, OpenAIKey, openai_key_from_env, redact_all
-from batchgen.byok import (
+from batchgen.config import build_settings
+from batchgen.errors import AuthError, QueueHTTPError, UsageError
+from batchgen.fal import Endpoints, QueueClient
+from batchgen.fal.auth import FalKey, OpenAIKey, openai_key_from_env, redact_all
+from batchgen.fal.byok import (
     KEY_FIELD,
     base_endpoint,
     is_byok_endpoint,
     manifest_wants_key,
     submit_input,
 )
-from batchgen.config import build_settings
-from batchgen.errors import AuthError, QueueHTTPError, UsageError
-from batchgen.falqueue import Endpoints, QueueClient
-from batchgen.jobs import JobSpec, job_id
+from batchgen.fal.retry import classify
 from batchgen.manifest import load_manifest
-from batchgen.pricing import ActualCost, Tokens, actual_cost, parse_usage, token_cost
-from batchgen.retry import classify
-from batchgen.runlog import RunLog
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.pricing import ActualCost, Tokens, actual_cost, parse_usage, token_cost
+from batchgen.running.runlog import RunLog
 
 KEY = "sk-proj-abcdef0123456789SECRET"
 

@@ -16,7 +16,7 @@ from batchgen.config import (
     build_settings,
 )
 from batchgen.errors import AuthError, UsageError
-from batchgen.window import WatchMode
+from batchgen.running.window import WatchMode
 
 SECRET = "key-id-123:very-secret-value-456"
 

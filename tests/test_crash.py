@@ -16,9 +16,9 @@ from test_run_signals import REPO, command, env
 from test_run_support import emulator_thread, states, stats, write_manifest
 
 from batchgen.emulator.model import canonical_input_key
-from batchgen.index import read_index
-from batchgen.jobs import JobState
-from batchgen.journal import JOURNAL_NAME, Journal
+from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.outputs.index import read_index
+from batchgen.planning.jobs import JobState
 
 S = JobState
 pytestmark = pytest.mark.slow

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from batchgen.download import (
+from batchgen.errors import DownloadError
+from batchgen.outputs.download import (
     DEFAULT_MAX_BYTES,
     WRITE_BLOCK,
     Downloaded,
@@ -34,10 +35,9 @@ from batchgen.download import (
     part_path,
     sweep_parts,
 )
-from batchgen.errors import DownloadError
-from batchgen.index import append_failure, failure_row, read_failures
-from batchgen.jobs import JobSpec, job_id
-from batchgen.paths import image_path, template_fields
+from batchgen.outputs.index import append_failure, failure_row, read_failures
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.paths import image_path, template_fields
 
 
 def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64)) -> bytes:

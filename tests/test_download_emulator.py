@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen.download import download_image
 from batchgen.emulator import EmulatorConfig, create_app
 from batchgen.emulator.server import serve
 from batchgen.errors import DownloadError, QueueError
-from batchgen.falqueue import Endpoints, QueueClient
-from batchgen.index import (
+from batchgen.fal import Endpoints, QueueClient
+from batchgen.fal.retry import RetryPolicy, ZeroWait
+from batchgen.outputs.download import download_image
+from batchgen.outputs.index import (
     FAILURES,
     append_failure,
     append_rows,
@@ -31,9 +32,8 @@ from batchgen.index import (
     read_index,
     read_rows,
 )
-from batchgen.jobs import JobSpec, job_id
-from batchgen.paths import image_path, template_fields
-from batchgen.retry import RetryPolicy, ZeroWait
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.paths import image_path, template_fields
 
 KEY = "key-id:secret"
 EP = "openai/gpt-image-2"

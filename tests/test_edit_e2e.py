@@ -20,12 +20,12 @@ from test_scheduler_support import Rig
 from batchgen.cli import main
 from batchgen.emulator.images import inset_box
 from batchgen.emulator.references import auto_size
-from batchgen.gptimage import EDIT
-from batchgen.index import CompletedJob, read_failures, read_index, rebuild_from_rows
-from batchgen.jobs import JobState
-from batchgen.journal import JOURNAL_NAME, Journal
+from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import load_manifest
-from batchgen.scheduler import Scheduler
+from batchgen.outputs.index import CompletedJob, read_failures, read_index, rebuild_from_rows
+from batchgen.planning.gptimage import EDIT
+from batchgen.planning.jobs import JobState
+from batchgen.running.scheduler import Scheduler
 
 S = JobState
 EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"

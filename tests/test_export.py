@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from batchgen.cli import main
-from batchgen.download import Downloaded, inspect_image, mime_of, sha256_file
 from batchgen.errors import UsageError
-from batchgen.export import csv_cell, export
-from batchgen.index import INDEX_FIELDS, append_rows, index_row, read_index
-from batchgen.jobs import JobSpec, job_id
-from batchgen.paths import image_path, template_fields
+from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.export import csv_cell, export
+from batchgen.outputs.index import INDEX_FIELDS, append_rows, index_row, read_index
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.paths import image_path, template_fields
 
 EP = "openai/gpt-image-2"
 PROMPTS = [

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from batchgen.auth import FalKey
 from batchgen.emulator import EmulatorConfig, create_app
 from batchgen.errors import AuthError, QueueHTTPError, QueueTransportError, UnknownOutcome
-from batchgen.falqueue import (
+from batchgen.fal import (
     Completed,
     Endpoints,
     Handle,
@@ -25,7 +24,8 @@ from batchgen.falqueue import (
     Queued,
     data_uri,
 )
-from batchgen.retry import Action, RetryEvent, RetryPolicy, ZeroWait, classify
+from batchgen.fal.auth import FalKey
+from batchgen.fal.retry import Action, RetryEvent, RetryPolicy, ZeroWait, classify
 
 BASE = "http://emulator"
 KEY = "key-id-123:very-secret-456"
@@ -382,7 +382,7 @@ async def test_upload_falls_back_to_initiate_and_signed_put(
     put = next(r for r in env.recorder.requests if r.method == "PUT")
     assert "authorization" not in put.headers  # the key never goes to a signed URL
     assert put.headers["content-type"] == "image/png"
-    (warning,) = [r for r in caplog.records if r.name == "batchgen.falqueue"]
+    (warning,) = [r for r in caplog.records if r.name == "batchgen.fal.client"]
     assert "CDN down" in warning.getMessage()
     assert all("very-secret" not in r.getMessage() for r in caplog.records)
 

@@ -11,8 +11,8 @@ import pytest
 
 from batchgen.emulator import EmulatorConfig, serve
 from batchgen.errors import StatusStreamError, UnknownOutcome
-from batchgen.falqueue import Completed, Endpoints, InProgress, QueueClient, Queued
-from batchgen.retry import Action, ZeroWait, classify
+from batchgen.fal import Completed, Endpoints, InProgress, QueueClient, Queued
+from batchgen.fal.retry import Action, ZeroWait, classify
 
 T2I = "openai/gpt-image-2"
 LOW = {"prompt": "a lighthouse", "quality": "low", "image_size": "square_hd"}

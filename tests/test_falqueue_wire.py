@@ -20,17 +20,16 @@ from batchgen.errors import (
     StatusStreamError,
     UnknownOutcome,
 )
-from batchgen.falqueue import (
+from batchgen.fal import (
     Completed,
     Endpoints,
     Handle,
     InProgress,
     QueueClient,
     Queued,
-    http_error,
-    parse_status,
 )
-from batchgen.retry import Action, RetryPolicy, ZeroWait, classify
+from batchgen.fal.client import http_error, parse_status
+from batchgen.fal.retry import Action, RetryPolicy, ZeroWait, classify
 
 BASE = "http://fal.test"
 H = Handle(

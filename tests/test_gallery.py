@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from batchgen.cli import main
-from batchgen.download import Downloaded, inspect_image, mime_of, sha256_file
-from batchgen.gallery import THUMBS, build_gallery
-from batchgen.index import append_failure, append_rows, failure_row, index_row
-from batchgen.jobs import JobSpec, job_id
-from batchgen.paths import image_path, template_fields
+from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.gallery import THUMBS, build_gallery
+from batchgen.outputs.index import append_failure, append_rows, failure_row, index_row
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.paths import image_path, template_fields
 
 EP = "openai/gpt-image-2"
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & "q" \'s'

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchgen.gptimage import (
+from batchgen.planning.gptimage import (
     EDIT,
     MAX_PIXELS,
     MAX_SIDE,

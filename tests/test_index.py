@@ -12,8 +12,8 @@ import pyarrow.json as pajson
 from PIL import Image
 
 from batchgen import __version__
-from batchgen.download import Downloaded, inspect_image, mime_of, sha256_file
-from batchgen.index import (
+from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.index import (
     FAILURES,
     INDEX_FIELDS,
     METADATA,
@@ -28,8 +28,8 @@ from batchgen.index import (
     rebuild_from_rows,
     write_manifest_copy,
 )
-from batchgen.jobs import JobSpec, job_id
-from batchgen.paths import image_path, template_fields
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.paths import image_path, template_fields
 
 EP = "openai/gpt-image-2"
 

@@ -10,8 +10,8 @@ import pytest
 from test_run_support import write_manifest
 
 from batchgen.cli import main
-from batchgen.index import FAILURES, METADATA, read_failures, read_index
-from batchgen.journal import JOURNAL_NAME, Journal
+from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.outputs.index import FAILURES, METADATA, read_failures, read_index
 
 # What a rebuild cannot know from the journal once the index is gone: the download time (the
 # file's mtime stands in) and fal's inference time (reported by the status, never stored).

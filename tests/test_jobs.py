@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchgen.jobs import (
+from batchgen.planning.jobs import (
     TRANSITIONS,
     InvalidTransition,
     JobSpec,

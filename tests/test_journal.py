@@ -9,8 +9,8 @@ import pytest
 from test_journal_support import FakeClock, handle, open_journal, spec
 
 from batchgen.errors import JournalError
-from batchgen.jobs import InvalidTransition, JobState
-from batchgen.journal import Journal
+from batchgen.journal.writer import Journal
+from batchgen.planning.jobs import InvalidTransition, JobState
 
 S = JobState
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_journal_support import open_journal
 
-from batchgen.jobs import JobState
+from batchgen.planning.jobs import JobState
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import pytest
 from test_journal_support import handle, open_journal, spec
 
 from batchgen.errors import JournalError
-from batchgen.jobs import JobSpec, JobState, job_id
-from batchgen.journal import Journal, ManifestChanged, writer_pid
+from batchgen.journal.writer import Journal, ManifestChanged, writer_pid
+from batchgen.planning.jobs import JobSpec, JobState, job_id
 
 S = JobState
 

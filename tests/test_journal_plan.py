@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_journal_support import handle, open_journal, spec
 
-import batchgen.journal_plan
-from batchgen.jobs import TRANSITIONS, JobState
-from batchgen.journal import AddReport, Journal
+import batchgen.journal.loading
+from batchgen.journal.writer import AddReport, Journal
+from batchgen.planning.jobs import TRANSITIONS, JobState
 
 S = JobState
 
@@ -63,7 +63,7 @@ def test_the_same_plan_twice_changes_nothing(path: Path) -> None:
 def test_plans_larger_than_a_batch_load_completely_in_order(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batchgen.journal_plan, "BATCH", 7)
+    monkeypatch.setattr(batchgen.journal.loading, "BATCH", 7)
     with open_journal(path) as j:
         assert j.add_jobs((spec(i) for i in range(50)), cost_of=lambda s: 0.01).new == 50
         assert [r.spec.prompt_id for r in j.claim(50)] == [f"p{i}" for i in range(50)]

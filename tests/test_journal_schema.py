@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from batchgen.jobs import JobState
-from batchgen.journal_schema import (
+from batchgen.journal.schema import (
     JobHead,
     LiveTallies,
     Tallies,
@@ -17,6 +16,7 @@ from batchgen.journal_schema import (
     redact_settings,
     strip_data_uris,
 )
+from batchgen.planning.jobs import JobState
 
 S = JobState
 

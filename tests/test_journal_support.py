@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchgen.jobs import JobSpec, job_id
-from batchgen.journal import Journal
+from batchgen.journal.writer import Journal
+from batchgen.planning.jobs import JobSpec, job_id
 
 ENDPOINT = "openai/gpt-image-2"
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchgen.gptimage import EDIT, OUTPUT_FORMATS, PRESETS, QUALITIES, TEXT_TO_IMAGE
-from batchgen.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec, job_id
 from batchgen.manifest import Manifest, PromptEntry, load_manifest, plan
+from batchgen.planning.gptimage import EDIT, OUTPUT_FORMATS, PRESETS, QUALITIES, TEXT_TO_IMAGE
+from batchgen.planning.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec, job_id
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "manifests"

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from batchgen.errors import ManifestError
-from batchgen.gptimage import EDIT
-from batchgen.jobs import JobSpec, job_id
 from batchgen.manifest import load_manifest, plan
-from batchgen.manifest_files import MAX_REFERENCE_BYTES
+from batchgen.manifest.files import MAX_REFERENCE_BYTES
+from batchgen.planning.gptimage import EDIT
+from batchgen.planning.jobs import JobSpec, job_id
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"
 

@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchgen.jobs import JobSpec
-from batchgen.planning import output_path
-from batchgen.templates import (
+from batchgen.manifest.templates import (
     TemplateError,
     output_template_problems,
     parse,
     prompt_slug,
     slug,
 )
+from batchgen.planning.jobs import JobSpec
+from batchgen.planning.summary import output_path
 
 
 def test_parse_and_render() -> None:

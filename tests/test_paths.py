@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchgen.jobs import JobSpec, job_id
-from batchgen.paths import (
+from batchgen.planning.jobs import JobSpec, job_id
+from batchgen.planning.paths import (
     TemplateError,
     image_path,
     render_template,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from batchgen.cli import main
-from batchgen.manifest import load_manifest
-from batchgen.planning import summarize
+from batchgen.manifest import load_manifest, plan
+from batchgen.planning.summary import summarize
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"
 
@@ -49,7 +49,8 @@ def test_demo_plan_text(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_json_has_the_same_figures_as_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
     doc = plan_json(capsys, EXAMPLES / "everything.yaml")
-    summary = summarize(load_manifest(EXAMPLES / "everything.yaml"))
+    manifest = load_manifest(EXAMPLES / "everything.yaml")
+    summary = summarize(manifest, plan(manifest))
     assert doc["jobs"] == summary.jobs == 80
     assert doc["images"] == summary.images == 88
     assert doc["cost"]["estimate"] is True
@@ -73,7 +74,8 @@ def test_json_has_the_same_figures_as_the_summary(capsys: pytest.CaptureFixture[
 
 
 def test_cost_is_the_sum_of_per_job_estimates(capsys: pytest.CaptureFixture[str]) -> None:
-    from batchgen.manifest import estimate_cost, plan
+    from batchgen.manifest import plan
+    from batchgen.planning.pricing import estimate_cost
 
     m = load_manifest(EXAMPLES / "everything.yaml")
     total = sum(estimate_cost(s, m.pricing) for s in plan(m))

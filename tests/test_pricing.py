@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from batchgen.gptimage import EDIT, TEXT_TO_IMAGE
-from batchgen.jobs import JobSpec
 from batchgen.manifest import load_manifest
-from batchgen.pricing import Basis, PriceTable, estimate_cost, job_estimate
+from batchgen.planning.gptimage import EDIT, TEXT_TO_IMAGE
+from batchgen.planning.jobs import JobSpec
+from batchgen.planning.pricing import Basis, PriceTable, estimate_cost, job_estimate
 
 
 def spec(endpoint: str = TEXT_TO_IMAGE, **inp: Any) -> JobSpec:

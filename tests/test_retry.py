@@ -1,4 +1,5 @@
-"""retry.py: every row of DESIGN.md's Errors table as a table test, backoff's bounds, the loop."""
+"""fal/retry.py: every row of DESIGN.md's Errors table as a table test, backoff's bounds,
+the loop."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from batchgen.errors import (
     StatusStreamError,
     UnknownOutcome,
 )
-from batchgen.retry import (
+from batchgen.fal.retry import (
     MAX_RETRY_AFTER,
     Action,
     RetryEvent,

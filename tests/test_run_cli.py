@@ -8,8 +8,8 @@ import pytest
 from test_run_support import emulator_thread, states, stats, write_manifest
 
 from batchgen.cli import main
-from batchgen.index import read_failures, read_index
-from batchgen.jobs import JobState
+from batchgen.outputs.index import read_failures, read_index
+from batchgen.planning.jobs import JobState
 
 S = JobState
 SECRET = "kid-1234:s3cr3t-value-that-must-not-leak"

@@ -13,8 +13,8 @@ import pytest
 from test_run_support import emulator_thread, states, stats, write_manifest
 
 from batchgen.errors import JournalError
-from batchgen.jobs import JobState
-from batchgen.journal import JOURNAL_NAME, Journal
+from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.planning.jobs import JobState
 
 S = JobState
 REPO = Path(__file__).resolve().parents[1]

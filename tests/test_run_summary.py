@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.auth import FalKey
 from batchgen.commands.progress import Progress, Snapshot, eta_seconds, status_line
-from batchgen.jobs import JobState
-from batchgen.runlog import RunLog, describe
-from batchgen.summary import (
+from batchgen.fal.auth import FalKey
+from batchgen.planning.jobs import JobState
+from batchgen.running.events import (
     BudgetReached,
     Failed,
     Requeued,
@@ -25,6 +24,7 @@ from batchgen.summary import (
     build_summary,
     exit_code,
 )
+from batchgen.running.runlog import RunLog, describe
 
 S = JobState
 

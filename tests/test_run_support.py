@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from batchgen.emulator import EmulatorConfig, serve
-from batchgen.jobs import JobState
-from batchgen.journal import JOURNAL_NAME, Journal
+from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.planning.jobs import JobState
 
 
 @contextlib.contextmanager

@@ -11,9 +11,8 @@ import pytest
 from test_scheduler_support import Rig, submits_explained
 
 from batchgen.errors import AuthError
-from batchgen.jobs import JobState
-from batchgen.scheduler import Scheduler
-from batchgen.summary import (
+from batchgen.planning.jobs import JobState
+from batchgen.running.events import (
     BudgetReached,
     Event,
     Failed,
@@ -25,7 +24,8 @@ from batchgen.summary import (
     StopReason,
     Submitted,
 )
-from batchgen.window import AutoWindow, FixedWindow
+from batchgen.running.scheduler import Scheduler
+from batchgen.running.window import AutoWindow, FixedWindow
 
 S = JobState
 

@@ -18,15 +18,16 @@ import httpx
 from batchgen.config import Settings, build_settings
 from batchgen.emulator import EmulatorConfig, create_app
 from batchgen.emulator.model import canonical_input_key
-from batchgen.falqueue import Endpoints, QueueClient
-from batchgen.index import read_failures, read_index
-from batchgen.jobs import JobState
-from batchgen.journal import JOURNAL_NAME, Journal
-from batchgen.manifest import Manifest, estimate_cost, load_manifest, plan
-from batchgen.retry import RetryPolicy
-from batchgen.scheduler import Scheduler
-from batchgen.summary import Event, Failed, Requeued, Submitted
-from batchgen.window import Window, make_window
+from batchgen.fal import Endpoints, QueueClient
+from batchgen.fal.retry import RetryPolicy
+from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.manifest import Manifest, load_manifest, plan
+from batchgen.outputs.index import read_failures, read_index
+from batchgen.planning.jobs import JobState
+from batchgen.planning.pricing import estimate_cost
+from batchgen.running.events import Event, Failed, Requeued, Submitted
+from batchgen.running.scheduler import Scheduler
+from batchgen.running.window import Window, make_window
 
 BASE = "http://emulator"
 S = JobState

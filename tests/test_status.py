@@ -11,8 +11,8 @@ from test_journal_durability import start_child as kill_9_child
 from test_journal_support import FakeClock, handle, open_journal, spec
 
 from batchgen.cli import main
-from batchgen.journal import Journal
-from batchgen.status import build_report, render_text
+from batchgen.journal.writer import Journal
+from batchgen.outputs.status import build_report, render_text
 
 MANIFEST = "/data/manifests/my cats.yaml"  # recorded absolute, quoted in the command
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.window import (
+from batchgen.running.window import (
     POLL_MAX_S,
     POLL_MIN_S,
     PROBE_ROUNDS,

@@ -4,8 +4,8 @@ import argparse
 from pathlib import Path
 
 from batchgen.errors import UsageError
-from batchgen.export import FORMATS, export
-from batchgen.index import METADATA
+from batchgen.outputs.export import FORMATS, export
+from batchgen.outputs.index import METADATA
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from batchgen.errors import UsageError
-from batchgen.index import FAILURES, METADATA
-from batchgen.rebuild import rebuild_index
+from batchgen.outputs.index import FAILURES, METADATA
+from batchgen.outputs.rebuild import rebuild_index
 
 SHOWN = 20  # file names listed per problem; the rest are counted
 

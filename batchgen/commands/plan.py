@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from batchgen.api import load_manifest, plan
-from batchgen.byok import ENV, plan_note
-from batchgen.planning import ESTIMATE_NOTE, Group, PlanSummary
+from batchgen.fal.byok import ENV, plan_note
+from batchgen.planning.summary import ESTIMATE_NOTE, Group, PlanSummary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,8 +14,8 @@ from typing import IO, Any
 
 from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs shipped
 
-from batchgen.runner import Snapshot as Snapshot  # re-exported: callers build them
-from batchgen.summary import Event, Failed, Saved
+from batchgen.running.events import Event, Failed, Saved
+from batchgen.running.runner import Snapshot as Snapshot  # re-exported: callers build them
 
 LOG_EVERY_S = 5.0
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import IO
 
 from batchgen.api import execute
-from batchgen.byok import manifest_wants_key
 from batchgen.commands.progress import LOG_EVERY_S, Progress
 from batchgen.config import Settings, build_settings
+from batchgen.fal.byok import manifest_wants_key
 from batchgen.manifest import Manifest, load_manifest
-from batchgen.runner import RunEvent, Snapshot
-from batchgen.summary import Stopping, StopReason
+from batchgen.running.events import Stopping, StopReason
+from batchgen.running.runner import RunEvent, Snapshot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

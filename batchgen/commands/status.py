@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from batchgen.journal import JOURNAL_NAME, Journal, writer_pid
-from batchgen.status import build_report, render_text
+from batchgen.journal.writer import JOURNAL_NAME, Journal, writer_pid
+from batchgen.outputs.status import build_report, render_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

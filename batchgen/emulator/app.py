@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from batchgen import gptimage
 from batchgen.emulator import bodies
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.http import (
@@ -38,6 +37,7 @@ from batchgen.emulator.model import Outcome, Phase, QueueModel
 from batchgen.emulator.references import check_references
 from batchgen.emulator.storage import FileStore, storage_routes
 from batchgen.emulator.webhooks import WebhookDispatcher
+from batchgen.planning import gptimage
 
 NAMESPACES = ("workflows", "comfy")
 LOGS_TRUE = ("true", "1")

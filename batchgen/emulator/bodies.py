@@ -9,11 +9,11 @@ from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from batchgen import gptimage
 from batchgen.emulator import byok
 from batchgen.emulator.images import ImageSpec, render
 from batchgen.emulator.model import Outcome, Phase, Request, StatusView
 from batchgen.emulator.references import Reference, auto_size
+from batchgen.planning import gptimage
 
 CONTENT_POLICY_MSG = (
     "The request was rejected because the prompt or an input image was flagged by a content "

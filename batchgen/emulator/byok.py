@@ -1,7 +1,7 @@
 """BYOK requests in the emulator: the key check, the ``usage`` object, the echoed input.
 
 A request is BYOK when it carries ``openai_api_key`` or is posted to a BYOK endpoint id (one
-with a ``byok`` path segment, see ``batchgen.byok``). fal documents the BYOK request shapes
+with a ``byok`` path segment, see ``batchgen.fal.byok``). fal documents the BYOK request shapes
 (a required ``openai_api_key``, an extra ``usage`` in the output) but not how they fail, so
 the emulator chooses the cases batchgen must survive, worst first:
 
@@ -28,9 +28,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from batchgen import gptimage
-from batchgen.byok import KEY_FIELD, base_endpoint, is_byok_endpoint
-from batchgen.pricing import DEFAULT_TABLE, IMAGE_OUTPUT_PER_M
+from batchgen.fal.byok import KEY_FIELD, base_endpoint, is_byok_endpoint
+from batchgen.planning import gptimage
+from batchgen.planning.pricing import DEFAULT_TABLE, IMAGE_OUTPUT_PER_M
 
 KEY_PREFIX = "sk-"  # what OpenAI keys look like; anything else is refused
 IMAGE_INPUT_TOKENS = 765  # per reference image or mask (a 1024×1024 image in 512 px tiles)

@@ -11,7 +11,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from batchgen import gptimage
+from batchgen.planning import gptimage
 
 INVALID_RUN_S = 0.2  # validation fails fast: no image is generated
 # Seconds for one 1-megapixel image at each quality (gpt-image-2 takes seconds to minutes).

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from batchgen import gptimage
 from batchgen.emulator import byok
 from batchgen.emulator.counters import STAT_KEYS, canonical_input_key
 from batchgen.emulator.faults import FaultDice, FaultSpec
 from batchgen.emulator.latency import INVALID_RUN_S, run_time_for
+from batchgen.planning import gptimage
 
 RETENTION_S = 3600.0  # fal keeps a result 1 hour after completion...
 RETENTION_LARGE_S = 360.0  # ...or 6 minutes when it is 10 KB or more

@@ -25,9 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
-from batchgen import gptimage
 from batchgen.emulator.images import ImageSpec, render
 from batchgen.emulator.storage import FileStore
+from batchgen.planning import gptimage
 
 THUMB_SIDE = 256  # the kept thumbnail's longest side
 AUTO_PIXELS = 1024 * 1024  # what `auto` aims at: fal's usual 1-megapixel output

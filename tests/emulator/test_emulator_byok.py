@@ -10,8 +10,8 @@ from conftest import MakeClient
 from emu_helpers import FakeClock, stats, submit
 from PIL import Image
 
-from batchgen.falqueue import data_uri
-from batchgen.pricing import token_cost
+from batchgen.fal import data_uri
+from batchgen.planning.pricing import token_cost
 
 KEY = "sk-test-0123456789abcdef"
 BYOK_ID = "/openai/gpt-image-2/byok"

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchgen import gptimage
 from batchgen.emulator.images import inset_box
 from batchgen.emulator.references import auto_size
+from batchgen.planning import gptimage
 
 EDIT_PATH = "/openai/gpt-image-2/edit"
 GREEN = (0, 200, 0)

@@ -1,0 +1,176 @@
+"""The validated manifest and its lazy expansion into jobs.
+
+A `Manifest` holds only what the file says (prompts, axes, vars, defaults); the jobs are
+produced one at a time by `expand()`, so planning a million jobs never holds a million objects.
+`plan()` adds duplicate collapsing with a set of 32-byte digests (about 100 bytes per job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from batchgen.manifest.files import expand_globs, glob_count, references
+from batchgen.manifest.templates import parse
+from batchgen.planning.gptimage import TEXT_TO_IMAGE, with_defaults
+from batchgen.planning.jobs import (
+    DEFAULT_OUTPUT_TEMPLATE,
+    FILE_FIELDS,
+    Deduplicated,
+    JobSpec,
+    canonical_json,
+    identity_input,
+)
+from batchgen.planning.pricing import DEFAULT_TABLE, PriceTable
+
+
+class PromptEntry(BaseModel):
+    """One prompt of a manifest, with what it changes for its own jobs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    text: str  # a template with {var} placeholders when `templated`, else the literal prompt
+    templated: bool = True
+    fields: dict[str, Any] = Field(default_factory=dict)  # request fields this prompt fixes
+    axes: dict[str, list[Any]] = Field(default_factory=dict)  # axes this prompt replaces
+    tags: dict[str, str] = Field(default_factory=dict)
+    repeat: int | None = None
+    endpoint: str | None = None  # JSONL lines name their own endpoint
+    source: str  # "file:line", for messages
+
+
+class Manifest(BaseModel):
+    """A manifest that passed every check: expanding it cannot fail."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    path: Path
+    sha256: str  # of the manifest file's bytes
+    endpoint: str = TEXT_TO_IMAGE
+    output: str = DEFAULT_OUTPUT_TEMPLATE
+    pricing: PriceTable = DEFAULT_TABLE
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)  # insertion order = loop order
+    repeat: int = 1
+    vars: dict[str, list[str]] = Field(default_factory=dict)
+    prompts: tuple[PromptEntry, ...] = ()
+    byok: bool = False
+    notices: tuple[str, ...] = ()
+    files: dict[str, str] = Field(default_factory=dict)  # local reference path -> sha256
+    globs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # pattern -> paths, sorted
+
+    def job_count(self) -> int:
+        """Jobs `expand()` yields (duplicates included), computed without expanding."""
+        total = 0
+        for p in self.prompts:
+            n = p.repeat or self.repeat
+            axes = {**self.matrix, **p.axes}
+            for name, values in axes.items():
+                if name == "image_urls" and self.globs:  # a pattern is one job per file
+                    n *= sum(glob_count(v, self.globs) for v in values)
+                else:
+                    n *= len(values)
+            fixed = {**self.defaults, **p.fields}
+            if "image_urls" in fixed and "image_urls" not in axes and self.globs:
+                n *= glob_count(fixed["image_urls"], self.globs)
+            if p.templated:
+                for name in parse(p.text).names:
+                    n *= len(self.vars[name])
+            total += n
+        return total
+
+    def expand(self) -> Iterator[JobSpec]:
+        """Every job, lazily: prompts × their vars × matrix axes × repeat, in file order."""
+        for p in self.prompts:
+            yield from self._expand_prompt(p)
+
+    def _expand_prompt(self, p: PromptEntry) -> Iterator[JobSpec]:
+        endpoint = p.endpoint or self.endpoint
+        axes = {**self.matrix, **p.axes}
+        names, values = list(axes), [axes[n] for n in axes]
+        repeat = p.repeat or self.repeat
+        base = with_defaults(endpoint, {**self.defaults, **p.fields})
+        tpl = parse(p.text) if p.templated else None
+        var_names = tpl.names if tpl else ()
+        for combo in itertools.product(*(self.vars[n] for n in var_names)):
+            var_map = dict(zip(var_names, combo, strict=True))
+            prompt = tpl.render(var_map) if tpl else p.text
+            with_prompt = {**base, "prompt": prompt} if prompt or p.templated else base
+            for axis_values in itertools.product(*values):
+                # One input dict is shared by a combination's repeats: JobSpecs never mutate it.
+                combo_request = {**with_prompt, **dict(zip(names, axis_values, strict=True))}
+                requests = self._with_files(combo_request) if self.globs else (combo_request,)
+                for request in requests:
+                    yield from self._variants(request, endpoint, repeat, p, prompt, var_map)
+
+    def _with_files(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The request once per file each image_urls pattern matches (once without patterns)."""
+        if "image_urls" not in request:
+            yield request
+            return
+        for urls in expand_globs(request["image_urls"], self.globs):
+            yield {**request, "image_urls": urls}
+
+    def _variants(
+        self,
+        request: dict[str, Any],
+        endpoint: str,
+        repeat: int,
+        p: PromptEntry,
+        prompt: str,
+        var_map: dict[str, str],
+    ) -> Iterator[JobSpec]:
+        files = self._files_of(request)
+        hasher = _id_prefix(endpoint, request, files)
+        for variant in range(repeat):
+            h = hasher.copy()
+            h.update(b"%d}" % variant)
+            yield JobSpec(
+                job_id=h.hexdigest(),
+                endpoint=endpoint,
+                input=request,
+                variant=variant,
+                prompt_id=p.id,
+                prompt=prompt,
+                vars=var_map,
+                tags=p.tags,
+                output_template=self.output,
+                source=p.source,
+                byok=self.byok,
+                files=files,
+            )
+
+    def _files_of(self, request: dict[str, Any]) -> dict[str, str]:
+        """path -> sha256 of the local files this request names."""
+        if not self.files:
+            return _NO_FILES  # shared: JobSpecs never mutate it
+        named = [v for k in FILE_FIELDS & request.keys() for v in references(request[k])]
+        return {v: self.files[v] for v in named if v in self.files}
+
+
+_NO_FILES: dict[str, str] = {}
+
+
+def _id_prefix(endpoint: str, request: dict[str, Any], files: dict[str, str]) -> Any:
+    """sha256 state over the canonical JSON of {endpoint, input, variant: ...} up to the variant.
+
+    Equal to `jobs.job_id()` (a property test pins that), but it serialises each combination
+    once instead of once per repeat, which is most of the cost of planning a large matrix.
+    """
+    clean = identity_input(request, files)
+    endpoint_json = json.dumps(endpoint, ensure_ascii=False)
+    head = '{"endpoint":' + endpoint_json + ',"input":' + canonical_json(clean) + ',"variant":'
+    return hashlib.sha256(head.encode())
+
+
+def plan(manifest: Manifest) -> Deduplicated:
+    """The manifest's jobs, lazily, with identical jobs collapsed (see `.duplicates`)."""
+    return Deduplicated(manifest.expand())

@@ -1,0 +1,339 @@
+"""The YAML manifest: its schema (a strict pydantic model) and the checks between its parts.
+
+Shape errors come from pydantic and are given the line of the offending value; the checks
+that relate parts (a var a prompt uses, an axis a prompt overrides, a file the manifest names)
+are done here. Every problem is collected before anything is raised.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batchgen.errors import ManifestError
+from batchgen.manifest.fields import MAX_REPEAT
+from batchgen.manifest.fields import value_problems as field_value_problems
+from batchgen.manifest.files import files_notice
+from batchgen.manifest.local import local_path_problem, short
+from batchgen.manifest.model import PromptEntry
+from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean
+from batchgen.manifest.source import Located, ProblemList, dotted, read_text
+from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
+from batchgen.manifest.templates import output_template_problems, parse
+from batchgen.planning.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
+from batchgen.planning.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec
+from batchgen.planning.paths import TemplateError, render_template, template_fields
+from batchgen.planning.pricing import DEFAULT_TABLE, PriceTable
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BUCKET = re.compile(r"(\d+)x(\d+)")
+
+
+class PricingDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    table: dict[str, dict[str, float]] = Field(default_factory=dict)  # "1024x1024": {low: ..}
+    per_image: float | None = None
+
+
+class ManifestDoc(BaseModel):
+    """The YAML manifest's keys. Request fields inside defaults/matrix/prompts are checked
+    against the endpoint's rules separately, because they depend on `model`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str | None = None
+    model: str = TEXT_TO_IMAGE
+    byok: bool = False
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    repeat: int = Field(default=1, ge=1, le=MAX_REPEAT)
+    vars: dict[str, list[Any]] = Field(default_factory=dict)
+    prompts: list[Any] = Field(default_factory=list)  # text or a mapping: checked per item
+    prompts_file: str | None = None
+    output: str = DEFAULT_OUTPUT_TEMPLATE
+    pricing: PricingDoc | None = None
+
+
+_DOC_KEYS: dict[tuple[str | int, ...], list[str]] = {
+    (): list(ManifestDoc.model_fields),
+    ("pricing",): list(PricingDoc.model_fields),
+}
+_MESSAGES = {
+    "string_type": "must be text",
+    "int_type": "must be a whole number",
+    "bool_type": "must be true or false",
+    "float_type": "must be a number",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+}
+
+
+def pydantic_problems(exc: ValidationError, doc: Located, file: str, out: ProblemList) -> None:
+    seen: set[tuple[Any, ...]] = set()
+    for err in exc.errors():
+        # A union (`prompts` items are text or a mapping) reports each branch: keep one.
+        loc = tuple(p for p in err["loc"] if p not in ("str", "dict[str,any]"))
+        if loc in seen:
+            continue
+        seen.add(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = loc[:-1]
+            allowed = _DOC_KEYS.get(parent, [])
+            message = f"unknown key{did_you_mean(str(loc[-1]), allowed)}"
+            if allowed:
+                message += f"; expected one of {', '.join(allowed)}"
+        elif kind == "missing":
+            message = "is required"
+        elif kind in _MESSAGES:
+            message = f"{_MESSAGES[kind]}, got {short(err['input'])}"
+        else:
+            message = err["msg"].replace("Input should be", "must be")
+        if loc and loc[0] == "prompts" and kind in {"string_type", "dict_type"}:
+            message = f"must be text or a mapping, got {short(err['input'])}"
+        out.add(file, doc.line(loc), dotted(loc), message)
+
+
+def build_yaml(located: Located, path: Path, file: str, name_default: str) -> dict[str, Any]:
+    """The keyword arguments of `Manifest` (minus path and sha256), or a ManifestError."""
+    problems = ProblemList()
+    if not isinstance(located.data, dict):
+        problems.add(
+            file,
+            1,
+            None,
+            f"the manifest must be a mapping of keys (name, prompts, ...),"
+            f" got {short(located.data)}",
+        )
+        problems.raise_if_any()
+    try:
+        doc = ManifestDoc.model_validate(located.data)
+    except ValidationError as exc:
+        pydantic_problems(exc, located, file, problems)
+        problems.raise_if_any()
+        raise AssertionError("unreachable") from None
+
+    def add(loc: tuple[str | int, ...], message: str, sub: str = "") -> None:
+        # `sub` continues the path inside a value: matrix.image_size[1] + ".width"
+        problems.add(file, located.line(loc), f"{dotted(loc)}{sub}", message)
+
+    name = doc.name if doc.name is not None else name_default
+    if not _NAME.fullmatch(name):
+        add(
+            ("name",),
+            f"{short(name)} must be a simple folder name: letters, digits, '.', '_', "
+            f"'-', at most 64 characters",
+        )
+    endpoint = doc.model.strip()
+    notices: list[str] = []
+    if not _ENDPOINT.fullmatch(endpoint):
+        add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
+    elif endpoint not in KNOWN_ENDPOINTS:
+        notices.append(
+            f"model {endpoint} is not one batchgen knows: its inputs are sent "
+            f"unchecked and its cost is not estimated (set pricing.per_image)"
+        )
+    folder = path.parent
+    ctx = PromptContext(
+        folder=folder,
+        endpoint=endpoint,
+        problems=problems,
+        axes=frozenset(doc.matrix),
+        supplied=frozenset(doc.defaults) | set(doc.matrix),
+    )
+    for key, value in doc.defaults.items():
+        if key == "prompt":
+            add(("defaults", key), "put prompts under prompts, not defaults")
+            continue
+        for fld, message in _field_problems(endpoint, key, value, ctx):
+            add(("defaults", key), message, fld[len(key) :])
+    for axis, values in doc.matrix.items():
+        if axis == "prompt":
+            add(("matrix", axis), "prompts are listed under prompts, not as a matrix axis")
+            continue
+        if not values:
+            add(("matrix", axis), "lists no values: the matrix would make no jobs")
+        for i, value in enumerate(values):
+            for fld, message in _field_problems(endpoint, axis, value, ctx):
+                add(("matrix", axis, i), message, fld[len(axis) :])
+    ctx.vars = _vars(doc.vars, add)
+    prompts = _prompts(doc, located, file, ctx)
+    if doc.prompts_file is not None:
+        from_file = _prompts_file(doc.prompts_file, folder, file, ctx, add)
+        if not from_file and not problems.items:
+            add(("prompts_file",), f"{short(doc.prompts_file)} has no prompts")
+        prompts += from_file
+    if not doc.prompts and doc.prompts_file is None:
+        add(("prompts",), "no prompts: list them under prompts or name a prompts_file")
+    for var in ctx.vars:
+        if var not in ctx.used_vars:
+            add(("vars", var), f"is used by no prompt (write {{{var}}} in a prompt to use it)")
+    for message in _output_problems(doc.output, prompts, ctx):
+        add(("output",), message)
+    pricing = _pricing(doc.pricing, add)
+    notice = files_notice(ctx.files)
+    if notice:
+        notices.append(notice)
+    problems.raise_if_any()
+    return {
+        "name": name,
+        "endpoint": endpoint,
+        "output": doc.output,
+        "pricing": pricing,
+        "defaults": dict(doc.defaults),
+        "matrix": {k: list(v) for k, v in doc.matrix.items()},
+        "repeat": doc.repeat,
+        "vars": ctx.vars,
+        "prompts": tuple(prompts),
+        "byok": doc.byok,
+        "notices": tuple(notices),
+        "files": ctx.files.sha256s(),
+        "globs": dict(ctx.files.globs),
+    }
+
+
+def _field_problems(
+    endpoint: str, key: str, value: Any, ctx: PromptContext
+) -> list[tuple[str, str]]:
+    found = field_value_problems(endpoint, key, value, ctx.files)
+    if endpoint in KNOWN_ENDPOINTS and any(m.startswith("unknown field") for _, m in found):
+        return [
+            (key, f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")
+        ]
+    return found
+
+
+def _output_problems(text: str, prompts: list[PromptEntry], ctx: PromptContext) -> list[str]:
+    """The output template must name files for every job: each var or tag it uses must exist
+    on every prompt, and the run's own renderer (`paths`) must accept it."""
+    found = output_template_problems(text, list(ctx.vars))
+    if found:
+        return found
+    names = parse(text).names
+    for p in prompts:
+        used = set(parse(p.text).names) if p.templated else set()
+        for name in names:
+            lacks = (name in ctx.vars and name not in used) or (
+                name.startswith("tag_") and name[4:] not in p.tags
+            )
+            if lacks:
+                return [f"uses {{{name}}}, which the prompt at {p.source} does not have"]
+    sample = JobSpec(
+        job_id="0" * 64,
+        endpoint=ctx.endpoint,
+        input={},
+        prompt_id="p",
+        vars=dict.fromkeys(ctx.vars, "v"),
+        tags={n[4:]: "t" for n in names if n[:4] == "tag_"},
+    )
+    try:
+        render_template(text, template_fields(sample, 0))
+    except TemplateError as exc:
+        return [str(exc)]
+    return []
+
+
+def _vars(raw: dict[str, list[Any]], add: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, values in raw.items():
+        if not _VAR.fullmatch(name):
+            add(
+                ("vars", name),
+                "a var name must be letters, digits and _ (not starting with a digit)",
+            )
+            continue
+        if not values:
+            add(("vars", name), "lists no values")
+            continue
+        texts = []
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                add(("vars", name, i), f"must be text or a number, got {short(v)}")
+            else:
+                texts.append(str(v))
+        out[name] = texts
+    return out
+
+
+def _prompts(
+    doc: ManifestDoc, located: Located, file: str, ctx: PromptContext
+) -> list[PromptEntry]:
+    out = []
+    for i, item in enumerate(doc.prompts):
+        base = ("prompts", i)
+        if not isinstance(item, str | dict):
+            ctx.problems.add(
+                file,
+                located.line(base),
+                f"prompts[{i}]",
+                f"must be text or a mapping, got {short(item)}",
+            )
+            continue
+        raw = {"prompt": item} if isinstance(item, str) else item
+        entry = build_prompt(
+            raw,
+            file=file,
+            line=located.line(base),
+            line_of=_lines_under(located, base),
+            prefix=f"prompts[{i}]",
+            ctx=ctx,
+        )
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+def _lines_under(located: Located, base: tuple[str | int, ...]) -> Callable[[str], int | None]:
+    """The line of each key of the mapping at `base`."""
+    return lambda key: located.lines.get((*base, key))
+
+
+def _prompts_file(
+    rel: str, folder: Path, file: str, ctx: PromptContext, add: Any
+) -> list[PromptEntry]:
+    why = local_path_problem(rel, folder)
+    if why is None and not rel.lower().endswith((".csv", ".jsonl")):
+        why = f"{short(rel)} must be a .csv or .jsonl file"
+    if why:
+        add(("prompts_file",), why)
+        return []
+    shown = str(Path(file).parent / rel)
+    try:
+        text = read_text(folder / rel, shown)
+    except ManifestError as exc:  # report it beside the manifest's own problems
+        ctx.problems.extend(exc.problems)
+        return []
+    if rel.lower().endswith(".csv"):
+        return csv_prompts(text, shown, ctx, standalone=False)
+    return jsonl_prompts(text, shown, ctx)
+
+
+def _pricing(doc: PricingDoc | None, add: Any) -> PriceTable:
+    if doc is None:
+        return DEFAULT_TABLE
+    buckets: dict[tuple[int, int], dict[str, float]] = {}
+    for key, prices in doc.table.items():
+        m = _BUCKET.fullmatch(key.strip())
+        if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+            add(("pricing", "table", key), "a bucket is WIDTHxHEIGHT, like 1024x1024")
+            continue
+        for quality, usd in prices.items():
+            if quality not in QUALITIES:
+                add(
+                    ("pricing", "table", key, quality),
+                    f"unknown quality; use {', '.join(QUALITIES)}",
+                )
+            elif usd < 0:
+                add(("pricing", "table", key, quality), "a price cannot be negative")
+        buckets[(int(m.group(1)), int(m.group(2)))] = dict(prices)
+    if doc.per_image is not None and doc.per_image < 0:
+        add(("pricing", "per_image"), "a price cannot be negative")
+    return DEFAULT_TABLE.with_overrides(buckets, doc.per_image)

@@ -1,0 +1,404 @@
+"""The metadata index of an output folder: ``metadata.jsonl`` and ``failures.jsonl``.
+
+``metadata.jsonl`` sits at the top of the output folder with one row per image whose
+``file_name`` is relative to that folder (``images/<prompt_id>/<job>_0.png``): that is the
+layout Hugging Face's ImageFolder reads, so ``load_dataset("imagefolder", data_dir=OUT)`` gives
+one example per image with every index column. (ImageFolder skips hidden folders such as
+``.thumbs/``, and ``*.part`` files are not images to it.)
+
+Appends are line-atomic: each row is one ``os.write`` on an ``O_APPEND`` descriptor, so rows
+from one process never interleave, and a crash can only tear the last line. Readers skip a torn
+line, and the next append starts on a fresh line. Each ``append_*`` call ends with one fsync
+(batch rows into one call when appending many). A rebuild writes a whole new file and renames
+it into place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from batchgen._version import __version__
+from batchgen.errors import DownloadError
+from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.planning.gptimage import DEFAULTS
+from batchgen.planning.jobs import JobSpec
+from batchgen.planning.paths import image_path, relative_name, size_label, template_fields
+from batchgen.planning.pricing import parse_usage, token_cost
+
+METADATA = "metadata.jsonl"
+FAILURES = "failures.jsonl"
+
+# Every column of an index row, in order (DESIGN.md, Outputs). Rows always carry all of them
+# (null when unknown) so that parquet, CSV and ImageFolder see one schema.
+INDEX_FIELDS = (
+    "file_name",
+    "job_id",
+    "image_index",
+    "variant",
+    "prompt_id",
+    "prompt",
+    "vars",
+    "tags",
+    "endpoint",
+    "requested_size",
+    "width",
+    "height",
+    "quality",
+    "output_format",
+    "content_type",
+    "bytes",
+    "sha256",
+    "request_id",
+    "submitted_at",
+    "completed_at",
+    "downloaded_at",
+    "inference_time",
+    "cost_estimate",
+    "cost_actual",
+    "usage",
+    "references",
+    "mask",
+    "manifest_sha256",
+    "batchgen_version",
+)
+FAILURE_FIELDS = (
+    "job_id",
+    "prompt_id",
+    "prompt",
+    "class",
+    "message",
+    "attempts",
+    "request_id",
+    "endpoint",
+    "failed_at",
+)
+
+Timestamp = float | str | None
+
+
+def iso(ts: Timestamp) -> str | None:
+    """A timestamp (epoch seconds or already ISO text) as ISO 8601 UTC, or None."""
+    if ts is None or isinstance(ts, str):
+        return ts
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _input_value(spec: JobSpec, key: str) -> Any:
+    """A request field as sent, else the endpoint's documented default (fal applies it)."""
+    if key in spec.input:
+        return spec.input[key]
+    return DEFAULTS.get(spec.endpoint, {}).get(key)
+
+
+def reference_info(spec: JobSpec, value: Any) -> dict[str, str | None]:
+    """One edit input as the index records it: ``{path, url, sha256}``, the unused ones null.
+    A local file gives its path and the sha256 it was planned with, a data URI its content's
+    sha256 (the bytes themselves stay out of the index), a URL itself."""
+    text = str(value)
+    if text in spec.files:
+        return {"path": text, "url": None, "sha256": spec.files[text]}
+    if text[:5].lower() == "data:":
+        head, _, payload = text.partition(",")
+        try:
+            digest = hashlib.sha256(base64.b64decode(payload)).hexdigest()
+        except ValueError:
+            digest = None
+        return {"path": None, "url": head[:100], "sha256": digest}
+    return {"path": None, "url": text, "sha256": None}
+
+
+def edit_inputs(spec: JobSpec) -> tuple[list[dict[str, str | None]] | None, Any]:
+    """(references, mask) of an edit job's index rows; (None, None) for other jobs."""
+    urls = spec.input.get("image_urls")
+    refs = [reference_info(spec, u) for u in urls] if isinstance(urls, list) else None
+    mask = spec.input.get("mask_url")
+    return refs, reference_info(spec, mask) if isinstance(mask, str) else None
+
+
+def index_row(
+    spec: JobSpec,
+    n: int,
+    d: Downloaded,
+    *,
+    out_dir: Path,
+    manifest_sha256: str,
+    request_id: str | None = None,
+    submitted_at: Timestamp = None,
+    completed_at: Timestamp = None,
+    downloaded_at: Timestamp = None,
+    inference_time: float | None = None,
+    cost_estimate: float | None = None,
+    usage: Mapping[str, Any] | None = None,
+    cost_actual: float | None = None,
+    version: str = __version__,
+) -> dict[str, Any]:
+    """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
+
+    ``downloaded_at`` defaults to now. ``cost_estimate`` is this image's share of the job's
+    estimate (the job's divided by its number of images), so summing rows gives the total.
+    ``usage`` is the token count a BYOK response carries; ``cost_actual`` is this image's share
+    of what those tokens cost at fal's per-token prices (computed from ``usage`` over the
+    job's ``num_images`` when not given), None without usage. An edit's ``references`` and
+    ``mask`` say which inputs it used (local files by path and sha256).
+    """
+    if cost_actual is None and usage is not None and parse_usage(usage) is not None:
+        cost_actual = token_cost(usage) / spec.num_images
+    fmt = _input_value(spec, "output_format")
+    references, mask = edit_inputs(spec)
+    return {
+        "file_name": relative_name(out_dir, d.path),
+        "job_id": spec.job_id,
+        "image_index": n,
+        "variant": spec.variant,
+        "prompt_id": spec.prompt_id,
+        "prompt": spec.prompt or str(spec.input.get("prompt", "")),
+        "vars": dict(spec.vars),
+        "tags": dict(spec.tags),
+        "endpoint": spec.endpoint,
+        "requested_size": size_label(_input_value(spec, "image_size")) or None,
+        "width": d.width,
+        "height": d.height,
+        "quality": _input_value(spec, "quality"),
+        "output_format": fmt,
+        "content_type": d.content_type,
+        "bytes": d.bytes,
+        "sha256": d.sha256,
+        "request_id": request_id,
+        "submitted_at": iso(submitted_at),
+        "completed_at": iso(completed_at),
+        "downloaded_at": iso(time.time() if downloaded_at is None else downloaded_at),
+        "inference_time": inference_time,
+        "cost_estimate": cost_estimate,
+        "cost_actual": round(cost_actual, 8) if cost_actual is not None else None,
+        "usage": dict(usage) if usage is not None else None,
+        "references": references,
+        "mask": mask,
+        "manifest_sha256": manifest_sha256,
+        "batchgen_version": version,
+    }
+
+
+def failure_row(
+    spec: JobSpec,
+    *,
+    error_class: str,
+    message: str,
+    attempts: int,
+    request_id: str | None = None,
+    failed_at: Timestamp = None,
+) -> dict[str, Any]:
+    """The ``failures.jsonl`` row of a job that failed for good. ``failed_at`` defaults to now."""
+    return {
+        "job_id": spec.job_id,
+        "prompt_id": spec.prompt_id,
+        "prompt": spec.prompt or str(spec.input.get("prompt", "")),
+        "class": error_class,
+        "message": message,
+        "attempts": attempts,
+        "request_id": request_id,
+        "endpoint": spec.endpoint,
+        "failed_at": iso(time.time() if failed_at is None else failed_at),
+    }
+
+
+def _line(row: Mapping[str, Any]) -> bytes:
+    # ensure_ascii=False keeps prompts readable; json escapes \n, so one row is one line.
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+# Where this process's last append left each file (inode, size): the torn-line check is only
+# needed when the file changed behind our back.
+_left_at: dict[Path, tuple[int, int]] = {}
+
+
+def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    lines = [_line(r) for r in rows]  # serialise first: a bad row must not leave half a batch
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        st = os.fstat(fd)
+        # If someone else wrote since our last append (or we just started), the last line may
+        # be torn by a crash: make ours start on a fresh one. Racing another appender this can
+        # add a blank line (O_APPEND puts it after their whole row); readers, pyarrow and
+        # ImageFolder skip blank lines.
+        changed = st.st_size and _left_at.get(path) != (st.st_ino, st.st_size)
+        if changed and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            os.write(fd, b"\n")
+        for line in lines:
+            written = os.write(fd, line)
+            while written < len(line):  # only on a full disk or a signal; finish the row
+                written += os.write(fd, line[written:])
+        os.fsync(fd)
+        st = os.fstat(fd)
+        _left_at[path] = (st.st_ino, st.st_size)
+    finally:
+        os.close(fd)
+
+
+def append_rows(out_dir: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append index rows to ``out_dir/metadata.jsonl`` (one write per row, one fsync)."""
+    _append(out_dir / METADATA, rows)
+
+
+def append_failure(out_dir: Path, row: Mapping[str, Any]) -> None:
+    """Append one row to ``out_dir/failures.jsonl``."""
+    _append(out_dir / FAILURES, [row])
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a JSONL file, skipping blank and torn lines; nothing when it is absent."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue  # a line torn by a crash
+            if isinstance(row, dict):
+                yield row
+
+
+def read_index(out_dir: Path) -> list[dict[str, Any]]:
+    """The index rows of an output folder; a file written twice keeps its last row."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in read_rows(out_dir / METADATA):
+        if isinstance(row.get("file_name"), str):
+            rows[row["file_name"]] = row
+    return list(rows.values())
+
+
+def read_failures(out_dir: Path) -> list[dict[str, Any]]:
+    """Failure rows, one per job (the last one written wins)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in read_rows(out_dir / FAILURES):
+        rows[str(row.get("job_id"))] = row
+    return list(rows.values())
+
+
+def known_checksums(out_dir: Path) -> dict[str, str]:
+    """``file_name -> sha256`` from the index, for skipping images already on disk."""
+    return {r["file_name"]: str(r.get("sha256")) for r in read_index(out_dir)}
+
+
+def write_manifest_copy(out_dir: Path, manifest: Path) -> Path:
+    """Copy the manifest as run to ``out_dir/manifest<suffix>`` (atomically)."""
+    dest = out_dir / f"manifest{manifest.suffix.lower() or '.yaml'}"
+    tmp = dest.with_name(dest.name + ".part")
+    shutil.copyfile(manifest, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedJob:
+    """What the journal knows about one completed job, as plain data for a rebuild."""
+
+    spec: JobSpec
+    num_images: int
+    request_id: str | None = None
+    submitted_at: Timestamp = None
+    completed_at: Timestamp = None
+    inference_time: float | None = None
+    cost_estimate: float | None = None
+    usage: Mapping[str, Any] | None = None
+    sha256: Mapping[int, str] = field(default_factory=dict)  # image index -> known checksum
+
+
+@dataclass
+class RebuildReport:
+    rows: int = 0
+    failures: int = 0
+    missing: list[str] = field(default_factory=list)  # file names expected and not on disk
+    changed: list[str] = field(default_factory=list)  # on disk with another checksum
+    invalid: list[str] = field(default_factory=list)  # on disk and not a valid image
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.changed or self.invalid)
+
+
+def rebuild_from_rows(
+    out_dir: Path,
+    completed_jobs: Iterable[CompletedJob],
+    failed_jobs: Iterable[Mapping[str, Any]] = (),
+    *,
+    manifest_sha256: str,
+    version: str = __version__,
+) -> RebuildReport:
+    """Rewrite ``metadata.jsonl`` and ``failures.jsonl`` from the journal's data.
+
+    Every image file is hashed and checked: one missing, not an image, or with a checksum other
+    than the journal's (or, failing that, the old index's) is reported, and only files that
+    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts.
+    """
+    report = RebuildReport()
+    old = {r["file_name"]: r for r in read_index(out_dir)}
+    rows: list[dict[str, Any]] = []
+    for job in completed_jobs:
+        fmt = _input_value(job.spec, "output_format")
+        for n in range(job.num_images):
+            dest = image_path(out_dir, job.spec.output_template, template_fields(job.spec, n))
+            name = relative_name(out_dir, dest)
+            if not dest.is_file():
+                report.missing.append(name)
+                continue
+            size, digest = sha256_file(dest)
+            try:
+                width, height, pil_fmt = inspect_image(dest, fmt)
+            except DownloadError:
+                report.invalid.append(name)
+                continue
+            expected = job.sha256.get(n) or old.get(name, {}).get("sha256")
+            if expected and expected != digest:
+                report.changed.append(name)
+            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
+            # The journal keeps no completion time or fal's inference time per job: the old
+            # row's values survive a rebuild when there is one.
+            prev = old.get(name, {})
+            row = index_row(
+                job.spec,
+                n,
+                d,
+                out_dir=out_dir,
+                manifest_sha256=manifest_sha256,
+                request_id=job.request_id,
+                submitted_at=job.submitted_at,
+                completed_at=job.completed_at or prev.get("completed_at"),
+                inference_time=job.inference_time or prev.get("inference_time"),
+                cost_estimate=job.cost_estimate,
+                usage=job.usage,
+                version=version,
+                downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
+            )
+            rows.append(row)
+    failures = [dict(f) for f in failed_jobs]
+    _rewrite(out_dir / METADATA, rows)
+    _rewrite(out_dir / FAILURES, failures)
+    report.rows, report.failures = len(rows), len(failures)
+    return report
+
+
+def _rewrite(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("wb") as f:
+        f.writelines(_line(r) for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

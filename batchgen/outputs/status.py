@@ -1,0 +1,169 @@
+"""``batchgen status``: what a run's journal says, as a report (pure: reads, never writes).
+
+:func:`build_report` takes a read-only :class:`JournalReader`, the time and the writer's pid, so
+it works the same on a finished folder and on one a run is writing to right now. Rendering is
+separate and pure: text for people, :meth:`StatusReport.to_json` for scripts.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from batchgen.journal.query import JournalReader
+from batchgen.journal.schema import FailureGroup, RunInfo
+from batchgen.planning.jobs import JobState
+from batchgen.planning.pricing import ActualCost, actual_cost
+
+S = JobState
+MAX_IN_FLIGHT_SHOWN = 20
+EXIT_BUDGET = 3
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    job_id: str
+    request_id: str
+    state: str
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    out_dir: str
+    counts: dict[str, int]
+    total: int
+    spent_usd: float
+    in_flight_usd: float
+    remaining_usd: float
+    failures: list[FailureGroup]
+    in_flight: list[InFlight]  # oldest first, at most MAX_IN_FLIGHT_SHOWN
+    in_flight_total: int
+    not_in_manifest: dict[str, int]
+    lost: int
+    possible_duplicates: int
+    writer_pid: int | None
+    last_run: RunInfo | None
+    resume_command: str
+    actual: ActualCost | None = None  # real cost of the results that carried usage (BYOK)
+
+    @property
+    def done(self) -> bool:
+        active = (S.PENDING, S.SUBMITTING, S.UNKNOWN, S.QUEUED, S.RUNNING, S.COMPLETED)
+        return all(self.counts[s] == 0 for s in active)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["done"] = self.done
+        doc["running"] = self.writer_pid is not None
+        return doc
+
+
+def resume_command(out_dir: Path, run: RunInfo | None) -> str:
+    """The exact command that continues this run (the manifest path recorded at the start)."""
+    manifest = run.manifest_path if run and run.manifest_path else "MANIFEST"
+    return f"batchgen run {shlex.quote(manifest)} --out {shlex.quote(str(out_dir))}"
+
+
+def build_report(
+    reader: JournalReader, out_dir: Path, *, now: float, writer_pid: int | None
+) -> StatusReport:
+    with reader.snapshot():  # counts, failures and in-flight rows from the same moment
+        t = reader.tallies()
+        runs = reader.runs()
+        live = reader.in_flight()
+        failures = reader.failures_by_class()
+        actual = actual_cost(reader.usages())
+    last = runs[-1] if runs else None
+    return StatusReport(
+        out_dir=str(out_dir),
+        counts={str(s): n for s, n in t.counts.items()},
+        total=sum(t.counts.values()),
+        spent_usd=round(t.spent, 4),
+        in_flight_usd=round(t.in_flight, 4),
+        remaining_usd=round(t.to_submit, 4),
+        failures=failures,
+        in_flight=[
+            InFlight(r.job_id, r.request_id or "", str(r.state), _since(r.submitted_at, now))
+            for r in live[:MAX_IN_FLIGHT_SHOWN]
+        ],
+        in_flight_total=len(live),
+        not_in_manifest={str(s): n for s, n in t.not_in_manifest.items() if n},
+        lost=t.lost,
+        possible_duplicates=t.possible_duplicates,
+        writer_pid=writer_pid,
+        last_run=last,
+        resume_command=resume_command(out_dir, last),
+        actual=actual if actual.jobs else None,
+    )  # fmt: skip
+
+
+def _since(ts: float | None, now: float) -> float:
+    return round(max(0.0, now - ts), 1) if ts is not None else 0.0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render_text(rep: StatusReport) -> str:
+    lines = [f"{rep.out_dir}: {rep.total} jobs"]
+    lines.append(
+        "  " + "  ".join(f"{s.lower()} {n}" for s, n in rep.counts.items() if n) or "  (no jobs)"
+    )
+    lines.append(
+        f"  spent ~${rep.spent_usd:.2f}, in flight ~${rep.in_flight_usd:.2f},"
+        f" still to submit ~${rep.remaining_usd:.2f} (estimates)"
+    )
+    if rep.actual is not None:
+        lines.append(
+            f"  actual cost from usage ${rep.actual.usd:.2f}"
+            f" ({rep.actual.images} images with usage, {rep.actual.jobs} jobs)"
+        )
+    if rep.lost or rep.possible_duplicates:
+        lines.append(
+            f"  {rep.lost} results expired before download (resubmitted),"
+            f" {rep.possible_duplicates} possible duplicate charges"
+        )
+    if rep.failures:
+        lines.append("failed for good, by class:")
+        for g in rep.failures:
+            lines.append(
+                f"  {g.error_class}: {g.count}  e.g. job {g.example_job_id[:16]}: {g.example}"
+            )
+    if rep.in_flight_total:
+        lines.append(f"in flight: {rep.in_flight_total} requests (oldest first)")
+        for f in rep.in_flight:
+            lines.append(
+                f"  {f.request_id}  {f.state.lower():8} {_age(f.age_s):>6}  job {f.job_id[:16]}"
+            )
+        if rep.in_flight_total > len(rep.in_flight):
+            lines.append(f"  … and {rep.in_flight_total - len(rep.in_flight)} more")
+    if rep.not_in_manifest:
+        n = sum(rep.not_in_manifest.values())
+        parts = ", ".join(f"{s.lower()} {k}" for s, k in rep.not_in_manifest.items())
+        lines.append(f"{n} jobs are no longer in the manifest and will not run ({parts})")
+    lines.append(_state_line(rep))
+    return "\n".join(lines) + "\n"
+
+
+def _state_line(rep: StatusReport) -> str:
+    if rep.writer_pid is not None:
+        pid = rep.writer_pid
+        return f"a run is in progress (pid {pid}); to continue it later: {rep.resume_command}"
+    run = rep.last_run
+    if rep.done:
+        tail = " --retry-failed" if rep.counts[str(S.FAILED)] else ""
+        if tail:
+            return f"finished; to retry the failures: {rep.resume_command}{tail}"
+        return "finished: every job is downloaded"
+    if run is not None and run.exit_code == EXIT_BUDGET:
+        return f"stopped at the budget; to continue, raise it: {rep.resume_command} --max-cost USD"
+    how = "stopped" if run is not None and run.ended_at is not None else "interrupted"
+    return f"{how}; to resume: {rep.resume_command}"

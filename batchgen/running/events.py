@@ -1,0 +1,292 @@
+"""What a run reports: the typed events the scheduler emits, their tally, and the end summary.
+
+The scheduler knows nothing about terminals or log files; it calls ``on_event(event)`` with one
+of the frozen dataclasses below. The command layer draws progress from them, ``runlog`` writes
+them down, and the Python API can hand them to its caller. At the end, ``build_summary`` folds
+the journal's tallies (the truth, across every run into the folder) and this run's counters
+into a ``Summary`` whose ``exit_code`` is what ``batchgen run`` returns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from batchgen.planning.jobs import JobState
+from batchgen.planning.pricing import ActualCost, actual_cost
+
+DROPPED = "submit_dropped"  # retry.classify's reason for a submit sent without an answer
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    new: int
+    kept: int
+    not_in_manifest: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What the run found in the journal before submitting anything."""
+
+    reattached: int  # requests fal still has (QUEUED/RUNNING): watched, never resubmitted
+    to_download: int  # results already fetched (COMPLETED): downloaded first
+    unknown: int  # submits a crash interrupted: resubmitted, counted as possible duplicates
+    retried_failed: int  # --retry-failed
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job_id: str
+    request_id: str
+    possible_duplicate: bool  # an UNKNOWN job resubmitted: fal may have run it twice
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The result JSON is in the journal; the download is queued."""
+
+    job_id: str
+    seconds: float  # submit to completion as we saw it
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    job_id: str
+    images: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """A transient failure; the same request is tried again after ``delay`` seconds."""
+
+    job_id: str | None
+    op: str
+    reason: str
+    message: str
+    delay: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """The request failed or vanished; the job goes back to PENDING for a fresh request."""
+
+    job_id: str
+    reason: str
+    message: str
+    lost: bool  # a finished result that expired before we fetched it
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WindowChanged:
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReached:
+    spent: float
+    in_flight: float
+    next_cost: float
+    cap: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stopping:
+    now: bool  # False: finish what is paid for; True: stop at once
+    reason: str
+
+
+Event = (
+    Planned
+    | Resumed
+    | Submitted
+    | Started
+    | Finished
+    | Saved
+    | Retrying
+    | Requeued
+    | Failed
+    | WindowChanged
+    | BudgetReached
+    | Stopping
+)
+
+
+# -- the tally of one run -------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    """Counters over this run's events (the journal keeps the totals across runs)."""
+
+    submitted: int = 0
+    possible_duplicates: int = 0
+    retries: int = 0
+    requeued: int = 0
+    lost: int = 0
+    saved_jobs: int = 0
+    images: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: Event) -> None:
+        match event:
+            case Submitted():
+                self.submitted += 1
+            case Retrying():
+                self.retries += 1
+            case Requeued(lost=lost, reason=reason):
+                self.requeued += 1
+                self.lost += int(lost)
+                # a submit with no answer may have created a job that fal will bill
+                self.possible_duplicates += int(reason == DROPPED)
+            case Saved(images=n):
+                self.saved_jobs += 1
+                self.images += n
+            case Failed(reason=reason):
+                self.failed[reason] += 1
+                self.possible_duplicates += int(reason == DROPPED)
+            case _:
+                pass
+
+
+# -- the end of the run ---------------------------------------------------------------------
+
+
+class StopReason(StrEnum):
+    INTERRUPTED = "interrupted"
+    BUDGET = "budget"
+    FATAL = "fatal"
+
+
+def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
+    """0 all done, 1 some failed for good (or left unfinished), 2 the key or account was
+    refused, 3 stopped at the budget, 130 interrupted."""
+    if stop is StopReason.INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if stop is StopReason.FATAL:
+        return EXIT_USAGE
+    if stop is StopReason.BUDGET:
+        return EXIT_BUDGET
+    return EXIT_FAILED if failed or unfinished else EXIT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    done: int
+    failed: dict[str, int]  # by class, across the folder's runs
+    unfinished: int  # pending or in flight when the run ended
+    retried: int  # fresh requests after a failure (journal) + transient retries (this run)
+    possible_duplicates: int
+    lost: int
+    spent: float
+    wall_seconds: float
+    stop: StopReason | None
+    failure_examples: dict[str, str] = field(default_factory=dict)
+    resume_hint: str = ""
+    actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(
+            stop=self.stop, failed=sum(self.failed.values()), unfinished=self.unfinished
+        )
+
+    def lines(self) -> list[str]:
+        n_failed = sum(self.failed.values())
+        out = [
+            f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
+            f" in {_duration(self.wall_seconds)}; estimated spend ${self.spent:.2f}",
+            f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
+            f" lost results {self.lost}",
+        ]
+        if self.actual is not None:
+            a = self.actual
+            out.insert(
+                1,
+                f"actual cost from usage ${a.usd:.2f} ({a.images} image"
+                f"{'s' if a.images != 1 else ''} with usage, {a.jobs} job"
+                f"{'s' if a.jobs != 1 else ''}; fal's per-token prices)",
+            )
+        for cls, n in sorted(self.failed.items(), key=lambda kv: (-kv[1], kv[0])):
+            example = self.failure_examples.get(cls, "")
+            out.append(f"  failed {n} × {cls}" + (f": {example}" if example else ""))
+        if self.stop is StopReason.BUDGET:
+            out.append(
+                "stopped at the budget (--max-cost): raise --max-cost and run the same command"
+                " again to continue"
+            )
+        elif self.stop is StopReason.INTERRUPTED:
+            out.append("interrupted: run the same command again to resume")
+        elif self.unfinished:
+            out.append("some jobs are unfinished: run the same command again to resume")
+        if self.resume_hint and (self.stop or self.unfinished):
+            out.append(f"  {self.resume_hint}")
+        return out
+
+
+def build_summary(
+    counts: dict[JobState, int],
+    *,
+    failures: Iterable[tuple[str, int, str]],
+    journal_retries: int,
+    possible_duplicates: int,
+    lost: int,
+    spent: float,
+    stats: RunStats,
+    wall_seconds: float,
+    stop: StopReason | None,
+    resume_hint: str = "",
+    usages: Iterable[tuple[object, int]] = (),
+) -> Summary:
+    """``failures`` is (class, count, example message) per class, as the journal groups them;
+    ``usages`` is (usage, images) per job whose result carried token counts
+    (``JournalReader.usages()``): the summary then reports their real cost too."""
+    failed: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for cls, n, example in failures:
+        failed[cls] = n
+        examples[cls] = example
+    unfinished = sum(
+        n for s, n in counts.items() if s not in (JobState.DOWNLOADED, JobState.FAILED)
+    )
+    return Summary(
+        done=counts.get(JobState.DOWNLOADED, 0),
+        failed=failed,
+        unfinished=unfinished,
+        retried=journal_retries + stats.retries,
+        possible_duplicates=possible_duplicates,
+        lost=lost,
+        spent=spent,
+        wall_seconds=wall_seconds,
+        stop=stop,
+        failure_examples=examples,
+        resume_hint=resume_hint,
+        actual=actual if (actual := actual_cost(usages)).jobs else None,
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"

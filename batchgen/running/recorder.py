@@ -1,0 +1,61 @@
+"""What the scheduler and the download pool decide about a job, written down in one order:
+the journal first, then ``failures.jsonl``, then the event (so a crash between two steps
+leaves the journal, the source of truth, ahead of every view of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from batchgen.fal.retry import Outcome
+from batchgen.journal.writer import JobRow, Journal
+from batchgen.outputs.index import append_failure, failure_row
+from batchgen.running import events as ev
+
+
+class Recorder:
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        out_dir: Path,
+        max_attempts: int,
+        emit: Callable[[ev.Event], None],
+    ) -> None:
+        self._journal = journal
+        self._out_dir = out_dir
+        self._max_attempts = max_attempts
+        self._emit = emit
+
+    def retrying(self, job: str | None, op: str, o: Outcome, delay: float, attempt: int) -> None:
+        self._journal.event(job, "retry", f"{op} {o.reason}: {o.message}; wait {delay:.2f} s")
+        self._emit(ev.Retrying(job, op, o.reason, o.message, delay, attempt))
+
+    def fail(self, row: JobRow, reason: str, message: str) -> None:
+        """FAILED for good, with its class and message."""
+        current = self._journal.get(row.job_id)
+        self._journal.fail(row.job_id, reason, message)
+        append_failure(
+            self._out_dir,
+            failure_row(
+                row.spec,
+                error_class=reason,
+                message=message,
+                attempts=(current or row).attempts + 1,
+                request_id=(current or row).request_id,
+            ),
+        )
+        self._emit(ev.Failed(row.job_id, reason, message))
+
+    def resubmit(self, row: JobRow, reason: str, message: str, *, lost: bool) -> None:
+        """Back in line for a new request, or FAILED once ``--max-attempts`` is spent. A lost
+        result (expired before it was fetched) is always resubmitted: it is not the job's
+        fault, and it is counted apart."""
+        current = self._journal.get(row.job_id)
+        attempts = current.attempts if current is not None else row.attempts
+        if attempts + 1 >= self._max_attempts and not lost:
+            self.fail(row, reason, f"{message} (after {attempts + 1} attempts)")
+            return
+        self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost)
+        self._emit(ev.Requeued(row.job_id, reason, message, lost))

@@ -1,0 +1,363 @@
+"""Run a checked manifest with decided ``Settings``: the engine under ``batchgen.run`` and the CLI.
+
+This layer builds the objects (journal, emulator when asked, HTTP clients, queue client,
+window, scheduler), writes the output folder's ``run.log``, manifest copy and gallery, and hands
+every event to one ``on_event`` callback, plus a ``Snapshot`` of the counts every
+``progress_every`` seconds. It never prints and never touches the terminal: the CLI draws its
+progress bar and summary from the same callback and the returned ``RunResult``.
+
+Signals are installed only when asked (``handle_signals=True``, as the CLI does): a library
+must not take Ctrl-C away from a notebook. Then the first SIGINT/SIGTERM stops submitting and
+lets paid requests finish and download, and the second stops at once. Cancelling the awaiting
+task stops at once too. Either way the journal is consistent and the same call resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from batchgen._version import __version__
+from batchgen.config import Settings, Target
+from batchgen.errors import AuthError
+from batchgen.fal import Endpoints, QueueClient
+from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.manifest import Manifest, plan
+from batchgen.outputs.download import sweep_parts
+from batchgen.outputs.index import write_manifest_copy
+from batchgen.planning.jobs import JobState
+from batchgen.planning.paths import IMAGES_DIR
+from batchgen.planning.pricing import estimate_cost
+from batchgen.running.events import Event, Planned, StopReason, Summary, build_summary
+from batchgen.running.runlog import RunLog
+from batchgen.running.scheduler import Scheduler
+from batchgen.running.window import make_window
+
+S = JobState
+KEEPALIVE = 20  # idle connections kept per client (httpx's default)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The run's counts at one moment, delivered to ``on_event`` every ``progress_every`` s,
+    once before the first submit and once at the end. Counts are jobs, across every run into
+    the same folder (the journal's view), except ``in_flight`` and ``window`` (this run)."""
+
+    pending: int  # not submitted yet (or to resubmit)
+    queued: int  # waiting on fal's side
+    running: int  # seen IN_PROGRESS
+    in_flight: int  # submitted by this run and not finished
+    done: int  # downloaded
+    failed: int  # failed for good
+    spent: float  # estimated USD so far
+    window: int  # requests allowed in flight now
+    total: int = 0  # jobs in the folder's journal
+
+
+RunEvent = Event | Snapshot
+OnEvent = Callable[[RunEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended. ``done``/``failed``/``unfinished`` count jobs across every run into
+    ``out_dir`` (the journal is the truth); ``images`` counts the images this run saved."""
+
+    out_dir: Path
+    exit_code: int  # what `batchgen run` exits with: 0 all done, 1 failures, 2, 3, 130
+    done: int
+    failed: Mapping[str, int]  # jobs failed for good, by class (content_policy_violation, ...)
+    unfinished: int  # pending or in flight when the run ended: run again to resume
+    images: int
+    spent: float  # estimated USD (fal bills per token; see `batchgen plan`)
+    stop: StopReason | None  # why it stopped early: budget, interrupted, fatal
+    fatal: str | None  # why the run stopped when fal refused the key or the account
+    summary: Summary
+
+    @property
+    def ok(self) -> bool:
+        """Every job downloaded."""
+        return self.exit_code == 0
+
+    def lines(self) -> list[str]:
+        """The end-of-run summary as `batchgen run` prints it (and run.log records it)."""
+        return self.summary.lines()
+
+
+async def execute(
+    manifest: Manifest,
+    settings: Settings,
+    *,
+    on_event: OnEvent | None = None,
+    progress_every: float | None = None,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Plan ``manifest`` into the journal in ``settings.out_dir``, run it, and report.
+
+    Raises JournalError when the folder belongs to another manifest or is in use; a job's
+    failure is a recorded row, never an exception. An exception raised by ``on_event`` is
+    re-raised once the run has ended cleanly (events stop reaching it after the first).
+    """
+    out = settings.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out, redact=settings.redact)
+    deliver = _Delivery(on_event, log)
+    try:
+        journal = Journal.open(
+            out / JOURNAL_NAME,
+            manifest_sha256=manifest.sha256,
+            version=__version__,
+            settings=settings.public(),
+            manifest_path=str(manifest.path),
+        )
+    except BaseException:  # another manifest's folder, or in use: a notebook goes on, so close
+        log.close()
+        raise
+    code = 1
+    try:
+        write_manifest_copy(out, manifest.path)
+        log.write(
+            f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
+            f"({settings.target}{', ' + settings.endpoint if settings.endpoint else ''})"
+        )
+        # Local files can change while the manifest does not: re-plan (cheap, incremental).
+        if journal.needs_plan or manifest.files:
+            report = journal.add_jobs(
+                plan(manifest), cost_of=lambda s: estimate_cost(s, manifest.pricing)
+            )
+            deliver(Planned(report.new, report.kept, report.not_in_manifest))
+        removed = sweep_parts(out / IMAGES_DIR) if (out / IMAGES_DIR).is_dir() else 0
+        if removed:
+            log.write(f"resume: removed {removed} partial downloads left by a crash")
+        result = await _execute(
+            journal, manifest, settings, deliver, progress_every, handle_signals
+        )
+        if result.fatal is not None:
+            log.write(f"fatal: {result.fatal}")
+        for line in result.lines():
+            log.write(line)
+        _gallery(out, log)
+        code = result.exit_code
+    finally:
+        journal.close(code)
+        log.write(f"exit {code}")
+        log.close()
+    deliver.raise_if_failed()
+    return result
+
+
+class _Delivery:
+    """Every event to run.log and to the caller's callback, which must not break the run."""
+
+    def __init__(self, on_event: OnEvent | None, log: RunLog) -> None:
+        self.wanted = on_event is not None
+        self._on_event = on_event
+        self._log = log
+        self._error: Exception | None = None
+
+    def __call__(self, event: RunEvent) -> None:
+        if not isinstance(event, Snapshot):
+            self._log.on_event(event)
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception as exc:  # a bug in the caller's code must not leave a job half-done
+            self._error, self._on_event = exc, None
+            self._log.write(f"on_event raised {type(exc).__name__}; no more events delivered")
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+async def _execute(
+    journal: Journal,
+    manifest: Manifest,
+    settings: Settings,
+    deliver: _Delivery,
+    progress_every: float | None,
+    handle_signals: bool,
+) -> RunResult:
+    start = time.monotonic()
+    sched: Scheduler | None = None
+    async with _target(settings) as base, _clients(settings) as (http, media):
+        client = QueueClient(
+            http,
+            endpoints=Endpoints.single(base) if base else Endpoints(),
+            key=settings.key,
+            redact=settings.redact,
+            on_retry=lambda ev: sched.on_client_retry(ev) if sched is not None else None,
+        )
+        sched = Scheduler(
+            journal,
+            client,
+            media,
+            settings=settings,
+            window=make_window(settings.concurrency, hi=settings.max_window),
+            manifest_sha256=manifest.sha256,
+            on_event=deliver,
+        )
+        total = sum(journal.counts().values())
+        s = sched
+
+        def snapshot() -> None:
+            if deliver.wanted:
+                deliver(_snapshot(journal, s, total))
+
+        snapshot()
+        ticker = asyncio.create_task(_tick(snapshot, progress_every))
+        fatal: AuthError | None = None
+        try:
+            with _signals(sched, enabled=handle_signals):
+                await sched.run()
+        except AuthError as exc:
+            fatal = exc
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        snapshot()
+    t = journal.tallies()
+    failures = [(g.error_class, g.count, g.example) for g in journal.failures_by_class()]
+    summary = build_summary(
+        journal.counts(),
+        failures=failures,
+        journal_retries=t.retries,
+        possible_duplicates=t.possible_duplicates,
+        lost=t.lost,
+        spent=journal.spent_estimate(),
+        stats=sched.stats,
+        wall_seconds=time.monotonic() - start,
+        stop=StopReason.FATAL if fatal is not None else sched.stop_reason,
+        resume_hint=f"batchgen status {settings.out_dir}",
+        usages=journal.usages(),
+    )
+    return RunResult(
+        out_dir=settings.out_dir,
+        exit_code=summary.exit_code,
+        done=summary.done,
+        failed=dict(summary.failed),
+        unfinished=summary.unfinished,
+        images=sched.stats.images,
+        spent=summary.spent,
+        stop=summary.stop,
+        fatal=str(fatal) if fatal is not None else None,
+        summary=summary,
+    )
+
+
+async def _tick(snapshot: Callable[[], None], every: float | None) -> None:
+    if every is None or every <= 0:
+        return
+    while True:
+        await asyncio.sleep(every)
+        snapshot()
+
+
+def _snapshot(journal: Journal, sched: Scheduler, total: int) -> Snapshot:
+    c = journal.counts()
+    return Snapshot(
+        pending=c[S.PENDING] + c[S.UNKNOWN],
+        queued=c[S.QUEUED],
+        running=c[S.RUNNING],
+        in_flight=sched.in_flight,
+        done=c[S.DOWNLOADED],
+        failed=c[S.FAILED],
+        spent=journal.spent_estimate(),
+        window=sched.window.size,
+        total=total,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _target(settings: Settings) -> AsyncIterator[str | None]:
+    """The base URL of the server to talk to (None: real fal), starting the emulator if asked."""
+    if settings.target is not Target.EMULATE:
+        yield settings.endpoint
+        return
+    from batchgen.emulator import EmulatorConfig, serve
+
+    config = EmulatorConfig(
+        time_scale=settings.time_scale if settings.time_scale is not None else 1.0,
+        faults=settings.faults or "none",
+        seed=settings.seed,
+    )
+    async with serve(config, host="127.0.0.1", port=0) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _clients(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    # One open stream per request in flight, plus polls and results: the pool must hold the
+    # whole window or watchers would queue behind each other for a connection.
+    n = max(settings.concurrency or settings.max_window, 1) * 2 + 16
+    # Few idle connections kept: httpcore scans every pooled connection on every request,
+    # and a pool of a hundred idle sockets costs more CPU than reconnecting on loopback.
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=KEEPALIVE)
+    timeout = httpx.Timeout(60.0, connect=15.0)
+    media_limits = httpx.Limits(max_connections=settings.download_concurrency * 2 + 4)
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=timeout) as http,
+        httpx.AsyncClient(limits=media_limits, timeout=timeout) as media,
+    ):
+        yield http, media
+
+
+@contextlib.contextmanager
+def _signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop submitting, finish what is paid for. Second: stop now.
+
+    The scheduler reports each stop as a ``Stopping`` event, which is how the CLI tells the
+    user what is happening; this handler itself prints nothing.
+    """
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def handler() -> None:
+        nonlocal hits
+        hits += 1
+        sched.stop(now=hits > 1)
+
+    # remove_signal_handler resets a signal to Python's default, but asyncio.run (and so
+    # run_sync, or a test runner) had put its own SIGINT handler there: put that one back.
+    installed: list[tuple[signal.Signals, Any]] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append((sig, previous))
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no unix signals
+            pass
+    try:
+        yield
+    finally:
+        for sig, previous in installed:
+            loop.remove_signal_handler(sig)
+            if previous is not None:  # None: set from outside Python, cannot be restored
+                signal.signal(sig, previous)
+
+
+def _gallery(out: Path, log: RunLog) -> None:
+    """Regenerate index.html when the gallery module offers it; a failure is only logged."""
+    try:
+        from batchgen.outputs.gallery import build_gallery
+    except ImportError:
+        return
+    try:
+        build_gallery(out)
+    except Exception as exc:  # the images and the index are the product; the page is a view
+        log.write(f"gallery: not rebuilt ({type(exc).__name__}: {exc})")

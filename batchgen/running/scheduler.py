@@ -1,0 +1,400 @@
+"""The asyncio pipeline behind ``batchgen run``: submit within a window, watch, fetch, download.
+
+One submit loop claims jobs from the journal while the window has room (no task per job:
+memory stays flat in the number of jobs); one task per request in flight submits it, watches
+it (``watcher``), fetches the result the moment it completes and commits it; a separate
+``DownloadPool`` fetches the images, so a slow CDN never holds a submission slot. Every state
+change is committed before the action it enables: SUBMITTING before the POST, the request id
+the moment the POST answers, the result JSON before any download. ``retry.classify`` decides
+what a failure means (DESIGN.md's Errors table), ``recorder`` writes it down; the pacing
+rules are pure, in ``window``. Everything is reported through ``on_event``.
+
+``stop()`` ends submitting and lets paid requests finish and download; ``stop(now=True)``
+cancels at once. Both leave the journal consistent: a POST cut short is UNKNOWN (resubmitted
+and counted), a watched request keeps its id (re-attached), a half download leaves no file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from batchgen.config import Settings, Target
+from batchgen.errors import AuthError
+from batchgen.fal import Handle, InProgress, QueueClient, Queued, Status
+from batchgen.fal.byok import submit_input
+from batchgen.fal.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
+from batchgen.fal.uploads import UploadError, Uploads
+from batchgen.journal.writer import JobRow, Journal
+from batchgen.outputs.downloader import DownloadPool
+from batchgen.planning.jobs import JobState
+from batchgen.running import events as ev
+from batchgen.running.recorder import Recorder
+from batchgen.running.watcher import DeadlineExceeded, watch
+from batchgen.running.window import Observation, RunTimes, Window, budget_allows
+
+S = JobState
+SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
+CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
+
+
+class Scheduler:
+    def __init__(
+        self,
+        journal: Journal,
+        client: QueueClient,
+        media: httpx.AsyncClient,
+        *,
+        settings: Settings,
+        window: Window,
+        manifest_sha256: str,
+        on_event: Callable[[ev.Event], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._journal = journal
+        self._client = client
+        self._media = media
+        self._s = settings
+        self.window = window
+        self._sha = manifest_sha256
+        self._emit_to = on_event
+        self._clock, self._wall, self._sleep, self._rng = clock, wall, sleep, rng
+        self._wake = asyncio.Event()
+        self.stats = ev.RunStats()
+        self.runtimes = RunTimes()
+        self.stop_reason: ev.StopReason | None = None
+        self._fatal: AuthError | None = None
+        self._stopping = self._stop_now = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._record = Recorder(
+            journal, out_dir=settings.out_dir, max_attempts=settings.max_attempts, emit=self._emit
+        )
+        self._pool = DownloadPool(
+            journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
+            max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
+            on_saved=lambda job, n: self._emit(ev.Saved(job, n)), on_failed=self._record.fail,
+            on_idle=self._wake.set, sleep=sleep, rng=rng,
+        )  # fmt: skip
+        self._unknown: set[str] = set()  # jobs whose last POST may have created a request
+        self._unstarted: set[str] = set()  # claimed, but their task has not run yet
+        self._seq = 0  # submit order of this run's requests...
+        self._live: set[int] = set()  # ...and which of them are still in flight
+        self._reattached = 0  # re-attached requests still in flight
+        # Local files -> URLs. The in-process emulator forgets its storage when the run ends:
+        # URLs from an earlier run are reused only on fal and --endpoint servers.
+        self._uploads = Uploads(
+            journal,
+            client,
+            folder=settings.manifest_path.parent,
+            inline=settings.inline_uploads,
+            reuse=settings.target is not Target.EMULATE,
+        )
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def stop(self, *, now: bool = False, reason: ev.StopReason = ev.StopReason.INTERRUPTED) -> None:
+        """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
+        # What the exit code reports: a refused key over Ctrl-C over the budget.
+        rank = [None, ev.StopReason.BUDGET, ev.StopReason.INTERRUPTED, ev.StopReason.FATAL]
+        if rank.index(reason) > rank.index(self.stop_reason):
+            self.stop_reason = reason
+        first = not self._stopping
+        self._stopping = True
+        if now and not self._stop_now:
+            self._stop_now = True
+            self._emit(ev.Stopping(now=True, reason=str(reason)))
+            for task in list(self._tasks):
+                task.cancel()
+        elif first:
+            self._emit(ev.Stopping(now=False, reason=str(reason)))
+        self._wake.set()
+
+    def on_client_retry(self, retry: RetryEvent) -> None:
+        """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
+        self._record.retrying(None, retry.op, retry.outcome, retry.delay, retry.attempt)
+
+    async def run(self) -> None:
+        """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
+        self._pool.start()
+        try:
+            self._resume()
+            await self._submit_loop()
+            while not self._stop_now and (self._tasks or self._pool.backlog):
+                await self._changed()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._pool.close()
+            for job in self._unstarted:  # cancelled before their first step: nothing sent
+                self._journal.transition(job, S.PENDING)
+            self._unstarted.clear()
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- resume and submit ------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        retried = self._journal.retry_failed() if self._s.retry_failed else 0
+        unknown = self._journal.interrupted_submits()
+        self._unknown = {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
+        reattached = 0
+        completed: list[JobRow] = []
+        for row in self._journal.attached():
+            if row.state is S.COMPLETED:
+                completed.append(row)
+            else:
+                reattached += 1
+                self._reattached += 1
+                self._spawn(self._reattach(row))
+        self._pool.resume(completed)
+        to_download = len(completed)
+        self._emit(ev.Resumed(reattached, to_download, len(unknown), retried))
+        if reattached or to_download or unknown:
+            self._journal.event(
+                None,
+                "resume",
+                f"reattached={reattached} to_download={to_download} "
+                f"unknown={len(unknown)} retried_failed={retried}",
+            )
+
+    async def _submit_loop(self) -> None:
+        cap = self._s.max_cost
+        while not self._stopping:
+            free = self.window.size - len(self._tasks)
+            if free <= 0:
+                await self._changed()
+                continue
+            rows = self._journal.claim(1 if cap is not None else min(free, CLAIM_BATCH))
+            if not rows:
+                if not self._tasks:
+                    return  # nothing pending, and nothing in flight that could requeue a job
+                await self._changed()
+                continue
+            for i, row in enumerate(rows):
+                spent = self._journal.spent_estimate()
+                # claim() already counts this job as in flight
+                others = self._journal.in_flight_estimate() - row.cost
+                if not budget_allows(spent=spent, in_flight=others, job=row.cost, cap=cap):
+                    assert cap is not None
+                    for r in rows[i:]:  # nothing was sent for these: back in line
+                        self._journal.transition(r.job_id, S.PENDING)
+                    self._emit(ev.BudgetReached(spent, others, row.cost, cap))
+                    self.stop(reason=ev.StopReason.BUDGET)
+                    return
+                self._unstarted.add(row.job_id)
+                self._spawn(self._fresh(row, len(self._tasks) + 1))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _fresh(self, row: JobRow, in_flight: int) -> None:
+        seq = self._seq = self._seq + 1
+        self._live.add(seq)
+        try:
+            handle = await self._submit(row)
+            if handle is not None:
+                await self._follow(row, handle, self._clock(), observe_at=(in_flight, seq))
+        finally:
+            self._live.discard(seq)
+
+    async def _reattach(self, row: JobRow) -> None:
+        assert row.handle is not None
+        # The deadline counts from the original submit, possibly in an earlier process.
+        age = max(0.0, self._wall() - (row.submitted_at or self._wall()))
+        try:
+            await self._follow(row, Handle.from_json(row.handle), self._clock() - age, None)
+        finally:
+            self._reattached -= 1
+
+    async def _submit(self, row: JobRow) -> Handle | None:
+        job, spec = row.job_id, row.spec
+        self._unstarted.discard(job)
+        dup = job in self._unknown
+        for attempt in range(1, SUBMIT_TRIES + 1):
+            # A claim that passed the budget check is still sent after the budget stop (the
+            # stop refuses only the jobs after it); Ctrl-C or a refused key abandons it.
+            if self._stopping and self.stop_reason is not ev.StopReason.BUDGET:
+                self._journal.transition(job, S.PENDING)  # nothing sent for this claim
+                self._unknown.discard(job)  # its possible duplicate is already counted
+                return None
+            posting = False
+            try:
+                body = await self._uploads.resolve(spec)  # local files -> hosted URLs
+                # A BYOK job's OpenAI key joins the body here only: it is never stored.
+                body = submit_input(spec, self._s.openai_key, body)
+                posting = True
+                handle = await self._client.submit(spec.endpoint, body)
+            except asyncio.CancelledError:
+                if not posting:  # stopped while uploading its files: nothing was submitted
+                    self._journal.transition(job, S.PENDING)
+                    raise
+                # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
+                self._journal.transition(
+                    job, S.UNKNOWN, error_class="interrupted", error="stopped while submitting"
+                )
+                raise
+            except Exception as exc:
+                o = exc.outcome if isinstance(exc, UploadError) else classify(exc, op="submit")
+                if o.action in (Action.RETRY, Action.RESUBMIT) and attempt < SUBMIT_TRIES:
+                    delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
+                    self._record.retrying(job, "submit", o, delay, attempt)
+                    try:
+                        await self._sleep(delay)
+                    except asyncio.CancelledError:
+                        self._journal.transition(job, S.PENDING)  # refused: nothing exists
+                        raise
+                    continue
+                if o.action is Action.UNKNOWN:
+                    self._unknown.add(job)
+                    if row.attempts + 1 >= self._s.max_attempts:
+                        self._record.fail(row, o.reason, o.message)
+                    else:
+                        self._journal.transition(job, S.UNKNOWN, error_class=o.reason,
+                                                 error=o.message, bump_attempts=True)  # fmt: skip
+                        self._emit(ev.Requeued(job, o.reason, o.message, lost=False))
+                elif o.action is Action.FATAL:
+                    self._journal.transition(job, S.PENDING)  # refused: nothing was created
+                    self._fatal_stop(exc)
+                else:
+                    self._record.fail(row, o.reason, o.message)
+                return None
+            self._journal.set_submitted(job, handle.to_json())  # before anything else
+            self._unknown.discard(job)
+            self._emit(ev.Submitted(job, handle.request_id, dup))
+            return handle
+        return None  # unreachable: the last try always returns
+
+    # -- watch and fetch ----------------------------------------------------------------------
+
+    async def _follow(
+        self,
+        row: JobRow,
+        handle: Handle,
+        submitted_at: float,
+        observe_at: tuple[int, int] | None,
+    ) -> None:
+        """Watch until completed, fetch and commit the result; on failure requeue or fail."""
+        job = row.job_id
+        deadline_at = submitted_at + self._s.deadline
+        started = row.state is S.RUNNING
+        first = True
+
+        def note(st: Status, prompt: bool) -> None:
+            nonlocal started, first
+            if first and observe_at is not None:
+                pos = st.position if isinstance(st, Queued) else None
+                n, seq = observe_at
+                # Ours submitted earlier and still in flight: those running, waiting ahead,
+                # or finished a moment ago. Re-attached requests (older still) count too.
+                ahead = sum(1 for q in self._live if q < seq) + self._reattached
+                self._observe(Observation(pos, n, prompt, ahead))
+            first = False
+            if isinstance(st, InProgress) and not started:
+                started = True
+                self._journal.transition(job, S.RUNNING)
+                self._emit(ev.Started(job))
+
+        op = "status"
+        attempt = 0
+        while True:
+            try:
+                op = "status"
+                done = await watch(
+                    self._client, handle, mode=self._s.watch, expected=self.runtimes.expected(),
+                    # an auto window learns from each new request's first status
+                    prompt=observe_at is not None and self.window.wants_prompt_check(),
+                    submitted_at=submitted_at, deadline_at=deadline_at, note=note,
+                    on_stream_broken=lambda msg: self._record.retrying(
+                        job, "status", Outcome(Action.RETRY, "stream_broken", msg), 0.0, 1
+                    ),
+                    clock=self._clock, sleep=self._sleep,
+                )  # fmt: skip
+                op = "result"
+                result = await self._client.result(handle)
+                break
+            except DeadlineExceeded:
+                await self._cancel(job, handle)
+                msg = f"no result within --deadline {self._s.deadline:g} s; cancelled"
+                self._record.resubmit(row, "deadline", msg, lost=False)
+                return
+            except Exception as exc:
+                o = classify(exc, op=op)
+                attempt += 1
+                if o.action is Action.RETRY and self._clock() < deadline_at:
+                    # The GET retries inside the client ran out; the request still exists and
+                    # resubmitting would pay twice, so keep asking, more slowly.
+                    delay = backoff(attempt, retry_after=o.retry_after, base=2.0, rng=self._rng)
+                    self._record.retrying(job, op, o, delay, attempt)
+                    await self._sleep(delay)
+                    continue
+                self._after_failure(row, o)
+                return
+        took = self._clock() - submitted_at
+        inference = done.inference_time
+        # fal's own run time when it says so: ours includes our own lag under load, which
+        # would talk the watch choice out of the quick check exactly when it pays most.
+        self.runtimes.add(took if inference is None else inference)
+        self._journal.set_result(job, result)  # committed before any download
+        self._emit(ev.Finished(job, took))
+        self._pool.put(job, inference)  # the slot is free from here on
+
+    async def _cancel(self, job: str, handle: Handle) -> None:
+        try:
+            answer = await self._client.cancel(handle)
+            self._journal.event(job, "cancel", answer)
+        except Exception as exc:  # best effort: the job is resubmitted either way
+            self._journal.event(job, "cancel", f"failed: {classify(exc, op='cancel').message}")
+
+    def _after_failure(self, row: JobRow, o: Outcome) -> None:
+        if o.action is Action.FATAL:
+            self._fatal_stop(AuthError(o.message))  # the request stays attached for next time
+        elif o.action is Action.FINAL:
+            self._record.fail(row, o.reason, o.message)
+        elif o.action is Action.RETRY:
+            # Deadline passed while the status or result could not be read: the request is
+            # left attached (its id is in the journal) and re-attached by the next run.
+            self._journal.event(row.job_id, "unreachable", o.message)
+        else:
+            self._record.resubmit(row, o.reason, o.message, lost=o.reason == "expired")
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def _fatal_stop(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc if isinstance(exc, AuthError) else AuthError(str(exc))
+        self.stop(now=True, reason=ev.StopReason.FATAL)
+
+    def _observe(self, obs: Observation) -> None:
+        before = self.window.size
+        if self.window.observe(obs) != before:
+            self._emit(ev.WindowChanged(self.window.size))
+            self._wake.set()
+
+    async def _changed(self) -> None:
+        self._wake.clear()
+        await self._wake.wait()
+
+    def _emit(self, event: ev.Event) -> None:
+        self.stats.add(event)
+        if self._emit_to is not None:
+            self._emit_to(event)
