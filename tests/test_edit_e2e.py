@@ -22,7 +22,8 @@ from batchgen.emulator.images import inset_box
 from batchgen.emulator.references import auto_size
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import load_manifest
-from batchgen.outputs.index import CompletedJob, read_failures, read_index, rebuild_from_rows
+from batchgen.outputs.index import read_failures, read_index
+from batchgen.outputs.rebuild import CompletedJob, rebuild_from_rows
 from batchgen.planning.gptimage import EDIT
 from batchgen.planning.jobs import JobState
 from batchgen.running.scheduler import Scheduler

@@ -382,7 +382,7 @@ async def test_upload_falls_back_to_initiate_and_signed_put(
     put = next(r for r in env.recorder.requests if r.method == "PUT")
     assert "authorization" not in put.headers  # the key never goes to a signed URL
     assert put.headers["content-type"] == "image/png"
-    (warning,) = [r for r in caplog.records if r.name == "batchgen.fal.client"]
+    (warning,) = [r for r in caplog.records if r.name == "batchgen.fal.storage"]
     assert "CDN down" in warning.getMessage()
     assert all("very-secret" not in r.getMessage() for r in caplog.records)
 

@@ -28,8 +28,9 @@ from batchgen.fal import (
     QueueClient,
     Queued,
 )
-from batchgen.fal.client import http_error, parse_status
 from batchgen.fal.retry import Action, RetryPolicy, ZeroWait, classify
+from batchgen.fal.statuses import parse_status
+from batchgen.fal.transport import http_error
 
 BASE = "http://fal.test"
 H = Handle(

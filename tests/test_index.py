@@ -17,7 +17,6 @@ from batchgen.outputs.index import (
     FAILURES,
     INDEX_FIELDS,
     METADATA,
-    CompletedJob,
     append_failure,
     append_rows,
     failure_row,
@@ -25,9 +24,9 @@ from batchgen.outputs.index import (
     known_checksums,
     read_failures,
     read_index,
-    rebuild_from_rows,
     write_manifest_copy,
 )
+from batchgen.outputs.rebuild import CompletedJob, rebuild_from_rows
 from batchgen.planning.jobs import JobSpec, job_id
 from batchgen.planning.paths import image_path, template_fields
 

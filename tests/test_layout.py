@@ -31,6 +31,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("commands", "cli", "__main__", "__init__"),
 )
 LEVEL = {name: i for i, names in enumerate(STAGES) for name in names}
+MAX_LINES = 400
 
 
 def modules(root: Path = PACKAGE) -> dict[str, Path]:
@@ -138,6 +139,15 @@ def test_every_top_level_name_belongs_to_a_stage() -> None:
     names = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()}
     names = {n for n in names if not n.startswith(".") and n != "__pycache__" and n != "py.typed"}
     assert names <= set(LEVEL)
+
+
+def test_no_module_is_longer_than_the_style_allows() -> None:
+    long = {
+        name: n
+        for name, path in modules().items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}
 
 
 # The checks above must be able to fail: each is run on a small package with the fault in it.

@@ -1,21 +1,17 @@
 """Talking to fal: the queue client and everything a request needs on its way out.
 
-``client`` (``QueueClient``: submit, status, stream, result, cancel, upload; the typed
-statuses), ``retry`` (the pure ``classify``/``backoff`` and the one retry loop), ``auth`` (keys
-that never print), ``uploads`` (local reference files resolved at submit time) and ``byok``
-(where a user's OpenAI key is added). Uses ``planning``, ``manifest`` and ``journal`` below it.
+``client`` (``QueueClient``: submit, status, stream, result, cancel, upload), ``statuses``
+(the typed status variants), ``transport`` (one request, error answers, the key's headers),
+``stream`` (the SSE status stream's watchdog), ``storage`` (fal's CDN and signed uploads),
+``retry`` (the pure ``classify``/``backoff`` and the one retry loop), ``auth`` (keys that never
+print), ``uploads`` (local reference files resolved at submit time) and ``byok`` (where a
+user's OpenAI key is added). Uses ``planning``, ``manifest`` and ``journal`` below it.
 """
 
-from batchgen.fal.client import (
-    Completed,
-    Endpoints,
-    Handle,
-    InProgress,
-    QueueClient,
-    Queued,
-    Status,
-    data_uri,
-)
+from batchgen.fal.client import Handle, QueueClient
+from batchgen.fal.statuses import Completed, InProgress, Queued, Status
+from batchgen.fal.storage import data_uri
+from batchgen.fal.transport import Endpoints
 
 __all__ = [
     "Completed",

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError
-from batchgen.fal.client import QueueClient, data_uri
+from batchgen.fal.client import QueueClient
 from batchgen.fal.retry import Action, Outcome, classify
+from batchgen.fal.storage import data_uri
 from batchgen.journal.writer import Journal
 from batchgen.manifest.files import MAX_REFERENCE_BYTES, read_reference
 from batchgen.manifest.local import is_local_path

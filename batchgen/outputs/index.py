@@ -21,18 +21,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from batchgen._version import __version__
-from batchgen.errors import DownloadError
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec
-from batchgen.planning.paths import image_path, relative_name, size_label, template_fields
+from batchgen.planning.paths import relative_name, size_label
 from batchgen.planning.pricing import parse_usage, token_cost
 
 METADATA = "metadata.jsonl"
@@ -93,7 +91,7 @@ def iso(ts: Timestamp) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _input_value(spec: JobSpec, key: str) -> Any:
+def input_value(spec: JobSpec, key: str) -> Any:
     """A request field as sent, else the endpoint's documented default (fal applies it)."""
     if key in spec.input:
         return spec.input[key]
@@ -153,7 +151,7 @@ def index_row(
     """
     if cost_actual is None and usage is not None and parse_usage(usage) is not None:
         cost_actual = token_cost(usage) / spec.num_images
-    fmt = _input_value(spec, "output_format")
+    fmt = input_value(spec, "output_format")
     references, mask = edit_inputs(spec)
     return {
         "file_name": relative_name(out_dir, d.path),
@@ -165,10 +163,10 @@ def index_row(
         "vars": dict(spec.vars),
         "tags": dict(spec.tags),
         "endpoint": spec.endpoint,
-        "requested_size": size_label(_input_value(spec, "image_size")) or None,
+        "requested_size": size_label(input_value(spec, "image_size")) or None,
         "width": d.width,
         "height": d.height,
-        "quality": _input_value(spec, "quality"),
+        "quality": input_value(spec, "quality"),
         "output_format": fmt,
         "content_type": d.content_type,
         "bytes": d.bytes,
@@ -306,96 +304,8 @@ def write_manifest_copy(out_dir: Path, manifest: Path) -> Path:
     return dest
 
 
-@dataclass(frozen=True, slots=True)
-class CompletedJob:
-    """What the journal knows about one completed job, as plain data for a rebuild."""
-
-    spec: JobSpec
-    num_images: int
-    request_id: str | None = None
-    submitted_at: Timestamp = None
-    completed_at: Timestamp = None
-    inference_time: float | None = None
-    cost_estimate: float | None = None
-    usage: Mapping[str, Any] | None = None
-    sha256: Mapping[int, str] = field(default_factory=dict)  # image index -> known checksum
-
-
-@dataclass
-class RebuildReport:
-    rows: int = 0
-    failures: int = 0
-    missing: list[str] = field(default_factory=list)  # file names expected and not on disk
-    changed: list[str] = field(default_factory=list)  # on disk with another checksum
-    invalid: list[str] = field(default_factory=list)  # on disk and not a valid image
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.changed or self.invalid)
-
-
-def rebuild_from_rows(
-    out_dir: Path,
-    completed_jobs: Iterable[CompletedJob],
-    failed_jobs: Iterable[Mapping[str, Any]] = (),
-    *,
-    manifest_sha256: str,
-    version: str = __version__,
-) -> RebuildReport:
-    """Rewrite ``metadata.jsonl`` and ``failures.jsonl`` from the journal's data.
-
-    Every image file is hashed and checked: one missing, not an image, or with a checksum other
-    than the journal's (or, failing that, the old index's) is reported, and only files that
-    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts.
-    """
-    report = RebuildReport()
-    old = {r["file_name"]: r for r in read_index(out_dir)}
-    rows: list[dict[str, Any]] = []
-    for job in completed_jobs:
-        fmt = _input_value(job.spec, "output_format")
-        for n in range(job.num_images):
-            dest = image_path(out_dir, job.spec.output_template, template_fields(job.spec, n))
-            name = relative_name(out_dir, dest)
-            if not dest.is_file():
-                report.missing.append(name)
-                continue
-            size, digest = sha256_file(dest)
-            try:
-                width, height, pil_fmt = inspect_image(dest, fmt)
-            except DownloadError:
-                report.invalid.append(name)
-                continue
-            expected = job.sha256.get(n) or old.get(name, {}).get("sha256")
-            if expected and expected != digest:
-                report.changed.append(name)
-            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
-            # The journal keeps no completion time or fal's inference time per job: the old
-            # row's values survive a rebuild when there is one.
-            prev = old.get(name, {})
-            row = index_row(
-                job.spec,
-                n,
-                d,
-                out_dir=out_dir,
-                manifest_sha256=manifest_sha256,
-                request_id=job.request_id,
-                submitted_at=job.submitted_at,
-                completed_at=job.completed_at or prev.get("completed_at"),
-                inference_time=job.inference_time or prev.get("inference_time"),
-                cost_estimate=job.cost_estimate,
-                usage=job.usage,
-                version=version,
-                downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
-            )
-            rows.append(row)
-    failures = [dict(f) for f in failed_jobs]
-    _rewrite(out_dir / METADATA, rows)
-    _rewrite(out_dir / FAILURES, failures)
-    report.rows, report.failures = len(rows), len(failures)
-    return report
-
-
-def _rewrite(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+def rewrite_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Replace an index file atomically: written beside it, fsynced, then renamed over it."""
     tmp = path.with_name(path.name + ".part")
     with tmp.open("wb") as f:
         f.writelines(_line(r) for r in rows)

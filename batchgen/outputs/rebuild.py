@@ -3,7 +3,7 @@
 The journal is the source of truth; the index is a view of it that a crash, a hand edit or a
 deleted file can spoil. This reads the journal (read-only, streamed: a million jobs never sit
 in memory at once), turns each downloaded job into a :class:`CompletedJob` with the checksums
-the downloader recorded, and hands them to :func:`index.rebuild_from_rows`, which hashes every
+the downloader recorded, and hands them to :func:`rebuild_from_rows`, which hashes every
 file and reports the missing, changed and invalid ones.
 
 Jobs that completed on fal's side but are not downloaded yet are left out: they are not on
@@ -12,15 +12,30 @@ disk, and the next ``batchgen run`` fetches them and appends their rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from batchgen.errors import UsageError
+from batchgen._version import __version__
+from batchgen.errors import DownloadError, UsageError
 from batchgen.journal.query import JournalReader
 from batchgen.journal.schema import JobRow
 from batchgen.journal.writer import JOURNAL_NAME, Journal, writer_pid
-from batchgen.outputs.index import CompletedJob, RebuildReport, failure_row, rebuild_from_rows
-from batchgen.planning.jobs import JobState
+from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.index import (
+    FAILURES,
+    METADATA,
+    Timestamp,
+    failure_row,
+    index_row,
+    input_value,
+    read_index,
+    rewrite_rows,
+)
+from batchgen.planning.jobs import JobSpec, JobState
+from batchgen.planning.paths import image_path, relative_name, template_fields
 from batchgen.planning.pricing import usage_of
 
 
@@ -84,3 +99,92 @@ def _failed(reader: JournalReader) -> Iterator[dict[str, object]]:
             request_id=row.request_id,
             failed_at=row.updated_at,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedJob:
+    """What the journal knows about one completed job, as plain data for a rebuild."""
+
+    spec: JobSpec
+    num_images: int
+    request_id: str | None = None
+    submitted_at: Timestamp = None
+    completed_at: Timestamp = None
+    inference_time: float | None = None
+    cost_estimate: float | None = None
+    usage: Mapping[str, Any] | None = None
+    sha256: Mapping[int, str] = field(default_factory=dict)  # image index -> known checksum
+
+
+@dataclass
+class RebuildReport:
+    rows: int = 0
+    failures: int = 0
+    missing: list[str] = field(default_factory=list)  # file names expected and not on disk
+    changed: list[str] = field(default_factory=list)  # on disk with another checksum
+    invalid: list[str] = field(default_factory=list)  # on disk and not a valid image
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.changed or self.invalid)
+
+
+def rebuild_from_rows(
+    out_dir: Path,
+    completed_jobs: Iterable[CompletedJob],
+    failed_jobs: Iterable[Mapping[str, Any]] = (),
+    *,
+    manifest_sha256: str,
+    version: str = __version__,
+) -> RebuildReport:
+    """Rewrite ``metadata.jsonl`` and ``failures.jsonl`` from the journal's data.
+
+    Every image file is hashed and checked: one missing, not an image, or with a checksum other
+    than the journal's (or, failing that, the old index's) is reported, and only files that
+    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts.
+    """
+    report = RebuildReport()
+    old = {r["file_name"]: r for r in read_index(out_dir)}
+    rows: list[dict[str, Any]] = []
+    for job in completed_jobs:
+        fmt = input_value(job.spec, "output_format")
+        for n in range(job.num_images):
+            dest = image_path(out_dir, job.spec.output_template, template_fields(job.spec, n))
+            name = relative_name(out_dir, dest)
+            if not dest.is_file():
+                report.missing.append(name)
+                continue
+            size, digest = sha256_file(dest)
+            try:
+                width, height, pil_fmt = inspect_image(dest, fmt)
+            except DownloadError:
+                report.invalid.append(name)
+                continue
+            expected = job.sha256.get(n) or old.get(name, {}).get("sha256")
+            if expected and expected != digest:
+                report.changed.append(name)
+            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
+            # The journal keeps no completion time or fal's inference time per job: the old
+            # row's values survive a rebuild when there is one.
+            prev = old.get(name, {})
+            row = index_row(
+                job.spec,
+                n,
+                d,
+                out_dir=out_dir,
+                manifest_sha256=manifest_sha256,
+                request_id=job.request_id,
+                submitted_at=job.submitted_at,
+                completed_at=job.completed_at or prev.get("completed_at"),
+                inference_time=job.inference_time or prev.get("inference_time"),
+                cost_estimate=job.cost_estimate,
+                usage=job.usage,
+                version=version,
+                downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
+            )
+            rows.append(row)
+    failures = [dict(f) for f in failed_jobs]
+    rewrite_rows(out_dir / METADATA, rows)
+    rewrite_rows(out_dir / FAILURES, failures)
+    report.rows, report.failures = len(rows), len(failures)
+    return report
