@@ -26,6 +26,7 @@ from typing import Any
 from batchgen.errors import UsageError
 from batchgen.fal.auth import FalKey, OpenAIKey, key_from_env, openai_key_from_env, redact_all
 from batchgen.fal.byok import MISSING_KEY
+from batchgen.journal.origin import of_target
 from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
 # The emulator's latency model is real time (a high-quality image takes ~30 s); a rehearsal
@@ -65,6 +66,11 @@ class Settings:
     seed: int
     quiet: bool
     openai_key: OpenAIKey | None = None  # BYOK only; redacted repr, never in public()
+
+    @property
+    def origin(self) -> str:
+        """Where this run's requests are made (``journal.origin``)."""
+        return of_target(str(self.target), self.endpoint)
 
     def redact(self, text: str) -> str:
         """``text`` with the fal key and the OpenAI key masked (for logs and messages)."""

@@ -89,7 +89,8 @@ async def test_notebook_load_plan_run_read(tmp_path: Path) -> None:
     assert result.ok and result.exit_code == 0
     assert (result.done, result.failed, result.unfinished) == (12, {}, 0)
     assert result.images == 12 and result.out_dir == out
-    assert result.spent == pytest.approx(summary.cost_usd)
+    # A rehearsal bills nothing; what it would cost on fal is the plan's estimate.
+    assert result.spent == 0.0 and result.rehearsal == pytest.approx(summary.cost_usd)
     assert result.lines()[0].startswith("done 12, failed 0, unfinished 0")
 
     rows = batchgen.read_index(out)

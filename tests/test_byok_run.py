@@ -71,7 +71,7 @@ def test_byok_run_sends_the_key_and_writes_it_nowhere(
         assert row["cost_actual"] == pytest.approx(token_cost(usage) / images, abs=1e-8)
     total = sum(r["cost_actual"] for r in rows)
     assert f"actual cost from usage ${total:.2f} (6 images with usage, 4 jobs" in err
-    assert "estimated spend $0.06" in err  # 6 low images at $0.01
+    assert "on fal ~$0.06 this run" in err  # 6 low images at $0.01, billed nowhere
 
     # `batchgen status` reports the same real cost, in text and JSON
     assert main(["status", str(out)]) == 0

@@ -27,7 +27,7 @@ def test_a_journal_of_another_schema_version_is_refused_clearly(path: Path) -> N
     with conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
-    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 1"):
+    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 2"):
         open_journal(path)
     with pytest.raises(JournalError, match="schema 99"):
         Journal.open_readonly(path)
@@ -176,7 +176,7 @@ def test_the_public_api_other_modules_build_on() -> None:
     assert params(Journal.open)[:4] == ["path", "manifest_sha256", "version", "settings"]
     assert {"clock=", "manifest_path=", "allow_manifest_change="} <= set(params(Journal.open))
     assert params(Journal.add_jobs) == ["self", "specs", "cost_of="]
-    assert params(Journal.claim) == ["self", "limit"]
+    assert params(Journal.claim) == ["self", "limit", "origin="]
     assert params(Journal.set_submitted) == ["self", "job_id", "handle"]
     assert params(Journal.transition) == [
         "self", "job_id", "new", "error_class=", "error=", "bump_attempts="

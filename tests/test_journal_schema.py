@@ -118,16 +118,18 @@ def test_live_tallies_move_counts_and_money_in_flight(
     old: JobState, new: JobState, in_flight: float
 ) -> None:
     t = _tallies()
-    t.move(_head(old), new, dup=0, billed=0)
+    t.move(_head(old), new, dup=0, billed=0, origin=None)
     assert t.in_flight == in_flight and t.spent == 0.0
     assert t.counts[old] == 4 and t.counts[new] == 6
 
 
 def test_spending_only_grows() -> None:
     t = _tallies(spent=2.0)  # one job, completed and downloaded
-    t.move(_head(S.DOWNLOADED, billed=1), S.PENDING, dup=0, billed=1)  # files vanished
+    t.move(_head(S.DOWNLOADED, billed=1), S.PENDING, dup=0, billed=1, origin=None)  # files vanished
     assert t.spent == pytest.approx(2.0)
-    t.move(_head(S.RUNNING, billed=1), S.COMPLETED, dup=0, billed=2)  # the rerun is charged
+    # the rerun is charged
+    t.move(_head(S.RUNNING, billed=1), S.COMPLETED, dup=0, billed=2, origin=None)
     assert t.spent == pytest.approx(4.0)
-    t.move(_head(S.UNKNOWN, billed=2), S.SUBMITTING, dup=1, billed=2)  # possible duplicate
+    # a possible duplicate
+    t.move(_head(S.UNKNOWN, billed=2), S.SUBMITTING, dup=1, billed=2, origin=None)
     assert t.spent == pytest.approx(6.0)

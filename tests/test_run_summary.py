@@ -73,6 +73,7 @@ def summary(stop: StopReason | None, counts: dict[JobState, int]) -> list[str]:
         possible_duplicates=1,
         lost=1,
         spent=1.234,
+        spent_run=0.5,
         stats=RunStats(retries=2),
         wall_seconds=75.0,
         stop=stop,
@@ -84,7 +85,10 @@ def summary(stop: StopReason | None, counts: dict[JobState, int]) -> list[str]:
 def test_summary_lines() -> None:
     lines = summary(None, {S.DOWNLOADED: 8, S.FAILED: 2})
     text = "\n".join(lines)
-    assert "done 8, failed 2, unfinished 0 in 1m15s; estimated spend $1.23" in text
+    assert (
+        "done 8, failed 2, unfinished 0 in 1m15s; estimated spend $0.50 this run,"
+        " $1.23 for the folder"
+    ) in text
     assert "retried 5, possible duplicate charges 1, lost results 1" in text
     assert "failed 2 × content_policy_violation: HTTP 422: prompt refused" in text
     assert "resume" not in text

@@ -27,6 +27,13 @@ def eta_seconds(remaining: int, done_now: int, elapsed: float) -> float | None:
     return remaining * elapsed / done_now
 
 
+def spend_label(snap: Snapshot) -> str:
+    """This run's spend; a rehearsal's is what it would cost on fal, billed nowhere."""
+    if snap.rehearsal:
+        return f"~${snap.spent:.2f} on fal (rehearsal)"
+    return f"spent ~${snap.spent:.2f}"
+
+
 def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elapsed: float) -> str:
     per_min = images * 60.0 / elapsed if elapsed > 0 else 0.0
     eta = eta_seconds(snap.pending + snap.in_flight, done_now, elapsed)
@@ -35,7 +42,7 @@ def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elaps
         f"progress: done {snap.done}/{total}, failed {snap.failed}, queued {snap.queued},"
         f" running {snap.running}, in flight {snap.in_flight} (window {snap.window}),"
         f" pending {snap.pending}, {per_min:.1f} images/min,"
-        f" spent ~${snap.spent:.2f}, ETA {eta_text}"
+        f" {spend_label(snap)}, ETA {eta_text}"
     )
 
 
@@ -86,7 +93,8 @@ class Progress:
                 queued=snap.queued,
                 running=snap.running,
                 window=snap.window,
-                spent=f"${snap.spent:.2f}",
+                **({"on fal": f"${snap.spent:.2f}"} if snap.rehearsal
+                   else {"spent": f"${snap.spent:.2f}"}),
                 refresh=True,
             )
         else:

@@ -17,6 +17,7 @@ The manifest rule (what a user sees):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import JournalError
+from batchgen.journal.origin import of_target
 from batchgen.journal.schema import DDL, SCHEMA_VERSION, dumps, redact_settings
 
 try:  # POSIX; elsewhere the single-writer guard is skipped.
@@ -73,8 +75,10 @@ def start_run(
                 (str(SCHEMA_VERSION), version),
             )
     found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if found is None or found[0] != str(SCHEMA_VERSION):
-        have = found[0] if found else "none"
+    have = found[0] if found else "none"
+    if have in MIGRATIONS:
+        migrate(conn, int(have))
+    elif have != str(SCHEMA_VERSION):
         raise JournalError(
             f"{path} has journal schema {have}; this batchgen ({version}) reads schema "
             f"{SCHEMA_VERSION}. Use the batchgen version that wrote it, or another --out folder."
@@ -158,13 +162,54 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise JournalError(f"{path} is not a batchgen journal ({exc})") from exc
-    if found is None or found[0] != str(SCHEMA_VERSION):
+    have = found[0] if found else "none"
+    if have == "1":
+        # A reader must not write, so an old journal is read through a view with the newer
+        # columns empty (a temp view shadows the table for unqualified names); the next
+        # `batchgen run` on the folder migrates the file itself.
+        conn.execute("CREATE TEMP VIEW jobs AS SELECT *, NULL AS origin FROM main.jobs")
+    elif have != str(SCHEMA_VERSION):
         conn.close()
         raise JournalError(
-            f"{path} has journal schema {found[0] if found else 'none'}; "
-            f"this batchgen reads schema {SCHEMA_VERSION}"
+            f"{path} has journal schema {have}; this batchgen reads schema {SCHEMA_VERSION}"
         )
     return conn
+
+
+def _v1_to_v2(c: sqlite3.Connection) -> None:
+    """Schema 2 records where each job's requests were made (``jobs.origin``). Rows written by
+    schema 1 are given the origin of the folder's last run: folders rarely change target, and
+    a wrong guess errs towards keeping paid work."""
+    c.execute("ALTER TABLE jobs ADD COLUMN origin TEXT")
+    last = c.execute("SELECT settings FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    if last is None:
+        return
+    settings = json.loads(last[0])
+    endpoint = settings.get("endpoint")
+    where = of_target(str(settings.get("target")), endpoint if isinstance(endpoint, str) else None)
+    c.execute(
+        "UPDATE jobs SET origin = ? WHERE state != 'PENDING' OR billed > 0"
+        " OR possible_duplicates > 0",
+        (where,),
+    )
+
+
+# version -> the step that brings it to the next one ("skip what is recorded": each step runs
+# once, in the same transaction as the version it writes).
+MIGRATIONS = {1: _v1_to_v2}
+
+
+def migrate(conn: sqlite3.Connection, have: int) -> None:
+    with transaction(conn) as c:
+        for v in range(have, SCHEMA_VERSION):
+            MIGRATIONS[v](c)
+        c.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+        c.execute(
+            "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, NULL, 'migrate', ?)",
+            (time.time(), f"journal schema {have} -> {SCHEMA_VERSION}"),
+        )
 
 
 def writer_pid(path: Path) -> int | None:

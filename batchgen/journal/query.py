@@ -16,10 +16,12 @@ from types import TracebackType
 from typing import Any, Self
 
 from batchgen.errors import JournalError
+from batchgen.journal.origin import EMULATOR
 from batchgen.journal.schema import (
     IN_FLIGHT,
     JOB_COLUMNS,
     FailureGroup,
+    JobHead,
     JobRow,
     RunInfo,
     Tallies,
@@ -38,23 +40,29 @@ def tallies(conn: sqlite3.Connection) -> Tallies:
     gone = dict.fromkeys(S, 0)
     spent = in_flight = to_submit = 0.0
     lost = dups = retries = 0
-    for state, in_manifest, n, cost, billed_cost, n_lost, n_dup, n_att in conn.execute(
-        "SELECT state, in_manifest, count(*), total(cost),"
+    rehearsal = 0.0
+    for state, in_manifest, emulated, n, cost, billed_cost, n_lost, n_dup, n_att in conn.execute(
+        "SELECT state, in_manifest, coalesce(origin = ?, 0), count(*), total(cost),"
         " total(cost * (possible_duplicates + billed)), total(lost),"
         " total(possible_duplicates), total(attempts)"
-        " FROM jobs GROUP BY state, in_manifest"
+        " FROM jobs GROUP BY 1, 2, 3",
+        (EMULATOR,),
     ):
         st = JobState(state)
         (counts if in_manifest else gone)[st] += n
         # Billed: every completion fal ran (lost results included) and every possible
-        # duplicate; the budget would rather over- than under-count.
-        spent += billed_cost
+        # duplicate; the budget would rather over- than under-count. The emulator's are
+        # counted apart: it bills nothing.
+        if emulated:
+            rehearsal += billed_cost
+        else:
+            spent += billed_cost
         in_flight += cost if st in IN_FLIGHT else 0.0
         to_submit += cost if in_manifest and st is S.PENDING else 0.0
         lost += int(n_lost)
         dups += int(n_dup)
         retries += int(n_att)
-    return Tallies(counts, gone, spent, in_flight, to_submit, lost, dups, retries)
+    return Tallies(counts, gone, spent, in_flight, to_submit, lost, dups, retries, rehearsal)
 
 
 class JournalReader:
@@ -103,6 +111,40 @@ class JournalReader:
     def get(self, job_id: str) -> JobRow | None:
         rows = self._select("job_id = ?", (job_id,))
         return rows[0] if rows else None
+
+    def head(self, job_id: str) -> JobHead:
+        """The columns a state change needs, or JournalError when there is no such job."""
+        # Only the columns a transition needs: parsing the spec on every commit would double
+        # the cost of the hot path (bench/journal.py).
+        found = (
+            self._db()
+            .execute(
+                "SELECT seq, state, in_manifest, cost, possible_duplicates, billed, request_id,"
+                " origin FROM jobs WHERE job_id = ?",
+                (job_id,),
+            )
+            .fetchone()
+        )
+        if found is None:
+            raise JournalError(f"no job {job_id[:16]} in the journal {self.path}")
+        return JobHead(found[0], JobState(found[1]), bool(found[2]), *found[3:])
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The state of each of ``job_ids`` found in the journal."""
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" * len(job_ids))
+        sql = f"SELECT job_id, state FROM jobs WHERE job_id IN ({marks})"
+        return {j: JobState(s) for j, s in self._db().execute(sql, tuple(job_ids))}
+
+    def by_origin(self) -> dict[str, dict[JobState, int]]:
+        """How many jobs of each state each server worked on (jobs with no request left out)."""
+        out: dict[str, dict[JobState, int]] = {}
+        for origin, state, n in self._db().execute(
+            "SELECT origin, state, count(*) FROM jobs WHERE origin IS NOT NULL GROUP BY 1, 2"
+        ):
+            out.setdefault(origin, {})[JobState(state)] = n
+        return out
 
     def attached(self) -> list[JobRow]:
         """Jobs with a live request on fal's side (QUEUED/RUNNING/COMPLETED with a handle), to
@@ -154,11 +196,12 @@ class JournalReader:
                 yield usage, len(images) if isinstance(images, list) else 0
 
     def failures_by_class(self) -> list[FailureGroup]:
-        """Final failures grouped by class, most frequent first, each with its latest message."""
+        """Final failures of the manifest's jobs (what ``counts`` calls FAILED, what
+        failures.jsonl lists) grouped by class, most frequent first, with the latest message."""
         # SQLite fills the bare columns (error, job_id) from the row holding max(updated_at).
         rows = self._db().execute(
             "SELECT coalesce(error_class, 'unknown'), count(*), error, job_id, max(updated_at)"
-            " FROM jobs WHERE state = 'FAILED' GROUP BY 1 ORDER BY 2 DESC, 1"
+            " FROM jobs WHERE state = 'FAILED' AND in_manifest = 1 GROUP BY 1 ORDER BY 2 DESC, 1"
         )
         return [FailureGroup(c, n, msg or "", jid) for c, n, msg, jid, _ in rows]
 

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from batchgen.journal.origin import is_rehearsal
 from batchgen.planning.jobs import SECRET_FIELDS, JobSpec, JobState
 
-# Bump when a table changes shape. A journal with another number is refused, not migrated
-# silently: mixing two layouts is how a resume would pay twice.
-SCHEMA_VERSION = 1
+# Bump when a table changes shape, with a migration in ``opening.MIGRATIONS``. A journal of a
+# newer version is refused: mixing two layouts is how a resume would pay twice.
+SCHEMA_VERSION = 2
 
 JOURNAL_NAME = "journal.sqlite"
 
@@ -57,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    submitted_at REAL
+    submitted_at REAL,
+    origin TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, in_manifest);
 CREATE TABLE IF NOT EXISTS events (
@@ -80,7 +82,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 JOB_COLUMNS = (
     "seq, job_id, spec, state, in_manifest, request_id, handle, attempts, submits, "
     "possible_duplicates, lost, cost, result, files, error_class, error, created_at, "
-    "updated_at, submitted_at, billed"
+    "updated_at, submitted_at, billed, origin"
 )
 
 # States whose request may exist on fal's side and whose cost is committed but not yet known
@@ -113,6 +115,7 @@ class JobRow:
     lost: int = 0
     files: list[dict[str, Any]] | None = None
     billed: int = 0  # completions on fal's side (each one charged), lost ones included
+    origin: str | None = None  # where its requests were made (journal.origin); None: none yet
 
     @property
     def job_id(self) -> str:
@@ -163,7 +166,12 @@ class Upload:
 @dataclass(frozen=True, slots=True)
 class Tallies:
     """Aggregates over every job. ``counts`` covers jobs named by the current manifest only;
-    money covers every job, since work paid for is paid for whatever the manifest says now."""
+    money covers every job, since work paid for is paid for whatever the manifest says now.
+
+    ``spent`` is the one definition of spend everywhere (run summary, status, gallery,
+    ``--max-cost``): the estimate of every request fal may bill, i.e. each completion (lost
+    results included) and each possible duplicate, on fal or an ``--endpoint`` server.
+    ``rehearsal`` is the same figure for the emulator's requests, which billed nothing."""
 
     counts: dict[JobState, int]
     not_in_manifest: dict[JobState, int]
@@ -173,6 +181,7 @@ class Tallies:
     lost: int
     possible_duplicates: int
     retries: int
+    rehearsal: float = 0.0
 
 
 class JobHead(NamedTuple):
@@ -185,6 +194,7 @@ class JobHead(NamedTuple):
     possible_duplicates: int
     billed: int
     request_id: str | None
+    origin: str | None = None
 
 
 def charges(old: JobState, new: JobState, *, lost: bool = False) -> int:
@@ -207,10 +217,14 @@ class LiveTallies:
     def __init__(self, t: Tallies) -> None:
         self.counts: Counter[JobState] = Counter(t.counts)
         self.spent = t.spent
+        self.rehearsal = t.rehearsal
         self.in_flight = t.in_flight
 
-    def move(self, r: JobHead | JobRow, new: JobState, *, dup: int, billed: int) -> None:
-        """Account ``r`` going from ``r.state`` to ``new`` with its new dup/billed counts.
+    def move(
+        self, r: JobHead | JobRow, new: JobState, *, dup: int, billed: int, origin: str | None
+    ) -> None:
+        """Account ``r`` going from ``r.state`` to ``new`` with its new dup/billed counts,
+        its requests made at ``origin``.
 
         Spending only grows: a charge is never undone by a later retry or failure.
         """
@@ -218,7 +232,11 @@ class LiveTallies:
         if r.in_manifest:
             self.counts[old] -= 1
             self.counts[new] += 1
-        self.spent += r.cost * ((dup - r.possible_duplicates) + (billed - r.billed))
+        charged = r.cost * ((dup - r.possible_duplicates) + (billed - r.billed))
+        if is_rehearsal(origin):
+            self.rehearsal += charged
+        else:
+            self.spent += charged
         self.in_flight += r.cost * ((new in IN_FLIGHT) - (old in IN_FLIGHT))
 
 
@@ -261,6 +279,7 @@ def job_row(r: tuple[Any, ...]) -> JobRow:
         updated_at=r[17],
         submitted_at=r[18],
         billed=r[19],
+        origin=r[20],
     )
 
 

@@ -4,14 +4,11 @@ Rules (DESIGN.md, "The journal and the job states"):
 
 * Intent before action: every method commits before it returns, so a caller acts (POSTs,
   downloads) only on state that is already on disk.
-* Durability: WAL with ``synchronous=NORMAL``. A commit is in the WAL (the OS page cache) when
-  it returns, which survives a ``kill -9`` of the process; a power loss may drop the last
-  commits. The one commit whose loss costs money, the request id of ``set_submitted``, is made
-  with ``synchronous=FULL`` (an fsync of the WAL, which also persists every earlier commit)
-  unless ``durable_submits=False``. Measured by bench/journal.py on the shared 2-core VM
-  (load 5-7): a bare commit 26-78 µs; a job's four commits 0.3-0.6 ms all NORMAL, ~1.4 ms
-  with the FULL submit: a ceiling of ~700 jobs/s, well above the ~150 jobs/s of the queue
-  API, so the fsync is bought cheaply.
+* Durability: WAL with ``synchronous=NORMAL``: a returned commit survives a ``kill -9``; a
+  power loss may drop the last ones. The commit whose loss costs money, the request id of
+  ``set_submitted``, is fsynced (``synchronous=FULL``) unless ``durable_submits=False``.
+  bench/journal.py (shared 2-core VM, load 5-7): a job's four commits 0.3-0.6 ms, ~1.4 ms with
+  the fsync: a ceiling of ~700 jobs/s, well above the queue API's ~150, so it is cheap.
 * Concurrency: one writer process, guarded by an ``flock`` on ``journal.sqlite.lock`` (a second
   ``batchgen run`` on the same folder would submit every job twice). The writer is used from
   one asyncio thread with short synchronous transactions: at tens of microseconds per commit,
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import JournalError
+from batchgen.journal import resets
 from batchgen.journal.loading import plan_into
 from batchgen.journal.opening import (
     ManifestChanged,
@@ -47,7 +45,6 @@ from batchgen.journal.schema import (
     JOB_COLUMNS,
     JOURNAL_NAME,
     AddReport,
-    JobHead,
     JobRow,
     LiveTallies,
     charges,
@@ -173,12 +170,12 @@ class Journal(JournalReader):
 
     # ---- the submit path ----------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[JobRow]:
-        """Move up to ``limit`` jobs to SUBMITTING, FIFO, UNKNOWN ones (resubmits) first.
+    def claim(self, limit: int, *, origin: str | None = None) -> list[JobRow]:
+        """Move up to ``limit`` jobs to SUBMITTING, FIFO, UNKNOWN ones (resubmits) first, their
+        requests to be made at ``origin`` (recorded before the POST; None keeps the old one).
 
         Committed before returning: a crash after this leaves SUBMITTING rows, which
-        :meth:`interrupted_submits` turns into UNKNOWN (the POST may have been sent).
-        """
+        :meth:`interrupted_submits` turns into UNKNOWN (the POST may have been sent)."""
         if limit <= 0:
             return []
         now = self._clock()
@@ -191,8 +188,8 @@ class Journal(JournalReader):
             c.executemany(
                 "UPDATE jobs SET state = 'SUBMITTING', submits = submits + 1,"
                 " possible_duplicates = possible_duplicates + (state = 'UNKNOWN'),"
-                " updated_at = ? WHERE seq = ?",
-                [(now, r.seq) for r in rows],
+                " origin = coalesce(?, origin), updated_at = ? WHERE seq = ?",
+                [(origin, now, r.seq) for r in rows],
             )
             c.executemany(
                 "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
@@ -201,9 +198,10 @@ class Journal(JournalReader):
         out = []
         for r in rows:
             dup = r.possible_duplicates + (r.state is S.UNKNOWN)
-            self._live.move(r, S.SUBMITTING, dup=dup, billed=r.billed)
+            where = origin or r.origin
+            self._live.move(r, S.SUBMITTING, dup=dup, billed=r.billed, origin=where)
             out.append(replace(r, state=S.SUBMITTING, updated_at=now, submits=r.submits + 1,
-                               possible_duplicates=dup))  # fmt: skip
+                               possible_duplicates=dup, origin=where))  # fmt: skip
         return out
 
     def set_submitted(self, job_id: str, handle: dict[str, Any]) -> None:
@@ -283,22 +281,25 @@ class Journal(JournalReader):
             detail=("lost: " if lost else "") + (one_line(reason) or ""),
         )
 
+    # ---- before a run submits: bulk changes (resets.py), tallies rebuilt after each -----
+
+    def replace_rehearsal(self) -> int:
+        return self._bulk(resets.replace_rehearsal)
+
+    def drop_emulator_requests(self) -> int:
+        return self._bulk(resets.drop_emulator_requests)
+
+    def redownload_failed(self, origin: str | None) -> int:
+        return self._bulk(lambda c, now: resets.redownload_failed(c, now, origin))
+
     def retry_failed(self) -> int:
-        """``--retry-failed``: every final failure in the manifest back to PENDING, attempts 0."""
-        now = self._clock()
-        with transaction(self._db()) as c:
-            c.execute(
-                "INSERT INTO events (ts, job_id, kind, detail) SELECT ?, job_id, 'state',"
-                " 'FAILED->PENDING retry-failed' FROM jobs"
-                " WHERE state = 'FAILED' AND in_manifest = 1",
-                (now,),
-            )
-            n: int = c.execute(
-                "UPDATE jobs SET state = 'PENDING', attempts = 0, error_class = NULL,"
-                " error = NULL, updated_at = ? WHERE state = 'FAILED' AND in_manifest = 1",
-                (now,),
-            ).rowcount
-        self._live = LiveTallies(tallies(self._db()))
+        """``--retry-failed`` (after :meth:`redownload_failed`): failures back to PENDING."""
+        return self._bulk(resets.retry_failed)
+
+    def _bulk(self, change: Callable[[sqlite3.Connection, float], int]) -> int:
+        n = change(self._db(), self._clock())
+        if n:
+            self._live = LiveTallies(tallies(self._db()))
         return n
 
     def interrupted_submits(self) -> list[JobRow]:
@@ -333,7 +334,12 @@ class Journal(JournalReader):
         return {s: self._live.counts[s] for s in S}
 
     def spent_estimate(self) -> float:
+        """What fal may bill for this folder (see ``Tallies``), kept exact in memory."""
         return self._live.spent
+
+    def rehearsal_estimate(self) -> float:
+        """The same figure for the emulator's requests: what they would cost on fal."""
+        return self._live.rehearsal
 
     def in_flight_estimate(self) -> float:
         return self._live.in_flight
@@ -351,12 +357,14 @@ class Journal(JournalReader):
         same_ok: bool = False,
         detail: str = "",
     ) -> None:
-        r = self._head(job_id)
+        r = self.head(job_id)
         if not (same_ok and r.state is new):
             check_transition(r.state, new)
         cols = dict(sets or {})
         if new is S.PENDING:  # the old request is abandoned: never re-attach it
-            cols.update(request_id=None, handle=None, result=None, submitted_at=None)
+            paid = r.billed or r.possible_duplicates  # else no server is owed: forget it too
+            cols.update(request_id=None, handle=None, result=None, submitted_at=None,
+                        **({} if paid else {"origin": None}))  # fmt: skip
         now = self._clock()
         cols.update(state=str(new), updated_at=now)
         assign = ", ".join(f"{k} = ?" for k in cols)
@@ -372,20 +380,6 @@ class Journal(JournalReader):
                 "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
                 (now, job_id, f"{r.state}->{new} {detail}{old_req}".rstrip()),
             )
-        self._live.move(r, new, dup=r.possible_duplicates, billed=r.billed + billed)
-
-    def _head(self, job_id: str) -> JobHead:
-        # Only the columns a transition needs: parsing the spec on every commit would double
-        # the cost of the hot path (bench/journal.py).
-        found = (
-            self._db()
-            .execute(
-                "SELECT seq, state, in_manifest, cost, possible_duplicates, billed, request_id"
-                " FROM jobs WHERE job_id = ?",
-                (job_id,),
-            )
-            .fetchone()
+        self._live.move(
+            r, new, dup=r.possible_duplicates, billed=r.billed + billed, origin=r.origin
         )
-        if found is None:
-            raise JournalError(f"no job {job_id[:16]} in the journal {self.path}")
-        return JobHead(found[0], JobState(found[1]), bool(found[2]), *found[3:])

@@ -5,13 +5,20 @@ so a request's slot is released the moment its result JSON is committed, and the
 fetched here. Each job's result is read back from the journal (nothing big waits in memory),
 every image goes through ``download.download_image`` (``.part`` file, checks, atomic rename),
 the index rows are appended, and only then is the job marked DOWNLOADED.
+
+A paid image is fetched, never paid for again while fal still holds it. When a download
+fails (truncated, refused, not the image asked for), the result is read again from the queue
+(``refetch``: fresh URLs) and the images are tried again, up to ``REFETCHES`` times; a job
+that still fails keeps its request id and result, so a later run downloads it again without
+a new submit. When fal no longer has the result or its media (404, 410), the work is gone:
+``on_lost`` resubmits the job, counted as lost, never failed for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,15 @@ from batchgen.planning.paths import image_path, relative_name, template_fields
 from batchgen.planning.pricing import parse_usage, token_cost, usage_of
 
 FORMATS = ("png", "jpeg", "webp")
+REFETCHES = 2  # fresh results read per job after a failed download
+_GONE = frozenset({"http_404", "http_410"})  # the media is no longer there
+
+
+class ResultGone(Exception):
+    """Raised by ``refetch`` when the queue no longer has the request's result."""
+
+
+Refetch = Callable[[JobRow], Awaitable[dict[str, Any]]]
 
 
 class DownloadPool:
@@ -42,6 +58,8 @@ class DownloadPool:
         on_saved: Callable[[str, int], None],
         on_failed: Callable[[JobRow, str, str], None],
         on_idle: Callable[[], None],
+        refetch: Refetch | None = None,
+        on_lost: Callable[[JobRow, str], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -52,6 +70,7 @@ class DownloadPool:
         self._max_bytes = max_image_bytes
         self._n = workers
         self._on_saved, self._on_failed, self._on_idle = on_saved, on_failed, on_idle
+        self._refetch, self._on_lost = refetch, on_lost
         self._sleep, self._rng = sleep, rng
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
@@ -105,49 +124,73 @@ class DownloadPool:
         row = self._journal.get(job)
         if row is None or row.state is not JobState.COMPLETED or row.result is None:
             return
-        result = row.result
+        for refetches in range(REFETCHES + 1):
+            try:
+                await self._save(row, row.result or {}, inference_time)
+                return
+            except DownloadError as exc:
+                failure: tuple[str, str] = f"download_{exc.reason}", str(exc)
+                gone = exc.reason in _GONE
+            except (BatchgenError, OSError, ValueError) as exc:  # a bad template, a full disk
+                self._on_failed(row, "download_error", f"{type(exc).__name__}: {exc}")
+                return
+            if self._refetch is None or refetches == REFETCHES:
+                break
+            self._journal.event(job, "download", f"{failure[1]}; reading the result again")
+            try:
+                result = await self._refetch(row)
+            except ResultGone as exc:
+                gone, failure = True, ("download_expired", str(exc))
+                break
+            except Exception as exc:  # the queue is unreachable: keep the result, fail the job
+                self._journal.event(job, "download", f"result not read again: {exc}")
+                break
+            self._journal.set_result(job, result)
+            row = self._journal.get(job) or row
+        if gone and self._on_lost is not None:
+            self._on_lost(row, failure[1])
+        else:
+            self._on_failed(row, *failure)
+
+    async def _save(
+        self, row: JobRow, result: dict[str, Any], inference_time: float | None
+    ) -> None:
+        """Download, verify and index every image of ``row``, then mark it DOWNLOADED."""
         images = result.get("images")
         if not isinstance(images, list) or not images:
-            self._on_failed(row, "no_images", "the result lists no images")
-            return
+            raise DownloadError("the result lists no images", reason="no_images")
         usage = usage_of(result)
         # What fal's per-token prices make of the usage (BYOK), shared out like the estimate.
         actual = token_cost(usage) if usage is not None and parse_usage(usage) else None
         fmt = _output_format(row.spec)
         rows: list[dict[str, Any]] = []
         files: list[dict[str, Any]] = []
-        try:
-            for n, image in enumerate(images):
-                url = image.get("url") if isinstance(image, dict) else None
-                if not isinstance(url, str):
-                    raise DownloadError(f"image {n} has no url", reason="no_url")
-                dest = self._dest(row.spec, n)
-                d = await download_image(
-                    self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
-                    sleep=self._sleep, rng=self._rng,
-                    expected_sha256=self._known.pop(relative_name(self._out, dest), None),
-                )  # fmt: skip
-                rows.append(index_row(
-                    row.spec, n, d, out_dir=self._out, manifest_sha256=self._sha,
-                    request_id=row.request_id, submitted_at=row.submitted_at,
-                    completed_at=row.updated_at, inference_time=inference_time,
-                    cost_estimate=row.cost / len(images), usage=usage,
-                    cost_actual=actual / len(images) if actual is not None else None,
-                ))  # fmt: skip
-                files.append({"file_name": relative_name(self._out, d.path),
-                              "sha256": d.sha256, "bytes": d.bytes})  # fmt: skip
-        except DownloadError as exc:
-            self._on_failed(row, f"download_{exc.reason}", str(exc))
-            return
-        except (BatchgenError, OSError, ValueError) as exc:  # a bad template, a full disk
-            self._on_failed(row, "download_error", f"{type(exc).__name__}: {exc}")
-            return
+        for n, image in enumerate(images):
+            url = image.get("url") if isinstance(image, dict) else None
+            if not isinstance(url, str):
+                raise DownloadError(f"image {n} has no url", reason="no_url")
+            dest = self._dest(row.spec, n)
+            d = await download_image(
+                self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
+                sleep=self._sleep, rng=self._rng,
+                expected_sha256=self._known.pop(relative_name(self._out, dest), None),
+            )  # fmt: skip
+            rows.append(index_row(
+                row.spec, n, d, out_dir=self._out, manifest_sha256=self._sha,
+                request_id=row.request_id, submitted_at=row.submitted_at,
+                completed_at=row.updated_at, inference_time=inference_time,
+                cost_estimate=row.cost / len(images), usage=usage,
+                cost_actual=actual / len(images) if actual is not None else None,
+                origin=row.origin,
+            ))  # fmt: skip
+            files.append({"file_name": relative_name(self._out, d.path),
+                          "sha256": d.sha256, "bytes": d.bytes})  # fmt: skip
         # Index rows first: a crash before the journal commit downloads again and appends the
         # same rows, which readers de-duplicate by file name; the other order could lose them.
         # append_rows fsyncs: off the event loop, so a slow disk never stalls the watchers.
         await asyncio.to_thread(append_rows, self._out, rows)
-        self._journal.mark_downloaded(job, files)
-        self._on_saved(job, len(files))
+        self._journal.mark_downloaded(row.job_id, files)
+        self._on_saved(row.job_id, len(files))
 
 
     def _dest(self, spec: JobSpec, n: int) -> Path:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ INDEX_FIELDS = (
     "vars",
     "tags",
     "endpoint",
+    "origin",
     "requested_size",
     "width",
     "height",
@@ -138,6 +140,7 @@ def index_row(
     cost_estimate: float | None = None,
     usage: Mapping[str, Any] | None = None,
     cost_actual: float | None = None,
+    origin: str | None = None,
     version: str = __version__,
 ) -> dict[str, Any]:
     """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
@@ -147,7 +150,8 @@ def index_row(
     ``usage`` is the token count a BYOK response carries; ``cost_actual`` is this image's share
     of what those tokens cost at fal's per-token prices (computed from ``usage`` over the
     job's ``num_images`` when not given), None without usage. An edit's ``references`` and
-    ``mask`` say which inputs it used (local files by path and sha256).
+    ``mask`` say which inputs it used (local files by path and sha256). ``origin`` says where
+    the image was made (``journal.origin``: ``fal``, ``emulator``, ``endpoint:<URL>``).
     """
     if cost_actual is None and usage is not None and parse_usage(usage) is not None:
         cost_actual = token_cost(usage) / spec.num_images
@@ -163,6 +167,7 @@ def index_row(
         "vars": dict(spec.vars),
         "tags": dict(spec.tags),
         "endpoint": spec.endpoint,
+        "origin": origin,
         "requested_size": size_label(input_value(spec, "image_size")) or None,
         "width": d.width,
         "height": d.height,
@@ -214,35 +219,44 @@ def _line(row: Mapping[str, Any]) -> bytes:
     return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-# Where this process's last append left each file (inode, size): the torn-line check is only
-# needed when the file changed behind our back.
+# One writer per index file: the run's folder lock keeps other processes out, and this lock
+# keeps the download pool's worker threads from racing each other. Under it, where our last
+# append left each file (inode, size) is exact, so the torn-line check below fires only when
+# the file changed behind our back (a crash's torn last line), never on a neighbour's row.
+_lock = threading.Lock()
 _left_at: dict[Path, tuple[int, int]] = {}
 
 
 def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    lines = [_line(r) for r in rows]  # serialise first: a bad row must not leave half a batch
-    if not lines:
+    # Serialise first: a bad row must not leave half a batch. One write for the batch.
+    data = b"".join(_line(r) for r in rows)
+    if not data:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        st = os.fstat(fd)
-        # If someone else wrote since our last append (or we just started), the last line may
-        # be torn by a crash: make ours start on a fresh one. Racing another appender this can
-        # add a blank line (O_APPEND puts it after their whole row); readers, pyarrow and
-        # ImageFolder skip blank lines.
-        changed = st.st_size and _left_at.get(path) != (st.st_ino, st.st_size)
-        if changed and os.pread(fd, 1, st.st_size - 1) != b"\n":
-            os.write(fd, b"\n")
-        for line in lines:
-            written = os.write(fd, line)
-            while written < len(line):  # only on a full disk or a signal; finish the row
-                written += os.write(fd, line[written:])
-        os.fsync(fd)
-        st = os.fstat(fd)
-        _left_at[path] = (st.st_ino, st.st_size)
-    finally:
-        os.close(fd)
+    with _lock:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            st = os.fstat(fd)
+            changed = st.st_size and _left_at.get(path) != (st.st_ino, st.st_size)
+            if changed and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                data = b"\n" + data  # a crash tore the last line: ours starts a fresh one
+            written = 0
+            while written < len(data):  # short only on a full disk or a signal: finish it
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+            st = os.fstat(fd)
+            _left_at[path] = (st.st_ino, st.st_size)
+        finally:
+            os.close(fd)
+
+
+def ensure_index(out_dir: Path) -> None:
+    """An output folder always has its index, empty when no image was saved yet: every tool
+    (and ImageFolder) can then read a folder where nothing succeeded."""
+    path = out_dir / METADATA
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
 
 
 def append_rows(out_dir: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -307,8 +321,8 @@ def write_manifest_copy(out_dir: Path, manifest: Path) -> Path:
 def rewrite_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Replace an index file atomically: written beside it, fsynced, then renamed over it."""
     tmp = path.with_name(path.name + ".part")
-    with tmp.open("wb") as f:
+    with _lock, tmp.open("wb") as f:
         f.writelines(_line(r) for r in rows)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+        os.replace(tmp, path)

@@ -32,6 +32,7 @@ from batchgen.outputs.index import (
     index_row,
     input_value,
     read_index,
+    read_rows,
     rewrite_rows,
 )
 from batchgen.planning.jobs import JobSpec, JobState
@@ -85,12 +86,60 @@ def _with_times(reader: JournalReader, rows: list[JobRow]) -> Iterator[Completed
             completed_at=completed.get(row.job_id),
             cost_estimate=row.cost / len(files) if files else None,
             usage=usage_of(row.result),
+            origin=row.origin,
             sha256={n: str(f["sha256"]) for n, f in enumerate(files) if isinstance(f, dict)},
         )
 
 
+def rewrite_failures(reader: JournalReader, out_dir: Path) -> None:
+    """``failures.jsonl`` anew from the journal: exactly the manifest's jobs failed now (a run
+    appends as jobs fail; this drops those a retry has since put back)."""
+    rewrite_rows(Path(out_dir) / FAILURES, _failed(reader))
+
+
+def prune_index(reader: JournalReader, out_dir: Path, chunk: int = 500) -> int:
+    """Drop the index rows (and remove the files) of jobs the journal no longer counts as
+    downloaded, such as a rehearsal's placeholders about to be made for real. Streamed: the
+    rows are checked against the journal a chunk at a time. Returns the rows dropped."""
+    out = Path(out_dir)
+    dropped = 0
+
+    def kept() -> Iterator[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        for row in read_rows(out / METADATA):
+            batch.append(row)
+            if len(batch) == chunk:
+                yield from sieve(batch)
+                batch = []
+        yield from sieve(batch)
+
+    def sieve(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal dropped
+        states = reader.states([str(r.get("job_id")) for r in rows])
+        for row in rows:
+            if states.get(str(row.get("job_id"))) is JobState.DOWNLOADED:
+                yield row
+                continue
+            dropped += 1
+            _remove(out, row.get("file_name"))
+
+    rewrite_rows(out / METADATA, kept())
+    return dropped
+
+
+def _remove(out: Path, name: object) -> None:
+    """Remove an image the index names, only if the name stays inside the folder."""
+    if not isinstance(name, str):
+        return
+    path = (out / name).resolve()
+    if path.is_relative_to(out.resolve()) and path.is_file():
+        path.unlink()
+
+
 def _failed(reader: JournalReader) -> Iterator[dict[str, object]]:
     for row in reader.iter_jobs(JobState.FAILED):
+        if not row.in_manifest:  # as `counts` and `status`: the manifest's jobs only
+            continue
         yield failure_row(
             row.spec,
             error_class=row.error_class or "unknown",
@@ -114,6 +163,7 @@ class CompletedJob:
     cost_estimate: float | None = None
     usage: Mapping[str, Any] | None = None
     sha256: Mapping[int, str] = field(default_factory=dict)  # image index -> known checksum
+    origin: str | None = None  # where it was made (journal.origin)
 
 
 @dataclass
@@ -179,6 +229,7 @@ def rebuild_from_rows(
                 inference_time=job.inference_time or prev.get("inference_time"),
                 cost_estimate=job.cost_estimate,
                 usage=job.usage,
+                origin=job.origin,
                 version=version,
                 downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
             )

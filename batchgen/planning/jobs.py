@@ -152,7 +152,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.RUNNING: frozenset({S.COMPLETED, S.PENDING, S.FAILED}),
     S.COMPLETED: frozenset({S.DOWNLOADED, S.PENDING, S.FAILED}),
     S.DOWNLOADED: frozenset({S.PENDING}),  # only when files vanished and the result is gone
-    S.FAILED: frozenset({S.PENDING}),  # --retry-failed
+    # --retry-failed; COMPLETED again when only the download failed (the result is kept)
+    S.FAILED: frozenset({S.PENDING, S.COMPLETED}),
 }
 
 # States in which a request exists on fal's side and must be re-attached, never resubmitted.

@@ -33,12 +33,15 @@ class Planned:
 
 @dataclass(frozen=True, slots=True)
 class Resumed:
-    """What the run found in the journal before submitting anything."""
+    """What the run found in the journal before submitting anything (``running/recovery``)."""
 
     reattached: int  # requests fal still has (QUEUED/RUNNING): watched, never resubmitted
     to_download: int  # results already fetched (COMPLETED): downloaded first
     unknown: int  # submits a crash interrupted: resubmitted, counted as possible duplicates
     retried_failed: int  # --retry-failed
+    redownload: int = 0  # failed only in their download: fetched again, no new submit
+    dropped: int = 0  # requests of an in-process emulator that is gone: resubmitted, free
+    replaced: int = 0  # a rehearsal's jobs, now made for real (placeholders removed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,22 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreachable:
+    """The server has not answered for ``seconds`` (no connection, a load balancer's 5xx):
+    said once per outage. Nothing is lost: requests keep their ids, submits wait."""
+
+    seconds: float
+    message: str  # the last failure, one line ("ConnectError: ...")
+
+
+@dataclass(frozen=True, slots=True)
+class Reachable:
+    """The server answers again after an announced outage of ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class WindowChanged:
     size: int
 
@@ -125,6 +144,8 @@ Event = (
     | Retrying
     | Requeued
     | Failed
+    | Unreachable
+    | Reachable
     | WindowChanged
     | BudgetReached
     | Stopping
@@ -197,10 +218,13 @@ class Summary:
     retried: int  # fresh requests after a failure (journal) + transient retries (this run)
     possible_duplicates: int
     lost: int
-    spent: float
+    spent: float  # what fal may bill for the folder, all runs (journal.schema.Tallies)
     wall_seconds: float
     stop: StopReason | None
     failure_examples: dict[str, str] = field(default_factory=dict)
+    spent_run: float = 0.0  # the part of ``spent`` this run added
+    rehearsal: float = 0.0  # what the emulator's requests in the folder would cost on fal
+    rehearsal_run: float = 0.0  # the part of ``rehearsal`` this run added
     resume_hint: str = ""
     actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
 
@@ -210,11 +234,25 @@ class Summary:
             stop=self.stop, failed=sum(self.failed.values()), unfinished=self.unfinished
         )
 
+    def spend_text(self) -> str:
+        """Money, labelled: this run's and the folder's; a rehearsal's apart, as unbilled."""
+        parts = []
+        if self.spent or not self.rehearsal:
+            parts.append(
+                f"estimated spend ${self.spent_run:.2f} this run, ${self.spent:.2f} for the folder"
+            )
+        if self.rehearsal:
+            parts.append(
+                f"rehearsal, nothing billed (on fal ~${self.rehearsal_run:.2f} this run,"
+                f" ~${self.rehearsal:.2f} for the folder)"
+            )
+        return "; ".join(parts)
+
     def lines(self) -> list[str]:
         n_failed = sum(self.failed.values())
         out = [
             f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
-            f" in {_duration(self.wall_seconds)}; estimated spend ${self.spent:.2f}",
+            f" in {_duration(self.wall_seconds)}; {self.spend_text()}",
             f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
             f" lost results {self.lost}",
         ]
@@ -252,6 +290,9 @@ def build_summary(
     lost: int,
     spent: float,
     stats: RunStats,
+    spent_run: float = 0.0,
+    rehearsal: float = 0.0,
+    rehearsal_run: float = 0.0,
     wall_seconds: float,
     stop: StopReason | None,
     resume_hint: str = "",
@@ -276,6 +317,9 @@ def build_summary(
         possible_duplicates=possible_duplicates,
         lost=lost,
         spent=spent,
+        spent_run=spent_run,
+        rehearsal=rehearsal,
+        rehearsal_run=rehearsal_run,
         wall_seconds=wall_seconds,
         stop=stop,
         failure_examples=examples,

@@ -50,12 +50,16 @@ class Recorder:
 
     def resubmit(self, row: JobRow, reason: str, message: str, *, lost: bool) -> None:
         """Back in line for a new request, or FAILED once ``--max-attempts`` is spent. A lost
-        result (expired before it was fetched) is always resubmitted: it is not the job's
-        fault, and it is counted apart."""
-        current = self._journal.get(row.job_id)
-        attempts = current.attempts if current is not None else row.attempts
-        if attempts + 1 >= self._max_attempts and not lost:
-            self.fail(row, reason, f"{message} (after {attempts + 1} attempts)")
+        result (fal no longer has it, or its images) is resubmitted whatever the attempts
+        say: it is not the job's fault, and it is counted apart. Only a job lost more than
+        ``--max-attempts`` times over is failed (as ``lost``), so a server that never keeps
+        what it makes cannot spend without bound."""
+        current = self._journal.get(row.job_id) or row
+        if lost and current.lost >= self._max_attempts:
+            self.fail(row, "lost", f"{message} (its result was lost {current.lost + 1} times)")
+            return
+        if current.attempts + 1 >= self._max_attempts and not lost:
+            self.fail(row, reason, f"{message} (after {current.attempts + 1} attempts)")
             return
         self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost)
         self._emit(ev.Requeued(row.job_id, reason, message, lost))

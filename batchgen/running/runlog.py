@@ -40,12 +40,21 @@ def describe(event: Event) -> str | None:
             )
             return f"plan: {new} new jobs, {kept} kept{extra}"
         case Resumed(reattached=r, to_download=d, unknown=u, retried_failed=f):
-            if not (r or d or u or f):
+            more = [
+                f"{n} {what}"
+                for n, what in (
+                    (event.redownload, "download failures to fetch again (no new submit)"),
+                    (event.dropped, "requests of a stopped emulator resubmitted (free)"),
+                    (event.replaced, "rehearsal jobs to make for real (placeholders removed)"),
+                )
+                if n
+            ]
+            if not (r or d or u or f or more):
                 return None
             return (
                 f"resume: {r} requests re-attached, {d} results to download, "
                 f"{u} interrupted submits to resend (possible duplicates), "
-                f"{f} failed jobs put back"
+                f"{f} failed jobs put back" + "".join(f", {x}" for x in more)
             )
         case Retrying(job_id=job, op=op, reason=reason, message=msg, delay=delay, attempt=n):
             who = f"job {job[:16]} " if job else ""

@@ -57,9 +57,10 @@ class Snapshot:
     in_flight: int  # submitted by this run and not finished
     done: int  # downloaded
     failed: int  # failed for good
-    spent: float  # estimated USD so far
+    spent: float  # estimated USD this run added (in a rehearsal: what it would cost on fal)
     window: int  # requests allowed in flight now
     total: int = 0  # jobs in the folder's journal
+    rehearsal: bool = False  # an --emulate run: nothing is billed
 
 
 RunEvent = Event | Snapshot
@@ -77,10 +78,14 @@ class RunResult:
     failed: Mapping[str, int]  # jobs failed for good, by class (content_policy_violation, ...)
     unfinished: int  # pending or in flight when the run ended: run again to resume
     images: int
-    spent: float  # estimated USD (fal bills per token; see `batchgen plan`)
+    # Estimated USD that fal may bill for the folder, across its runs (fal bills per token;
+    # see `batchgen plan`); the same figure as `batchgen status`, the gallery and --max-cost.
+    spent: float
     stop: StopReason | None  # why it stopped early: budget, interrupted, fatal
     fatal: str | None  # why the run stopped when fal refused the key or the account
     summary: Summary
+    spent_run: float = 0.0  # the part of ``spent`` this run added
+    rehearsal: float = 0.0  # what the folder's emulator requests would cost on fal (unbilled)
 
     @property
     def ok(self) -> bool:
@@ -228,13 +233,17 @@ async def _execute(
         snapshot()
     t = journal.tallies()
     failures = [(g.error_class, g.count, g.example) for g in journal.failures_by_class()]
+    spent0, rehearsal0 = sched.spent_at_start
     summary = build_summary(
         journal.counts(),
         failures=failures,
         journal_retries=t.retries,
         possible_duplicates=t.possible_duplicates,
         lost=t.lost,
-        spent=journal.spent_estimate(),
+        spent=t.spent,
+        spent_run=t.spent - spent0,
+        rehearsal=t.rehearsal,
+        rehearsal_run=t.rehearsal - rehearsal0,
         stats=sched.stats,
         wall_seconds=time.monotonic() - start,
         stop=StopReason.FATAL if fatal is not None else sched.stop_reason,
@@ -249,6 +258,8 @@ async def _execute(
         unfinished=summary.unfinished,
         images=sched.stats.images,
         spent=summary.spent,
+        spent_run=summary.spent_run,
+        rehearsal=summary.rehearsal,
         stop=summary.stop,
         fatal=str(fatal) if fatal is not None else None,
         summary=summary,
@@ -272,10 +283,18 @@ def _snapshot(journal: Journal, sched: Scheduler, total: int) -> Snapshot:
         in_flight=sched.in_flight,
         done=c[S.DOWNLOADED],
         failed=c[S.FAILED],
-        spent=journal.spent_estimate(),
+        spent=_run_spend(journal, sched),
         window=sched.window.size,
         total=total,
+        rehearsal=sched.rehearsal,
     )
+
+
+def _run_spend(journal: Journal, sched: Scheduler) -> float:
+    spent0, rehearsal0 = sched.spent_at_start
+    if sched.rehearsal:
+        return journal.rehearsal_estimate() - rehearsal0
+    return journal.spent_estimate() - spent0
 
 
 @contextlib.asynccontextmanager

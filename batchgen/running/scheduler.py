@@ -24,22 +24,24 @@ from typing import Any
 
 import httpx
 
-from batchgen.config import Settings, Target
+from batchgen.config import Settings
 from batchgen.errors import AuthError
 from batchgen.fal import Handle, InProgress, QueueClient, Queued, Status
-from batchgen.fal.byok import submit_input
 from batchgen.fal.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
-from batchgen.fal.uploads import UploadError, Uploads
+from batchgen.fal.uploads import Uploads
+from batchgen.journal.origin import is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
-from batchgen.outputs.downloader import DownloadPool
+from batchgen.outputs.downloader import DownloadPool, ResultGone
 from batchgen.planning.jobs import JobState
 from batchgen.running import events as ev
+from batchgen.running.reach import Reach
 from batchgen.running.recorder import Recorder
+from batchgen.running.recovery import recover
+from batchgen.running.submitter import Submitter
 from batchgen.running.watcher import DeadlineExceeded, watch
 from batchgen.running.window import Observation, RunTimes, Window, budget_allows
 
 S = JobState
-SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
 CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
 
 
@@ -81,22 +83,27 @@ class Scheduler:
             journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
             max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
             on_saved=lambda job, n: self._emit(ev.Saved(job, n)), on_failed=self._record.fail,
-            on_idle=self._wake.set, sleep=sleep, rng=rng,
+            on_idle=self._wake.set, sleep=sleep, rng=rng, refetch=self._refetch,
+            on_lost=lambda row, msg: self._record.resubmit(row, "expired", msg, lost=True),
         )  # fmt: skip
-        self._unknown: set[str] = set()  # jobs whose last POST may have created a request
+        self.reach = Reach()  # whether the server answers, from what every request sees
         self._unstarted: set[str] = set()  # claimed, but their task has not run yet
         self._seq = 0  # submit order of this run's requests...
         self._live: set[int] = set()  # ...and which of them are still in flight
         self._reattached = 0  # re-attached requests still in flight
+        self.rehearsal = is_rehearsal(settings.origin)
+        # (billable, rehearsal) when this run began: what it adds is its own spend
+        self.spent_at_start = journal.spent_estimate(), journal.rehearsal_estimate()
         # Local files -> URLs. The in-process emulator forgets its storage when the run ends:
         # URLs from an earlier run are reused only on fal and --endpoint servers.
-        self._uploads = Uploads(
-            journal,
-            client,
-            folder=settings.manifest_path.parent,
-            inline=settings.inline_uploads,
-            reuse=settings.target is not Target.EMULATE,
-        )
+        uploads = Uploads(journal, client, folder=settings.manifest_path.parent,
+                          inline=settings.inline_uploads, reuse=not self.rehearsal)  # fmt: skip
+        self._submitter = Submitter(
+            journal, client, uploads, settings=settings, record=self._record, emit=self._emit,
+            abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
+            fatal=self._fatal_stop, failed=self._unanswered, answered=self._answered,
+            sleep=sleep, rng=rng,
+        )  # fmt: skip
 
     # -- public ---------------------------------------------------------------------------
 
@@ -123,6 +130,7 @@ class Scheduler:
 
     def on_client_retry(self, retry: RetryEvent) -> None:
         """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
+        self._unanswered(retry.outcome)
         self._record.retrying(None, retry.op, retry.outcome, retry.delay, retry.attempt)
 
     async def run(self) -> None:
@@ -147,44 +155,46 @@ class Scheduler:
     # -- resume and submit ------------------------------------------------------------------
 
     def _resume(self) -> None:
-        retried = self._journal.retry_failed() if self._s.retry_failed else 0
-        unknown = self._journal.interrupted_submits()
-        self._unknown = {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
-        reattached = 0
+        self._journal.interrupted_submits()
+        rec = recover(self._journal, self._s.out_dir, origin=self._s.origin,
+                      retry_failed=self._s.retry_failed)  # fmt: skip
+        unknown = self._submitter.unknown
+        unknown |= {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
+        self.spent_at_start = self._journal.spent_estimate(), self._journal.rehearsal_estimate()
         completed: list[JobRow] = []
         for row in self._journal.attached():
             if row.state is S.COMPLETED:
                 completed.append(row)
             else:
-                reattached += 1
                 self._reattached += 1
                 self._spawn(self._reattach(row))
         self._pool.resume(completed)
-        to_download = len(completed)
-        self._emit(ev.Resumed(reattached, to_download, len(unknown), retried))
-        if reattached or to_download or unknown:
-            self._journal.event(
-                None,
-                "resume",
-                f"reattached={reattached} to_download={to_download} "
-                f"unknown={len(unknown)} retried_failed={retried}",
-            )
+        resumed = ev.Resumed(self._reattached, len(completed), len(unknown), rec.retried,
+                             rec.redownload, rec.dropped, rec.replaced)  # fmt: skip
+        self._emit(resumed)
+        if resumed != ev.Resumed(0, 0, 0, 0):
+            self._journal.event(None, "resume", repr(resumed))
 
     async def _submit_loop(self) -> None:
         cap = self._s.max_cost
         while not self._stopping:
             free = self.window.size - len(self._tasks)
+            if self.reach.down and self._submitter.busy:
+                free = 0  # one submit probes the unreachable server; the rest wait in line
             if free <= 0:
                 await self._changed()
                 continue
-            rows = self._journal.claim(1 if cap is not None else min(free, CLAIM_BATCH))
+            n = 1 if cap is not None else min(free, CLAIM_BATCH)
+            rows = self._journal.claim(n, origin=self._s.origin)
             if not rows:
                 if not self._tasks:
                     return  # nothing pending, and nothing in flight that could requeue a job
                 await self._changed()
                 continue
             for i, row in enumerate(rows):
-                spent = self._journal.spent_estimate()
+                # What fal may bill; in a rehearsal, what it would (so the stop rehearses too).
+                j = self._journal
+                spent = j.rehearsal_estimate() if self.rehearsal else j.spent_estimate()
                 # claim() already counts this job as in flight
                 others = self._journal.in_flight_estimate() - row.cost
                 if not budget_allows(spent=spent, in_flight=others, job=row.cost, cap=cap):
@@ -211,7 +221,8 @@ class Scheduler:
         seq = self._seq = self._seq + 1
         self._live.add(seq)
         try:
-            handle = await self._submit(row)
+            self._unstarted.discard(row.job_id)
+            handle = await self._submitter.submit(row)
             if handle is not None:
                 await self._follow(row, handle, self._clock(), observe_at=(in_flight, seq))
         finally:
@@ -225,64 +236,6 @@ class Scheduler:
             await self._follow(row, Handle.from_json(row.handle), self._clock() - age, None)
         finally:
             self._reattached -= 1
-
-    async def _submit(self, row: JobRow) -> Handle | None:
-        job, spec = row.job_id, row.spec
-        self._unstarted.discard(job)
-        dup = job in self._unknown
-        for attempt in range(1, SUBMIT_TRIES + 1):
-            # A claim that passed the budget check is still sent after the budget stop (the
-            # stop refuses only the jobs after it); Ctrl-C or a refused key abandons it.
-            if self._stopping and self.stop_reason is not ev.StopReason.BUDGET:
-                self._journal.transition(job, S.PENDING)  # nothing sent for this claim
-                self._unknown.discard(job)  # its possible duplicate is already counted
-                return None
-            posting = False
-            try:
-                body = await self._uploads.resolve(spec)  # local files -> hosted URLs
-                # A BYOK job's OpenAI key joins the body here only: it is never stored.
-                body = submit_input(spec, self._s.openai_key, body)
-                posting = True
-                handle = await self._client.submit(spec.endpoint, body)
-            except asyncio.CancelledError:
-                if not posting:  # stopped while uploading its files: nothing was submitted
-                    self._journal.transition(job, S.PENDING)
-                    raise
-                # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
-                self._journal.transition(
-                    job, S.UNKNOWN, error_class="interrupted", error="stopped while submitting"
-                )
-                raise
-            except Exception as exc:
-                o = exc.outcome if isinstance(exc, UploadError) else classify(exc, op="submit")
-                if o.action in (Action.RETRY, Action.RESUBMIT) and attempt < SUBMIT_TRIES:
-                    delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
-                    self._record.retrying(job, "submit", o, delay, attempt)
-                    try:
-                        await self._sleep(delay)
-                    except asyncio.CancelledError:
-                        self._journal.transition(job, S.PENDING)  # refused: nothing exists
-                        raise
-                    continue
-                if o.action is Action.UNKNOWN:
-                    self._unknown.add(job)
-                    if row.attempts + 1 >= self._s.max_attempts:
-                        self._record.fail(row, o.reason, o.message)
-                    else:
-                        self._journal.transition(job, S.UNKNOWN, error_class=o.reason,
-                                                 error=o.message, bump_attempts=True)  # fmt: skip
-                        self._emit(ev.Requeued(job, o.reason, o.message, lost=False))
-                elif o.action is Action.FATAL:
-                    self._journal.transition(job, S.PENDING)  # refused: nothing was created
-                    self._fatal_stop(exc)
-                else:
-                    self._record.fail(row, o.reason, o.message)
-                return None
-            self._journal.set_submitted(job, handle.to_json())  # before anything else
-            self._unknown.discard(job)
-            self._emit(ev.Submitted(job, handle.request_id, dup))
-            return handle
-        return None  # unreachable: the last try always returns
 
     # -- watch and fetch ----------------------------------------------------------------------
 
@@ -301,6 +254,7 @@ class Scheduler:
 
         def note(st: Status, prompt: bool) -> None:
             nonlocal started, first
+            self._answered()
             if first and observe_at is not None:
                 pos = st.position if isinstance(st, Queued) else None
                 n, seq = observe_at
@@ -331,6 +285,7 @@ class Scheduler:
                 )  # fmt: skip
                 op = "result"
                 result = await self._client.result(handle)
+                self._answered()
                 break
             except DeadlineExceeded:
                 await self._cancel(job, handle)
@@ -339,6 +294,7 @@ class Scheduler:
                 return
             except Exception as exc:
                 o = classify(exc, op=op)
+                self._unanswered(o)
                 attempt += 1
                 if o.action is Action.RETRY and self._clock() < deadline_at:
                     # The GET retries inside the client ran out; the request still exists and
@@ -378,6 +334,31 @@ class Scheduler:
             self._record.resubmit(row, o.reason, o.message, lost=o.reason == "expired")
 
     # -- shared -------------------------------------------------------------------------------
+
+    async def _refetch(self, row: JobRow) -> dict[str, Any]:
+        """The result again, with fresh URLs, for a download that failed (``DownloadPool``)."""
+        if row.handle is None:
+            raise ResultGone("no request to read the result of")
+        try:
+            result = await self._client.result(Handle.from_json(row.handle))
+        except Exception as exc:
+            o = classify(exc, op="result")
+            if o.reason == "expired":
+                raise ResultGone(o.message) from exc
+            raise
+        self._answered()
+        return result
+
+    def _unanswered(self, o: Outcome) -> None:
+        lasted = self.reach.failed(self._clock(), o.reason, o.message)
+        if lasted is not None:
+            self._emit(ev.Unreachable(lasted, o.message))
+
+    def _answered(self) -> None:
+        lasted = self.reach.answered(self._clock())
+        if lasted is not None:
+            self._emit(ev.Reachable(lasted))
+            self._wake.set()  # submits waited for the server: let them go
 
     def _fatal_stop(self, exc: BaseException) -> None:
         if self._fatal is None:

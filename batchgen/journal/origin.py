@@ -1,0 +1,49 @@
+"""Where a request was made: the in-process emulator, a given ``--endpoint``, or fal.
+
+Every job row records the origin of its requests (``jobs.origin``), so a run can tell work it
+may count as done from work it may not:
+
+* ``emulator``: the emulator ``--emulate`` starts inside its own process. Its images are
+  placeholders and it billed nothing; its requests die with the process that made them.
+* ``endpoint:<base URL>``: a fal-compatible server named by ``--endpoint``.
+* ``fal``: fal itself, which bills.
+
+A rehearsal is work of the emulator. It never counts as done for a run against another server,
+and real work is never mixed with a rehearsal's (``running/recovery.py`` decides what happens).
+"""
+
+from __future__ import annotations
+
+FAL = "fal"
+EMULATOR = "emulator"
+_ENDPOINT = "endpoint:"
+
+
+def endpoint(base_url: str) -> str:
+    return _ENDPOINT + base_url.rstrip("/")
+
+
+def of_target(target: str, endpoint_url: str | None) -> str:
+    """The origin of a run's requests, from its settings (``Settings.target``: ``fal``,
+    ``endpoint`` or ``emulate``, and ``Settings.endpoint``)."""
+    if target == "emulate":
+        return EMULATOR
+    if target == "endpoint" and endpoint_url:
+        return endpoint(endpoint_url)
+    return FAL
+
+
+def is_rehearsal(origin: str | None) -> bool:
+    """Work the emulator did: nothing billed, placeholder images."""
+    return origin == EMULATOR
+
+
+def describe(origin: str | None) -> str:
+    """For messages: ``fal``, ``the emulator (--emulate)``, ``http://host:port``."""
+    if origin is None:
+        return "an unrecorded server"
+    if origin == EMULATOR:
+        return "the emulator (--emulate)"
+    if origin.startswith(_ENDPOINT):
+        return origin[len(_ENDPOINT) :]
+    return origin

@@ -1,0 +1,81 @@
+"""The bulk state changes a run makes before it submits anything (``running/recovery.py``
+decides which apply): work of another server that cannot count, requests whose server is
+gone, and final failures given another chance.
+
+Each is one transaction of set-based SQL over the jobs table, with one audit event per job,
+so a million-row folder resumes in seconds and a crash midway leaves the journal as it was.
+The caller rebuilds its in-memory tallies afterwards.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from batchgen.journal.opening import transaction
+from batchgen.journal.origin import EMULATOR
+
+# What a job keeps of a request once it is abandoned: nothing (it stays in the events).
+_FORGET = (
+    "request_id = NULL, handle = NULL, result = NULL, files = NULL, submitted_at = NULL,"
+    " error_class = NULL, error = NULL"
+)
+# A final failure in the download alone: the request completed and its result is kept.
+_DOWNLOAD_ONLY = "error_class LIKE 'download%' AND result IS NOT NULL"
+
+
+def _apply(
+    conn: sqlite3.Connection, now: float, where: str, params: tuple[object, ...], sets: str,
+    new: str, note: str,
+) -> int:  # fmt: skip
+    with transaction(conn) as c:
+        c.execute(
+            "INSERT INTO events (ts, job_id, kind, detail)"
+            f" SELECT ?, job_id, 'state', state || '->{new} {note}' FROM jobs WHERE {where}",
+            (now, *params),
+        )
+        n: int = c.execute(
+            f"UPDATE jobs SET state = '{new}', {sets}, updated_at = ? WHERE {where}",
+            (now, *params),
+        ).rowcount
+    return n
+
+
+def replace_rehearsal(conn: sqlite3.Connection, now: float) -> int:
+    """Every job the emulator worked on goes back to PENDING as if never run: no request, no
+    charge, no attempt (the emulator billed nothing, and its images are placeholders)."""
+    return _apply(
+        conn, now, "origin = ? AND (state != 'PENDING' OR billed > 0 OR possible_duplicates > 0"
+        " OR attempts > 0)", (EMULATOR,),
+        f"{_FORGET}, origin = NULL, attempts = 0, lost = 0, billed = 0,"
+        " possible_duplicates = 0", "PENDING", "rehearsal replaced by real work",
+    )  # fmt: skip
+
+
+def drop_emulator_requests(conn: sqlite3.Connection, now: float) -> int:
+    """Requests of an in-process emulator are gone with the run that started it: their jobs
+    are resubmitted at once, with no attempt counted (a dead server is not the job's fault).
+    A download that failed against it is retried the same way: its URLs died too."""
+    return _apply(
+        conn, now, "origin = ? AND (state IN ('SUBMITTING', 'UNKNOWN', 'QUEUED', 'RUNNING',"
+        f" 'COMPLETED') OR (state = 'FAILED' AND {_DOWNLOAD_ONLY}))", (EMULATOR,),
+        _FORGET, "PENDING", "emulator gone: resubmitted",
+    )  # fmt: skip
+
+
+def redownload_failed(conn: sqlite3.Connection, now: float, origin: str | None) -> int:
+    """Jobs that failed only in their download, on this run's server, go back to COMPLETED:
+    the image is paid for and the result is kept, so it is fetched again, never resubmitted."""
+    return _apply(
+        conn, now, f"state = 'FAILED' AND in_manifest = 1 AND {_DOWNLOAD_ONLY} AND origin IS ?",
+        (origin,), "error_class = NULL, error = NULL, attempts = 0", "COMPLETED",
+        "download retried from the stored result",
+    )  # fmt: skip
+
+
+def retry_failed(conn: sqlite3.Connection, now: float) -> int:
+    """``--retry-failed``: every other final failure of the manifest back to PENDING with a
+    fresh count of attempts and no request (a new one is made)."""
+    return _apply(
+        conn, now, "state = 'FAILED' AND in_manifest = 1", (), f"{_FORGET}, attempts = 0",
+        "PENDING", "retry-failed",
+    )  # fmt: skip

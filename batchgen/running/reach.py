@@ -1,0 +1,51 @@
+"""Whether the server answers: a run-level condition, read from what every request sees.
+
+A connection refused, a name that does not resolve, a load balancer's 502/503/504: one
+request's bad luck, or the server (or the network) gone for everyone. Pure, on an injected
+clock: the scheduler reports each failure and each answer, and reads back when to tell the
+user (once, after a short grace, not once per retry) and when it is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Retry reasons (fal/retry.classify) that mean no answer came from the server itself.
+UNREACHABLE = frozenset({"transport", "http_502", "http_503", "http_504"})
+GRACE_S = 3.0  # a blip shorter than this is not worth a word
+
+
+@dataclass
+class Reach:
+    down_since: float | None = None
+    last_error: str = ""
+    announced: bool = False
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, now: float, reason: str, message: str) -> float | None:
+        """Note a failed exchange. Returns how long the server has been unreachable when it
+        is time to say so (once per outage), else None."""
+        if reason not in UNREACHABLE:
+            return None
+        if self.down_since is None:
+            self.down_since = now
+        self.last_error = message
+        if not self.announced and now - self.down_since >= GRACE_S:
+            self.announced = True
+            return now - self.down_since
+        return None
+
+    def answered(self, now: float) -> float | None:
+        """Note an answer. Returns the outage's length when one was announced, else None."""
+        if self.down_since is None:
+            return None
+        lasted, announced = now - self.down_since, self.announced
+        self.down_since, self.last_error, self.announced = None, "", False
+        return lasted if announced else None
+
+    def seconds(self, now: float) -> float | None:
+        """How long the server has been unreachable, once announced (for progress lines)."""
+        return now - self.down_since if self.down_since is not None and self.announced else None

@@ -1,0 +1,86 @@
+"""What a run finds in its folder before it submits anything, and what it does about it.
+
+The rules (DESIGN.md, "The journal and the job states"), in the order they apply:
+
+* **Rehearsal and real work never mix.** A rehearsal (``--emulate``) into a folder that holds
+  work of a real server is refused (exit 2): its placeholders would sit beside paid images.
+  A real run into a rehearsal's folder makes every job for real: the rehearsal's jobs go back
+  to the queue as if never run, and their placeholder images and index rows are removed
+  before anything is submitted, so the folder never shows a mix, even if the run is stopped.
+* **Paid requests are fetched where they were made.** A real run aimed at another server than
+  the one still holding requests of this folder is refused, with the command that fetches
+  them: re-attaching would send this run's key to that server, and resubmitting would pay again.
+* **Requests of an in-process emulator are gone** with the run that started it: resubmitted at
+  once, free (no attempt, no loss counted), instead of being watched until the deadline.
+* **A paid image is fetched, not paid again.** Jobs that failed only in their download are
+  downloaded again from their stored result on every run; ``--retry-failed`` puts the other
+  failures back in the queue.
+* ``failures.jsonl`` is rewritten whenever a failure was put back, so it lists exactly the
+  jobs failed now.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchgen.errors import UsageError
+from batchgen.journal.origin import describe, is_rehearsal
+from batchgen.journal.writer import Journal
+from batchgen.outputs.rebuild import prune_index, rewrite_failures
+from batchgen.planning.jobs import JobState
+
+S = JobState
+# States in which a job holds a request (or its result) that only its own server can answer.
+_HELD = (S.QUEUED, S.RUNNING, S.COMPLETED)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    replaced: int = 0  # rehearsal jobs to be made for real (placeholders removed)
+    dropped: int = 0  # requests of an in-process emulator that is gone: resubmitted, free
+    redownload: int = 0  # download-only failures: fetched again from the stored result
+    retried: int = 0  # --retry-failed: failures back in the queue
+    removed_images: int = 0  # placeholder images (index rows) removed
+
+
+def recover(journal: Journal, out_dir: Path, *, origin: str, retry_failed: bool) -> Recovery:
+    """Apply the rules above; raises UsageError (nothing changed) when the run must not go on."""
+    check_mixing(journal, out_dir, origin)
+    replaced = 0 if is_rehearsal(origin) else journal.replace_rehearsal()
+    dropped = journal.drop_emulator_requests()
+    redownload = journal.redownload_failed(origin)
+    retried = journal.retry_failed() if retry_failed else 0
+    removed = prune_index(journal, out_dir) if replaced else 0
+    if replaced or dropped or redownload or retried:
+        rewrite_failures(journal, out_dir)
+    return Recovery(replaced, dropped, redownload, retried, removed)
+
+
+def check_mixing(journal: Journal, out_dir: Path, origin: str) -> None:
+    work = journal.by_origin()
+    if is_rehearsal(origin):
+        real = {o: sum(c.values()) for o, c in work.items() if not is_rehearsal(o)}
+        if real:
+            where, n = max(real.items(), key=lambda kv: kv[1])
+            raise UsageError(
+                f"{out_dir} holds real work ({n} jobs run on {describe(where)}); a rehearsal "
+                f"(--emulate) must not mix placeholder images into it. Rehearse into another "
+                f"folder: --out {shlex.quote(str(out_dir) + '-rehearsal')}"
+            )
+        return
+    for other, counts in work.items():
+        held = sum(counts.get(s, 0) for s in _HELD)
+        if other != origin and not is_rehearsal(other) and held:
+            raise UsageError(
+                f"{out_dir} has {held} paid requests still on {describe(other)}; fetch them "
+                f"first by running against it again ({_flags(other)}), then switch servers. "
+                "This run would otherwise pay for them twice."
+            )
+
+
+def _flags(origin: str) -> str:
+    if origin.startswith("endpoint:"):
+        return f"--endpoint {shlex.quote(describe(origin))}"
+    return "without --endpoint or --emulate"

@@ -1,0 +1,129 @@
+"""One job's submit: its files uploaded, a BYOK key added, ONE POST per try, the outcome
+written down before anything else happens.
+
+A refusal that created nothing (429, 408, 409, a load balancer's 5xx, no connection at all)
+is tried again with backoff. When the server cannot be reached at all, the job is never
+failed for it: it keeps trying (backoff capped) while the run lasts, and the scheduler sends
+no other submit meanwhile. A POST sent with no answer is UNKNOWN: resubmitted later, counted
+as a possible duplicate charge. A stop leaves the journal consistent: nothing sent -> PENDING,
+maybe sent -> UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from batchgen.config import Settings
+from batchgen.fal import Handle, QueueClient
+from batchgen.fal.byok import submit_input
+from batchgen.fal.retry import Action, Outcome, Sleep, backoff, classify
+from batchgen.fal.uploads import UploadError, Uploads
+from batchgen.journal.writer import JobRow, Journal
+from batchgen.planning.jobs import JobState
+from batchgen.running import events as ev
+from batchgen.running.reach import UNREACHABLE
+from batchgen.running.recorder import Recorder
+
+S = JobState
+SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
+
+
+class Submitter:
+    def __init__(
+        self,
+        journal: Journal,
+        client: QueueClient,
+        uploads: Uploads,
+        *,
+        settings: Settings,
+        record: Recorder,
+        emit: Callable[[ev.Event], None],
+        abandon: Callable[[], bool],
+        fatal: Callable[[BaseException], None],
+        failed: Callable[[Outcome], None],
+        answered: Callable[[], None],
+        sleep: Sleep,
+        rng: Callable[[], float],
+    ) -> None:
+        self._journal, self._client, self._uploads = journal, client, uploads
+        self._s, self._record, self._emit = settings, record, emit
+        self._abandon, self._fatal, self._failed, self._answered = abandon, fatal, failed, answered
+        self._sleep, self._rng = sleep, rng
+        self.unknown: set[str] = set()  # jobs whose last POST may have created a request
+        self.busy = 0  # submits under way (a POST, its uploads or its backoff)
+
+    async def submit(self, row: JobRow) -> Handle | None:
+        self.busy += 1
+        try:
+            return await self._submit(row)
+        finally:
+            self.busy -= 1
+
+    async def _submit(self, row: JobRow) -> Handle | None:
+        job, spec = row.job_id, row.spec
+        dup = job in self.unknown
+        attempt = 0
+        while True:
+            attempt += 1
+            # A claim that passed the budget check is still sent after the budget stop (the
+            # stop refuses only the jobs after it); Ctrl-C or a refused key abandons it.
+            if self._abandon():
+                self._journal.transition(job, S.PENDING)  # nothing sent for this claim
+                self.unknown.discard(job)  # its possible duplicate is already counted
+                return None
+            posting = False
+            try:
+                body = await self._uploads.resolve(spec)  # local files -> hosted URLs
+                # A BYOK job's OpenAI key joins the body here only: it is never stored.
+                body = submit_input(spec, self._s.openai_key, body)
+                posting = True
+                handle = await self._client.submit(spec.endpoint, body)
+            except asyncio.CancelledError:
+                if not posting:  # stopped while uploading its files: nothing was submitted
+                    self._journal.transition(job, S.PENDING)
+                    raise
+                # Stopped at once mid-POST: it may have reached fal. Resubmit and count it.
+                self._journal.transition(
+                    job, S.UNKNOWN, error_class="interrupted", error="stopped while submitting"
+                )
+                raise
+            except Exception as exc:
+                o = exc.outcome if isinstance(exc, UploadError) else classify(exc, op="submit")
+                self._failed(o)
+                # An unreachable server is nobody's fault: never fail a job for it.
+                patient = o.reason in UNREACHABLE and not isinstance(exc, UploadError)
+                if o.action in (Action.RETRY, Action.RESUBMIT) and (
+                    patient or attempt < SUBMIT_TRIES
+                ):
+                    delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
+                    self._record.retrying(job, "submit", o, delay, attempt)
+                    try:
+                        await self._sleep(delay)
+                    except asyncio.CancelledError:
+                        self._journal.transition(job, S.PENDING)  # refused: nothing exists
+                        raise
+                    continue
+                self._after_refusal(row, o, exc)
+                return None
+            self._answered()
+            self._journal.set_submitted(job, handle.to_json())  # before anything else
+            self.unknown.discard(job)
+            self._emit(ev.Submitted(job, handle.request_id, dup))
+            return handle
+
+    def _after_refusal(self, row: JobRow, o: Outcome, exc: BaseException) -> None:
+        job = row.job_id
+        if o.action is Action.UNKNOWN:
+            self.unknown.add(job)
+            if row.attempts + 1 >= self._s.max_attempts:
+                self._record.fail(row, o.reason, o.message)
+            else:
+                self._journal.transition(job, S.UNKNOWN, error_class=o.reason,
+                                         error=o.message, bump_attempts=True)  # fmt: skip
+                self._emit(ev.Requeued(job, o.reason, o.message, lost=False))
+        elif o.action is Action.FATAL:
+            self._journal.transition(job, S.PENDING)  # refused: nothing was created
+            self._fatal(exc)
+        else:
+            self._record.fail(row, o.reason, o.message)
