@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         Failed,
         Finished,
         Planned,
+        Reachable,
         Requeued,
         Resumed,
         Retrying,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         Stopping,
         StopReason,
         Submitted,
+        Unreachable,
         WindowChanged,
     )
     from batchgen.running.runner import RunEvent, RunResult, Snapshot
@@ -50,8 +52,8 @@ _HOME = {
     "batchgen.manifest": "Manifest",
     "batchgen.planning.summary": "PlanSummary",
     "batchgen.running.runner": "RunEvent RunResult Snapshot",
-    "batchgen.running.events": "BudgetReached Failed Finished Planned Requeued Resumed Retrying "
-    "Saved Started Stopping StopReason Submitted WindowChanged",
+    "batchgen.running.events": "BudgetReached Failed Finished Planned Reachable Requeued Resumed "
+    "Retrying Saved Started Stopping StopReason Submitted Unreachable WindowChanged",
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names.split()}
 
@@ -67,6 +69,7 @@ __all__ = [
     "PlanSummary",
     "Planned",
     "Problem",
+    "Reachable",
     "Requeued",
     "Resumed",
     "Retrying",
@@ -78,6 +81,7 @@ __all__ = [
     "StopReason",
     "Stopping",
     "Submitted",
+    "Unreachable",
     "UsageError",
     "WindowChanged",
     "__version__",

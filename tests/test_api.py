@@ -37,6 +37,7 @@ PUBLIC = {
     # what on_event receives
     "RunEvent", "Snapshot", "Planned", "Resumed", "Submitted", "Started", "Finished", "Saved",
     "Retrying", "Requeued", "Failed", "WindowChanged", "BudgetReached", "Stopping",
+    "Unreachable", "Reachable",
     # what they raise
     "BatchgenError", "UsageError", "ManifestError", "Problem", "JournalError", "AuthError",
 }  # fmt: skip

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from batchgen.errors import UsageError
+from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.outputs.gallery import build_gallery
 from batchgen.outputs.index import METADATA
 
@@ -14,8 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not (out / METADATA).is_file():
-        raise UsageError(f"{out} has no {METADATA}: is it a batchgen output folder?")
+    if not ((out / METADATA).is_file() or (out / JOURNAL_NAME).is_file()):
+        raise UsageError(
+            f"{out} has neither {METADATA} nor {JOURNAL_NAME}: is it a batchgen output folder?"
+        )
     report = build_gallery(out)
     extra = f", {report.missing} files missing" if report.missing else ""
     print(

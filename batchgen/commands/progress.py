@@ -43,6 +43,7 @@ def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elaps
         f" running {snap.running}, in flight {snap.in_flight} (window {snap.window}),"
         f" pending {snap.pending}, {per_min:.1f} images/min,"
         f" {spend_label(snap)}, ETA {eta_text}"
+        + (f", SERVER UNREACHABLE {snap.unreachable:.0f}s" if snap.unreachable else "")
     )
 
 
@@ -95,6 +96,7 @@ class Progress:
                 window=snap.window,
                 **({"on fal": f"${snap.spent:.2f}"} if snap.rehearsal
                    else {"spent": f"${snap.spent:.2f}"}),
+                **({"UNREACHABLE": f"{snap.unreachable:.0f}s"} if snap.unreachable else {}),
                 refresh=True,
             )
         else:
@@ -107,6 +109,13 @@ class Progress:
                 elapsed=elapsed,
             )
             print(line, file=self._stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line for the user that must not be torn by the bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
+            print(text, file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -20,8 +20,9 @@ from batchgen.api import execute
 from batchgen.commands.progress import LOG_EVERY_S, Progress
 from batchgen.config import Settings, build_settings
 from batchgen.fal.byok import manifest_wants_key
+from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
-from batchgen.running.events import Stopping, StopReason
+from batchgen.running.events import Reachable, Resumed, Stopping, StopReason, Unreachable
 from batchgen.running.runner import RunEvent, Snapshot
 
 
@@ -60,7 +61,7 @@ async def run_manifest(
     manifest: Manifest, settings: Settings, *, stderr: IO[str], signals: bool = True
 ) -> int:
     bar = not settings.quiet and stderr.isatty()
-    view = _View(stderr, bar=bar)
+    view = _View(stderr, bar=bar, where=describe(settings.origin), out=settings.out_dir)
     try:
         result = await execute(
             manifest,
@@ -81,9 +82,11 @@ async def run_manifest(
 class _View:
     """The terminal side of a run: the progress bar (or lines) and the stop notice."""
 
-    def __init__(self, stderr: IO[str], *, bar: bool) -> None:
+    def __init__(self, stderr: IO[str], *, bar: bool, where: str, out: Path) -> None:
         self._stderr = stderr
         self._bar = bar
+        self._where = where
+        self._out = out
         self._progress: Progress | None = None
         self._latest: Snapshot | None = None
 
@@ -98,13 +101,45 @@ class _View:
                 self._progress.refresh()
             return
         if isinstance(event, Stopping) and not event.now and event.reason == StopReason.INTERRUPTED:
-            print(
-                "\nbatchgen: stopping: no new submits; waiting for paid requests to finish"
-                " and download (press Ctrl-C again to stop at once)",
-                file=self._stderr,
+            self._say(
+                "batchgen: stopping: no new submits; waiting for paid requests to finish"
+                " and download (press Ctrl-C again to stop at once)"
             )
+        for line in self._notice(event):
+            self._say(f"batchgen: {line}")
         if self._progress is not None:
             self._progress.on_event(event)
+
+    def _notice(self, event: RunEvent) -> list[str]:
+        """What the user must hear at once, even with --quiet: where the run's work stands."""
+        match event:
+            case Resumed(replaced=replaced, dropped=dropped, redownload=redownload):
+                return [
+                    text
+                    for n, text in (
+                        (replaced, f"{self._out} held a rehearsal: its {replaced} jobs are made"
+                                   " for real now (its placeholder images are removed)"),
+                        (dropped, f"{dropped} requests of a stopped emulator are submitted again"
+                                  " (they cost nothing)"),
+                        (redownload, f"{redownload} paid images that failed to download are"
+                                     " fetched again from their results (no new submit)"),
+                    )
+                    if n
+                ]  # fmt: skip
+            case Unreachable(seconds=s, message=msg):
+                return [
+                    f"{self._where} unreachable for {s:.0f} s: {msg}; retrying (nothing is"
+                    " lost; Ctrl-C stops safely and the same command resumes)"
+                ]
+            case Reachable(seconds=s):
+                return [f"{self._where} answers again, after {s:.0f} s"]
+        return []
+
+    def _say(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.note(text)
+        else:
+            print(text, file=self._stderr, flush=True)
 
     def _snapshot(self) -> Snapshot:
         assert self._latest is not None  # set before the Progress that reads it is built

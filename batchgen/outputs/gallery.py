@@ -30,6 +30,8 @@ from typing import Any
 from PIL import Image
 
 from batchgen._version import __version__
+from batchgen.errors import JournalError
+from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.outputs.index import read_failures, read_index
 
 THUMBS = ".thumbs"
@@ -102,8 +104,9 @@ def build_gallery(
     thumbs, made = _ensure_thumbs(out_dir, rows, workers or os.cpu_count() or 2)
     missing = sum(1 for r in rows if not (out_dir / str(r["file_name"])).is_file())
     page = render_page(
-        rows, failures, thumbs, title=title or out_dir.resolve().name, missing=missing
-    )
+        rows, failures, thumbs, title=title or out_dir.resolve().name, missing=missing,
+        spend=journal_spend(out_dir),
+    )  # fmt: skip
     dest = out_dir / GALLERY
     tmp = dest.with_name(dest.name + ".part")
     tmp.write_text(page, encoding="utf-8")
@@ -230,6 +233,34 @@ def _total_cost(rows: Iterable[Mapping[str, Any]]) -> float:
     return sum(float(c) for r in rows if isinstance(c := r.get("cost_estimate"), int | float))
 
 
+def journal_spend(out_dir: Path) -> tuple[float, float] | None:
+    """(spent, rehearsal) as the journal counts them: the one figure the run summary,
+    ``batchgen status`` and ``--max-cost`` use. None for a folder without its journal."""
+    path = out_dir / JOURNAL_NAME
+    if not path.is_file():
+        return None
+    try:
+        with Journal.open_readonly(path) as reader:
+            t = reader.tallies()
+    except JournalError:
+        return None
+    return t.spent, t.rehearsal
+
+
+def _spend_text(rows: Iterable[Mapping[str, Any]], spend: tuple[float, float] | None) -> str:
+    if spend is None:  # a copied dataset: what its images' estimates add up to
+        return f"<span><b>{_e(_money(_total_cost(rows)))}</b> estimated cost</span>"
+    spent, rehearsal = spend
+    parts = []
+    if spent or not rehearsal:
+        parts.append(f"<span><b>{_e(_money(spent))}</b> spent (estimated)</span>")
+    if rehearsal:
+        parts.append(
+            f"<span>rehearsal: <b>{_e(_money(rehearsal))}</b> on fal, nothing billed</span>"
+        )
+    return "".join(parts)
+
+
 def render_page(
     rows: Sequence[Mapping[str, Any]],
     failures: Sequence[Mapping[str, Any]],
@@ -237,6 +268,7 @@ def render_page(
     *,
     title: str,
     missing: int = 0,
+    spend: tuple[float, float] | None = None,
 ) -> str:
     """The whole page as text: a pure function of the index rows and the thumbnails present."""
     script = _asset("gallery.js")
@@ -251,7 +283,7 @@ def render_page(
         f"<span><b>{len(rows):,}</b> images</span>",
         f"<span><b>{jobs:,}</b> jobs</span>",
         f"<span><b>{len(failures):,}</b> failed</span>",
-        f"<span><b>{_e(_money(_total_cost(rows)))}</b> estimated cost</span>",
+        _spend_text(rows, spend),
         f"<span><b>{_bytes(total_bytes)}</b></span>",
         f"<span><b>{missing:,}</b> missing files</span>" if missing else "",
         f'<span>showing <b id="shown">{len(rows):,}</b></span>',

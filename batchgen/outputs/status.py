@@ -35,7 +35,7 @@ class StatusReport:
     out_dir: str
     counts: dict[str, int]
     total: int
-    spent_usd: float
+    spent_usd: float  # what fal may bill (journal.schema.Tallies): summary, gallery, --max-cost
     in_flight_usd: float
     remaining_usd: float
     failures: list[FailureGroup]
@@ -48,6 +48,7 @@ class StatusReport:
     last_run: RunInfo | None
     resume_command: str
     actual: ActualCost | None = None  # real cost of the results that carried usage (BYOK)
+    rehearsal_usd: float = 0.0  # what the emulator's requests would cost on fal (not billed)
 
     @property
     def done(self) -> bool:
@@ -62,9 +63,24 @@ class StatusReport:
 
 
 def resume_command(out_dir: Path, run: RunInfo | None) -> str:
-    """The exact command that continues this run (the manifest path recorded at the start)."""
+    """The exact command that continues this run: the manifest path recorded at the start,
+    and the flags that decide where the requests go and what they may spend (resumed without
+    ``--emulate`` a rehearsal would run for real; without ``--max-cost``, past its cap)."""
     manifest = run.manifest_path if run and run.manifest_path else "MANIFEST"
-    return f"batchgen run {shlex.quote(manifest)} --out {shlex.quote(str(out_dir))}"
+    args = ["batchgen", "run", manifest, "--out", str(out_dir)]
+    s = run.settings if run is not None else {}
+    if s.get("target") == "emulate":
+        args.append("--emulate")
+        if s.get("time_scale") is not None:
+            args += ["--time-scale", f"{s['time_scale']:g}"]
+        if s.get("faults") not in (None, "none"):
+            args += ["--faults", str(s["faults"])]
+    elif s.get("target") == "endpoint" and s.get("endpoint"):
+        args += ["--endpoint", str(s["endpoint"])]
+    for flag, key in (("--concurrency", "concurrency"), ("--max-cost", "max_cost")):
+        if s.get(key) not in (None, "auto"):
+            args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
+    return shlex.join(args)
 
 
 def build_report(
@@ -97,6 +113,7 @@ def build_report(
         last_run=last,
         resume_command=resume_command(out_dir, last),
         actual=actual if actual.jobs else None,
+        rehearsal_usd=round(t.rehearsal, 4),
     )  # fmt: skip
 
 
@@ -121,6 +138,10 @@ def render_text(rep: StatusReport) -> str:
         f"  spent ~${rep.spent_usd:.2f}, in flight ~${rep.in_flight_usd:.2f},"
         f" still to submit ~${rep.remaining_usd:.2f} (estimates)"
     )
+    if rep.rehearsal_usd:
+        lines.append(
+            f"  rehearsal (--emulate), nothing billed: ~${rep.rehearsal_usd:.2f} on fal"
+        )
     if rep.actual is not None:
         lines.append(
             f"  actual cost from usage ${rep.actual.usd:.2f}"

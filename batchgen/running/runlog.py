@@ -21,10 +21,12 @@ from batchgen.running.events import (
     Event,
     Failed,
     Planned,
+    Reachable,
     Requeued,
     Resumed,
     Retrying,
     Stopping,
+    Unreachable,
     WindowChanged,
 )
 
@@ -70,6 +72,10 @@ def describe(event: Event) -> str | None:
             return f"failed: job {job[:16]} {reason}: {msg}"
         case WindowChanged(size=size):
             return f"window: up to {size} requests in flight"
+        case Unreachable(seconds=s, message=msg):
+            return f"unreachable: no answer from the server for {s:.1f} s ({msg}); retrying"
+        case Reachable(seconds=s):
+            return f"reachable: the server answers again after {s:.1f} s"
         case BudgetReached(spent=spent, in_flight=fl, next_cost=c, cap=cap):
             return (
                 f"budget: spent ${spent:.2f} + in flight ${fl:.2f} + next job ${c:.2f} "

@@ -27,12 +27,13 @@ import httpx
 
 from batchgen._version import __version__
 from batchgen.config import Settings, Target
-from batchgen.errors import AuthError
+from batchgen.errors import AuthError, BatchgenError
 from batchgen.fal import Endpoints, QueueClient
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import Manifest, plan
 from batchgen.outputs.download import sweep_parts
-from batchgen.outputs.index import write_manifest_copy
+from batchgen.outputs.index import ensure_index, write_manifest_copy
+from batchgen.outputs.rebuild import rewrite_failures
 from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
@@ -61,6 +62,7 @@ class Snapshot:
     window: int  # requests allowed in flight now
     total: int = 0  # jobs in the folder's journal
     rehearsal: bool = False  # an --emulate run: nothing is billed
+    unreachable: float | None = None  # seconds the server has not answered, once announced
 
 
 RunEvent = Event | Snapshot
@@ -129,6 +131,7 @@ async def execute(
     code = 1
     try:
         write_manifest_copy(out, manifest.path)
+        ensure_index(out)  # a folder where nothing succeeds yet is still a valid folder
         log.write(
             f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
             f"({settings.target}{', ' + settings.endpoint if settings.endpoint else ''})"
@@ -142,9 +145,15 @@ async def execute(
         removed = sweep_parts(out / IMAGES_DIR) if (out / IMAGES_DIR).is_dir() else 0
         if removed:
             log.write(f"resume: removed {removed} partial downloads left by a crash")
-        result = await _execute(
-            journal, manifest, settings, deliver, progress_every, handle_signals
-        )
+        try:
+            result = await _execute(
+                journal, manifest, settings, deliver, progress_every, handle_signals
+            )
+        except BatchgenError as exc:  # refused before submitting (recovery): say so in runs
+            code = exc.exit_code
+            raise
+        # The jobs failed now, exactly, whatever a crash between a failure and its row did.
+        rewrite_failures(journal, out)
         if result.fatal is not None:
             log.write(f"fatal: {result.fatal}")
         for line in result.lines():
@@ -287,6 +296,7 @@ def _snapshot(journal: Journal, sched: Scheduler, total: int) -> Snapshot:
         window=sched.window.size,
         total=total,
         rehearsal=sched.rehearsal,
+        unreachable=sched.unreachable_for(),
     )
 
 

@@ -349,6 +349,10 @@ class Scheduler:
         self._answered()
         return result
 
+    def unreachable_for(self) -> float | None:
+        """Seconds the server has not answered, once that was announced; else None."""
+        return self.reach.seconds(self._clock())
+
     def _unanswered(self, o: Outcome) -> None:
         lasted = self.reach.failed(self._clock(), o.reason, o.message)
         if lasted is not None:
