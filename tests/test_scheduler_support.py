@@ -107,6 +107,7 @@ class Rig:
         sleep: Callable[[float], Any] = short_sleep,
         key: str | None = "test-key",
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] | None = None,
         **flags: Any,
     ) -> RunResult:
         settings = self.settings(**flags)
@@ -147,6 +148,7 @@ class Rig:
                     on_event=on_event,
                     sleep=sleep,
                     rng=lambda: 0.0,
+                    **({"clock": clock} if clock is not None else {}),
                 )
                 holder.append(sched)
                 result = RunResult(sched, events)

@@ -151,3 +151,32 @@ def test_a_killed_run_reads_as_interrupted(
     assert doc["in_flight"][0]["request_id"] == "req-p0"
     assert main(["status", str(out)]) == 0
     assert "interrupted; to resume: batchgen run MANIFEST --out" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("settings", "flags"),
+    [
+        ({"target": "fal", "concurrency": "auto"}, ""),
+        (
+            {"target": "emulate", "time_scale": 0.02, "faults": "none"},
+            " --emulate --time-scale 0.02",
+        ),
+        (
+            {"target": "emulate", "time_scale": 1.0, "faults": "flaky,truncate=0.5"},
+            " --emulate --time-scale 1 --faults flaky,truncate=0.5",
+        ),
+        ({"target": "endpoint", "endpoint": "http://h:8080"}, " --endpoint http://h:8080"),
+        ({"target": "fal", "concurrency": 8, "max_cost": 5.0}, " --concurrency 8 --max-cost 5"),
+    ],
+)
+def test_the_resume_command_keeps_the_flags_that_decide_where_and_how_much(
+    settings: dict[str, object], flags: str
+) -> None:
+    """Resumed without --emulate a rehearsal would run for real; without --max-cost, uncapped."""
+    from batchgen.journal.schema import RunInfo
+    from batchgen.outputs.status import resume_command
+
+    run = RunInfo(1, "0" * 64, "/m.yaml", "t", settings, 0.0, 0.0, None, None)
+    assert resume_command(Path("/o"), run) == f"batchgen run /m.yaml --out /o{flags}"
+    capped = resume_command(Path("/o"), run, max_cost=False)
+    assert "--max-cost" not in capped and capped.startswith("batchgen run /m.yaml --out /o")

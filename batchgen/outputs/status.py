@@ -62,7 +62,7 @@ class StatusReport:
         return doc
 
 
-def resume_command(out_dir: Path, run: RunInfo | None) -> str:
+def resume_command(out_dir: Path, run: RunInfo | None, *, max_cost: bool = True) -> str:
     """The exact command that continues this run: the manifest path recorded at the start,
     and the flags that decide where the requests go and what they may spend (resumed without
     ``--emulate`` a rehearsal would run for real; without ``--max-cost``, past its cap)."""
@@ -78,7 +78,7 @@ def resume_command(out_dir: Path, run: RunInfo | None) -> str:
     elif s.get("target") == "endpoint" and s.get("endpoint"):
         args += ["--endpoint", str(s["endpoint"])]
     for flag, key in (("--concurrency", "concurrency"), ("--max-cost", "max_cost")):
-        if s.get(key) not in (None, "auto"):
+        if s.get(key) not in (None, "auto") and (max_cost or key != "max_cost"):
             args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
     return shlex.join(args)
 
@@ -185,6 +185,7 @@ def _state_line(rep: StatusReport) -> str:
             return f"finished; to retry the failures: {rep.resume_command}{tail}"
         return "finished: every job is downloaded"
     if run is not None and run.exit_code == EXIT_BUDGET:
-        return f"stopped at the budget; to continue, raise it: {rep.resume_command} --max-cost USD"
+        again = resume_command(Path(rep.out_dir), run, max_cost=False)
+        return f"stopped at the budget; to continue, raise it: {again} --max-cost USD"
     how = "stopped" if run is not None and run.ended_at is not None else "interrupted"
     return f"{how}; to resume: {rep.resume_command}"

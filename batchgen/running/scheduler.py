@@ -187,8 +187,8 @@ class Scheduler:
             n = 1 if cap is not None else min(free, CLAIM_BATCH)
             rows = self._journal.claim(n, origin=self._s.origin)
             if not rows:
-                if not self._tasks:
-                    return  # nothing pending, and nothing in flight that could requeue a job
+                if not (self._tasks or self._pool.backlog):
+                    return  # nothing pending, nothing in flight or downloading to requeue
                 await self._changed()
                 continue
             for i, row in enumerate(rows):
