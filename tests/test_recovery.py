@@ -226,9 +226,10 @@ async def test_a_long_outage_never_fails_a_job_for_it(tmp_path: Path) -> None:
 
 def test_threads_appending_at_once_leave_no_blank_or_torn_line(tmp_path: Path) -> None:
     # The download pool appends from worker threads (asyncio.to_thread), eight at a time.
+    # Rows larger than a page: another thread's fstat can see a row half copied in.
     def worker(w: int) -> None:
-        for i in range(150):
-            append_rows(tmp_path, [{"file_name": f"{w}/{i}.png", "pad": "x" * (w * 300)}])
+        for i in range(200):
+            append_rows(tmp_path, [{"file_name": f"{w}/{i}.png", "pad": "x" * 6000}])
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
     for th in threads:
@@ -238,7 +239,7 @@ def test_threads_appending_at_once_leave_no_blank_or_torn_line(tmp_path: Path) -
     lines = (tmp_path / METADATA).read_bytes().split(b"\n")
     assert lines[-1] == b""  # ends with a newline
     assert b"" not in lines[:-1]  # and not one blank line in between
-    assert len(read_index(tmp_path)) == 8 * 150
+    assert len(read_index(tmp_path)) == 8 * 200
 
 
 # -- an output folder is always a valid folder ------------------------------------------------
