@@ -77,6 +77,9 @@ async def test_hostile_profile_no_submit_without_a_reason(tmp_path: Path) -> Non
     assert set(rig.states()) <= {S.DOWNLOADED, S.FAILED}
     submits_explained(rig, [r])
     rig.check_folder()
+    # The profile's lies were told (test_hostile_server aims each one and checks it in full).
+    stats = rig.stats()
+    assert stats["results_evil_name"] > 0 and stats["refusals_retryable"] > 0
 
 
 async def test_submitdrop_is_resubmitted_and_counted(tmp_path: Path) -> None:
