@@ -59,18 +59,15 @@ async def short_sleep(seconds: float) -> None:
 
 
 class ManualClock:
-    """The emulator's clock, moved only by the test: nothing finishes on the server while the
-    scheduler is busy, however slow the machine, so what the server sees at once is decided
-    by the test, not by the CPU."""
+    """The emulator's clock, moved only by the test (it sets ``t``): nothing finishes on the
+    server while the scheduler is busy, however slow the machine, so what the server sees at
+    once is decided by the test, not by the CPU."""
 
     def __init__(self) -> None:
         self.t = 0.0
 
     def __call__(self) -> float:
         return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class FastClock:
