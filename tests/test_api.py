@@ -20,6 +20,7 @@ from test_run_support import emulator_thread, states, stats, write_manifest
 
 import batchgen
 from batchgen.cli import build_parser
+from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.planning.gptimage import PRESETS
 from batchgen.planning.jobs import JobState
 
@@ -71,7 +72,39 @@ def test_run_options_have_the_cli_defaults() -> None:
     assert len(shared) >= 14
     for name in shared:
         assert params[name].default == args[name], name
-    assert inspect.signature(batchgen.run_sync).parameters == params
+
+
+def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) -> None:
+    """A call, not a comparison of signatures (functools.wraps copies run's onto run_sync, so
+    that comparison held whatever run_sync accepted). No value below is a default."""
+    m = write_manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    events: list[batchgen.RunEvent] = []
+    kwargs: dict[str, Any] = {
+        "out": out, "emulate": True, "endpoint": None, "concurrency": 1, "max_cost": 5.0,
+        "max_attempts": 4, "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
+        "max_image_bytes": 9_000_000, "retry_failed": True, "inline_uploads": True,
+        "faults": "content_policy=1", "time_scale": 0.0, "on_event": events.append,
+        "progress_every": None, "handle_signals": False, "environ": NO_KEY,
+    }  # fmt: skip
+    # Every keyword run has, read from run itself, so a new option of run is covered here.
+    assert set(kwargs) == set(inspect.signature(batchgen.run).parameters) - {"manifest"}
+    result = batchgen.run_sync(m, **kwargs)
+    assert result.out_dir == out and result.failed == {"content_policy_violation": 2}
+    assert {type(e).__name__ for e in events} >= {"Planned", "Submitted", "Failed"}
+    # progress_every=None: the snapshot before the first submit and the last one, no timed ones
+    assert sum(isinstance(e, batchgen.Snapshot) for e in events) == 2
+    with Journal.open_readonly(out / JOURNAL_NAME) as j:
+        (run,) = j.runs()
+    recorded = {k: run.settings[k] for k in (
+        "target", "concurrency", "max_cost", "max_attempts", "deadline", "watch",
+        "download_concurrency", "max_image_bytes", "faults", "time_scale",
+    )}  # fmt: skip
+    assert recorded == {
+        "target": "emulate", "concurrency": 1, "max_cost": 5.0, "max_attempts": 4,
+        "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
+        "max_image_bytes": 9_000_000, "faults": "content_policy=1", "time_scale": 0.0,
+    }  # fmt: skip
 
 
 async def test_notebook_load_plan_run_read(tmp_path: Path) -> None:

@@ -37,11 +37,17 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         while killed < KILLS:
             starts = _starts(out)
             proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.DEVNULL)
-            # Kill at a random moment after the run really began (Python's start-up time
-            # varies with the machine's load): planning, submitting, watching, downloading.
+            # Kill after the run really began (Python's start-up time varies with the
+            # machine's load). Every other kill lands at a random moment: planning,
+            # submitting, watching, downloading. The rest are aimed at paid requests in
+            # flight: the moment that matters most, which a loaded machine's slow start made
+            # random kills miss (they landed before the first submit).
             while _starts(out) == starts and proc.poll() is None:
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.6))
+            if killed % 2:
+                _wait_for_requests_in_flight(out, proc)
+            else:
+                time.sleep(rng.uniform(0.0, 0.6))
             if proc.poll() is not None:
                 break  # finished before the kill: nothing left to interrupt
             proc.kill()
@@ -51,8 +57,9 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         final = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, timeout=60)
         seen = Counter(stats(url)["submits_per_input"])
     assert killed >= 5, "the run finished before it was killed five times"
-    # the kills interrupted real work, not just start-up: requests were in flight
-    assert sum(1 for c in moments if c.get(S.QUEUED, 0) + c.get(S.RUNNING, 0)) >= 3
+    # the kills interrupted real work, not just start-up: requests were in flight (the aimed
+    # kills see to it; a random one may too)
+    assert sum(1 for c in moments if c.get(S.QUEUED, 0) + c.get(S.RUNNING, 0)) >= KILLS // 2
     assert final.returncode == 0, final.stderr.decode()
     assert states(out) == {S.DOWNLOADED: 40}
 
@@ -73,6 +80,18 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
         assert hashlib.sha256(f.read_bytes()).hexdigest() == row["sha256"]
         with Image.open(f) as im:
             im.verify()  # complete and decodable: never a half-written image in place
+
+
+def _wait_for_requests_in_flight(out: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Until the journal shows two requests on fal (QUEUED or RUNNING), or the run ends."""
+    while proc.poll() is None:
+        try:
+            now = states(out)
+        except Exception:  # the journal is not there yet, or busy: look again
+            now = Counter()
+        if now[S.QUEUED] + now[S.RUNNING] >= 2:
+            return
+        time.sleep(0.005)
 
 
 def _starts(out: Path) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html.parser
 import json
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -152,15 +153,39 @@ def test_gallery_command(tmp_path: Path) -> None:
 
 # ---- in a real browser ---------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CONSOLE = re.compile(r":CONSOLE[:(]")
+
+
+def find_chromium(
+    environ: Mapping[str, str], which: Callable[[str], str | None] = shutil.which
+) -> str:
+    """The browser, or a skip where there is none; but under CI=true a missing browser is a
+    failure: CI passing without the gallery ever running in a browser would prove nothing."""
+    found = which("chromium") or which("chromium-browser")
+    if found:
+        return found
+    if environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail("CI is set and chromium is not installed: the browser test must run in CI")
+    pytest.skip("chromium is not installed")
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere() -> None:
+    def nowhere(_: str) -> None:
+        return None
+
+    with pytest.raises(pytest.fail.Exception, match="must run in CI"):
+        find_chromium({"CI": "true"}, nowhere)
+    with pytest.raises(pytest.skip.Exception):
+        find_chromium({}, nowhere)
+    with pytest.raises(pytest.skip.Exception):
+        find_chromium({"CI": "false"}, nowhere)
+    assert find_chromium({"CI": "true"}, lambda name: f"/opt/{name}") == "/opt/chromium"
 
 
 def chromium(url: str, profile: Path, *extra: str) -> tuple[str, list[str]]:
     """Load ``url`` headless; returns (the DOM after scripts ran, console messages)."""
-    assert CHROMIUM
     cmd = [
-        CHROMIUM,
+        find_chromium(os.environ),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -198,8 +223,8 @@ def profile(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_in_headless_chromium(gallery: Path, profile: Path) -> None:
+    find_chromium(os.environ)  # no browser: a skip here, a failure under CI=true
     page = (gallery / "index.html").resolve().as_uri()
     dom, console = chromium(page, profile)
     assert console == []  # no script error, no CSP violation (the script's hash matches)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from batchgen.planning.gptimage import (
@@ -96,20 +96,77 @@ def test_defaults_fill_only_what_is_missing() -> None:
     assert with_defaults("fal-ai/flux/dev", {"x": 1}) == {"x": 1}
 
 
-@given(st.integers(-100, 5000), st.integers(-100, 5000))
-def test_every_accepted_custom_size_satisfies_the_rules(w: int, h: int) -> None:
-    if custom_size_problems(w, h):
-        return
-    assert w % 16 == 0 and h % 16 == 0
-    assert 0 < max(w, h) <= MAX_SIDE
-    assert max(w, h) / min(w, h) <= 3
-    assert MIN_PIXELS <= w * h <= MAX_PIXELS
+def legal(w: int, h: int) -> bool:
+    """gpt-image-2's custom size rules, written out apart from gptimage's own code."""
+    return (
+        all(0 < v <= MAX_SIDE and v % 16 == 0 for v in (w, h))
+        and max(w, h) <= 3 * min(w, h)
+        and MIN_PIXELS <= w * h <= MAX_PIXELS
+    )
 
 
-@given(
-    st.integers(1, MAX_SIDE // 16).map(lambda k: k * 16),
-    st.integers(1, MAX_SIDE // 16).map(lambda k: k * 16),
+def heights_for(w: int) -> range:
+    """Every legal height for width ``w`` (a multiple of 16), smallest first."""
+    lo = max(16, -(-w // 3), -(-MIN_PIXELS // w))
+    hi = min(MAX_SIDE, 3 * w, MAX_PIXELS // w)
+    return range(-(-lo // 16) * 16, hi + 1, 16)
+
+
+WIDTHS = [w for w in range(16, MAX_SIDE + 1, 16) if heights_for(w)]
+
+
+@st.composite
+def legal_sizes(draw: st.DrawFn) -> tuple[int, int]:
+    """Only sizes within the rules, from the smallest to the largest legal one."""
+    w = draw(st.sampled_from(WIDTHS))
+    return w, draw(st.sampled_from(heights_for(w)))
+
+
+@given(legal_sizes())
+def test_every_size_within_the_rules_is_accepted(size: tuple[int, int]) -> None:
+    w, h = size
+    assert legal(w, h)  # the strategy makes no other kind
+    assert custom_size_problems(w, h) == []
+    assert custom_size_problems(h, w) == []  # portrait and landscape alike
+
+
+@st.composite
+def edge_sizes(draw: st.DrawFn) -> tuple[int, int]:
+    """A width, and a height at an end of its legal range or just past it (by one grid step
+    or one pixel): where a rule drawn one step off would show."""
+    w = draw(st.sampled_from(WIDTHS))
+    legal_h = heights_for(w)
+    h = draw(st.sampled_from([legal_h[0], legal_h[-1]]))
+    return w, h + draw(st.sampled_from([0, 0, -16, 16, -1, 1]))
+
+
+@given(edge_sizes())
+# The corners, always: the fewest pixels (640x1024), the most (3840x2160), ratio exactly 3.
+@example((640, 1024))
+@example((624, 1040))
+@example((3840, 2160))
+@example((3840, 2176))
+@example((1536, 512))
+@example((1536, 496))
+def test_the_edges_of_the_rules(size: tuple[int, int]) -> None:
+    w, h = size
+    assert (custom_size_problems(w, h) == []) == legal(w, h)
+    assert (custom_size_problems(h, w) == []) == legal(h, w)
+
+
+# Sides on the 16-pixel grid, next to it, and anywhere: each example is either accepted or
+# refused, and both answers are checked (a test that asserts only on acceptance reached its
+# asserts about once in a hundred examples drawn from plain integers).
+SIDES = st.one_of(
+    st.integers(1, MAX_SIDE // 16).map(lambda k: 16 * k),
+    st.tuples(st.integers(1, MAX_SIDE // 16 + 1), st.sampled_from([-1, 1, 8])).map(
+        lambda t: 16 * t[0] + t[1]
+    ),
+    st.integers(-100, 5000),
 )
-def test_sizes_within_the_rules_are_accepted(w: int, h: int) -> None:
-    legal = max(w, h) <= 3 * min(w, h) and MIN_PIXELS <= w * h <= MAX_PIXELS
-    assert (custom_size_problems(w, h) == []) == legal
+
+
+@given(SIDES, SIDES)
+def test_a_custom_size_is_accepted_exactly_when_it_follows_the_rules(w: int, h: int) -> None:
+    problems = custom_size_problems(w, h)
+    assert (problems == []) == legal(w, h), problems

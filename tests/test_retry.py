@@ -158,6 +158,31 @@ def test_x_fal_retryable_is_honoured(op: str, exc: QueueHTTPError, action: Actio
     assert classify(exc, op=op).action is action
 
 
+@pytest.mark.parametrize(
+    ("op", "exc"),
+    [
+        ("result", http(422, detail=CPV, retryable=True)),
+        ("result", http(422, detail="refused", error_type="content_policy_violation",
+                        retryable=True)),
+        ("status", http(422, detail=CPV, retryable=True)),
+        ("submit", http(422, detail=CPV, retryable=True)),
+        ("result", http(400, error_type="content_policy_violation", retryable=True)),
+        ("result", http(422, detail=[*BAD, *CPV], retryable=True)),
+    ],
+)  # fmt: skip
+def test_content_policy_is_final_whatever_the_headers_say(op: str, exc: QueueHTTPError) -> None:
+    # The same input would be paid for again and refused again: no header may turn the
+    # refusal into a resubmit (result) or a retry (submit).
+    outcome = classify(exc, op=op)
+    assert (outcome.action, outcome.reason) == (Action.FINAL, "content_policy_violation")
+
+
+def test_a_refusal_that_created_nothing_is_still_retried_whatever_it_names() -> None:
+    # A 429 made no job, so retrying it costs nothing, even if its body names the policy.
+    exc = http(429, detail=CPV, retry_after=2.0)
+    assert classify(exc, op="submit").action is Action.RETRY
+
+
 def test_classify_rejects_an_unknown_op() -> None:
     with pytest.raises(ValueError, match="unknown op"):
         classify(http(500), op="download")

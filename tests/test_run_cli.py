@@ -116,3 +116,28 @@ def test_bad_flags_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["run", str(m), "--emulate", "--concurrency", "zero"]) == 2
     assert "--concurrency" in capsys.readouterr().err
     assert main(["run", str(m), "--endpoint", "http://127.0.0.1:9", "--faults", "flaky"]) == 2
+
+
+def test_max_image_bytes_caps_each_image(tmp_path: Path) -> None:
+    """The flag reaches the downloader: an image one byte over the cap fails its job (recorded,
+    nothing left in place), an image exactly at the cap is kept."""
+    m = write_manifest(tmp_path, 2)
+    free = tmp_path / "free"
+    base = ["run", str(m), "--emulate", "--quiet", "--time-scale", "0"]
+    assert main([*base, "--out", str(free)]) == 0
+    sizes = [r["bytes"] for r in read_index(free)]  # the emulator draws the same bytes again
+    assert len(sizes) == 2
+
+    at_cap = tmp_path / "at-cap"
+    assert main([*base, "--out", str(at_cap), "--max-image-bytes", str(max(sizes))]) == 0
+    assert states(at_cap) == {S.DOWNLOADED: 2}
+
+    under = tmp_path / "under"
+    cap = min(sizes) - 1
+    assert main([*base, "--out", str(under), "--max-image-bytes", str(cap)]) == 1
+    assert states(under) == {S.FAILED: 2}
+    failures = read_failures(under)
+    assert {f["class"] for f in failures} == {"download_too_large"}
+    assert all(str(cap) in f["message"] for f in failures)
+    assert read_index(under) == []
+    assert [p for p in under.rglob("*") if p.is_file() and "images" in p.parts] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,33 @@ def write_manifest(folder: Path, n: int, *, quality: str = "low", name: str = "t
 async def short_sleep(seconds: float) -> None:
     """Backoff and polls still yield and still pace, but never for long: tests stay fast."""
     await asyncio.sleep(min(seconds, 0.02))
+
+
+class ManualClock:
+    """The emulator's clock, moved only by the test (it sets ``t``): nothing finishes on the
+    server while the scheduler is busy, however slow the machine, so what the server sees at
+    once is decided by the test, not by the CPU."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FastClock:
+    """Emulator time running ``factor`` times faster than the wall clock: a request takes fal's
+    seconds (so the scheduler treats it as a long one) yet finishes in milliseconds."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self._zero = time.monotonic()
+
+    def __call__(self) -> float:
+        return (time.monotonic() - self._zero) * self.factor
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.factor)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchgen.emulator import byok
+from batchgen.emulator.faults import FILE_URL
 from batchgen.emulator.images import ImageSpec, render
 from batchgen.emulator.model import Outcome, Phase, Request, StatusView
 from batchgen.emulator.references import Reference, auto_size
@@ -101,7 +102,9 @@ def output_body(base: str, req: Request, media: MutableMapping[str, ImageSpec]) 
     for spec in image_specs(req):
         data = render(spec)
         name = f"{req.id[:8]}_{spec.index}.{spec.extension}"
-        if sync:
+        if req.file_url:
+            url = FILE_URL
+        elif sync:
             url = f"data:{spec.content_type};base64,{base64.b64encode(data).decode()}"
         else:
             media_id = f"{req.id}-{spec.index}"
@@ -111,7 +114,7 @@ def output_body(base: str, req: Request, media: MutableMapping[str, ImageSpec]) 
             {
                 "url": url,
                 "content_type": spec.content_type,
-                "file_name": name,
+                "file_name": req.evil_name or name,
                 "file_size": len(data),
                 "width": spec.width,
                 "height": spec.height,
@@ -146,6 +149,8 @@ def result_parts(
                 "type": "content_policy_violation",
             }
         ]
+        if req.retryable_refusal:
+            headers["x-fal-retryable"] = "true"
         return 422, {"detail": detail}, headers
     err = req.error
     assert err is not None

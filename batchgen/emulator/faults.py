@@ -25,9 +25,15 @@ class FaultSpec:
     status503: float = 0.0  # a status poll hits an ingress 503 (nginx HTML)
     runner_error: float = 0.0  # the request completes with a runner error; result is 5xx
     content_policy: float = 0.0  # the request completes; result is 422 content_policy_violation
+    policy_retryable: float = 0.0  # ...and that refusal says X-Fal-Retryable: true (a lie)
     truncate: float = 0.0  # a media GET sends fewer bytes than its Content-Length
     slow_media: float = 0.0  # a media GET trickles its bytes slowly
     upload500: float = 0.0  # a storage upload (CDN POST or signed PUT) answers 500, stores nothing
+    # A result that names its files in a way a client must never obey: a climbing or absolute
+    # file_name (a client that writes where the server says writes outside its folder)...
+    evil_name: float = 0.0
+    # ...or an image URL that points at the client's own disk (file:///etc/passwd).
+    file_url: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -37,6 +43,12 @@ class FaultSpec:
         parts = [f"{f.name}={getattr(self, f.name):g}" for f in fields(self)]
         return ",".join(p for p in parts if not p.endswith("=0")) or "none"
 
+
+# What the evil_name fault puts in a result's file_name, in turn: one climbs out of any folder
+# a client might join it to, one is absolute (pathlib's `folder / "/etc/x"` is "/etc/x").
+EVIL_NAMES: tuple[str, ...] = ("../../../evil.png", "/etc/x")
+# What the file_url fault puts in a result's image url.
+FILE_URL = "file:///etc/passwd"
 
 FAULT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FaultSpec))
 
@@ -63,6 +75,9 @@ PROFILES: dict[str, FaultSpec] = {
         content_policy=0.03,
         truncate=0.08,
         slow_media=0.03,
+        policy_retryable=0.5,
+        evil_name=0.1,
+        file_url=0.03,
     ),
 }
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from batchgen.emulator import byok
 from batchgen.emulator.counters import STAT_KEYS, canonical_input_key
-from batchgen.emulator.faults import FaultDice, FaultSpec
+from batchgen.emulator.faults import EVIL_NAMES, FaultDice, FaultSpec
 from batchgen.emulator.latency import INVALID_RUN_S, run_time_for
 from batchgen.planning import gptimage
 
@@ -70,6 +70,9 @@ class Request:
     problems: list[gptimage.InputProblem] = field(default_factory=list)
     reference: Any = None  # an edit's first reference image (references.Reference)
     runner_error: tuple[int, str, str] | None = None
+    evil_name: str | None = None  # the file_name its result gives (faults: evil_name)
+    file_url: bool = False  # its result's image URLs are file:// (faults: file_url)
+    retryable_refusal: bool = False  # its 422 says X-Fal-Retryable: true (policy_retryable)
     phase: Phase = Phase.QUEUED
     started_at: float | None = None
     finish_at: float | None = None  # planned completion, set when it starts
@@ -294,6 +297,7 @@ class QueueModel:
         )
         if outcome is Outcome.RUNNER_ERROR:
             req.runner_error = self._rng.choice(RUNNER_ERRORS)
+        self._tamper(req)
         self._next_qseq += 1
         self.requests[req.id] = req
         self._queue.append(req)
@@ -306,6 +310,20 @@ class QueueModel:
         self._fill(now)
         self.peak_queue_length = max(self.peak_queue_length, self._n_queued)
         return req
+
+    def _tamper(self, req: Request) -> None:
+        """Decided once per request, so every read of its result says the same thing."""
+        if req.outcome is Outcome.CONTENT_POLICY and self.dice.roll("policy_retryable"):
+            req.retryable_refusal = True
+            self.counters["refusals_retryable"] += 1
+        if req.outcome is not Outcome.OK:
+            return
+        if self.dice.roll("evil_name"):
+            req.evil_name = EVIL_NAMES[self.counters["results_evil_name"] % len(EVIL_NAMES)]
+            self.counters["results_evil_name"] += 1
+        if self.dice.roll("file_url"):
+            req.file_url = True
+            self.counters["results_file_url"] += 1
 
     def view(self, rid: str, now: float) -> StatusView | None:
         """The request's state at ``now``; None when unknown or expired."""

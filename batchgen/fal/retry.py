@@ -10,7 +10,8 @@ is the zero-wait testing mode that records the delays it was asked for.
 Actions:
     RETRY     nothing was created or the request is idempotent: do the same thing again later
     RESUBMIT  the request ran (or vanished) and failed in a way a fresh request may not
-    FINAL     the request itself is wrong (validation, content policy): never retried
+    FINAL     the request itself is wrong (validation, content policy): never retried; a
+              content-policy refusal stays final even when the server says X-Fal-Retryable
     FATAL     the account or key is wrong: stop the whole run
     UNKNOWN   a submit was sent and no answer came: a job may exist and may be billed
 """
@@ -65,6 +66,7 @@ class Outcome:
 _REFUSED_NOTHING_CREATED = frozenset({408, 409, 429})
 # Locked account (third-party reports say 402 or 403) and bad keys stop the run.
 _FATAL = frozenset({401, 402, 403})
+CONTENT_POLICY = "content_policy_violation"
 
 
 def classify(exc: BaseException, *, op: str) -> Outcome:
@@ -111,6 +113,15 @@ def _classify_http(exc: QueueHTTPError, op: str, msg: str) -> Outcome:
     # URL, not the account (the client raises AuthError where the key itself was refused).
     if status in _FATAL and op not in ("media", "upload"):
         return Outcome(Action.FATAL, "auth", msg)
+    # A content-policy refusal judges the input itself: the same input is paid for again and
+    # refused again. So it is final whatever X-Fal-Retryable says (a 429 or 408 that happens to
+    # name it still refused before any job was made, and stays a retry below).
+    if (
+        400 <= status < 500
+        and status not in _REFUSED_NOTHING_CREATED
+        and _request_reason(exc) == CONTENT_POLICY
+    ):
+        return Outcome(Action.FINAL, CONTENT_POLICY, msg)
     transient = (
         status in _REFUSED_NOTHING_CREATED
         or exc.ingress
@@ -154,8 +165,8 @@ def _request_reason(exc: QueueHTTPError) -> str:
     kinds = {exc.error_type} if exc.error_type else set()
     if isinstance(exc.detail, list):
         kinds |= {str(d.get("type")) for d in exc.detail if isinstance(d, dict)}
-    if "content_policy_violation" in kinds:
-        return "content_policy_violation"
+    if CONTENT_POLICY in kinds:
+        return CONTENT_POLICY
     if exc.status == 422:
         return "validation"
     return exc.error_type or f"http_{exc.status}"

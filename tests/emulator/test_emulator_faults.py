@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchgen.emulator import PROFILES, FaultSpec, parse_faults
-from batchgen.emulator.faults import FaultDice
+from batchgen.emulator.faults import EVIL_NAMES, FILE_URL, FaultDice
 from batchgen.errors import UsageError
 
 LOW = {"prompt": "a lighthouse", "quality": "low", "image_size": "square_hd"}
@@ -126,6 +126,47 @@ async def test_content_policy_is_a_422_with_its_type(
     (item,) = r.json()["detail"]
     assert item["type"] == "content_policy_violation"
     assert item["loc"] == ["body", "prompt"]
+
+
+async def test_policy_retryable_adds_the_header_to_the_refusal_only(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    # The header a client must not believe: a refused input is refused again.
+    client, _ = await make_client(faults="content_policy=1,policy_retryable=1")
+    h = await submit(client, LOW)
+    clock.advance(60)
+    r = await client.get(h["response_url"])
+    assert (r.status_code, r.headers["x-fal-retryable"]) == (422, "true")
+    assert r.json()["detail"][0]["type"] == "content_policy_violation"
+    assert (await stats(client))["refusals_retryable"] == 1
+    ok, _ = await make_client(time_scale=0, faults="policy_retryable=1")
+    r = await ok.get((await submit(ok, LOW))["response_url"])
+    assert r.status_code == 200 and "x-fal-retryable" not in r.headers
+
+
+async def test_evil_name_and_file_url_tamper_with_the_result_only(
+    make_client: MakeClient,
+) -> None:
+    client, _ = await make_client(time_scale=0, faults="evil_name=1,file_url=1")
+    names, urls = [], []
+    for i in range(4):
+        h = await submit(client, {**LOW, "prompt": f"p{i}"})
+        body = (await client.get(h["response_url"])).json()
+        again = (await client.get(h["response_url"])).json()
+        assert again == body  # decided once per request: every read says the same
+        (image,) = body["images"]
+        names.append(image["file_name"])
+        urls.append(image["url"])
+        assert image["width"] and image["content_type"] == "image/png"  # otherwise a result
+    assert names == [*EVIL_NAMES, *EVIL_NAMES]
+    assert set(urls) == {FILE_URL}
+    s = await stats(client)
+    assert (s["results_evil_name"], s["results_file_url"]) == (4, 4)
+
+
+def test_hostile_profile_tampers_with_names_urls_and_headers() -> None:
+    hostile = PROFILES["hostile"]
+    assert hostile.evil_name > 0 and hostile.file_url > 0 and hostile.policy_retryable > 0
 
 
 async def test_truncate_sends_fewer_bytes_than_promised(make_client: MakeClient) -> None:
