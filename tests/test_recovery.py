@@ -146,7 +146,11 @@ async def test_one_definition_of_spend_for_summary_status_gallery_and_budget(
     tmp_path: Path,
 ) -> None:
     # Dropped submits (possible duplicates) and lost results make spend differ from the plan.
-    rig = Rig(tmp_path, 12, emulator={"faults": "submitdrop=0.3,runner_error=0.2", "seed": 9})
+    rig = Rig(
+        tmp_path,
+        12,
+        emulator={"faults": "submitdrop=0.3,runner_error=0.2", "seed": 9, "announce": False},
+    )
     await rig.run(concurrency=4)
     with rig.journal() as j:
         summary_figure = j.tallies().spent  # what the runner's summary reads (RunResult.spent)

@@ -5,6 +5,7 @@ resume hint keeps the flags that matter, an outage shows in the terminal within 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shlex
 import signal
@@ -43,6 +44,11 @@ def origins(out: Path) -> set[object]:
     return {r.get("origin") for r in read_index(out)}
 
 
+def fal_stand_in() -> contextlib.AbstractContextManager[str]:
+    """The emulator on a loopback port, not saying it is one: to this run, a real server."""
+    return emulator_thread(time_scale=0, announce=False)
+
+
 # -- a rehearsal never becomes the dataset ---------------------------------------------------
 
 
@@ -55,7 +61,7 @@ def test_a_real_run_after_a_rehearsal_makes_every_image_for_real(
     assert origins(out) == {"emulator"}
     capsys.readouterr()
     monkeypatch.setenv("FAL_KEY", "test-key")
-    with emulator_thread(time_scale=0) as url:  # stands in for fal: another server
+    with fal_stand_in() as url:  # another server, a real one
         assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 0
         accepted = stats(url)["submits_accepted"]
     assert accepted == 6  # every job was made for real, none taken from the rehearsal
@@ -75,7 +81,7 @@ def test_a_rehearsal_stopped_halfway_never_mixes_with_real_images(
     assert rehearse(m, out, "--max-cost", "0.035", "--concurrency", "1") == 3  # the budget
     assert 0 < len(read_index(out)) < 8
     monkeypatch.setenv("FAL_KEY", "test-key")
-    with emulator_thread(time_scale=0) as url:
+    with fal_stand_in() as url:
         assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 0
         assert stats(url)["submits_accepted"] == 8
     rows = read_index(out)
@@ -90,7 +96,7 @@ def test_a_rehearsal_into_real_work_is_refused_and_changes_nothing(
     m = write_manifest(tmp_path, 3)
     out = tmp_path / "out"
     monkeypatch.setenv("FAL_KEY", "test-key")
-    with emulator_thread(time_scale=0) as url:
+    with fal_stand_in() as url:
         assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 0
     before = (out / "metadata.jsonl").read_bytes()
     capsys.readouterr()
@@ -184,7 +190,7 @@ def test_a_rerun_with_nothing_to_do_spends_nothing(
     m = write_manifest(tmp_path, 4)
     out = tmp_path / "out"
     monkeypatch.setenv("FAL_KEY", "test-key")
-    with emulator_thread(time_scale=0) as url:
+    with fal_stand_in() as url:
         argv = ["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]
         assert main(argv) == 0
         capsys.readouterr()
@@ -217,3 +223,40 @@ def test_an_unreachable_server_shows_in_the_terminal_within_seconds(tmp_path: Pa
     # nothing failed for the outage, nothing is left half-submitted: the next run resumes
     assert states(out) == {S.PENDING: 3}
     assert read_failures(out) == []
+
+
+# -- a rehearsal against `batchgen emulator` (an --endpoint that says it is the emulator) ------
+
+
+def test_a_standalone_emulator_rehearsal_is_a_rehearsal_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 4)
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0) as url:
+        assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 0
+    assert origins(out) == {f"emulator:{url}"}
+    err = capsys.readouterr().err
+    assert "rehearsal, nothing billed (on fal ~$0.04 this run" in err
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    with fal_stand_in() as real:  # then for real: every image made again
+        assert main(["run", str(m), "--endpoint", real, "--out", str(out), "--quiet"]) == 0
+        assert stats(real)["submits_accepted"] == 4
+    assert origins(out) == {f"endpoint:{real}"}
+
+
+def test_a_standalone_emulator_into_real_work_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    with fal_stand_in() as real:
+        assert main(["run", str(m), "--endpoint", real, "--out", str(out), "--quiet"]) == 0
+    before = (out / "metadata.jsonl").read_bytes()
+    capsys.readouterr()
+    with emulator_thread(time_scale=0) as url:
+        assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 2
+        assert stats(url)["submits_accepted"] == 0
+    assert "holds real work (3 jobs run on" in capsys.readouterr().err
+    assert (out / "metadata.jsonl").read_bytes() == before

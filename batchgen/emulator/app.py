@@ -63,8 +63,10 @@ def _split(path: str) -> tuple[str, list[str]] | None:
 
 async def stats(request: Request) -> Response:
     model = emulator_of(request)
-    model.advance(config_of(request).clock())
-    return _json(model.stats())
+    config = config_of(request)
+    model.advance(config.clock())
+    # The header is how a client tells an --endpoint rehearsal from a real server.
+    return _json(model.stats(), headers={"x-batchgen-emulator": "1"} if config.announce else None)
 
 
 async def queue_route(request: Request) -> Response:
@@ -137,7 +139,12 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
         return DropConnection()
     view = model.view(req.id, now)
     position = view.position if view is not None and view.position is not None else 0
-    return _json(bodies.submit_body(base, req, position), headers={"x-fal-request-id": req.id})
+    # X-Batchgen-Emulator: its images are placeholders, and a client must never count them as
+    # a real dataset (fal itself never sends it).
+    headers = {"x-fal-request-id": req.id}
+    if config.announce:
+        headers["x-batchgen-emulator"] = "1"
+    return _json(bodies.submit_body(base, req, position), headers=headers)
 
 
 def _start_timeout(request: Request) -> float | None:

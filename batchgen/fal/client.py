@@ -54,13 +54,15 @@ class Handle:
     status_url: str
     response_url: str
     cancel_url: str
+    emulator: bool = False  # the server said it is batchgen's emulator (X-Batchgen-Emulator)
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
             "status_url": self.status_url,
             "response_url": self.response_url,
             "cancel_url": self.cancel_url,
+            **({"emulator": True} if self.emulator else {}),
         }
 
     @classmethod
@@ -72,7 +74,10 @@ class Handle:
             if not isinstance(v, str) or not v:
                 raise ProtocolError(f"request handle without a {name}")
             values[name] = v
-        return cls(**values)
+        return cls(**values, emulator=d.get("emulator") is True)
+
+
+EMULATOR_HEADER = "x-batchgen-emulator"
 
 
 class QueueClient:
@@ -130,7 +135,9 @@ class QueueClient:
         body = json_or_none(resp.content)
         if not isinstance(body, dict):
             raise ProtocolError(f"submit to {path} answered {resp.status_code} without JSON")
-        return Handle.from_json(body)
+        # fal never sends this header: a rehearsal against `batchgen emulator` says so itself.
+        emulator = EMULATOR_HEADER in resp.headers
+        return Handle.from_json({**body, "emulator": emulator})
 
     async def status(self, h: Handle, *, logs: bool = False) -> Status:
         resp = await self._t.retrying("status", "GET", h.status_url, params=logs_param(logs))
@@ -167,6 +174,16 @@ class QueueClient:
             raise ProtocolError(f"cancel of {h.request_id} answered without a status")
 
         return await self._t.with_retries(once, "cancel")
+
+    async def is_emulator(self) -> bool:
+        """Whether the queue host is batchgen's emulator (its stats route says so): its images
+        are placeholders. False for fal, any other server, or one that does not answer."""
+        url = f"{self.endpoints.queue}/_emulator/stats"
+        try:
+            resp = await self._t.send("status", "GET", url, check=False)
+        except QueueTransportError:
+            return False
+        return resp.status_code == 200 and EMULATOR_HEADER in resp.headers
 
     async def upload(
         self, data: bytes | Path, content_type: str | None = None, file_name: str | None = None

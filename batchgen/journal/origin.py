@@ -6,6 +6,8 @@ may count as done from work it may not:
 * ``emulator``: the emulator ``--emulate`` starts inside its own process. Its images are
   placeholders and it billed nothing; its requests die with the process that made them.
 * ``endpoint:<base URL>``: a fal-compatible server named by ``--endpoint``.
+* ``emulator:<base URL>``: the same, when it answered the submit as batchgen's emulator does
+  (``X-Batchgen-Emulator``): a rehearsal run against ``batchgen emulator``.
 * ``fal``: fal itself, which bills.
 
 A rehearsal is work of the emulator. It never counts as done for a run against another server,
@@ -23,6 +25,10 @@ def endpoint(base_url: str) -> str:
     return _ENDPOINT + base_url.rstrip("/")
 
 
+def emulator_at(base_url: str) -> str:
+    return EMULATOR + ":" + base_url.rstrip("/")
+
+
 def of_target(target: str, endpoint_url: str | None) -> str:
     """The origin of a run's requests, from its settings (``Settings.target``: ``fal``,
     ``endpoint`` or ``emulate``, and ``Settings.endpoint``)."""
@@ -34,8 +40,8 @@ def of_target(target: str, endpoint_url: str | None) -> str:
 
 
 def is_rehearsal(origin: str | None) -> bool:
-    """Work the emulator did: nothing billed, placeholder images."""
-    return origin == EMULATOR
+    """Work an emulator did: nothing billed, placeholder images."""
+    return origin is not None and (origin == EMULATOR or origin.startswith(EMULATOR + ":"))
 
 
 def describe(origin: str | None) -> str:
@@ -44,6 +50,8 @@ def describe(origin: str | None) -> str:
         return "an unrecorded server"
     if origin == EMULATOR:
         return "the emulator (--emulate)"
+    if origin.startswith(EMULATOR + ":"):
+        return f"the emulator at {origin[len(EMULATOR) + 1 :]}"
     if origin.startswith(_ENDPOINT):
         return origin[len(_ENDPOINT) :]
     return origin

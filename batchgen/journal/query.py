@@ -42,11 +42,11 @@ def tallies(conn: sqlite3.Connection) -> Tallies:
     lost = dups = retries = 0
     rehearsal = 0.0
     for state, in_manifest, emulated, n, cost, billed_cost, n_lost, n_dup, n_att in conn.execute(
-        "SELECT state, in_manifest, coalesce(origin = ?, 0), count(*), total(cost),"
-        " total(cost * (possible_duplicates + billed)), total(lost),"
+        "SELECT state, in_manifest, coalesce(origin = ? OR origin LIKE ?, 0), count(*),"
+        " total(cost), total(cost * (possible_duplicates + billed)), total(lost),"
         " total(possible_duplicates), total(attempts)"
         " FROM jobs GROUP BY 1, 2, 3",
-        (EMULATOR,),
+        (EMULATOR, EMULATOR + ":%"),
     ):
         st = JobState(state)
         (counts if in_manifest else gone)[st] += n

@@ -40,34 +40,40 @@ def _apply(
     return n
 
 
-def replace_rehearsal(conn: sqlite3.Connection, now: float) -> int:
-    """Every job the emulator worked on goes back to PENDING as if never run: no request, no
-    charge, no attempt (the emulator billed nothing, and its images are placeholders)."""
+def replace_rehearsal(conn: sqlite3.Connection, now: float, keep: str | None) -> int:
+    """Every job an emulator worked on (but ``keep``, the one this run talks to) goes back to
+    PENDING as if never run: no request, no charge, no attempt (an emulator bills nothing,
+    and its images are placeholders)."""
     return _apply(
-        conn, now, "origin = ? AND (state != 'PENDING' OR billed > 0 OR possible_duplicates > 0"
-        " OR attempts > 0)", (EMULATOR,),
+        conn, now, "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state != 'PENDING'"
+        " OR billed > 0 OR possible_duplicates > 0 OR attempts > 0)",
+        (EMULATOR, EMULATOR + ":%", keep),
         f"{_FORGET}, origin = NULL, attempts = 0, lost = 0, billed = 0,"
         " possible_duplicates = 0", "PENDING", "rehearsal replaced by real work",
     )  # fmt: skip
 
 
-def drop_emulator_requests(conn: sqlite3.Connection, now: float) -> int:
-    """Requests of an in-process emulator are gone with the run that started it: their jobs
-    are resubmitted at once, with no attempt counted (a dead server is not the job's fault).
-    A download that failed against it is retried the same way: its URLs died too."""
+def drop_emulator_requests(conn: sqlite3.Connection, now: float, keep: str | None) -> int:
+    """Requests of an in-process emulator are gone with the run that started it, and those of
+    an emulator this run does not talk to (``keep``: the one it does) cannot be followed:
+    their jobs are resubmitted at once, with no attempt counted (they cost nothing). A
+    download that failed against one is retried the same way: its URLs died too."""
     return _apply(
-        conn, now, "origin = ? AND (state IN ('SUBMITTING', 'UNKNOWN', 'QUEUED', 'RUNNING',"
-        f" 'COMPLETED') OR (state = 'FAILED' AND {_DOWNLOAD_ONLY}))", (EMULATOR,),
+        conn, now, "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state IN"
+        " ('SUBMITTING', 'UNKNOWN', 'QUEUED', 'RUNNING', 'COMPLETED') OR (state = 'FAILED'"
+        f" AND {_DOWNLOAD_ONLY}))", (EMULATOR, EMULATOR + ":%", keep),
         _FORGET, "PENDING", "emulator gone: resubmitted",
     )  # fmt: skip
 
 
-def redownload_failed(conn: sqlite3.Connection, now: float, origin: str | None) -> int:
-    """Jobs that failed only in their download, on this run's server, go back to COMPLETED:
-    the image is paid for and the result is kept, so it is fetched again, never resubmitted."""
+def redownload_failed(conn: sqlite3.Connection, now: float, origins: tuple[str, str]) -> int:
+    """Jobs that failed only in their download, on this run's server (either of ``origins``),
+    go back to COMPLETED: the image is paid for and the result is kept, so it is fetched
+    again, never resubmitted."""
     return _apply(
-        conn, now, f"state = 'FAILED' AND in_manifest = 1 AND {_DOWNLOAD_ONLY} AND origin IS ?",
-        (origin,), "error_class = NULL, error = NULL, attempts = 0", "COMPLETED",
+        conn, now, f"state = 'FAILED' AND in_manifest = 1 AND {_DOWNLOAD_ONLY}"
+        " AND origin IN (?, ?)", origins,
+        "error_class = NULL, error = NULL, attempts = 0", "COMPLETED",
         "download retried from the stored result",
     )  # fmt: skip
 

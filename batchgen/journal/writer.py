@@ -204,8 +204,11 @@ class Journal(JournalReader):
                                possible_duplicates=dup, origin=where))  # fmt: skip
         return out
 
-    def set_submitted(self, job_id: str, handle: dict[str, Any]) -> None:
-        """SUBMITTING -> QUEUED with the request id and handle, committed (fsynced) at once."""
+    def set_submitted(
+        self, job_id: str, handle: dict[str, Any], *, origin: str | None = None
+    ) -> None:
+        """SUBMITTING -> QUEUED with the request id and handle, committed (fsynced) at once;
+        ``origin`` corrects where it was made when the answer said more than the claim knew."""
         request_id = handle.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise JournalError(f"a submit handle without a request_id for job {job_id[:16]}")
@@ -221,6 +224,7 @@ class Journal(JournalReader):
                     "request_id": request_id,
                     "handle": dumps(handle),
                     "submitted_at": self._clock(),
+                    **({"origin": origin} if origin else {}),
                 },
             )
         finally:
@@ -283,14 +287,15 @@ class Journal(JournalReader):
 
     # ---- before a run submits: bulk changes (resets.py), tallies rebuilt after each -----
 
-    def replace_rehearsal(self) -> int:
-        return self._bulk(resets.replace_rehearsal)
+    def replace_rehearsal(self, keep: str | None = None) -> int:
+        return self._bulk(lambda c, now: resets.replace_rehearsal(c, now, keep))
 
-    def drop_emulator_requests(self) -> int:
-        return self._bulk(resets.drop_emulator_requests)
+    def drop_emulator_requests(self, keep: str | None = None) -> int:
+        return self._bulk(lambda c, now: resets.drop_emulator_requests(c, now, keep))
 
-    def redownload_failed(self, origin: str | None) -> int:
-        return self._bulk(lambda c, now: resets.redownload_failed(c, now, origin))
+    def redownload_failed(self, origin: str, alias: str | None = None) -> int:
+        pair = (origin, alias or origin)
+        return self._bulk(lambda c, now: resets.redownload_failed(c, now, pair))
 
     def retry_failed(self) -> int:
         """``--retry-failed`` (after :meth:`redownload_failed`): failures back to PENDING."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen.errors import UsageError
-from batchgen.journal.origin import describe, is_rehearsal
+from batchgen.journal.origin import describe, emulator_at, is_rehearsal
 from batchgen.journal.writer import Journal
 from batchgen.outputs.rebuild import prune_index, rewrite_failures
 from batchgen.planning.jobs import JobState
@@ -43,33 +43,45 @@ class Recovery:
     redownload: int = 0  # download-only failures: fetched again from the stored result
     retried: int = 0  # --retry-failed: failures back in the queue
     removed_images: int = 0  # placeholder images (index rows) removed
+    real_work: str | None = None  # the refusal for an emulator, when the folder holds real work
 
 
-def recover(journal: Journal, out_dir: Path, *, origin: str, retry_failed: bool) -> Recovery:
-    """Apply the rules above; raises UsageError (nothing changed) when the run must not go on."""
-    check_mixing(journal, out_dir, origin)
-    replaced = 0 if is_rehearsal(origin) else journal.replace_rehearsal()
-    dropped = journal.drop_emulator_requests()
-    redownload = journal.redownload_failed(origin)
+def recover(
+    journal: Journal, out_dir: Path, *, origin: str, endpoint: str | None, retry_failed: bool
+) -> Recovery:
+    """Apply the rules above; raises UsageError (nothing changed) when the run must not go on.
+    ``endpoint`` is the run's ``--endpoint`` base URL (None for fal and ``--emulate``)."""
+    real = check_mixing(journal, out_dir, origin)
+    # An --endpoint server may be a `batchgen emulator`: its work is followed, not replaced.
+    same = emulator_at(endpoint) if endpoint else None
+    replaced = 0 if is_rehearsal(origin) else journal.replace_rehearsal(keep=same)
+    dropped = journal.drop_emulator_requests(keep=same)
+    redownload = journal.redownload_failed(origin, same)
     retried = journal.retry_failed() if retry_failed else 0
     removed = prune_index(journal, out_dir) if replaced else 0
     if replaced or dropped or redownload or retried:
         rewrite_failures(journal, out_dir)
-    return Recovery(replaced, dropped, redownload, retried, removed)
+    return Recovery(replaced, dropped, redownload, retried, removed, real)
 
 
-def check_mixing(journal: Journal, out_dir: Path, origin: str) -> None:
+def check_mixing(journal: Journal, out_dir: Path, origin: str) -> str | None:
+    """Refuse what must not mix (see the module docstring); else return, when the folder
+    holds real work, the refusal a rehearsal would get, for a server found to be an
+    emulator only once it answers."""
     work = journal.by_origin()
+    real = {o: sum(c.values()) for o, c in work.items() if not is_rehearsal(o)}
+    refusal = None
+    if real:
+        where, n = max(real.items(), key=lambda kv: kv[1])
+        refusal = (
+            f"{out_dir} holds real work ({n} jobs run on {describe(where)}); a rehearsal "
+            f"must not mix placeholder images into it. Rehearse into another folder: "
+            f"--out {shlex.quote(str(out_dir) + '-rehearsal')}"
+        )
     if is_rehearsal(origin):
-        real = {o: sum(c.values()) for o, c in work.items() if not is_rehearsal(o)}
-        if real:
-            where, n = max(real.items(), key=lambda kv: kv[1])
-            raise UsageError(
-                f"{out_dir} holds real work ({n} jobs run on {describe(where)}); a rehearsal "
-                f"(--emulate) must not mix placeholder images into it. Rehearse into another "
-                f"folder: --out {shlex.quote(str(out_dir) + '-rehearsal')}"
-            )
-        return
+        if refusal:
+            raise UsageError(refusal)
+        return None
     for other, counts in work.items():
         held = sum(counts.get(s, 0) for s in _HELD)
         if other != origin and not is_rehearsal(other) and held:
@@ -78,6 +90,7 @@ def check_mixing(journal: Journal, out_dir: Path, origin: str) -> None:
                 f"first by running against it again ({_flags(other)}), then switch servers. "
                 "This run would otherwise pay for them twice."
             )
+    return refusal
 
 
 def _flags(origin: str) -> str:

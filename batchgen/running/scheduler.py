@@ -29,7 +29,7 @@ from batchgen.errors import AuthError
 from batchgen.fal import Handle, InProgress, QueueClient, Queued, Status
 from batchgen.fal.retry import Action, Outcome, RetryEvent, Sleep, backoff, classify
 from batchgen.fal.uploads import Uploads
-from batchgen.journal.origin import is_rehearsal
+from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool, ResultGone
 from batchgen.planning.jobs import JobState
@@ -91,7 +91,8 @@ class Scheduler:
         self._seq = 0  # submit order of this run's requests...
         self._live: set[int] = set()  # ...and which of them are still in flight
         self._reattached = 0  # re-attached requests still in flight
-        self.rehearsal = is_rehearsal(settings.origin)
+        self.origin = settings.origin  # where this run's requests are made (journal.origin)
+        self.rehearsal = is_rehearsal(self.origin)
         # (billable, rehearsal) when this run began: what it adds is its own spend
         self.spent_at_start = journal.spent_estimate(), journal.rehearsal_estimate()
         # Local files -> URLs. The in-process emulator forgets its storage when the run ends:
@@ -135,6 +136,9 @@ class Scheduler:
 
     async def run(self) -> None:
         """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
+        if self._s.endpoint and await self._client.is_emulator():
+            # A rehearsal against `batchgen emulator`: its work counts as the emulator's.
+            self.origin, self.rehearsal = emulator_at(self._s.endpoint), True
         self._pool.start()
         try:
             self._resume()
@@ -156,8 +160,9 @@ class Scheduler:
 
     def _resume(self) -> None:
         self._journal.interrupted_submits()
-        rec = recover(self._journal, self._s.out_dir, origin=self._s.origin,
-                      retry_failed=self._s.retry_failed)  # fmt: skip
+        rec = recover(self._journal, self._s.out_dir, origin=self.origin,
+                      endpoint=self._s.endpoint, retry_failed=self._s.retry_failed)  # fmt: skip
+        self._submitter.no_emulator = rec.real_work
         unknown = self._submitter.unknown
         unknown |= {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
         self.spent_at_start = self._journal.spent_estimate(), self._journal.rehearsal_estimate()
@@ -185,7 +190,7 @@ class Scheduler:
                 await self._changed()
                 continue
             n = 1 if cap is not None else min(free, CLAIM_BATCH)
-            rows = self._journal.claim(n, origin=self._s.origin)
+            rows = self._journal.claim(n, origin=self.origin)
             if not rows:
                 if not (self._tasks or self._pool.backlog):
                     return  # nothing pending, nothing in flight or downloading to requeue
@@ -193,8 +198,8 @@ class Scheduler:
                 continue
             for i, row in enumerate(rows):
                 # What fal may bill; in a rehearsal, what it would (so the stop rehearses too).
-                j = self._journal
-                spent = j.rehearsal_estimate() if self.rehearsal else j.spent_estimate()
+                j, emulated = self._journal, self.rehearsal or self._submitter.saw_emulator
+                spent = j.rehearsal_estimate() if emulated else j.spent_estimate()
                 # claim() already counts this job as in flight
                 others = self._journal.in_flight_estimate() - row.cost
                 if not budget_allows(spent=spent, in_flight=others, job=row.cost, cap=cap):

@@ -15,10 +15,12 @@ import asyncio
 from collections.abc import Callable
 
 from batchgen.config import Settings
+from batchgen.errors import UsageError
 from batchgen.fal import Handle, QueueClient
 from batchgen.fal.byok import submit_input
 from batchgen.fal.retry import Action, Outcome, Sleep, backoff, classify
 from batchgen.fal.uploads import UploadError, Uploads
+from batchgen.journal.origin import emulator_at
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.planning.jobs import JobState
 from batchgen.running import events as ev
@@ -51,6 +53,10 @@ class Submitter:
         self._abandon, self._fatal, self._failed, self._answered = abandon, fatal, failed, answered
         self._sleep, self._rng = sleep, rng
         self.unknown: set[str] = set()  # jobs whose last POST may have created a request
+        # Why an emulator may not work in this folder (it holds real work), if so: an
+        # --endpoint server shows it is one only in its first answer.
+        self.no_emulator: str | None = None
+        self.saw_emulator = False  # the server answered as an emulator: this is a rehearsal
         self.busy = 0  # submits under way (a POST, its uploads or its backoff)
 
     async def submit(self, row: JobRow) -> Handle | None:
@@ -107,8 +113,15 @@ class Submitter:
                 self._after_refusal(row, o, exc)
                 return None
             self._answered()
-            self._journal.set_submitted(job, handle.to_json())  # before anything else
+            # An --endpoint server that answered as batchgen's emulator made a rehearsal.
+            emulated = handle.emulator and self._s.endpoint
+            made_at = emulator_at(self._s.endpoint) if emulated and self._s.endpoint else None
+            self.saw_emulator |= made_at is not None
+            self._journal.set_submitted(job, handle.to_json(), origin=made_at)  # before all else
             self.unknown.discard(job)
+            if made_at and self.no_emulator:  # free, and dropped by the next real run
+                self._fatal(UsageError(self.no_emulator))
+                return None
             self._emit(ev.Submitted(job, handle.request_id, dup))
             return handle
 
