@@ -56,13 +56,15 @@ def replace_rehearsal(conn: sqlite3.Connection, now: float, keep: str | None) ->
 def drop_emulator_requests(conn: sqlite3.Connection, now: float, keep: str | None) -> int:
     """Requests of an in-process emulator are gone with the run that started it, and those of
     an emulator this run does not talk to (``keep``: the one it does) cannot be followed:
-    their jobs are resubmitted at once, with no attempt counted (they cost nothing). A
+    their jobs are resubmitted at once, with no attempt counted (they cost nothing, so their
+    charges are forgotten too: a rehearsal's "on fal" figure counts each job once). A
     download that failed against one is retried the same way: its URLs died too."""
     return _apply(
         conn, now, "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state IN"
         " ('SUBMITTING', 'UNKNOWN', 'QUEUED', 'RUNNING', 'COMPLETED') OR (state = 'FAILED'"
         f" AND {_DOWNLOAD_ONLY}))", (EMULATOR, EMULATOR + ":%", keep),
-        _FORGET, "PENDING", "emulator gone: resubmitted",
+        f"{_FORGET}, billed = 0, possible_duplicates = 0, lost = 0", "PENDING",
+        "emulator gone: resubmitted",
     )  # fmt: skip
 
 
