@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import random
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -260,3 +261,21 @@ def test_a_standalone_emulator_into_real_work_is_refused(
         assert stats(url)["submits_accepted"] == 0
     assert "holds real work (3 jobs run on" in capsys.readouterr().err
     assert (out / "metadata.jsonl").read_bytes() == before
+
+
+def test_a_real_run_after_a_rehearsal_uploads_its_files_to_the_real_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rehearsal's emulator hosted the reference files at its own (now dead) URLs: a real
+    # run must upload them again, never send fal a URL only the rehearsal could serve.
+    shutil.copytree(REPO / "manifests" / "refs", tmp_path / "refs")
+    m = tmp_path / "edit.yaml"
+    shutil.copy(REPO / "manifests" / "edit.yaml", m)
+    out = tmp_path / "out"
+    assert rehearse(m, out) == 0
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    with fal_stand_in() as real:
+        assert main(["run", str(m), "--endpoint", real, "--out", str(out), "--quiet"]) == 0
+        uploads = stats(real)["uploads"]
+    assert uploads == 3  # room.png, swatch.png and mask.png, each once
+    assert states(out) == {S.DOWNLOADED: 5}

@@ -70,6 +70,7 @@ class Uploads:
         reuse: bool = True,
         max_bytes: int = MAX_REFERENCE_BYTES,
         wall: Callable[[], float] = time.time,
+        origin: str | None = None,
     ) -> None:
         self._journal = journal
         self._client = client
@@ -80,6 +81,7 @@ class Uploads:
         self._wall = wall
         self._locks: dict[str, asyncio.Lock] = {}
         self._made: dict[str, str] = {}  # sha256 -> URL uploaded by this process
+        self.origin = origin  # where the URLs are for (journal.origin): kept beside each one
         self.uploaded = 0  # uploads this run made (the rest came from the journal)
 
     async def resolve(self, spec: JobSpec) -> Mapping[str, Any]:
@@ -120,7 +122,7 @@ class Uploads:
                     Outcome(o.action, f"upload_{o.reason}", why, o.retry_after)
                 ) from exc
             self._made[digest] = url
-            self._journal.upload_put(digest, url, content_type, len(data))
+            self._journal.upload_put(digest, url, content_type, len(data), self.origin)
             self._journal.event(spec.job_id, "upload", f"{rel} sha256 {digest[:16]} -> {url}")
             self.uploaded += 1
             return url
@@ -129,7 +131,11 @@ class Uploads:
         if sha256 in self._made:
             return self._made[sha256]
         known = self._journal.upload_get(sha256) if self._reuse else None
-        if known is None or self._wall() - known.uploaded_at > UPLOAD_MAX_AGE:
+        # A URL is good only on the server it was uploaded to (a rehearsal's emulator is not
+        # where a real run's requests go), and only for so long.
+        if known is None or known.origin != self.origin:
+            return None
+        if self._wall() - known.uploaded_at > UPLOAD_MAX_AGE:
             return None
         return known.url
 

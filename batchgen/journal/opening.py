@@ -168,6 +168,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
         # columns empty (a temp view shadows the table for unqualified names); the next
         # `batchgen run` on the folder migrates the file itself.
         conn.execute("CREATE TEMP VIEW jobs AS SELECT *, NULL AS origin FROM main.jobs")
+        conn.execute("CREATE TEMP VIEW uploads AS SELECT *, NULL AS origin FROM main.uploads")
     elif have != str(SCHEMA_VERSION):
         conn.close()
         raise JournalError(
@@ -181,6 +182,7 @@ def _v1_to_v2(c: sqlite3.Connection) -> None:
     schema 1 are given the origin of the folder's last run: folders rarely change target, and
     a wrong guess errs towards keeping paid work."""
     c.execute("ALTER TABLE jobs ADD COLUMN origin TEXT")
+    c.execute("ALTER TABLE uploads ADD COLUMN origin TEXT")
     last = c.execute("SELECT settings FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     if last is None:
         return
@@ -192,6 +194,7 @@ def _v1_to_v2(c: sqlite3.Connection) -> None:
         " OR possible_duplicates > 0",
         (where,),
     )
+    c.execute("UPDATE uploads SET origin = ?", (where,))
 
 
 # version -> the step that brings it to the next one ("skip what is recorded": each step runs

@@ -237,6 +237,9 @@ class JournalReader:
         return list(self._db().execute(sql + " WHERE job_id = ? ORDER BY id", (job_id,)))
 
     def upload_get(self, sha256: str) -> Upload | None:
-        sql = "SELECT sha256, url, content_type, bytes, uploaded_at FROM uploads WHERE sha256 = ?"
+        sql = (
+            "SELECT sha256, url, content_type, bytes, uploaded_at, origin FROM uploads"
+            " WHERE sha256 = ?"
+        )
         r = self._db().execute(sql, (sha256,)).fetchone()
         return Upload(*r) if r else None

@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     url TEXT NOT NULL,
     content_type TEXT NOT NULL,
     bytes INTEGER NOT NULL,
-    uploaded_at REAL NOT NULL
+    uploaded_at REAL NOT NULL,
+    origin TEXT
 );
 """
 
@@ -161,6 +162,7 @@ class Upload:
     content_type: str
     bytes: int
     uploaded_at: float
+    origin: str | None = None  # the server it was uploaded to: its URL is good there only
 
 
 @dataclass(frozen=True, slots=True)

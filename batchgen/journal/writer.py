@@ -326,11 +326,13 @@ class Journal(JournalReader):
                 (self._clock(), job_id, kind, one_line(detail) or ""),
             )
 
-    def upload_put(self, sha256: str, url: str, content_type: str, size: int) -> None:
+    def upload_put(
+        self, sha256: str, url: str, content_type: str, size: int, origin: str | None = None
+    ) -> None:
         with transaction(self._db()) as c:
             c.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",
-                (sha256, url, content_type, size, self._clock()),
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
+                (sha256, url, content_type, size, self._clock(), origin),
             )
 
     # ---- tallies (in memory, exact: this process is the only writer) --------------------

@@ -97,10 +97,11 @@ class Scheduler:
         self.spent_at_start = journal.spent_estimate(), journal.rehearsal_estimate()
         # Local files -> URLs. The in-process emulator forgets its storage when the run ends:
         # URLs from an earlier run are reused only on fal and --endpoint servers.
-        uploads = Uploads(journal, client, folder=settings.manifest_path.parent,
-                          inline=settings.inline_uploads, reuse=not self.rehearsal)  # fmt: skip
+        self._uploads = Uploads(journal, client, folder=settings.manifest_path.parent,
+                                inline=settings.inline_uploads, reuse=not self.rehearsal,
+                                origin=self.origin)  # fmt: skip
         self._submitter = Submitter(
-            journal, client, uploads, settings=settings, record=self._record, emit=self._emit,
+            journal, client, self._uploads, settings=settings, record=self._record, emit=self._emit,
             abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
             fatal=self._fatal_stop, failed=self._unanswered, answered=self._answered,
             sleep=sleep, rng=rng,
@@ -139,6 +140,7 @@ class Scheduler:
         if self._s.endpoint and await self._client.is_emulator():
             # A rehearsal against `batchgen emulator`: its work counts as the emulator's.
             self.origin, self.rehearsal = emulator_at(self._s.endpoint), True
+            self._uploads.origin = self.origin
         self._pool.start()
         try:
             self._resume()
