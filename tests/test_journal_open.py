@@ -198,3 +198,37 @@ def test_a_reader_snapshot_is_one_consistent_moment(path: Path) -> None:
             j.claim(2)  # the writer is not blocked by the open snapshot
             assert reader.counts() == before
         assert reader.counts()[S.SUBMITTING] == 2
+
+
+def _as_schema_1(path: Path) -> None:
+    """Turn a journal into what batchgen wrote before schema 2 (no origin columns)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN origin")
+        conn.execute("ALTER TABLE uploads DROP COLUMN origin")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+
+def test_a_schema_1_journal_is_read_as_it_is_and_migrated_by_the_next_run(path: Path) -> None:
+    settings = {"target": "emulate", "endpoint": None}
+    with open_journal(path, settings=settings) as j:
+        j.add_jobs([spec(i) for i in range(3)], cost_of=lambda s: 0.25)
+        done, waiting, _ = j.claim(3)
+        j.set_submitted(done.job_id, handle("req-0"))
+        j.set_result(done.job_id, {"images": []})
+        j.mark_downloaded(done.job_id, [])
+        j.transition(waiting.job_id, S.PENDING)  # nothing was paid for it
+        j.upload_put("e3b0", "http://127.0.0.1:1/files/x.png", "image/png", 12)
+    _as_schema_1(path)
+    # `batchgen status` reads an old folder without writing to it.
+    with Journal.open_readonly(path) as r:
+        assert r.counts()[S.DOWNLOADED] == 1 and r.get(done.job_id).origin is None  # type: ignore[union-attr]
+    assert sqlite3.connect(path).execute("SELECT value FROM meta").fetchone() == ("1",)
+    # The next run migrates in place: work done is given the folder's last origin.
+    with open_journal(path, settings=settings) as j:
+        assert j.get(done.job_id).origin == "emulator"  # type: ignore[union-attr]
+        assert j.get(waiting.job_id).origin is None  # type: ignore[union-attr]
+        assert j.upload_get("e3b0").origin == "emulator"  # type: ignore[union-attr]
+        assert j.tallies().rehearsal == pytest.approx(0.25) and j.tallies().spent == 0
+        assert ("migrate", "journal schema 1 -> 2") in {(e[2], e[3]) for e in j.events()}

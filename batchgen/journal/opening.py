@@ -76,7 +76,7 @@ def start_run(
             )
     found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     have = found[0] if found else "none"
-    if have in MIGRATIONS:
+    if have.isdigit() and int(have) in MIGRATIONS:
         migrate(conn, int(have))
     elif have != str(SCHEMA_VERSION):
         raise JournalError(
