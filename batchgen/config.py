@@ -66,6 +66,7 @@ class Settings:
     seed: int
     quiet: bool
     openai_key: OpenAIKey | None = None  # BYOK only; redacted repr, never in public()
+    reuse_folder: bool = False  # a folder another manifest file ran in may be built on
 
     @property
     def origin(self) -> str:
@@ -92,6 +93,7 @@ class Settings:
             "max_image_bytes": self.max_image_bytes,
             "faults": self.faults,
             "time_scale": self.time_scale,
+            "reuse_folder": self.reuse_folder,
         }
 
 
@@ -171,6 +173,7 @@ def build_settings(
         seed=int(flags.get("seed") or 0),
         quiet=bool(flags.get("quiet")),
         openai_key=openai_key,
+        reuse_folder=bool(flags.get("reuse_folder")),
     )
 
 

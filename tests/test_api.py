@@ -83,7 +83,8 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
     kwargs: dict[str, Any] = {
         "out": out, "emulate": True, "endpoint": None, "concurrency": 1, "max_cost": 5.0,
         "max_attempts": 4, "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
-        "max_image_bytes": 9_000_000, "retry_failed": True, "inline_uploads": True,
+        "max_image_bytes": 9_000_000, "retry_failed": True, "reuse_folder": True,
+        "inline_uploads": True,
         "faults": "content_policy=1", "time_scale": 0.0, "on_event": events.append,
         "progress_every": None, "handle_signals": False, "environ": NO_KEY,
     }  # fmt: skip
@@ -98,12 +99,13 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
         (run,) = j.runs()
     recorded = {k: run.settings[k] for k in (
         "target", "concurrency", "max_cost", "max_attempts", "deadline", "watch",
-        "download_concurrency", "max_image_bytes", "faults", "time_scale",
+        "download_concurrency", "max_image_bytes", "faults", "time_scale", "reuse_folder",
     )}  # fmt: skip
     assert recorded == {
         "target": "emulate", "concurrency": 1, "max_cost": 5.0, "max_attempts": 4,
         "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
         "max_image_bytes": 9_000_000, "faults": "content_policy=1", "time_scale": 0.0,
+        "reuse_folder": True,
     }  # fmt: skip
 
 

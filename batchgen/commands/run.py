@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download-concurrency", type=int, default=8)
     p.add_argument("--max-image-bytes", type=int, default=50_000_000)
     p.add_argument("--retry-failed", action="store_true", help="put failed jobs back in the queue")
+    p.add_argument(
+        "--reuse-folder",
+        action="store_true",
+        help="build on an output folder another manifest file ran in: shared jobs are kept",
+    )
     p.add_argument("--inline-uploads", action="store_true", help="send local files as data URIs")
     p.add_argument("--faults", help="emulator fault spec or profile (with --emulate)")
     p.add_argument("--time-scale", type=float, help="emulator time scale (with --emulate)")

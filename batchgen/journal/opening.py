@@ -98,8 +98,8 @@ def start_run(
         raise ManifestChanged(
             f"{path.parent} holds a run of another manifest ({last[1] or 'unknown path'}, "
             f"sha256 {last[0][:12]}); this one ({manifest_path or '?'}) has sha256 {sha[:12]}. "
-            "Use another --out folder for this manifest (editing the original manifest file "
-            "and re-running it is fine: its new jobs are added).",
+            "To build on that folder (jobs both manifests share are kept, new ones are added, "
+            "the rest are left out), run again with --reuse-folder; else use another --out.",
             recorded_sha256=last[0],
             recorded_path=last[1],
         )

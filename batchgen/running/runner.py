@@ -124,6 +124,7 @@ async def execute(
             version=__version__,
             settings=settings.public(),
             manifest_path=str(manifest.path),
+            allow_manifest_change=settings.reuse_folder,
         )
     except BaseException:  # another manifest's folder, or in use: a notebook goes on, so close
         log.close()
