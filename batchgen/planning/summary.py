@@ -7,7 +7,7 @@ counted into a few groups (endpoint × size × quality) and priced per group at 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,31 +113,51 @@ def output_path(spec: JobSpec, n: int = 0) -> str:
     return f"{IMAGES_DIR}/{rel.as_posix()}"
 
 
-def summarize(manifest: Planned, specs: Deduplicated) -> PlanSummary:
-    """Count, group, price and sample the manifest's jobs (``manifest.plan(m)``) in one lazy
-    pass."""
-    counts: dict[tuple[str, str, str], list[int]] = {}
-    sizes: dict[str, Any] = {}  # label -> one real value, to price it
-    first: list[JobSpec] = []
-    picked: dict[str, JobSpec] = {}  # one sample per prompt, the first few prompts
-    for spec in specs:
+class Tally:
+    """The summary's counts, fed one job at a time: ``summarize`` runs one over every job, and
+    a run feeds one from the same pass that plans the jobs into the journal (``feed``)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], list[int]] = {}
+        self.sizes: dict[str, Any] = {}  # label -> one real value, to price it
+        self.first: list[JobSpec] = []
+        self.picked: dict[str, JobSpec] = {}  # one sample per prompt, the first few prompts
+
+    def add(self, spec: JobSpec) -> None:
         inp = spec.input
         size = inp.get("image_size")
         label = size if isinstance(size, str) else size_key(size)
         key = (spec.endpoint, label, str(inp.get("quality", "-")))
-        c = counts.get(key)
+        c = self.counts.get(key)
         if c is None:
-            c = counts[key] = [0, 0]
-            sizes.setdefault(label, size)
+            c = self.counts[key] = [0, 0]
+            self.sizes.setdefault(label, size)
         c[0] += 1
         c[1] += spec.num_images
-        if len(picked) < SAMPLES and spec.prompt_id not in picked:
-            picked[spec.prompt_id] = spec
-        if len(first) < SAMPLES:
-            first.append(spec)
-    chosen = list(picked.values())
-    chosen += [s for s in first if s not in chosen][: SAMPLES - len(chosen)]
-    return _summary(manifest, specs, counts, sizes, chosen, manifest.pricing)
+        if len(self.picked) < SAMPLES and spec.prompt_id not in self.picked:
+            self.picked[spec.prompt_id] = spec
+        if len(self.first) < SAMPLES:
+            self.first.append(spec)
+
+    def feed(self, specs: Iterable[JobSpec]) -> Iterator[JobSpec]:
+        for spec in specs:
+            self.add(spec)
+            yield spec
+
+    def summary(self, manifest: Planned, specs: Deduplicated) -> PlanSummary:
+        """Once ``specs`` (whose duplicates were counted) has been read to the end."""
+        chosen = list(self.picked.values())
+        chosen += [s for s in self.first if s not in chosen][: SAMPLES - len(chosen)]
+        return _summary(manifest, specs, self.counts, self.sizes, chosen, manifest.pricing)
+
+
+def summarize(manifest: Planned, specs: Deduplicated) -> PlanSummary:
+    """Count, group, price and sample the manifest's jobs (``manifest.plan(m)``) in one lazy
+    pass."""
+    tally = Tally()
+    for spec in specs:
+        tally.add(spec)
+    return tally.summary(manifest, specs)
 
 
 def _summary(

@@ -8,7 +8,11 @@ user (once, after a short grace, not once per retry) and when it is over.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batchgen.fal.retry import Outcome
+from batchgen.running import events as ev
 
 # Retry reasons (fal/retry.classify) that mean no answer came from the server itself.
 UNREACHABLE = frozenset({"transport", "http_502", "http_503", "http_504"})
@@ -49,3 +53,32 @@ class Reach:
     def seconds(self, now: float) -> float | None:
         """How long the server has been unreachable, once announced (for progress lines)."""
         return now - self.down_since if self.down_since is not None and self.announced else None
+
+
+@dataclass
+class Watch:
+    """``Reach`` fed by the scheduler (each failed exchange, each answer), telling ``emit``
+    when an outage is worth a word and when it is over, and ``back`` when it is over."""
+
+    clock: Callable[[], float]
+    emit: Callable[[ev.Event], None]
+    back: Callable[[], None]
+    state: Reach = field(default_factory=Reach)
+
+    @property
+    def down(self) -> bool:
+        return self.state.down
+
+    def failed(self, o: Outcome) -> None:
+        lasted = self.state.failed(self.clock(), o.reason, o.message)
+        if lasted is not None:
+            self.emit(ev.Unreachable(lasted, o.message))
+
+    def answered(self) -> None:
+        lasted = self.state.answered(self.clock())
+        if lasted is not None:
+            self.emit(ev.Reachable(lasted))
+            self.back()
+
+    def seconds(self) -> float | None:
+        return self.state.seconds(self.clock())

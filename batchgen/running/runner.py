@@ -297,7 +297,7 @@ def _snapshot(journal: Journal, sched: Scheduler, total: int) -> Snapshot:
         window=sched.window.size,
         total=total,
         rehearsal=sched.rehearsal,
-        unreachable=sched.unreachable_for(),
+        unreachable=sched.reach.seconds(),
     )
 
 

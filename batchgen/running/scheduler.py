@@ -34,9 +34,9 @@ from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool, ResultGone
 from batchgen.planning.jobs import JobState
 from batchgen.running import events as ev
-from batchgen.running.reach import Reach
+from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
-from batchgen.running.recovery import recover
+from batchgen.running.recovery import Recovery, recover
 from batchgen.running.submitter import Submitter
 from batchgen.running.watcher import DeadlineExceeded, watch
 from batchgen.running.window import Observation, RunTimes, Window, budget_allows
@@ -86,7 +86,9 @@ class Scheduler:
             on_idle=self._wake.set, sleep=sleep, rng=rng, refetch=self._refetch,
             on_lost=lambda row, msg: self._record.resubmit(row, "expired", msg, lost=True),
         )  # fmt: skip
-        self.reach = Reach()  # whether the server answers, from what every request sees
+        # Whether the server answers, from what every request sees; submits wait for it.
+        self.reach = Watch(clock, self._emit, back=self._wake.set)
+        self._recovery: Recovery | None = None  # what prepare() did to the folder
         self._unstarted: set[str] = set()  # claimed, but their task has not run yet
         self._seq = 0  # submit order of this run's requests...
         self._live: set[int] = set()  # ...and which of them are still in flight
@@ -103,7 +105,7 @@ class Scheduler:
         self._submitter = Submitter(
             journal, client, self._uploads, settings=settings, record=self._record, emit=self._emit,
             abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
-            fatal=self._fatal_stop, failed=self._unanswered, answered=self._answered,
+            fatal=self._fatal_stop, failed=self.reach.failed, answered=self.reach.answered,
             sleep=sleep, rng=rng,
         )  # fmt: skip
 
@@ -132,15 +134,30 @@ class Scheduler:
 
     def on_client_retry(self, retry: RetryEvent) -> None:
         """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
-        self._unanswered(retry.outcome)
+        self.reach.failed(retry.outcome)
         self._record.retrying(None, retry.op, retry.outcome, retry.delay, retry.attempt)
 
-    async def run(self) -> None:
-        """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
+    async def prepare(self) -> None:
+        """Before anything is submitted: what the server is, and the folder put in order
+        (``recovery``). Sends nothing but one question to an ``--endpoint`` server. ``run``
+        calls it unless the caller did (the runner announces the run in between)."""
+        if self._recovery is not None:
+            return
         if self._s.endpoint and await self._client.is_emulator():
             # A rehearsal against `batchgen emulator`: its work counts as the emulator's.
             self.origin, self.rehearsal = emulator_at(self._s.endpoint), True
             self._uploads.origin = self.origin
+        self._journal.interrupted_submits()
+        self._recovery = rec = recover(
+            self._journal, self._s.out_dir, origin=self.origin, endpoint=self._s.endpoint,
+            retry_failed=self._s.retry_failed,
+        )  # fmt: skip
+        self._submitter.no_emulator = rec.real_work
+        self.spent_at_start = self._journal.spent_estimate(), self._journal.rehearsal_estimate()
+
+    async def run(self) -> None:
+        """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
+        await self.prepare()
         self._pool.start()
         try:
             self._resume()
@@ -161,13 +178,9 @@ class Scheduler:
     # -- resume and submit ------------------------------------------------------------------
 
     def _resume(self) -> None:
-        self._journal.interrupted_submits()
-        rec = recover(self._journal, self._s.out_dir, origin=self.origin,
-                      endpoint=self._s.endpoint, retry_failed=self._s.retry_failed)  # fmt: skip
-        self._submitter.no_emulator = rec.real_work
+        rec = self._recovery or Recovery()
         unknown = self._submitter.unknown
         unknown |= {r.job_id for r in self._journal.iter_jobs(S.UNKNOWN)}
-        self.spent_at_start = self._journal.spent_estimate(), self._journal.rehearsal_estimate()
         completed: list[JobRow] = []
         for row in self._journal.attached():
             if row.state is S.COMPLETED:
@@ -261,7 +274,7 @@ class Scheduler:
 
         def note(st: Status, prompt: bool) -> None:
             nonlocal started, first
-            self._answered()
+            self.reach.answered()
             if first and observe_at is not None:
                 pos = st.position if isinstance(st, Queued) else None
                 n, seq = observe_at
@@ -292,7 +305,7 @@ class Scheduler:
                 )  # fmt: skip
                 op = "result"
                 result = await self._client.result(handle)
-                self._answered()
+                self.reach.answered()
                 break
             except DeadlineExceeded:
                 await self._cancel(job, handle)
@@ -301,7 +314,7 @@ class Scheduler:
                 return
             except Exception as exc:
                 o = classify(exc, op=op)
-                self._unanswered(o)
+                self.reach.failed(o)
                 attempt += 1
                 if o.action is Action.RETRY and self._clock() < deadline_at:
                     # The GET retries inside the client ran out; the request still exists and
@@ -353,23 +366,8 @@ class Scheduler:
             if o.reason == "expired":
                 raise ResultGone(o.message) from exc
             raise
-        self._answered()
+        self.reach.answered()
         return result
-
-    def unreachable_for(self) -> float | None:
-        """Seconds the server has not answered, once that was announced; else None."""
-        return self.reach.seconds(self._clock())
-
-    def _unanswered(self, o: Outcome) -> None:
-        lasted = self.reach.failed(self._clock(), o.reason, o.message)
-        if lasted is not None:
-            self._emit(ev.Unreachable(lasted, o.message))
-
-    def _answered(self) -> None:
-        lasted = self.reach.answered(self._clock())
-        if lasted is not None:
-            self._emit(ev.Reachable(lasted))
-            self._wake.set()  # submits waited for the server: let them go
 
     def _fatal_stop(self, exc: BaseException) -> None:
         if self._fatal is None:
