@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Finished,
         Planned,
         Reachable,
+        Ready,
         Requeued,
         Resumed,
         Retrying,
@@ -52,7 +53,8 @@ _HOME = {
     "batchgen.manifest": "Manifest",
     "batchgen.planning.summary": "PlanSummary",
     "batchgen.running.runner": "RunEvent RunResult Snapshot",
-    "batchgen.running.events": "BudgetReached Failed Finished Planned Reachable Requeued Resumed "
+    "batchgen.running.events": "BudgetReached Failed Finished Planned Reachable Ready Requeued "
+    "Resumed "
     "Retrying Saved Started Stopping StopReason Submitted Unreachable WindowChanged",
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names.split()}
@@ -70,6 +72,7 @@ __all__ = [
     "Planned",
     "Problem",
     "Reachable",
+    "Ready",
     "Requeued",
     "Resumed",
     "Retrying",

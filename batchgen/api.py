@@ -32,7 +32,7 @@ from batchgen.manifest import load_manifest as _load
 from batchgen.manifest import plan as plan_jobs
 from batchgen.outputs import index
 from batchgen.planning.summary import PlanSummary, summarize
-from batchgen.running.runner import OnEvent, RunResult, execute
+from batchgen.running.runner import Approve, OnEvent, RunResult, execute
 
 P = ParamSpec("P")
 
@@ -90,6 +90,7 @@ async def run(
     faults: str | None = None,
     time_scale: float | None = None,
     on_event: OnEvent | None = None,
+    approve: Approve | None = None,
     progress_every: float | None = 5.0,
     handle_signals: bool = False,
     environ: Mapping[str, str] | None = None,
@@ -106,7 +107,10 @@ async def run(
     ``on_event`` receives every event as it happens (``Submitted``, ``Started``,
     ``Finished``, ``Saved``, ``Failed``, ``Retrying``, ...) and a ``Snapshot`` of the counts
     before the first submit, every ``progress_every`` seconds (None: never) and at the end.
-    It is called on the event loop: keep it quick.
+    It is called on the event loop: keep it quick. Before its first submit the run sends a
+    ``Ready`` event (jobs to submit, their images and estimated cost, where, the plan's
+    notices) and, when ``approve`` is given, calls it with that ``Ready``: a False answer (or
+    an awaitable of one) submits nothing new, and the run ends with ``stop`` ``declined``.
 
     Returns a ``RunResult`` (``exit_code`` is what the CLI would exit with: 0 all done, 1 some
     jobs failed, 2 the key was refused, 3 stopped at the budget, 130 interrupted). Raises
@@ -143,6 +147,7 @@ async def run(
         on_event=on_event,
         progress_every=progress_every,
         handle_signals=handle_signals,
+        approve=approve,
     )
 
 

@@ -38,7 +38,7 @@ PUBLIC = {
     # what on_event receives
     "RunEvent", "Snapshot", "Planned", "Resumed", "Submitted", "Started", "Finished", "Saved",
     "Retrying", "Requeued", "Failed", "WindowChanged", "BudgetReached", "Stopping",
-    "Unreachable", "Reachable",
+    "Unreachable", "Reachable", "Ready",
     # what they raise
     "BatchgenError", "UsageError", "ManifestError", "Problem", "JournalError", "AuthError",
 }  # fmt: skip
@@ -80,18 +80,21 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
     m = write_manifest(tmp_path, 2)
     out = tmp_path / "out"
     events: list[batchgen.RunEvent] = []
+    asked: list[Any] = []
     kwargs: dict[str, Any] = {
         "out": out, "emulate": True, "endpoint": None, "concurrency": 1, "max_cost": 5.0,
         "max_attempts": 4, "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
         "max_image_bytes": 9_000_000, "retry_failed": True, "reuse_folder": True,
         "inline_uploads": True,
         "faults": "content_policy=1", "time_scale": 0.0, "on_event": events.append,
+        "approve": lambda ready: asked.append(ready) or True,
         "progress_every": None, "handle_signals": False, "environ": NO_KEY,
     }  # fmt: skip
     # Every keyword run has, read from run itself, so a new option of run is covered here.
     assert set(kwargs) == set(inspect.signature(batchgen.run).parameters) - {"manifest"}
     result = batchgen.run_sync(m, **kwargs)
     assert result.out_dir == out and result.failed == {"content_policy_violation": 2}
+    assert [(r.to_submit, r.images, r.rehearsal) for r in asked] == [(2, 2, True)]
     assert {type(e).__name__ for e in events} >= {"Planned", "Submitted", "Failed"}
     # progress_every=None: the snapshot before the first submit and the last one, no timed ones
     assert sum(isinstance(e, batchgen.Snapshot) for e in events) == 2
@@ -141,10 +144,14 @@ async def test_notebook_load_plan_run_read(tmp_path: Path) -> None:
     saved = {e.job_id for e in events if isinstance(e, batchgen.Saved)}
     assert {r["job_id"] for r in rows} == saved
 
-    # events: the plan first, a snapshot before the first submit and one at the end, and
-    # each job submitted, then finished, then saved, exactly once
+    # events: the plan first, what the run will do, a snapshot before the first submit and
+    # one at the end, and each job submitted, then finished, then saved, exactly once
     assert events[0] == batchgen.Planned(new=12, kept=0, not_in_manifest=0)
-    first, last = events[1], events[-1]
+    ready = events[1]
+    assert isinstance(ready, batchgen.Ready) and ready.rehearsal
+    assert (ready.to_submit, ready.images, ready.done) == (12, 12, 0)
+    assert ready.cost == pytest.approx(summary.cost_usd) and ready.out_dir == str(out)
+    first, last = events[2], events[-1]
     assert isinstance(first, batchgen.Snapshot) and (first.total, first.done) == (12, 0)
     assert isinstance(last, batchgen.Snapshot) and (last.done, last.pending, last.in_flight) == (
         12, 0, 0,

@@ -79,7 +79,8 @@ def test_budget_exit_3_then_continue(tmp_path: Path, capsys: pytest.CaptureFixtu
         args = ["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]
         assert main([*args, "--concurrency", "2", "--max-cost", "0.035"]) == 3
         err = capsys.readouterr().err
-        assert "raise --max-cost and run the same command again" in err
+        assert "stopped at the budget (--max-cost): raise it to continue" in err
+        assert "--concurrency 2 --max-cost USD" in err  # the same command, its cap to raise
         assert states(out) == {S.DOWNLOADED: 3, S.PENDING: 5}
         assert main([*args, "--max-cost", "1"]) == 0
         assert states(out) == {S.DOWNLOADED: 8}

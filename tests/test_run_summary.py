@@ -77,7 +77,7 @@ def summary(stop: StopReason | None, counts: dict[JobState, int]) -> list[str]:
         stats=RunStats(retries=2),
         wall_seconds=75.0,
         stop=stop,
-        resume_hint="batchgen status out",
+        resume_hint="batchgen run m.yaml --out out --max-cost 2",
     )
     return s.lines()
 
@@ -96,8 +96,8 @@ def test_summary_lines() -> None:
 
 def test_summary_says_how_to_continue_after_the_budget() -> None:
     text = "\n".join(summary(StopReason.BUDGET, {S.DOWNLOADED: 3, S.PENDING: 5}))
-    assert "raise --max-cost and run the same command again" in text
-    assert "batchgen status out" in text
+    assert "stopped at the budget (--max-cost): raise it to continue" in text
+    assert "  batchgen run m.yaml --out out --max-cost USD" in text  # the cap, not the old one
     text = "\n".join(summary(StopReason.INTERRUPTED, {S.DOWNLOADED: 3, S.QUEUED: 2}))
     assert "run the same command again to resume" in text
 

@@ -182,6 +182,15 @@ class JournalReader:
     def in_flight_estimate(self) -> float:
         return self.tallies().in_flight
 
+    def to_submit(self) -> tuple[int, int, float]:
+        """(jobs, images, estimated USD) a run would submit now: the manifest's PENDING jobs and
+        its UNKNOWN ones (resubmitted). One pass over those rows."""
+        jobs, images, cost = self._db().execute(
+            "SELECT count(*), total(coalesce(json_extract(spec, '$.input.num_images'), 1)),"
+            " total(cost) FROM jobs WHERE state IN ('PENDING', 'UNKNOWN') AND in_manifest = 1"
+        ).fetchone()
+        return int(jobs), int(images), float(cost)
+
     def usages(self) -> Iterator[tuple[dict[str, Any], int]]:
         """``(usage, number of images)`` of every job whose stored result carries a ``usage``
         object (BYOK responses), for the real cost. Only those results are parsed."""

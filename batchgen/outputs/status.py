@@ -8,6 +8,7 @@ separate and pure: text for people, :meth:`StatusReport.to_json` for scripts.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,19 @@ class StatusReport:
 
 
 def resume_command(out_dir: Path, run: RunInfo | None, *, max_cost: bool = True) -> str:
-    """The exact command that continues this run: the manifest path recorded at the start,
-    and the flags that decide where the requests go and what they may spend (resumed without
-    ``--emulate`` a rehearsal would run for real; without ``--max-cost``, past its cap)."""
-    manifest = run.manifest_path if run and run.manifest_path else "MANIFEST"
-    args = ["batchgen", "run", manifest, "--out", str(out_dir)]
-    s = run.settings if run is not None else {}
+    """The exact command that continues this run (the manifest path recorded at its start)."""
+    manifest = run.manifest_path if run and run.manifest_path else None
+    return run_command(out_dir, manifest, run.settings if run else {}, max_cost=max_cost)
+
+
+def run_command(
+    out_dir: Path, manifest: str | None, s: Mapping[str, Any], *, max_cost: bool = True
+) -> str:
+    """``batchgen run`` for ``manifest`` into ``out_dir`` with the flags, from the run's
+    recorded settings ``s``, that decide where the requests go and what they may spend
+    (resumed without ``--emulate`` a rehearsal would run for real; without ``--max-cost``,
+    past its cap)."""
+    args = ["batchgen", "run", manifest or "MANIFEST", "--out", str(out_dir)]
     if s.get("target") == "emulate":
         args.append("--emulate")
         if s.get("time_scale") is not None:

@@ -45,6 +45,38 @@ class Resumed:
 
 
 @dataclass(frozen=True, slots=True)
+class Ready:
+    """What the run is about to do, once its folder is in order and before its first submit:
+    what ``batchgen run`` announces, and what a confirmation (``approve``) is asked about."""
+
+    to_submit: int  # jobs to submit now: new ones, resubmits, failures put back to retry
+    images: int  # the images they ask for
+    cost: float  # their estimate in USD (what fal may bill; a rehearsal bills nothing)
+    done: int  # already downloaded
+    failed: int  # failed for good and left so (--retry-failed puts them back)
+    following: int  # requests already on the server: watched and downloaded, never resent
+    target: str  # where the requests go: fal, a server's URL, the emulator
+    out_dir: str
+    rehearsal: bool
+    notices: tuple[str, ...] = ()  # the plan's notices (batchgen plan shows the same)
+
+
+def announce(r: Ready) -> list[str]:
+    """A ``Ready`` as the lines `batchgen run` prints before it submits (and run.log keeps)."""
+    money = (
+        f"~${r.cost:.2f} if it ran on fal; a rehearsal: nothing is billed"
+        if r.rehearsal
+        else f"estimated ~${r.cost:.2f}"
+    )
+    lines = [
+        f"{r.to_submit:,} jobs to submit ({r.images:,} images), {money}; to {r.target}",
+        f"{r.done:,} already done, {r.following:,} already on the server, {r.failed:,} failed"
+        f" (--retry-failed retries them); output folder {r.out_dir}",
+    ]
+    return lines + [f"notice: {n}" for n in r.notices]
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     job_id: str
     request_id: str
@@ -137,6 +169,7 @@ class Stopping:
 Event = (
     Planned
     | Resumed
+    | Ready
     | Submitted
     | Started
     | Finished
@@ -196,12 +229,13 @@ class StopReason(StrEnum):
     INTERRUPTED = "interrupted"
     BUDGET = "budget"
     FATAL = "fatal"
+    DECLINED = "declined"  # the estimated cost was not confirmed: nothing new was submitted
 
 
 def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
     """0 all done, 1 some failed for good (or left unfinished), 2 the key or account was
     refused, 3 stopped at the budget, 130 interrupted."""
-    if stop is StopReason.INTERRUPTED:
+    if stop in (StopReason.INTERRUPTED, StopReason.DECLINED):
         return EXIT_INTERRUPTED
     if stop is StopReason.FATAL:
         return EXIT_USAGE
@@ -225,8 +259,9 @@ class Summary:
     spent_run: float = 0.0  # the part of ``spent`` this run added
     rehearsal: float = 0.0  # what the emulator's requests in the folder would cost on fal
     rehearsal_run: float = 0.0  # the part of ``rehearsal`` this run added
-    resume_hint: str = ""
+    resume_hint: str = ""  # the exact command that continues this run
     actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
+    out_dir: str = ""  # where the images, the index and the gallery are
 
     @property
     def exit_code(self) -> int:
@@ -267,17 +302,24 @@ class Summary:
         for cls, n in sorted(self.failed.items(), key=lambda kv: (-kv[1], kv[0])):
             example = self.failure_examples.get(cls, "")
             out.append(f"  failed {n} × {cls}" + (f": {example}" if example else ""))
+        if self.out_dir and self.done:
+            o = self.out_dir.rstrip("/")
+            out.append(f"images in {o}/images, index {o}/metadata.jsonl, gallery {o}/index.html")
+        again = self.resume_hint
         if self.stop is StopReason.BUDGET:
-            out.append(
-                "stopped at the budget (--max-cost): raise --max-cost and run the same command"
-                " again to continue"
-            )
+            again = again and f"{_without_max_cost(again)} --max-cost USD"
+            out.append("stopped at the budget (--max-cost): raise it to continue")
+        elif self.stop is StopReason.DECLINED:
+            out.append("not started: the estimated cost was not confirmed; nothing new was sent")
         elif self.stop is StopReason.INTERRUPTED:
             out.append("interrupted: run the same command again to resume")
         elif self.unfinished:
             out.append("some jobs are unfinished: run the same command again to resume")
-        if self.resume_hint and (self.stop or self.unfinished):
-            out.append(f"  {self.resume_hint}")
+        elif n_failed and again:
+            out.append(f"to retry the failures: {again} --retry-failed")
+            again = ""
+        if again and (self.stop or self.unfinished):
+            out.append(f"  {again}")
         return out
 
 
@@ -297,6 +339,7 @@ def build_summary(
     stop: StopReason | None,
     resume_hint: str = "",
     usages: Iterable[tuple[object, int]] = (),
+    out_dir: str = "",
 ) -> Summary:
     """``failures`` is (class, count, example message) per class, as the journal groups them;
     ``usages`` is (usage, images) per job whose result carried token counts
@@ -324,8 +367,17 @@ def build_summary(
         stop=stop,
         failure_examples=examples,
         resume_hint=resume_hint,
+        out_dir=out_dir,
         actual=actual if (actual := actual_cost(usages)).jobs else None,
     )
+
+
+def _without_max_cost(command: str) -> str:
+    words = command.split(" ")
+    if "--max-cost" in words:
+        i = words.index("--max-cost")
+        del words[i : i + 2]
+    return " ".join(words)
 
 
 def _duration(seconds: float) -> str:

@@ -22,12 +22,14 @@ from batchgen.running.events import (
     Failed,
     Planned,
     Reachable,
+    Ready,
     Requeued,
     Resumed,
     Retrying,
     Stopping,
     Unreachable,
     WindowChanged,
+    announce,
 )
 
 RUN_LOG = "run.log"
@@ -58,6 +60,8 @@ def describe(event: Event) -> str | None:
                 f"{u} interrupted submits to resend (possible duplicates), "
                 f"{f} failed jobs put back" + "".join(f", {x}" for x in more)
             )
+        case Ready():
+            return "ready: " + " ".join(announce(event))
         case Retrying(job_id=job, op=op, reason=reason, message=msg, delay=delay, attempt=n):
             who = f"job {job[:16]} " if job else ""
             return f"retry: {who}{op} #{n} {reason} ({msg}); waiting {delay:.2f} s"

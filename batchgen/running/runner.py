@@ -16,34 +16,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from batchgen._version import __version__
-from batchgen.config import Settings, Target
+from batchgen.config import Settings
 from batchgen.errors import AuthError, BatchgenError
 from batchgen.fal import Endpoints, QueueClient
+from batchgen.journal.origin import describe
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import Manifest, plan
 from batchgen.outputs.download import sweep_parts
 from batchgen.outputs.index import ensure_index, write_manifest_copy
 from batchgen.outputs.rebuild import rewrite_failures
+from batchgen.outputs.status import run_command
 from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
-from batchgen.running.events import Event, Planned, StopReason, Summary, build_summary
+from batchgen.planning.summary import Tally
+from batchgen.running.events import Event, Planned, Ready, StopReason, Summary, build_summary
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
+from batchgen.running.setup import clients, signals, target
 from batchgen.running.window import make_window
 
 S = JobState
-KEEPALIVE = 20  # idle connections kept per client (httpx's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,8 @@ class Snapshot:
 
 RunEvent = Event | Snapshot
 OnEvent = Callable[[RunEvent], None]
+# Asked, once the run knows what it will submit and before it does: False sends nothing new.
+Approve = Callable[[Ready], bool | Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,13 @@ async def execute(
     on_event: OnEvent | None = None,
     progress_every: float | None = None,
     handle_signals: bool = False,
+    approve: Approve | None = None,
 ) -> RunResult:
     """Plan ``manifest`` into the journal in ``settings.out_dir``, run it, and report.
+
+    Before its first submit the run announces itself (a ``Ready`` event: what it will submit
+    and its estimated cost, where, the plan's notices) and asks ``approve`` when given: a
+    False answer submits nothing new (paid requests are still fetched), stop ``declined``.
 
     Raises JournalError when the folder belongs to another manifest or is in use; a job's
     failure is a recorded row, never an exception. An exception raised by ``on_event`` is
@@ -138,18 +145,22 @@ async def execute(
             f"({settings.target}{', ' + settings.endpoint if settings.endpoint else ''})"
         )
         # Local files can change while the manifest does not: re-plan (cheap, incremental).
+        notices = manifest.notices
         if journal.needs_plan or manifest.files:
+            tally, specs = Tally(), plan(manifest)  # the plan's notices, from the same pass
             report = journal.add_jobs(
-                plan(manifest), cost_of=lambda s: estimate_cost(s, manifest.pricing)
+                tally.feed(specs), cost_of=lambda s: estimate_cost(s, manifest.pricing)
             )
+            notices = tally.summary(manifest, specs).notices
             deliver(Planned(report.new, report.kept, report.not_in_manifest))
         removed = sweep_parts(out / IMAGES_DIR) if (out / IMAGES_DIR).is_dir() else 0
         if removed:
             log.write(f"resume: removed {removed} partial downloads left by a crash")
         try:
             result = await _execute(
-                journal, manifest, settings, deliver, progress_every, handle_signals
-            )
+                journal, manifest, settings, deliver, progress_every, handle_signals,
+                approve, notices,
+            )  # fmt: skip
         except BatchgenError as exc:  # refused before submitting (recovery): say so in runs
             code = exc.exit_code
             raise
@@ -201,10 +212,12 @@ async def _execute(
     deliver: _Delivery,
     progress_every: float | None,
     handle_signals: bool,
+    approve: Approve | None,
+    notices: tuple[str, ...],
 ) -> RunResult:
     start = time.monotonic()
     sched: Scheduler | None = None
-    async with _target(settings) as base, _clients(settings) as (http, media):
+    async with target(settings) as base, clients(settings) as (http, media):
         client = QueueClient(
             http,
             endpoints=Endpoints.single(base) if base else Endpoints(),
@@ -221,6 +234,11 @@ async def _execute(
             manifest_sha256=manifest.sha256,
             on_event=deliver,
         )
+        await sched.prepare()  # the folder in order: what follows is what will happen
+        ready = _ready(journal, sched, settings, notices)
+        deliver(ready)
+        if approve is not None and ready.to_submit and not await _asked(approve, ready):
+            sched.stop(reason=StopReason.DECLINED)
         total = sum(journal.counts().values())
         s = sched
 
@@ -232,7 +250,7 @@ async def _execute(
         ticker = asyncio.create_task(_tick(snapshot, progress_every))
         fatal: AuthError | None = None
         try:
-            with _signals(sched, enabled=handle_signals):
+            with signals(sched, enabled=handle_signals):
                 await sched.run()
         except AuthError as exc:
             fatal = exc
@@ -257,8 +275,9 @@ async def _execute(
         stats=sched.stats,
         wall_seconds=time.monotonic() - start,
         stop=StopReason.FATAL if fatal is not None else sched.stop_reason,
-        resume_hint=f"batchgen status {settings.out_dir}",
+        resume_hint=run_command(settings.out_dir, str(manifest.path), settings.public()),
         usages=journal.usages(),
+        out_dir=str(settings.out_dir),
     )
     return RunResult(
         out_dir=settings.out_dir,
@@ -274,6 +293,30 @@ async def _execute(
         fatal=str(fatal) if fatal is not None else None,
         summary=summary,
     )
+
+
+def _ready(
+    journal: Journal, sched: Scheduler, settings: Settings, notices: tuple[str, ...]
+) -> Ready:
+    jobs, images, cost = journal.to_submit()
+    c = journal.counts()
+    return Ready(
+        to_submit=jobs,
+        images=images,
+        cost=cost,
+        done=c[S.DOWNLOADED],
+        failed=c[S.FAILED],
+        following=c[S.QUEUED] + c[S.RUNNING] + c[S.COMPLETED],
+        target=describe(sched.origin),
+        out_dir=str(settings.out_dir),
+        rehearsal=sched.rehearsal,
+        notices=tuple(notices),
+    )
+
+
+async def _asked(approve: Approve, ready: Ready) -> bool:
+    answer = approve(ready)
+    return bool(await answer if inspect.isawaitable(answer) else answer)
 
 
 async def _tick(snapshot: Callable[[], None], every: float | None) -> None:
@@ -306,79 +349,6 @@ def _run_spend(journal: Journal, sched: Scheduler) -> float:
     if sched.rehearsal:
         return journal.rehearsal_estimate() - rehearsal0
     return journal.spent_estimate() - spent0
-
-
-@contextlib.asynccontextmanager
-async def _target(settings: Settings) -> AsyncIterator[str | None]:
-    """The base URL of the server to talk to (None: real fal), starting the emulator if asked."""
-    if settings.target is not Target.EMULATE:
-        yield settings.endpoint
-        return
-    from batchgen.emulator import EmulatorConfig, serve
-
-    config = EmulatorConfig(
-        time_scale=settings.time_scale if settings.time_scale is not None else 1.0,
-        faults=settings.faults or "none",
-        seed=settings.seed,
-    )
-    async with serve(config, host="127.0.0.1", port=0) as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def _clients(
-    settings: Settings,
-) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    # One open stream per request in flight, plus polls and results: the pool must hold the
-    # whole window or watchers would queue behind each other for a connection.
-    n = max(settings.concurrency or settings.max_window, 1) * 2 + 16
-    # Few idle connections kept: httpcore scans every pooled connection on every request,
-    # and a pool of a hundred idle sockets costs more CPU than reconnecting on loopback.
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=KEEPALIVE)
-    timeout = httpx.Timeout(60.0, connect=15.0)
-    media_limits = httpx.Limits(max_connections=settings.download_concurrency * 2 + 4)
-    async with (
-        httpx.AsyncClient(limits=limits, timeout=timeout) as http,
-        httpx.AsyncClient(limits=media_limits, timeout=timeout) as media,
-    ):
-        yield http, media
-
-
-@contextlib.contextmanager
-def _signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
-    """First SIGINT/SIGTERM: stop submitting, finish what is paid for. Second: stop now.
-
-    The scheduler reports each stop as a ``Stopping`` event, which is how the CLI tells the
-    user what is happening; this handler itself prints nothing.
-    """
-    if not enabled:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    hits = 0
-
-    def handler() -> None:
-        nonlocal hits
-        hits += 1
-        sched.stop(now=hits > 1)
-
-    # remove_signal_handler resets a signal to Python's default, but asyncio.run (and so
-    # run_sync, or a test runner) had put its own SIGINT handler there: put that one back.
-    installed: list[tuple[signal.Signals, Any]] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(sig)
-        try:
-            loop.add_signal_handler(sig, handler)
-            installed.append((sig, previous))
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no unix signals
-            pass
-    try:
-        yield
-    finally:
-        for sig, previous in installed:
-            loop.remove_signal_handler(sig)
-            if previous is not None:  # None: set from outside Python, cannot be restored
-                signal.signal(sig, previous)
 
 
 def _gallery(out: Path, log: RunLog) -> None:

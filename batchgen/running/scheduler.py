@@ -118,7 +118,8 @@ class Scheduler:
     def stop(self, *, now: bool = False, reason: ev.StopReason = ev.StopReason.INTERRUPTED) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
         # What the exit code reports: a refused key over Ctrl-C over the budget.
-        rank = [None, ev.StopReason.BUDGET, ev.StopReason.INTERRUPTED, ev.StopReason.FATAL]
+        rank = [None, ev.StopReason.BUDGET, ev.StopReason.DECLINED, ev.StopReason.INTERRUPTED,
+                ev.StopReason.FATAL]  # fmt: skip
         if rank.index(reason) > rank.index(self.stop_reason):
             self.stop_reason = reason
         first = not self._stopping

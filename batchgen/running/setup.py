@@ -1,0 +1,90 @@
+"""What a run needs around it: the server it talks to (the emulator started in-process for
+``--emulate``), the HTTP clients sized for the window, and the signal handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from batchgen.config import Settings, Target
+from batchgen.running.scheduler import Scheduler
+
+KEEPALIVE = 20  # idle connections kept per client (httpx's default)
+
+
+@contextlib.asynccontextmanager
+async def target(settings: Settings) -> AsyncIterator[str | None]:
+    """The base URL of the server to talk to (None: real fal), starting the emulator if asked."""
+    if settings.target is not Target.EMULATE:
+        yield settings.endpoint
+        return
+    from batchgen.emulator import EmulatorConfig, serve
+
+    config = EmulatorConfig(
+        time_scale=settings.time_scale if settings.time_scale is not None else 1.0,
+        faults=settings.faults or "none",
+        seed=settings.seed,
+    )
+    async with serve(config, host="127.0.0.1", port=0) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def clients(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    # One open stream per request in flight, plus polls and results: the pool must hold the
+    # whole window or watchers would queue behind each other for a connection.
+    n = max(settings.concurrency or settings.max_window, 1) * 2 + 16
+    # Few idle connections kept: httpcore scans every pooled connection on every request,
+    # and a pool of a hundred idle sockets costs more CPU than reconnecting on loopback.
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=KEEPALIVE)
+    timeout = httpx.Timeout(60.0, connect=15.0)
+    media_limits = httpx.Limits(max_connections=settings.download_concurrency * 2 + 4)
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=timeout) as http,
+        httpx.AsyncClient(limits=media_limits, timeout=timeout) as media,
+    ):
+        yield http, media
+
+
+@contextlib.contextmanager
+def signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop submitting, finish what is paid for. Second: stop now.
+
+    The scheduler reports each stop as a ``Stopping`` event, which is how the CLI tells the
+    user what is happening; this handler itself prints nothing.
+    """
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def handler() -> None:
+        nonlocal hits
+        hits += 1
+        sched.stop(now=hits > 1)
+
+    # remove_signal_handler resets a signal to Python's default, but asyncio.run (and so
+    # run_sync, or a test runner) had put its own SIGINT handler there: put that one back.
+    installed: list[tuple[signal.Signals, Any]] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append((sig, previous))
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no unix signals
+            pass
+    try:
+        yield
+    finally:
+        for sig, previous in installed:
+            loop.remove_signal_handler(sig)
+            if previous is not None:  # None: set from outside Python, cannot be restored
+                signal.signal(sig, previous)
