@@ -4,9 +4,14 @@ manifest file building on a folder."""
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from test_run_signals import REPO, env
 from test_run_support import emulator_thread, states, stats, write_manifest
 
 from batchgen.cli import main
@@ -43,3 +48,65 @@ def test_a_copy_of_a_manifest_builds_on_its_folder_when_asked(
     with Journal.open_readonly(out / JOURNAL_NAME) as j:
         used = [run.manifest_path for run in j.runs()]
     assert used == [str(first), str(second)]  # which manifest each run used (not the refused)
+
+
+def test_a_run_says_what_it_will_do_before_it_submits_and_where_it_all_is_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = tmp_path / "noquality.csv"
+    m.write_text("prompt\na red fox\na snowy owl\n")  # no quality column: fal's default, high
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0, announce=False) as url:
+        assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--yes"]) == 0
+    err = capsys.readouterr().err
+    first = err.index(f"batchgen: 2 jobs to submit (2 images) to {url}, estimated ~$0.30")
+    assert first < err.index("progress:")  # said before anything was sent
+    assert f"batchgen: output folder: {out}" in err
+    assert (
+        f"batchgen: images in {out}/images, index {out}/metadata.jsonl, gallery {out}/index.html"
+    ) in err
+
+
+def test_a_run_over_the_threshold_without_a_terminal_says_so_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0, announce=False) as url:
+        argv = ["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]
+        assert main([*argv, "--confirm-over", "0.01"]) == 0  # pytest's stdin: no terminal
+        assert stats(url)["submits_accepted"] == 3
+    assert "not asking (no terminal): ~$0.03 is over --confirm-over $0.01" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("answer", "code", "submits"), [("n\n", 130, 0), ("y\n", 0, 3)])
+def test_a_run_over_the_threshold_asks_on_the_terminal(
+    tmp_path: Path, answer: str, code: int, submits: int
+) -> None:
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0, announce=False) as url:
+        cmd = [sys.executable, "-m", "batchgen", "run", str(m), "--endpoint", url,
+               "--out", str(out), "--confirm-over", "0.02"]  # fmt: skip
+        leader, follower = pty.openpty()  # the run's stdin is a terminal
+        e = env() | {"FAL_KEY": "test-key"}
+        proc = subprocess.Popen(cmd, env=e, cwd=REPO, stdin=follower, stderr=subprocess.PIPE)
+        os.close(follower)
+        assert proc.stderr is not None
+        said = b""
+        while b"[y/N]" not in said:
+            chunk = proc.stderr.read1(4096)
+            assert chunk, said.decode()
+            said += chunk
+        assert b"submit 3 jobs (3 images) for about $0.03? [y/N]" in said
+        os.write(leader, answer.encode())
+        rest = proc.communicate(timeout=60)[1]
+        os.close(leader)
+        assert proc.returncode == code, rest.decode()
+        assert stats(url)["submits_accepted"] == submits
+    if code:
+        assert b"not started: the estimated cost was not confirmed" in rest
+        assert states(out) == {S.PENDING: 3}

@@ -21,10 +21,9 @@ from batchgen.running.events import (
     Stopping,
     StopReason,
     Submitted,
-    build_summary,
-    exit_code,
 )
 from batchgen.running.runlog import RunLog, describe
+from batchgen.running.summary import build_summary, exit_code
 
 S = JobState
 

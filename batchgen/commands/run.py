@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import IO
 
 from batchgen.api import execute
+from batchgen.commands.confirm import DEFAULT_CONFIRM_OVER, approval
 from batchgen.commands.progress import LOG_EVERY_S, Progress
 from batchgen.config import Settings, build_settings
 from batchgen.fal.byok import manifest_wants_key
 from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
-from batchgen.running.events import Reachable, Resumed, Stopping, StopReason, Unreachable
-from batchgen.running.runner import RunEvent, Snapshot
+from batchgen.running.events import (
+    Reachable,
+    Ready,
+    Resumed,
+    Stopping,
+    StopReason,
+    Unreachable,
+    announce,
+)
+from batchgen.running.runner import Approve, RunEvent, Snapshot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", help="emulator fault spec or profile (with --emulate)")
     p.add_argument("--time-scale", type=float, help="emulator time scale (with --emulate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--confirm-over",
+        type=float,
+        default=DEFAULT_CONFIRM_OVER,
+        metavar="USD",
+        help="ask on the terminal before submitting more than this estimate"
+        " (default %(default)s; never in a rehearsal or without a terminal)",
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,14 +77,25 @@ def run(args: argparse.Namespace) -> int:
     settings = build_settings(
         vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest)
     )
-    return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr))
+    approve = approval(
+        over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr
+    )
+    return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr, approve=approve))
 
 
 async def run_manifest(
-    manifest: Manifest, settings: Settings, *, stderr: IO[str], signals: bool = True
+    manifest: Manifest,
+    settings: Settings,
+    *,
+    stderr: IO[str],
+    signals: bool = True,
+    approve: Approve | None = None,
 ) -> int:
     bar = not settings.quiet and stderr.isatty()
-    view = _View(stderr, bar=bar, where=describe(settings.origin), out=settings.out_dir)
+    view = _View(
+        stderr, bar=bar, where=describe(settings.origin), out=settings.out_dir,
+        quiet=settings.quiet,
+    )  # fmt: skip
     try:
         result = await execute(
             manifest,
@@ -74,6 +103,7 @@ async def run_manifest(
             on_event=view.on_event,
             progress_every=0.5 if bar else LOG_EVERY_S,
             handle_signals=signals,
+            approve=approve,
         )
     finally:
         view.close()
@@ -87,9 +117,12 @@ async def run_manifest(
 class _View:
     """The terminal side of a run: the progress bar (or lines) and the stop notice."""
 
-    def __init__(self, stderr: IO[str], *, bar: bool, where: str, out: Path) -> None:
+    def __init__(
+        self, stderr: IO[str], *, bar: bool, where: str, out: Path, quiet: bool = False
+    ) -> None:
         self._stderr = stderr
         self._bar = bar
+        self._quiet = quiet
         self._where = where
         self._out = out
         self._progress: Progress | None = None
@@ -110,6 +143,9 @@ class _View:
                 "batchgen: stopping: no new submits; waiting for paid requests to finish"
                 " and download (press Ctrl-C again to stop at once)"
             )
+        if isinstance(event, Ready) and not self._quiet:
+            for line in announce(event):
+                self._say(f"batchgen: {line}")
         for line in self._notice(event):
             self._say(f"batchgen: {line}")
         if self._progress is not None:

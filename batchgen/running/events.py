@@ -1,24 +1,18 @@
-"""What a run reports: the typed events the scheduler emits, their tally, and the end summary.
+"""What a run reports as it goes: the typed events the scheduler emits, and their tally.
 
 The scheduler knows nothing about terminals or log files; it calls ``on_event(event)`` with one
 of the frozen dataclasses below. The command layer draws progress from them, ``runlog`` writes
-them down, and the Python API can hand them to its caller. At the end, ``build_summary`` folds
-the journal's tallies (the truth, across every run into the folder) and this run's counters
-into a ``Summary`` whose ``exit_code`` is what ``batchgen run`` returns.
+them down, and the Python API can hand them to its caller. The end of the run is
+``summary.py``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from batchgen.planning.jobs import JobState
-from batchgen.planning.pricing import ActualCost, actual_cost
-
 DROPPED = "submit_dropped"  # retry.classify's reason for a submit sent without an answer
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -63,17 +57,30 @@ class Ready:
 
 def announce(r: Ready) -> list[str]:
     """A ``Ready`` as the lines `batchgen run` prints before it submits (and run.log keeps)."""
-    money = (
-        f"~${r.cost:.2f} if it ran on fal; a rehearsal: nothing is billed"
-        if r.rehearsal
-        else f"estimated ~${r.cost:.2f}"
-    )
-    lines = [
-        f"{r.to_submit:,} jobs to submit ({r.images:,} images), {money}; to {r.target}",
-        f"{r.done:,} already done, {r.following:,} already on the server, {r.failed:,} failed"
-        f" (--retry-failed retries them); output folder {r.out_dir}",
+    what = f"{_n(r.to_submit, 'job')} to submit ({_n(r.images, 'image')}) to {r.target}"
+    if not r.to_submit:
+        lines = [f"nothing to submit (server: {r.target})"]
+    elif r.rehearsal:
+        lines = [f"{what}: a rehearsal, nothing billed (~${r.cost:.2f} on fal)"]
+    else:
+        lines = [f"{what}, estimated ~${r.cost:.2f}"]
+    already = [
+        text
+        for n, text in (
+            (r.done, f"{r.done:,} done"),
+            (r.following, f"{r.following:,} on the server (fetched, not sent again)"),
+            (r.failed, f"{r.failed:,} failed (--retry-failed sends them again)"),
+        )
+        if n
     ]
+    if already:
+        lines.append("already: " + ", ".join(already))
+    lines.append(f"output folder: {r.out_dir}")
     return lines + [f"notice: {n}" for n in r.notices]
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,159 +237,3 @@ class StopReason(StrEnum):
     BUDGET = "budget"
     FATAL = "fatal"
     DECLINED = "declined"  # the estimated cost was not confirmed: nothing new was submitted
-
-
-def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
-    """0 all done, 1 some failed for good (or left unfinished), 2 the key or account was
-    refused, 3 stopped at the budget, 130 interrupted."""
-    if stop in (StopReason.INTERRUPTED, StopReason.DECLINED):
-        return EXIT_INTERRUPTED
-    if stop is StopReason.FATAL:
-        return EXIT_USAGE
-    if stop is StopReason.BUDGET:
-        return EXIT_BUDGET
-    return EXIT_FAILED if failed or unfinished else EXIT_OK
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    done: int
-    failed: dict[str, int]  # by class, across the folder's runs
-    unfinished: int  # pending or in flight when the run ended
-    retried: int  # fresh requests after a failure (journal) + transient retries (this run)
-    possible_duplicates: int
-    lost: int
-    spent: float  # what fal may bill for the folder, all runs (journal.schema.Tallies)
-    wall_seconds: float
-    stop: StopReason | None
-    failure_examples: dict[str, str] = field(default_factory=dict)
-    spent_run: float = 0.0  # the part of ``spent`` this run added
-    rehearsal: float = 0.0  # what the emulator's requests in the folder would cost on fal
-    rehearsal_run: float = 0.0  # the part of ``rehearsal`` this run added
-    resume_hint: str = ""  # the exact command that continues this run
-    actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
-    out_dir: str = ""  # where the images, the index and the gallery are
-
-    @property
-    def exit_code(self) -> int:
-        return exit_code(
-            stop=self.stop, failed=sum(self.failed.values()), unfinished=self.unfinished
-        )
-
-    def spend_text(self) -> str:
-        """Money, labelled: this run's and the folder's; a rehearsal's apart, as unbilled."""
-        parts = []
-        if self.spent or not self.rehearsal:
-            parts.append(
-                f"estimated spend ${self.spent_run:.2f} this run, ${self.spent:.2f} for the folder"
-            )
-        if self.rehearsal:
-            parts.append(
-                f"rehearsal, nothing billed (on fal ~${self.rehearsal_run:.2f} this run,"
-                f" ~${self.rehearsal:.2f} for the folder)"
-            )
-        return "; ".join(parts)
-
-    def lines(self) -> list[str]:
-        n_failed = sum(self.failed.values())
-        out = [
-            f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
-            f" in {_duration(self.wall_seconds)}; {self.spend_text()}",
-            f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
-            f" lost results {self.lost}",
-        ]
-        if self.actual is not None:
-            a = self.actual
-            out.insert(
-                1,
-                f"actual cost from usage ${a.usd:.2f} ({a.images} image"
-                f"{'s' if a.images != 1 else ''} with usage, {a.jobs} job"
-                f"{'s' if a.jobs != 1 else ''}; fal's per-token prices)",
-            )
-        for cls, n in sorted(self.failed.items(), key=lambda kv: (-kv[1], kv[0])):
-            example = self.failure_examples.get(cls, "")
-            out.append(f"  failed {n} × {cls}" + (f": {example}" if example else ""))
-        if self.out_dir and self.done:
-            o = self.out_dir.rstrip("/")
-            out.append(f"images in {o}/images, index {o}/metadata.jsonl, gallery {o}/index.html")
-        again = self.resume_hint
-        if self.stop is StopReason.BUDGET:
-            again = again and f"{_without_max_cost(again)} --max-cost USD"
-            out.append("stopped at the budget (--max-cost): raise it to continue")
-        elif self.stop is StopReason.DECLINED:
-            out.append("not started: the estimated cost was not confirmed; nothing new was sent")
-        elif self.stop is StopReason.INTERRUPTED:
-            out.append("interrupted: run the same command again to resume")
-        elif self.unfinished:
-            out.append("some jobs are unfinished: run the same command again to resume")
-        elif n_failed and again:
-            out.append(f"to retry the failures: {again} --retry-failed")
-            again = ""
-        if again and (self.stop or self.unfinished):
-            out.append(f"  {again}")
-        return out
-
-
-def build_summary(
-    counts: dict[JobState, int],
-    *,
-    failures: Iterable[tuple[str, int, str]],
-    journal_retries: int,
-    possible_duplicates: int,
-    lost: int,
-    spent: float,
-    stats: RunStats,
-    spent_run: float = 0.0,
-    rehearsal: float = 0.0,
-    rehearsal_run: float = 0.0,
-    wall_seconds: float,
-    stop: StopReason | None,
-    resume_hint: str = "",
-    usages: Iterable[tuple[object, int]] = (),
-    out_dir: str = "",
-) -> Summary:
-    """``failures`` is (class, count, example message) per class, as the journal groups them;
-    ``usages`` is (usage, images) per job whose result carried token counts
-    (``JournalReader.usages()``): the summary then reports their real cost too."""
-    failed: dict[str, int] = {}
-    examples: dict[str, str] = {}
-    for cls, n, example in failures:
-        failed[cls] = n
-        examples[cls] = example
-    unfinished = sum(
-        n for s, n in counts.items() if s not in (JobState.DOWNLOADED, JobState.FAILED)
-    )
-    return Summary(
-        done=counts.get(JobState.DOWNLOADED, 0),
-        failed=failed,
-        unfinished=unfinished,
-        retried=journal_retries + stats.retries,
-        possible_duplicates=possible_duplicates,
-        lost=lost,
-        spent=spent,
-        spent_run=spent_run,
-        rehearsal=rehearsal,
-        rehearsal_run=rehearsal_run,
-        wall_seconds=wall_seconds,
-        stop=stop,
-        failure_examples=examples,
-        resume_hint=resume_hint,
-        out_dir=out_dir,
-        actual=actual if (actual := actual_cost(usages)).jobs else None,
-    )
-
-
-def _without_max_cost(command: str) -> str:
-    words = command.split(" ")
-    if "--max-cost" in words:
-        i = words.index("--max-cost")
-        del words[i : i + 2]
-    return " ".join(words)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, s = divmod(int(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"

@@ -37,10 +37,11 @@ from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
 from batchgen.planning.summary import Tally
-from batchgen.running.events import Event, Planned, Ready, StopReason, Summary, build_summary
+from batchgen.running.events import Event, Planned, Ready, StopReason
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, signals, target
+from batchgen.running.summary import Summary, build_summary
 from batchgen.running.window import make_window
 
 S = JobState
