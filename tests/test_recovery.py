@@ -65,6 +65,7 @@ async def test_truncated_media_then_retry_failed_downloads_every_image_with_no_n
     assert rig.stats()["submits_accepted"] == 6  # not one new submit: the emulator says so
     assert billed(rig) == {1: 6}  # and the journal never counts a second charge
     assert second.of(Resumed)[0].redownload == 6
+    assert second.sched.stats.redownloaded == 6  # the summary names it
     assert read_failures(rig.out) == []  # failures.jsonl: exactly the jobs failed now
     rig.check_folder()
 

@@ -88,7 +88,7 @@ def test_summary_lines() -> None:
         "done 8, failed 2, unfinished 0 in 1m15s; estimated spend $0.50 this run,"
         " $1.23 for the folder"
     ) in text
-    assert "retried 5, possible duplicate charges 1, lost results 1" in text
+    assert "retried 5, possible duplicate charges 1, lost results 1 (resubmitted)" in text
     assert "failed 2 × content_policy_violation: HTTP 422: prompt refused" in text
     assert "resume" not in text
 

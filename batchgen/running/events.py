@@ -207,9 +207,14 @@ class RunStats:
     saved_jobs: int = 0
     images: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    redownloaded: int = 0  # paid images fetched again from their results: no new submit
+    resubmitted_free: int = 0  # requests of a stopped emulator, sent again at no cost
+    replaced: int = 0  # a rehearsal's jobs made for real
 
     def add(self, event: Event) -> None:
         match event:
+            case Resumed(redownload=r, dropped=d, replaced=p):
+                self.redownloaded, self.resubmitted_free, self.replaced = r, d, p
             case Submitted():
                 self.submitted += 1
             case Retrying():

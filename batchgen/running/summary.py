@@ -47,6 +47,7 @@ class Summary:
     resume_hint: str = ""  # the exact command that continues this run
     actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
     out_dir: str = ""  # where the images, the index and the gallery are
+    stats: RunStats = field(default_factory=RunStats)  # this run's counters
 
     @property
     def exit_code(self) -> int:
@@ -74,7 +75,15 @@ class Summary:
             f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
             f" in {_duration(self.wall_seconds)}; {self.spend_text()}",
             f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
-            f" lost results {self.lost}",
+            f" lost results {self.lost} (resubmitted)" + "".join(
+                f", {text} {n}"
+                for text, n in (
+                    ("fetched again without a new submit", self.stats.redownloaded),
+                    ("stopped emulator's requests sent again", self.stats.resubmitted_free),
+                    ("rehearsal jobs made for real", self.stats.replaced),
+                )
+                if n
+            ),
         ]
         if self.actual is not None:
             a = self.actual
@@ -154,6 +163,7 @@ def build_summary(
         resume_hint=resume_hint,
         out_dir=out_dir,
         actual=actual if (actual := actual_cost(usages)).jobs else None,
+        stats=stats,
     )
 
 
