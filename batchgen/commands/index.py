@@ -19,6 +19,13 @@ from batchgen.outputs.rebuild import rebuild_index
 SHOWN = 20  # file names listed per problem; the rest are counted
 
 
+EXAMPLES = """\
+examples:
+  batchgen index outputs/demo    metadata.jsonl and failures.jsonl anew, every image verified
+Exit 1 lists images missing, changed or broken on disk; a run must not be writing the folder.
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="a run's output folder")
     p.add_argument(

@@ -17,35 +17,98 @@ from pathlib import Path
 from typing import IO
 
 from batchgen.api import execute
+from batchgen.commands.helptext import FAULTS_HELP
 from batchgen.commands.progress import LOG_EVERY_S, Progress
-from batchgen.config import Settings, build_settings
+from batchgen.config import EMULATE_TIME_SCALE, Settings, build_settings
 from batchgen.fal.byok import manifest_wants_key
 from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
 from batchgen.running.events import Reachable, Resumed, Stopping, StopReason, Unreachable
 from batchgen.running.runner import RunEvent, Snapshot
 
+EXAMPLES = """\
+examples:
+  batchgen run manifests/demo.yaml --emulate          rehearse offline: no key, nothing billed
+  batchgen run manifests/demo.yaml --emulate --faults flaky
+                                                      rehearse a bad night on fal
+  FAL_KEY=... batchgen run manifests/demo.yaml --max-cost 5
+                                                      for real, stopping before $5
+
+Run the same command again to resume after a stop, a crash or Ctrl-C: nothing is paid twice.
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="a YAML, CSV or JSONL manifest")
-    p.add_argument("--out", help="output folder (default: outputs/<manifest name>)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<manifest name>)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--emulate", action="store_true", help="run against the built-in emulator")
-    where.add_argument("--endpoint", help="base URL of a fal-compatible server (BATCHGEN_ENDPOINT)")
-    p.add_argument("--concurrency", default="auto", help="N, or auto (default) to find the limit")
-    p.add_argument("--max-cost", type=float, help="stop submitting before this estimate in USD")
-    p.add_argument("--max-attempts", type=int, default=3, help="attempts per job (default 3)")
-    p.add_argument(
-        "--deadline", type=float, default=1200.0, help="seconds per request (default 1200)"
+    where.add_argument(
+        "--emulate",
+        action="store_true",
+        help="run against the built-in emulator: no key, no network",
     )
-    p.add_argument("--watch", choices=["stream", "poll"], default="stream")
-    p.add_argument("--download-concurrency", type=int, default=8)
-    p.add_argument("--max-image-bytes", type=int, default=50_000_000)
+    where.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL of a fal-compatible server, e.g. one started by 'batchgen emulator'"
+        " (default: $BATCHGEN_ENDPOINT, else fal itself)",
+    )
+    p.add_argument(
+        "--concurrency",
+        default="auto",
+        metavar="N|auto",
+        help="requests in flight at once: N, or auto to find the account's limit",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop submitting before the folder's estimated spend passes USD; raise it and run"
+        " again to continue (default: no limit)",
+    )
+    p.add_argument("--max-attempts", type=int, default=3, metavar="N", help="attempts per job")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=1200.0,
+        metavar="SECONDS",
+        help="seconds from submit to result before a request is cancelled and sent again",
+    )
+    p.add_argument(
+        "--watch",
+        choices=["stream", "poll"],
+        default="stream",
+        help="how to follow a request: fal's status stream (polling when it breaks), or polling",
+    )
+    p.add_argument(
+        "--download-concurrency", type=int, default=8, metavar="N", help="images downloaded at once"
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=50_000_000,
+        metavar="N",
+        help="refuse an image larger than N bytes; its job fails as too_large",
+    )
     p.add_argument("--retry-failed", action="store_true", help="put failed jobs back in the queue")
-    p.add_argument("--inline-uploads", action="store_true", help="send local files as data URIs")
-    p.add_argument("--faults", help="emulator fault spec or profile (with --emulate)")
-    p.add_argument("--time-scale", type=float, help="emulator time scale (with --emulate)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--inline-uploads",
+        action="store_true",
+        help="send local reference files as data URIs instead of uploading them to fal storage",
+    )
+    p.add_argument("--faults", metavar="SPEC", help=f"with --emulate: {FAULTS_HELP}")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        metavar="X",
+        help="with --emulate: the emulator's pace, 1 as fal's, 0 with no model time"
+        f" (default: {EMULATE_TIME_SCALE:g})",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (when piped, progress lines still come every few seconds)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
