@@ -1,5 +1,5 @@
-"""What `batchgen run` prints, through `main(argv)` and the emulator: the progress bar keeps
-the spend at 80 columns and is gone before the summary."""
+"""What `batchgen run` prints, through `main(argv)` and the emulator: --quiet is quiet, and the
+progress bar keeps the spend at 80 columns and is gone before the summary."""
 
 from __future__ import annotations
 
@@ -33,6 +33,28 @@ def _run(tmp_path: Path, jobs: int, *extra: str) -> tuple[int, Path]:
     out = tmp_path / "out"
     code = main(["run", str(m), "--emulate", "--out", str(out), "--time-scale", "0", *extra])
     return code, out
+
+
+def test_quiet_prints_no_progress_lines_but_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _run(tmp_path, 6, "--quiet")  # stderr is a pipe here: progress would be lines
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "progress:" not in captured.err
+    assert "batchgen: done 6, failed 0, unfinished 0" in captured.err
+    assert captured.out == ""
+
+
+def test_quiet_draws_no_bar_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert _run(tmp_path, 4, "--quiet")[0] == 0
+    err = term.getvalue()
+    assert "%|" not in err and "progress:" not in err
+    assert "batchgen: done 4, failed 0" in err
 
 
 def frames(text: str) -> list[str]:

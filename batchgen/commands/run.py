@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress bar (when piped, progress lines still come every few seconds)",
+        help="no progress bar or progress lines; errors, notices and the summary only",
     )
 
 
@@ -121,16 +121,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def run_manifest(
-    manifest: Manifest, settings: Settings, *, stderr: IO[str], signals: bool = True
+    manifest: Manifest,
+    settings: Settings,
+    *,
+    stderr: IO[str],
+    signals: bool = True,
 ) -> int:
     bar = not settings.quiet and stderr.isatty()
-    view = _View(stderr, bar=bar, where=describe(settings.origin), out=settings.out_dir)
+    view = _View(
+        stderr, bar=bar, quiet=settings.quiet, where=describe(settings.origin), out=settings.out_dir
+    )
     try:
         result = await execute(
             manifest,
             settings,
             on_event=view.on_event,
-            progress_every=0.5 if bar else LOG_EVERY_S,
+            # --quiet draws nothing from the timed snapshots, so it asks for none.
+            progress_every=None if settings.quiet else 0.5 if bar else LOG_EVERY_S,
             handle_signals=signals,
         )
     finally:
@@ -143,11 +150,17 @@ async def run_manifest(
 
 
 class _View:
-    """The terminal side of a run: the progress bar (or lines) and the stop notice."""
+    """The terminal side of a run: the progress bar (or lines) and the stop notice.
 
-    def __init__(self, stderr: IO[str], *, bar: bool, where: str, out: Path) -> None:
+    With ``quiet`` there is no progress at all, neither bar nor lines; the notices (a stop, an
+    unreachable server, what a resume found) are still said, since they ask something of the
+    user or explain a wait.
+    """
+
+    def __init__(self, stderr: IO[str], *, bar: bool, quiet: bool, where: str, out: Path) -> None:
         self._stderr = stderr
         self._bar = bar
+        self._quiet = quiet
         self._where = where
         self._out = out
         self._progress: Progress | None = None
@@ -156,6 +169,8 @@ class _View:
     def on_event(self, event: RunEvent) -> None:
         if isinstance(event, Snapshot):
             self._latest = event
+            if self._quiet:
+                return
             if self._progress is None:  # the first snapshot carries the total
                 self._progress = Progress(
                     self._snapshot, total=event.total, stream=self._stderr, bar=self._bar
