@@ -1,9 +1,11 @@
-"""What `batchgen run` prints, through `main(argv)` and the emulator: --quiet is quiet, and the
-progress bar keeps the spend at 80 columns and is gone before the summary."""
+"""What `batchgen run` prints, through `main(argv)` and the emulator: --quiet is quiet, --json
+is one JSON object on stdout, and the progress bar keeps the spend at 80 columns and is gone
+before the summary."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from test_run_support import write_manifest
 
 from batchgen.cli import main
 from batchgen.commands.progress import Progress, Snapshot
+from batchgen.outputs.index import METADATA
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +58,38 @@ def test_quiet_draws_no_bar_on_a_terminal(
     err = term.getvalue()
     assert "%|" not in err and "progress:" not in err
     assert "batchgen: done 4, failed 0" in err
+
+
+def test_json_is_one_object_with_the_run_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _run(tmp_path, 8, "--quiet", "--json", "--faults", "content_policy=0.4")
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # raises on anything beside one JSON value
+    assert isinstance(doc, dict)
+    assert doc["out_dir"] == str(out)
+    assert doc["exit_code"] == code == (1 if doc["failed_total"] else 0)
+    assert doc["failed_total"] >= 1  # seeded dice: this mix refuses some
+    assert doc["failed"] == {"content_policy_violation": doc["failed_total"]}
+    assert doc["done"] + doc["failed_total"] == 8 and doc["unfinished"] == 0
+    assert doc["images"] == doc["done"]  # one image a job, all saved by this run
+    # A rehearsal bills nothing; what it would cost on fal is apart.
+    assert doc["spent"] == doc["spent_run"] == 0 and doc["rehearsal"] > 0
+    assert doc["stop"] is None and doc["fatal"] is None
+    assert doc["metadata"] == str(out / METADATA) and Path(doc["metadata"]).is_file()
+    assert Path(doc["index_html"]).is_file() and Path(doc["failures"]).is_file()
+    assert doc["summary"][0].startswith(f"done {doc['done']}, failed {doc['failed_total']}")
+    # The summary is on stdout as JSON, not a second time on stderr.
+    assert "batchgen: done" not in captured.err
+
+
+def test_json_of_a_run_stopped_at_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _run(tmp_path, 8, "--quiet", "--json", "--concurrency", "2", "--max-cost", "0.035")
+    doc = json.loads(capsys.readouterr().out)
+    assert code == doc["exit_code"] == 3
+    assert doc["stop"] == "budget" and doc["unfinished"] > 0
 
 
 def frames(text: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import IO
 from batchgen.api import execute
 from batchgen.commands.helptext import FAULTS_HELP
 from batchgen.commands.progress import LOG_EVERY_S, Progress
+from batchgen.commands.runjson import result_json
 from batchgen.config import EMULATE_TIME_SCALE, Settings, build_settings
 from batchgen.fal.byok import manifest_wants_key
 from batchgen.journal.origin import describe
@@ -33,6 +35,8 @@ examples:
                                                       rehearse a bad night on fal
   FAL_KEY=... batchgen run manifests/demo.yaml --max-cost 5
                                                       for real, stopping before $5
+  batchgen run manifests/demo.yaml --emulate --quiet --json > run.json
+                                                      for a script: one JSON object on stdout
 
 Run the same command again to resume after a stop, a crash or Ctrl-C: nothing is paid twice.
 """
@@ -105,6 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f" (default: {EMULATE_TIME_SCALE:g})",
     )
     p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as one JSON object on stdout, instead of the summary"
+        " lines on stderr",
+    )
+    p.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar or progress lines; errors, notices and the summary only",
@@ -117,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     settings = build_settings(
         vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest)
     )
-    return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr))
+    json_out = sys.stdout if args.json else None
+    return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr, json_out=json_out))
 
 
 async def run_manifest(
@@ -126,7 +137,10 @@ async def run_manifest(
     *,
     stderr: IO[str],
     signals: bool = True,
+    json_out: IO[str] | None = None,
 ) -> int:
+    """Run and report: the summary lines on ``stderr``, or, given ``json_out``, one JSON
+    object there instead (stdout stays clean for the script reading it)."""
     bar = not settings.quiet and stderr.isatty()
     view = _View(
         stderr, bar=bar, quiet=settings.quiet, where=describe(settings.origin), out=settings.out_dir
@@ -144,8 +158,13 @@ async def run_manifest(
         view.close()
     if result.fatal is not None:
         print(f"batchgen: {result.fatal}", file=stderr)
-    for line in result.lines():
-        print(f"batchgen: {line}", file=stderr)
+    if json_out is not None:
+        json.dump(result_json(result), json_out, indent=2, ensure_ascii=False)
+        json_out.write("\n")
+        json_out.flush()
+    else:
+        for line in result.lines():
+            print(f"batchgen: {line}", file=stderr)
     return result.exit_code
 
 
