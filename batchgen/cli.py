@@ -1,6 +1,7 @@
 """The command line: parse, dispatch to ``batchgen.commands.<name>``, map errors to exit codes.
 
-Each command module offers ``add_arguments(parser)`` and ``run(args) -> int``. This file knows
+Each command module offers ``add_arguments(parser)``, ``run(args) -> int`` and ``EXAMPLES`` (the
+help's epilog). This file knows
 nothing about what the commands do; it only guarantees that a user mistake prints one clear
 message and no traceback.
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from batchgen._version import __version__
+from batchgen.commands.helptext import HelpFormatter
 from batchgen.errors import BatchgenError
 
 COMMANDS: dict[str, str] = {
@@ -29,6 +31,14 @@ COMMANDS: dict[str, str] = {
 
 EXIT_INTERRUPTED = 130
 
+EXAMPLES = """\
+start here (no key, no network):
+  batchgen plan manifests/demo.yaml
+  batchgen run manifests/demo.yaml --emulate
+
+'batchgen COMMAND --help' shows each command's options and examples.
+"""
+
 
 def _module(name: str) -> ModuleType:
     return importlib.import_module(f"batchgen.commands.{name}")
@@ -36,13 +46,23 @@ def _module(name: str) -> ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="batchgen", description="Bulk image generation on fal.ai's queue API."
+        prog="batchgen",
+        description="Bulk image generation on fal.ai's queue API.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        _module(name).add_arguments(p)
+        module = _module(name)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=module.EXAMPLES,
+            formatter_class=HelpFormatter,
+        )
+        module.add_arguments(p)
     return parser
 
 

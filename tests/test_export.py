@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import sys
 import tarfile
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,7 +88,8 @@ def test_parquet_without_pyarrow_says_how_to_get_it(
     make_output(tmp_path, ["a"])
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(UsageError, match=r"batchgen\[parquet\]"):
+    # The hint must work from a checkout too, where `batchgen[parquet]` names nothing pip knows.
+    with pytest.raises(UsageError, match=r"pip install pyarrow"):
         export(tmp_path, "parquet")
     assert main(["export", str(tmp_path), "--format", "parquet"]) == 2
     assert not (tmp_path / "exports").exists()
@@ -150,6 +153,23 @@ def test_webdataset_shards_hold_verified_samples(tmp_path: Path) -> None:
     # A re-export with bigger shards leaves no stale shard behind; the CLI reports the skips.
     assert main(["export", str(tmp_path), "--format", "webdataset", "--shard-size", "100"]) == 1
     assert [p.name for p in (tmp_path / "exports" / "webdataset").iterdir()] == ["shard-000000.tar"]
+
+
+def test_webdataset_members_are_dated_by_the_download(tmp_path: Path) -> None:
+    rows = make_output(tmp_path, ["an owl", "a fox"])
+    os.utime(tmp_path / str(rows[1]["file_name"]), (1e9, 1e9))  # 2001: the row's time wins
+    first = export(tmp_path, "webdataset").paths
+    with tarfile.open(first[0]) as tar:
+        mtimes = {m.name.split(".", 1)[0]: m.mtime for m in tar}
+    # Seconds from downloaded_at (written "...Z"): a tar viewer shows 2020s dates, not 1970.
+    want = {
+        f"{r['job_id']}_0": int(datetime.fromisoformat(str(r["downloaded_at"])).timestamp())
+        for r in rows
+    }
+    assert mtimes == want and min(want.values()) > 1_600_000_000
+    # The same index exports the same bytes (the reason the dates were once zeroed).
+    before = first[0].read_bytes()
+    assert export(tmp_path, "webdataset").paths[0].read_bytes() == before
 
 
 def test_export_command_refuses_a_folder_without_an_index(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`batchgen index OUT --rebuild`: the index files rewritten from the journal, files verified."""
+"""`batchgen index OUT [--rebuild]`: the index files rewritten from the journal, files verified."""
 
 from __future__ import annotations
 
@@ -89,9 +89,20 @@ def test_rebuild_refuses_while_a_run_writes(
     assert (out / METADATA).read_bytes() == index_before
 
 
+def test_rebuild_is_implied(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rebuilding is all `index` does: `index OUT` alone rebuilds, as `--rebuild` does."""
+    out = _run(tmp_path, 3)
+    (out / METADATA).unlink()
+    capsys.readouterr()
+    assert main(["index", str(out)]) == 0
+    assert len(read_index(out)) == 3
+    assert "3 images" in capsys.readouterr().out
+    assert main(["index", str(out), "--rebuild"]) == 0  # still accepted
+
+
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["index", str(tmp_path / "nowhere"), "--rebuild"]) == 2
-    assert main(["index", str(tmp_path)]) == 2
+    assert main(["index", str(tmp_path)]) == 2  # not an output folder
     err = capsys.readouterr().err
-    assert "--rebuild" in err and "Traceback" not in err
+    assert "no journal" in err and "Traceback" not in err
     json.dumps(err)  # one readable text, no objects

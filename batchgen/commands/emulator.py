@@ -7,16 +7,52 @@ import asyncio
 import signal
 import sys
 
+from batchgen.commands.helptext import FAULTS_HELP
 from batchgen.errors import UsageError
+
+EXAMPLES = """\
+examples:
+  batchgen emulator                              fal's pace, no faults, on 127.0.0.1:8765
+  batchgen emulator --port 0 --time-scale 0.05 --faults flaky
+                                                 any free port, 20x faster, a bad night
+  batchgen run manifests/demo.yaml --endpoint http://127.0.0.1:8765
+                                                 (in another shell) a run against it
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--concurrency-limit", type=int, default=40)
-    p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--faults", default="none", help="fault spec or profile: none, flaky, hostile")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; the emulator takes any key, so keep it on loopback",
+    )
+    p.add_argument(
+        "--port", type=int, default=8765, metavar="N", help="port to listen on; 0 picks a free one"
+    )
+    p.add_argument(
+        "--concurrency-limit",
+        type=int,
+        default=40,
+        metavar="N",
+        help="the account's limit: at most N requests IN_PROGRESS, the rest IN_QUEUE",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="the latency model's pace: 1 as fal's (tens of seconds for a high-quality image),"
+        " 0.1 ten times faster, 0 no model time",
+    )
+    p.add_argument("--faults", default="none", metavar="SPEC", help=FAULTS_HELP)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the fault dice and the latency jitter: the same seed and order of"
+        " requests fail the same way",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

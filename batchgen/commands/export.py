@@ -8,12 +8,33 @@ from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.outputs.export import FORMATS, export
 from batchgen.outputs.index import METADATA
 
+EXAMPLES = """\
+examples:
+  batchgen export outputs/demo --format parquet       OUT/exports/index.parquet (needs pyarrow)
+  batchgen export outputs/demo --format csv --dest demo.csv
+  batchgen export outputs/demo --format webdataset --shard-size 500
+                                                      OUT/exports/webdataset/shard-000000.tar ...
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="a run's output folder")
-    p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--dest", help="where to write (default: under OUT/exports)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per webdataset shard")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="parquet: the index with typed columns; csv: the index, safe to open in a"
+        " spreadsheet; webdataset: tar shards of each image with its index row",
+    )
+    p.add_argument(
+        "--dest",
+        metavar="PATH",
+        help="where to write: a file for parquet and csv, a folder for webdataset"
+        " (default: under OUT/exports)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=1000, metavar="N", help="samples per webdataset shard"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,12 @@ from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.outputs.gallery import build_gallery
 from batchgen.outputs.index import METADATA
 
+EXAMPLES = """\
+examples:
+  batchgen gallery outputs/demo    then open outputs/demo/index.html in any browser
+A run rebuilds the gallery itself when it ends; this is for a folder changed since.
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="a run's output folder")

@@ -18,10 +18,16 @@ from batchgen.api import load_manifest, plan
 from batchgen.fal.byok import ENV, plan_note
 from batchgen.planning.summary import ESTIMATE_NOTE, Group, PlanSummary
 
+EXAMPLES = """\
+examples:
+  batchgen plan manifests/demo.yaml                 jobs, images, cost; nothing is sent
+  batchgen plan manifests/everything.yaml --json    the same as one JSON object
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="a YAML, CSV or JSONL manifest")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:

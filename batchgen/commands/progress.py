@@ -4,10 +4,16 @@ The only module that knows tqdm. It listens to the run's events (done, failed, i
 each refresh, reads the latest ``Snapshot`` (pending, in flight, spend, window) from a callback;
 ``batchgen run`` refreshes it on each snapshot event, so it never touches the journal or the
 scheduler itself.
+
+Both forms give the same figures in the same units: jobs finished of the total, failed, the
+spend, the ETA (from this run's pace in jobs) and images/min. The bar is drawn by us, not by
+tqdm's default layout, so at 80 columns the figures that matter (done/total, failed, spend,
+ETA) are kept and the rest dropped, rather than tqdm cutting the line's end (the spend) off.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -18,6 +24,11 @@ from batchgen.running.events import Event, Failed, Saved
 from batchgen.running.runner import Snapshot as Snapshot  # re-exported: callers build them
 
 LOG_EVERY_S = 5.0
+# The bar leaves two columns free: a full-width line puts the terminal's echo of Ctrl-C ("^C")
+# on a new line, and the bar above it could no longer be wiped.
+SPARE_COLUMNS = 2
+MIN_BAR = 6  # the narrowest bar worth drawing, in characters
+BAR_FORMAT = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"
 
 
 def eta_seconds(remaining: int, done_now: int, elapsed: float) -> float | None:
@@ -27,24 +38,66 @@ def eta_seconds(remaining: int, done_now: int, elapsed: float) -> float | None:
     return remaining * elapsed / done_now
 
 
-def spend_label(snap: Snapshot) -> str:
+def eta_text(eta: float | None) -> str:
+    if eta is None:
+        return "?"
+    s = int(eta)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def spend_label(snap: Snapshot, *, short: bool = False) -> str:
     """This run's spend; a rehearsal's is what it would cost on fal, billed nowhere."""
     if snap.rehearsal:
-        return f"~${snap.spent:.2f} on fal (rehearsal)"
-    return f"spent ~${snap.spent:.2f}"
+        return f"~${snap.spent:.2f} on fal" + ("" if short else " (rehearsal)")
+    return f"~${snap.spent:.2f}" if short else f"spent ~${snap.spent:.2f}"
+
+
+def images_per_min(images: int, elapsed: float) -> float:
+    return images * 60.0 / elapsed if elapsed > 0 else 0.0
 
 
 def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elapsed: float) -> str:
-    per_min = images * 60.0 / elapsed if elapsed > 0 else 0.0
     eta = eta_seconds(snap.pending + snap.in_flight, done_now, elapsed)
-    eta_text = "?" if eta is None else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
     return (
         f"progress: done {snap.done}/{total}, failed {snap.failed}, queued {snap.queued},"
         f" running {snap.running}, in flight {snap.in_flight} (window {snap.window}),"
-        f" pending {snap.pending}, {per_min:.1f} images/min,"
-        f" {spend_label(snap)}, ETA {eta_text}"
+        f" pending {snap.pending}, {images_per_min(images, elapsed):.1f} images/min,"
+        f" {spend_label(snap)}, ETA {eta_text(eta)}"
         + (f", SERVER UNREACHABLE {snap.unreachable:.0f}s" if snap.unreachable else "")
     )
+
+
+def bar_postfix(snap: Snapshot, *, per_min: float, eta: float | None, room: int) -> str:
+    """The figures after the bar, most important first, as many as fit in ``room`` columns.
+
+    failed, the spend and the ETA are always kept (the spend shortened first); what follows
+    them is dropped from the end when the terminal is narrow.
+    """
+    must = [f"failed {snap.failed}", spend_label(snap), f"ETA {eta_text(eta)}"]
+    extra = [
+        *([f"UNREACHABLE {snap.unreachable:.0f}s"] if snap.unreachable else []),
+        f"{per_min:.1f} images/min",
+        f"running {snap.running}, queued {snap.queued}",
+        f"window {snap.window}",
+    ]
+    for n in range(len(extra), -1, -1):
+        text = ", ".join(must + extra[:n])
+        if len(text) <= room:
+            return text
+    must[1] = spend_label(snap, short=True)
+    return ", ".join(must)
+
+
+def terminal_width(stream: IO[str]) -> int:
+    """Columns of the terminal ``stream`` writes to: $COLUMNS first (as tqdm and shutil do),
+    then the terminal itself, else 80."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a real file, or not a terminal
+        return 80
 
 
 class Progress:
@@ -57,25 +110,29 @@ class Progress:
         bar: bool,
         clock: Callable[[], float] = time.monotonic,
         every: float = LOG_EVERY_S,
+        columns: Callable[[], int] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._total = total
         self._stream = stream
         self._clock = clock
         self._every = every
+        self._columns = columns or (lambda: terminal_width(stream))
         self._start = clock()
         self._images = 0
         self._done_now = 0  # jobs finished (either way) in this run, for the pace
         first = snapshot()
         self._bar: Any = None
         if bar:
+            ncols = self._width()
             self._bar = tqdm(
                 total=total,
                 initial=first.done + first.failed,
                 file=stream,
-                unit="job",
-                dynamic_ncols=True,
-                smoothing=0.1,
+                bar_format=BAR_FORMAT,
+                ncols=ncols,
+                postfix=self._postfix(first, ncols),  # the figures from the first frame on
+                leave=False,  # the summary that follows says where the run ended
             )
 
     def on_event(self, event: Event) -> None:
@@ -89,16 +146,8 @@ class Progress:
     def refresh(self) -> None:
         snap = self._snapshot()
         if self._bar is not None:
-            self._bar.set_postfix(
-                failed=snap.failed,
-                queued=snap.queued,
-                running=snap.running,
-                window=snap.window,
-                **({"on fal": f"${snap.spent:.2f}"} if snap.rehearsal
-                   else {"spent": f"${snap.spent:.2f}"}),
-                **({"UNREACHABLE": f"{snap.unreachable:.0f}s"} if snap.unreachable else {}),
-                refresh=True,
-            )
+            self._bar.ncols = self._width()  # the terminal may have been resized
+            self._bar.set_postfix_str(self._postfix(snap, self._bar.ncols), refresh=True)
         else:
             elapsed = self._clock() - self._start
             line = status_line(
@@ -110,14 +159,38 @@ class Progress:
             )
             print(line, file=self._stream, flush=True)
 
+    def _width(self) -> int:
+        return max(self._columns() - SPARE_COLUMNS, 20)
+
+    def _postfix(self, snap: Snapshot, ncols: int) -> str:
+        elapsed = self._clock() - self._start
+        digits = len(str(self._total))
+        # What BAR_FORMAT draws besides the postfix: "100%|", the bar, "| n/total", ", ".
+        room = ncols - 5 - MIN_BAR - 2 - (2 * digits + 1) - 2
+        return bar_postfix(
+            snap,
+            per_min=images_per_min(self._images, elapsed),
+            eta=eta_seconds(snap.pending + snap.in_flight, self._done_now, elapsed),
+            room=room,
+        )
+
+    def _wipe(self) -> None:
+        """Blank the bar's line, the spare columns (where a "^C" echo lands) included."""
+        self._stream.write("\r" + " " * (self._bar.ncols + SPARE_COLUMNS) + "\r")
+        self._stream.flush()
+
     def note(self, text: str) -> None:
-        """A line for the user that must not be torn by the bar."""
+        """A line for the user that must not be torn by the bar: the bar is wiped, the line
+        written, the bar drawn again below it."""
         if self._bar is not None:
+            self._wipe()
             self._bar.write(text, file=self._stream)
         else:
             print(text, file=self._stream, flush=True)
 
     def close(self) -> None:
+        """Take the bar off the screen, so the summary (or a stop notice) stands alone."""
         if self._bar is not None:
             self._bar.close()
+            self._wipe()
             self._bar = None

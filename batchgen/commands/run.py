@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import IO
 
 from batchgen.api import execute
 from batchgen.commands.confirm import DEFAULT_CONFIRM_OVER, approval
+from batchgen.commands.helptext import FAULTS_HELP
 from batchgen.commands.progress import LOG_EVERY_S, Progress
-from batchgen.config import Settings, build_settings
+from batchgen.commands.runjson import result_json
+from batchgen.config import EMULATE_TIME_SCALE, Settings, build_settings
 from batchgen.fal.byok import manifest_wants_key
 from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
@@ -34,39 +37,110 @@ from batchgen.running.events import (
 )
 from batchgen.running.runner import Approve, RunEvent, Snapshot
 
+EXAMPLES = """\
+examples:
+  batchgen run manifests/demo.yaml --emulate          rehearse offline: no key, nothing billed
+  batchgen run manifests/demo.yaml --emulate --faults flaky
+                                                      rehearse a bad night on fal
+  FAL_KEY=... batchgen run manifests/demo.yaml --max-cost 5
+                                                      for real, stopping before $5
+  batchgen run manifests/demo.yaml --emulate --quiet --json > run.json
+                                                      for a script: one JSON object on stdout
+
+Run the same command again to resume after a stop, a crash or Ctrl-C: nothing is paid twice.
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="a YAML, CSV or JSONL manifest")
-    p.add_argument("--out", help="output folder (default: outputs/<manifest name>)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<manifest name>)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--emulate", action="store_true", help="run against the built-in emulator")
-    where.add_argument("--endpoint", help="base URL of a fal-compatible server (BATCHGEN_ENDPOINT)")
-    p.add_argument("--concurrency", default="auto", help="N, or auto (default) to find the limit")
-    p.add_argument("--max-cost", type=float, help="stop submitting before this estimate in USD")
-    p.add_argument("--max-attempts", type=int, default=3, help="attempts per job (default 3)")
-    p.add_argument(
-        "--deadline", type=float, default=1200.0, help="seconds per request (default 1200)"
+    where.add_argument(
+        "--emulate",
+        action="store_true",
+        help="run against the built-in emulator: no key, no network",
     )
-    p.add_argument("--watch", choices=["stream", "poll"], default="stream")
-    p.add_argument("--download-concurrency", type=int, default=8)
-    p.add_argument("--max-image-bytes", type=int, default=50_000_000)
+    where.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL of a fal-compatible server, e.g. one started by 'batchgen emulator'"
+        " (default: $BATCHGEN_ENDPOINT, else fal itself)",
+    )
+    p.add_argument(
+        "--concurrency",
+        default="auto",
+        metavar="N|auto",
+        help="requests in flight at once: N, or auto to find the account's limit",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop submitting before the folder's estimated spend passes USD; raise it and run"
+        " again to continue (default: no limit)",
+    )
+    p.add_argument("--max-attempts", type=int, default=3, metavar="N", help="attempts per job")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=1200.0,
+        metavar="SECONDS",
+        help="seconds from submit to result before a request is cancelled and sent again",
+    )
+    p.add_argument(
+        "--watch",
+        choices=["stream", "poll"],
+        default="stream",
+        help="how to follow a request: fal's status stream (polling when it breaks), or polling",
+    )
+    p.add_argument(
+        "--download-concurrency", type=int, default=8, metavar="N", help="images downloaded at once"
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=50_000_000,
+        metavar="N",
+        help="refuse an image larger than N bytes; its job fails as too_large",
+    )
     p.add_argument("--retry-failed", action="store_true", help="put failed jobs back in the queue")
     p.add_argument(
         "--reuse-folder",
         action="store_true",
-        help="build on an output folder another manifest file ran in: shared jobs are kept",
+        help="build on an output folder another manifest file ran in: the jobs both manifests"
+        " share are kept, new ones added",
     )
-    p.add_argument("--inline-uploads", action="store_true", help="send local files as data URIs")
-    p.add_argument("--faults", help="emulator fault spec or profile (with --emulate)")
-    p.add_argument("--time-scale", type=float, help="emulator time scale (with --emulate)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--inline-uploads",
+        action="store_true",
+        help="send local reference files as data URIs instead of uploading them to fal storage",
+    )
+    p.add_argument("--faults", metavar="SPEC", help=f"with --emulate: {FAULTS_HELP}")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        metavar="X",
+        help="with --emulate: the emulator's pace, 1 as fal's, 0 with no model time"
+        f" (default: {EMULATE_TIME_SCALE:g})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as one JSON object on stdout, instead of the summary"
+        " lines on stderr",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or progress lines; errors, notices and the summary only",
+    )
     p.add_argument(
         "--confirm-over",
         type=float,
         default=DEFAULT_CONFIRM_OVER,
         metavar="USD",
-        help="ask on the terminal before submitting more than this estimate"
-        " (default %(default)s; never in a rehearsal or without a terminal)",
+        help="ask on the terminal before submitting more than this estimate (never in a"
+        " rehearsal, with --yes, or without a terminal)",
     )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
 
@@ -77,10 +151,11 @@ def run(args: argparse.Namespace) -> int:
     settings = build_settings(
         vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest)
     )
-    approve = approval(
-        over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr
+    approve = approval(over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
+    json_out = sys.stdout if args.json else None
+    return asyncio.run(
+        run_manifest(manifest, settings, stderr=sys.stderr, json_out=json_out, approve=approve)
     )
-    return asyncio.run(run_manifest(manifest, settings, stderr=sys.stderr, approve=approve))
 
 
 async def run_manifest(
@@ -90,18 +165,21 @@ async def run_manifest(
     stderr: IO[str],
     signals: bool = True,
     approve: Approve | None = None,
+    json_out: IO[str] | None = None,
 ) -> int:
+    """Run and report: the summary lines on ``stderr``, or, given ``json_out``, one JSON
+    object there instead (stdout stays clean for the script reading it)."""
     bar = not settings.quiet and stderr.isatty()
     view = _View(
-        stderr, bar=bar, where=describe(settings.origin), out=settings.out_dir,
-        quiet=settings.quiet,
-    )  # fmt: skip
+        stderr, bar=bar, quiet=settings.quiet, where=describe(settings.origin), out=settings.out_dir
+    )
     try:
         result = await execute(
             manifest,
             settings,
             on_event=view.on_event,
-            progress_every=0.5 if bar else LOG_EVERY_S,
+            # --quiet draws nothing from the timed snapshots, so it asks for none.
+            progress_every=None if settings.quiet else 0.5 if bar else LOG_EVERY_S,
             handle_signals=signals,
             approve=approve,
         )
@@ -109,17 +187,25 @@ async def run_manifest(
         view.close()
     if result.fatal is not None:
         print(f"batchgen: {result.fatal}", file=stderr)
-    for line in result.lines():
-        print(f"batchgen: {line}", file=stderr)
+    if json_out is not None:
+        json.dump(result_json(result), json_out, indent=2, ensure_ascii=False)
+        json_out.write("\n")
+        json_out.flush()
+    else:
+        for line in result.lines():
+            print(f"batchgen: {line}", file=stderr)
     return result.exit_code
 
 
 class _View:
-    """The terminal side of a run: the progress bar (or lines) and the stop notice."""
+    """The terminal side of a run: the progress bar (or lines) and the stop notice.
 
-    def __init__(
-        self, stderr: IO[str], *, bar: bool, where: str, out: Path, quiet: bool = False
-    ) -> None:
+    With ``quiet`` there is no progress at all, neither bar nor lines; the notices (a stop, an
+    unreachable server, what a resume found) are still said, since they ask something of the
+    user or explain a wait.
+    """
+
+    def __init__(self, stderr: IO[str], *, bar: bool, quiet: bool, where: str, out: Path) -> None:
         self._stderr = stderr
         self._bar = bar
         self._quiet = quiet
@@ -131,6 +217,8 @@ class _View:
     def on_event(self, event: RunEvent) -> None:
         if isinstance(event, Snapshot):
             self._latest = event
+            if self._quiet:
+                return
             if self._progress is None:  # the first snapshot carries the total
                 self._progress = Progress(
                     self._snapshot, total=event.total, stream=self._stderr, bar=self._bar

@@ -11,10 +11,17 @@ from pathlib import Path
 from batchgen.journal.writer import JOURNAL_NAME, Journal, writer_pid
 from batchgen.outputs.status import build_report, render_text
 
+EXAMPLES = """\
+examples:
+  batchgen status outputs/demo           counts, spend, failures, the command that resumes
+  batchgen status outputs/demo --json    the same as one JSON object
+Safe while a run writes to the folder: status only reads.
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="a run's output folder")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:

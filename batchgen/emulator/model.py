@@ -6,7 +6,7 @@ at the exact moment a slot frees (not when someone polls), runs for its run time
 and is forgotten when its result retention runs out. Tests therefore run an hour of model time
 by moving a fake clock, and two polls at the same instant always agree.
 
-The account model follows fal (fal-protocol.md §8): at most ``limit`` requests IN_PROGRESS,
+The account model follows fal (fal protocol notes §8): at most ``limit`` requests IN_PROGRESS,
 the rest IN_QUEUE in FIFO order; submits are never refused for concurrency.
 """
 

@@ -1,7 +1,8 @@
 """What to do about a failure, and how long to wait before doing it again.
 
 ``classify(exc, op=...)`` is pure: it reads an exception raised by the queue client (or httpx, or
-``download``) and returns an ``Outcome`` — the one place that encodes DESIGN.md's Errors table.
+``download``) and returns an ``Outcome`` — the one place that encodes the design's Errors table
+(``tests/test_retry.py`` has one case per row).
 ``backoff`` is pure too (randomness injected). ``call_with_retries`` is the single retry loop,
 used only for idempotent requests (status, result, cancel, media, upload); the submit POST is
 never retried here because repeating it can pay twice. Its sleep is injected, and ``ZeroWait``

@@ -33,7 +33,7 @@ from batchgen.manifest.files import MAX_REFERENCE_BYTES, read_reference
 from batchgen.manifest.local import is_local_path
 from batchgen.planning.jobs import FILE_FIELDS, JobSpec
 
-# fal keeps CDN files at least 7 days (fal-protocol.md §7): an older upload is done again
+# fal keeps CDN files at least 7 days (fal protocol notes §7): an older upload is done again
 # rather than handing the model a URL that may have gone.
 UPLOAD_MAX_AGE = 6 * 24 * 3600.0
 

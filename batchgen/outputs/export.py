@@ -85,7 +85,12 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise UsageError("parquet export needs pyarrow: pip install 'batchgen[parquet]'") from None
+        # `batchgen[parquet]` only resolves for an installed distribution; from a checkout the
+        # extra is spelled `.[parquet]`, and plain pyarrow works from both.
+        raise UsageError(
+            "parquet export needs pyarrow: pip install pyarrow"
+            " (or, in a checkout of batchgen, pip install -e '.[parquet]')"
+        ) from None
     text, i32, i64, f64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
     smap, ts = pa.map_(pa.string(), pa.string()), pa.timestamp("ms", tz="UTC")
     ref = pa.struct([("path", text), ("url", text), ("sha256", text)])
@@ -178,9 +183,19 @@ def _verified(
         yield r, path
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _mtime(row: Mapping[str, Any], path: Path) -> float:
+    """When the image was saved: the row's ``downloaded_at`` (so the same index exports the
+    same shards byte for byte), else the file's own mtime. Never 0, which tar shows as 1970."""
+    try:
+        when = _timestamp(row.get("downloaded_at"))
+    except ValueError:  # the index is data: a mangled time falls back to the file's
+        when = None
+    return when.timestamp() if when is not None else path.stat().st_mtime
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
     info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible shards
+    info.size, info.mode, info.mtime = len(data), 0o644, int(mtime)
     tar.addfile(info, io.BytesIO(data))
 
 
@@ -189,8 +204,10 @@ def _write_shard(tmp: Path, *, batch: Sequence[tuple[Mapping[str, Any], Path]]) 
         for row, path in batch:
             key = sample_key(row)
             ext = path.suffix.lstrip(".").lower() or "img"
-            _add(tar, f"{key}.{ext}", path.read_bytes())
-            _add(tar, f"{key}.json", json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
+            mtime = _mtime(row, path)
+            _add(tar, f"{key}.{ext}", path.read_bytes(), mtime)
+            meta = json.dumps(row, ensure_ascii=False, sort_keys=True).encode()
+            _add(tar, f"{key}.json", meta, mtime)
 
 
 def export_webdataset(

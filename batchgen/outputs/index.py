@@ -37,8 +37,8 @@ from batchgen.planning.pricing import parse_usage, token_cost
 METADATA = "metadata.jsonl"
 FAILURES = "failures.jsonl"
 
-# Every column of an index row, in order (DESIGN.md, Outputs). Rows always carry all of them
-# (null when unknown) so that parquet, CSV and ImageFolder see one schema.
+# Every column of an index row, in order (docs/outputs.md describes each). Rows always carry
+# all of them (null when unknown) so that parquet, CSV and ImageFolder see one schema.
 INDEX_FIELDS = (
     "file_name",
     "job_id",
