@@ -35,7 +35,7 @@ CASES = {
         "bad_placeholder.yaml:4: prompts[0].prompt: placeholder {animal.__class__} must be a plain name like {subject}",
     ],
     "bad_preset.yaml": [
-        "bad_preset.yaml:2: defaults.image_size: unknown preset 'square_xl'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9",
+        "bad_preset.yaml:2: defaults.image_size: unknown preset 'square_xl'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9, or a custom size as WIDTHxHEIGHT (like 1536x1024) or {width, height}",
     ],
     "bad_pricing.yaml": [
         "bad_pricing.yaml:3: pricing.table.big: a bucket is WIDTHxHEIGHT, like 1024x1024",
@@ -160,6 +160,11 @@ CASES = {
     ],
     "size_text_number.yaml": [
         "size_text_number.yaml:2: defaults.image_size.width: must be an integer, got '1024'",
+    ],
+    "size_text_bad.yaml": [
+        "size_text_bad.yaml:2: defaults.image_size.width: must be a multiple of 16, got 1000",
+        "size_text_bad.yaml:2: defaults.image_size.height: must be a multiple of 16, got 1000",
+        "size_text_bad.yaml:4: matrix.image_size[1]: unknown preset 'big'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9, or a custom size as WIDTHxHEIGHT (like 1536x1024) or {width, height}",
     ],
     "size_too_small.yaml": [
         "size_too_small.yaml:2: defaults.image_size: 512x512 is 262,144 pixels; it must be between 655,360 and 8,294,400",

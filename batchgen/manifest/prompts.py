@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.manifest.fields import MAX_PROMPT_CHARS, MAX_REPEAT, value_problems
+from batchgen.manifest.fields import MAX_PROMPT_CHARS, MAX_REPEAT, normalised, value_problems
 from batchgen.manifest.files import LocalFiles
 from batchgen.manifest.local import short
 from batchgen.manifest.model import PromptEntry
@@ -91,14 +91,14 @@ def build_prompt(
         if _is_multi(key, value, ep, ctx):
             if not value:
                 add(key, "lists no values")
-            axes[key] = list(value)
-            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+            axes[key] = [normalised(ep, key, v) for v in value]
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(axes[key])]
         elif key in ctx.axes:  # one value for an axis: this prompt fixes it
-            axes[key] = [value]
-            items = [(key, value)]
+            axes[key] = [normalised(ep, key, value)]
+            items = [(key, axes[key][0])]
         else:
-            fields[key] = value
-            items = [(key, value)]
+            fields[key] = normalised(ep, key, value)
+            items = [(key, fields[key])]
         for path, v in items:
             for fpath, message in value_problems(ep, key, v, ctx.files):
                 add(path + fpath[len(key) :], message)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from batchgen.errors import Problem
-from batchgen.manifest.fields import MAX_PROMPT_CHARS, CellError, parse_cell
+from batchgen.manifest.fields import MAX_PROMPT_CHARS, CellError, normalised, parse_cell
 from batchgen.manifest.local import is_glob, short
 from batchgen.manifest.model import PromptEntry
 from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean
@@ -154,6 +154,7 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
             add("input", "must be a JSON object: the request body")
             ctx.problems.extend(problems)
             continue
+        request = {k: normalised(endpoint, k, v) for k, v in request.items()}
         for key in sorted(set(request) & SECRET_FIELDS):
             add(
                 f"input.{key}",
@@ -161,7 +162,7 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
                 "OPENAI_API_KEY from the environment when it submits",
             )
         for p in validate_input(
-            endpoint, {k: v for k, v in request.items() if k not in SECRET_FIELDS}
+            endpoint, {k: v for k, v in request.items() if k not in SECRET_FIELDS}, size_text=True
         ):
             add(f"input.{p.field}", p.message)
         prompt = request.get("prompt")

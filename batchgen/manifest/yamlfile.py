@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batchgen.errors import ManifestError
-from batchgen.manifest.fields import MAX_REPEAT
+from batchgen.manifest.fields import MAX_REPEAT, normalised
 from batchgen.manifest.fields import value_problems as field_value_problems
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.local import local_path_problem, short
@@ -149,13 +149,15 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         axes=frozenset(doc.matrix),
         supplied=frozenset(doc.defaults) | set(doc.matrix),
     )
-    for key, value in doc.defaults.items():
+    defaults = {k: normalised(endpoint, k, v) for k, v in doc.defaults.items()}
+    matrix = {k: [normalised(endpoint, k, v) for v in vs] for k, vs in doc.matrix.items()}
+    for key, value in defaults.items():
         if key == "prompt":
             add(("defaults", key), "put prompts under prompts, not defaults")
             continue
         for fld, message in _field_problems(endpoint, key, value, ctx):
             add(("defaults", key), message, fld[len(key) :])
-    for axis, values in doc.matrix.items():
+    for axis, values in matrix.items():
         if axis == "prompt":
             add(("matrix", axis), "prompts are listed under prompts, not as a matrix axis")
             continue
@@ -188,8 +190,8 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         "endpoint": endpoint,
         "output": doc.output,
         "pricing": pricing,
-        "defaults": dict(doc.defaults),
-        "matrix": {k: list(v) for k, v in doc.matrix.items()},
+        "defaults": defaults,
+        "matrix": matrix,
         "repeat": doc.repeat,
         "vars": ctx.vars,
         "prompts": tuple(prompts),
