@@ -93,6 +93,11 @@ CASES = {
         "many_problems.yaml:11: prompts[1].prompt: uses {animl}, which is not in vars (did you mean 'animal'?)",
         "many_problems.yaml:12: prompts[2].prompt: is empty",
     ],
+    "misspelt_sections.yaml": [
+        "misspelt_sections.yaml:1: modle: unknown key (did you mean 'model'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "misspelt_sections.yaml:2: var: unknown key (did you mean 'vars'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "misspelt_sections.yaml:7: prompts[0].qualty: unknown field for openai/gpt-image-2/edit (did you mean 'quality'?)",
+    ],
     "missing_file.yaml": [
         "missing_file.yaml:3: defaults.image_urls[0]: no such file 'refs/nope.png' (local paths are relative to the manifest)",
         "missing_file.yaml:4: defaults.mask_url: 'ftp://example.com/mask.png': use an http(s) URL, a data: URI or a path next to the manifest",
@@ -143,6 +148,13 @@ CASES = {
     "repeat_text.yaml": [
         "repeat_text.yaml:1: repeat: must be a whole number, got 'three'",
     ],
+    "repeat_text_and_more.yaml": [
+        "repeat_text_and_more.yaml:1: repeat: must be a whole number, got 'three'",
+        "repeat_text_and_more.yaml:3: defaults.quality: must be one of low, medium, high, got 'best'",
+        "repeat_text_and_more.yaml:8: prompts[1].prompt: uses {animl}, which is not in vars (did you mean 'animal'?)",
+        "repeat_text_and_more.yaml:10: prompts[2].num_images: must be an integer from 1 to 4, got 9",
+        "repeat_text_and_more.yaml:11: prompts[3].prompt: is empty",
+    ],
     "repeat_zero.yaml": [
         "repeat_zero.yaml:1: repeat: must be greater than or equal to 1",
     ],
@@ -168,6 +180,15 @@ CASES = {
     ],
     "size_too_small.yaml": [
         "size_too_small.yaml:2: defaults.image_size: 512x512 is 262,144 pixels; it must be between 655,360 and 8,294,400",
+    ],
+    "top_level_typos.yaml": [
+        "top_level_typos.yaml:2: defualts: unknown key (did you mean 'defaults'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:5: matrix.image_sizes: unknown field for openai/gpt-image-2 (did you mean 'image_size'?)",
+        "top_level_typos.yaml:6: repaet: unknown key (did you mean 'repeat'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:8: prompts[0].prompt: is required",
+        "top_level_typos.yaml:8: prompts[0].promt: unknown field for openai/gpt-image-2 (did you mean 'prompt'?)",
+        "top_level_typos.yaml:10: prompts[1].qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
+        "top_level_typos.yaml:11: outptu: unknown key (did you mean 'output'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
     ],
     "unknown_field.yaml": [
         "unknown_field.yaml:2: defaults.qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
@@ -223,6 +244,34 @@ def test_bad_manifest(
     assert (code, out) == (2, "")
     assert err == expected(CASES[name])
     assert "Traceback" not in err
+
+
+def test_top_level_typos_are_reported_together_with_everything_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A misspelt top-level key used to be the only problem reported: fixing it revealed the
+    # next ones, one run at a time. Now one `plan` lists them all, each at file:line: field.
+    monkeypatch.chdir(tmp_path)
+    Path("m.yaml").write_text(
+        "defualts: {quality: low}\n"
+        "promts: [a fox]\n"
+        "matrix: {quality: [low]}\n"
+        "outptu: x\n"
+        "prompts:\n"
+        "  - prompt: an owl\n"
+        "    qualty: high\n"
+    )
+    code, out, err = plan_stderr(capsys, ["m.yaml"])
+    assert (code, out) == (2, "")
+    head, *lines = err.splitlines()
+    assert head == "batchgen: 4 problems in the manifest:"
+    assert [line.split(": ")[0:2] for line in lines] == [
+        ["  m.yaml:1", "defualts"],
+        ["  m.yaml:2", "promts"],
+        ["  m.yaml:4", "outptu"],
+        ["  m.yaml:7", "prompts[0].qualty"],
+    ]
+    assert "(did you mean 'defaults'?)" in lines[0] and "(did you mean 'output'?)" in lines[2]
 
 
 def test_secret_value_never_printed(

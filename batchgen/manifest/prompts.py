@@ -39,6 +39,7 @@ class PromptContext:
     vars: Mapping[str, list[str]] = field(default_factory=dict)
     templated: bool = True
     supplied: frozenset[str] = frozenset()  # fields set by defaults or the matrix
+    vars_known: bool = True  # False when `vars` was unreadable: no placeholder is "missing"
     used_vars: set[str] = field(default_factory=set)
     ids: dict[str, str] = field(default_factory=dict)  # prompt id -> where it was first used
     files: LocalFiles = field(init=False)  # local reference files, checked once each
@@ -162,7 +163,9 @@ def _prompt_text(
     longest = tpl.literal_length
     for name in tpl.fields:
         if name not in ctx.vars:
-            add("prompt", f"uses {{{name}}}, which is not in vars{did_you_mean(name, ctx.vars)}")
+            if ctx.vars_known:
+                hint = did_you_mean(name, ctx.vars)
+                add("prompt", f"uses {{{name}}}, which is not in vars{hint}")
             return None
         longest += max(len(v) for v in ctx.vars[name])
     ctx.used_vars.update(tpl.names)

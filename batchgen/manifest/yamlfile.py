@@ -7,6 +7,7 @@ are done here. Every problem is collected before anything is raised.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from batchgen.manifest.source import Located, ProblemList, dotted, read_text
 from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
 from batchgen.manifest.templates import output_template_problems, parse
 from batchgen.planning.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
-from batchgen.planning.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec
+from batchgen.planning.jobs import DEFAULT_OUTPUT_TEMPLATE, SECRET_FIELDS, JobSpec
 from batchgen.planning.paths import TemplateError, render_template, template_fields
 from batchgen.planning.pricing import DEFAULT_TABLE, PriceTable
 
@@ -102,6 +103,40 @@ def pydantic_problems(exc: ValidationError, doc: Located, file: str, out: Proble
         out.add(file, doc.line(loc), dotted(loc), message)
 
 
+def _read_doc(
+    located: Located, file: str, problems: ProblemList
+) -> tuple[ManifestDoc, dict[str, Any]]:
+    """The document, read past its bad top-level keys, and the keys it could not read.
+
+    A misspelt or mistyped key is reported and left out, and the rest is checked as usual, so
+    one pass lists every problem (a `defualts:` typo no longer hides the prompts' mistakes).
+    The keys it could not read (name -> the value found, None for a mistyped one) are the
+    broken ones and those a misspelt key probably meant: the checks that depend on them are
+    skipped rather than reporting what their absence would add.
+    """
+    try:
+        return ManifestDoc.model_validate(located.data), {}
+    except ValidationError as exc:
+        pydantic_problems(exc, located, file, problems)
+        broken = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    data: dict[str, Any] = located.data
+    known = list(ManifestDoc.model_fields)
+    unread: dict[str, Any] = {}
+    for key in sorted(broken):
+        if key in known:
+            unread[key] = None
+            continue
+        meant = difflib.get_close_matches(key, [k for k in known if k not in data], n=1)
+        if meant:
+            unread[meant[0]] = data[key]
+    rest = {k: v for k, v in data.items() if k not in broken}
+    try:  # every top-level key is validated on its own, so what is left validates
+        return ManifestDoc.model_validate(rest), unread
+    except ValidationError:
+        problems.raise_if_any()
+        raise
+
+
 def build_yaml(located: Located, path: Path, file: str, name_default: str) -> dict[str, Any]:
     """The keyword arguments of `Manifest` (minus path and sha256), or a ManifestError."""
     problems = ProblemList()
@@ -114,12 +149,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             f" got {short(located.data)}",
         )
         problems.raise_if_any()
-    try:
-        doc = ManifestDoc.model_validate(located.data)
-    except ValidationError as exc:
-        pydantic_problems(exc, located, file, problems)
-        problems.raise_if_any()
-        raise AssertionError("unreachable") from None
+    doc, unread = _read_doc(located, file, problems)
 
     def add(loc: tuple[str | int, ...], message: str, sub: str = "") -> None:
         # `sub` continues the path inside a value: matrix.image_size[1] + ".width"
@@ -132,30 +162,27 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             f"{short(name)} must be a simple folder name: letters, digits, '.', '_', "
             f"'-', at most 64 characters",
         )
-    endpoint = doc.model.strip()
     notices: list[str] = []
-    if not _ENDPOINT.fullmatch(endpoint):
-        add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
-    elif endpoint not in KNOWN_ENDPOINTS:
-        notices.append(
-            f"model {endpoint} is not one batchgen knows: its inputs are sent "
-            f"unchecked and its cost is not estimated (set pricing.per_image)"
-        )
+    endpoint, rules = _endpoint(doc, unread, add, notices)
     folder = path.parent
+    supplied = set(doc.defaults) | set(doc.matrix)
+    if unread.keys() & {"defaults", "matrix"}:
+        supplied.add("image_urls")  # they may have set it: do not also call it missing
     ctx = PromptContext(
         folder=folder,
-        endpoint=endpoint,
+        endpoint=rules,
         problems=problems,
         axes=frozenset(doc.matrix),
-        supplied=frozenset(doc.defaults) | set(doc.matrix),
+        supplied=frozenset(supplied),
+        vars_known="vars" not in unread,
     )
-    defaults = {k: normalised(endpoint, k, v) for k, v in doc.defaults.items()}
-    matrix = {k: [normalised(endpoint, k, v) for v in vs] for k, vs in doc.matrix.items()}
+    defaults = {k: normalised(rules, k, v) for k, v in doc.defaults.items()}
+    matrix = {k: [normalised(rules, k, v) for v in vs] for k, vs in doc.matrix.items()}
     for key, value in defaults.items():
         if key == "prompt":
             add(("defaults", key), "put prompts under prompts, not defaults")
             continue
-        for fld, message in _field_problems(endpoint, key, value, ctx):
+        for fld, message in _field_problems(rules, key, value, ctx):
             add(("defaults", key), message, fld[len(key) :])
     for axis, values in matrix.items():
         if axis == "prompt":
@@ -163,8 +190,11 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             continue
         if not values:
             add(("matrix", axis), "lists no values: the matrix would make no jobs")
+        if rules in KNOWN_ENDPOINTS and axis not in FIELDS[rules] | SECRET_FIELDS:  # once
+            add(("matrix", axis), _unknown_field(rules, axis))
+            continue
         for i, value in enumerate(values):
-            for fld, message in _field_problems(endpoint, axis, value, ctx):
+            for fld, message in _field_problems(rules, axis, value, ctx):
                 add(("matrix", axis, i), message, fld[len(axis) :])
     ctx.vars = _vars(doc.vars, add)
     prompts = _prompts(doc, located, file, ctx)
@@ -173,7 +203,8 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         if not from_file and not problems.items:
             add(("prompts_file",), f"{short(doc.prompts_file)} has no prompts")
         prompts += from_file
-    if not doc.prompts and doc.prompts_file is None:
+    unsure = unread.keys() & {"prompts", "prompts_file"}  # a misspelt `promtps:` has some
+    if not doc.prompts and doc.prompts_file is None and not unsure:
         add(("prompts",), "no prompts: list them under prompts or name a prompts_file")
     for var in ctx.vars:
         if var not in ctx.used_vars:
@@ -202,15 +233,39 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     }
 
 
+def _endpoint(
+    doc: ManifestDoc, unread: dict[str, Any], add: Any, notices: list[str]
+) -> tuple[str, str]:
+    """The manifest's endpoint id, and the id whose rules its request fields are checked by
+    (none, "", when `model` could not be read)."""
+    endpoint = doc.model.strip()
+    if "model" in unread:  # check the fields by what a misspelt `model:` says, if it is text
+        meant = unread["model"]
+        if not isinstance(meant, str):
+            return endpoint, ""
+        return endpoint, meant.strip()
+    if not _ENDPOINT.fullmatch(endpoint):
+        add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
+        return endpoint, endpoint
+    if endpoint not in KNOWN_ENDPOINTS:
+        notices.append(
+            f"model {endpoint} is not one batchgen knows: its inputs are sent "
+            f"unchecked and its cost is not estimated (set pricing.per_image)"
+        )
+    return endpoint, endpoint
+
+
 def _field_problems(
     endpoint: str, key: str, value: Any, ctx: PromptContext
 ) -> list[tuple[str, str]]:
     found = field_value_problems(endpoint, key, value, ctx.files)
     if endpoint in KNOWN_ENDPOINTS and any(m.startswith("unknown field") for _, m in found):
-        return [
-            (key, f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")
-        ]
+        return [(key, _unknown_field(endpoint, key))]
     return found
+
+
+def _unknown_field(endpoint: str, key: str) -> str:
+    return f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}"
 
 
 def _output_problems(text: str, prompts: list[PromptEntry], ctx: PromptContext) -> list[str]:
