@@ -1,22 +1,18 @@
-"""The YAML manifest: its schema (a strict pydantic model) and the checks between its parts.
+"""The YAML manifest: the checks between its parts (its schema is in `yamldoc`).
 
-Shape errors come from pydantic and are given the line of the offending value; the checks
-that relate parts (a var a prompt uses, an axis a prompt overrides, a file the manifest names)
-are done here. Every problem is collected before anything is raised.
+The checks that relate parts (a var a prompt uses, an axis a prompt overrides, a file the
+manifest names) are done here. Every problem is collected before anything is raised.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from batchgen.errors import ManifestError
-from batchgen.manifest.fields import MAX_REPEAT, normalised
+from batchgen.manifest.fields import normalised
 from batchgen.manifest.fields import value_problems as field_value_problems
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.local import local_path_problem, short
@@ -25,8 +21,9 @@ from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean
 from batchgen.manifest.source import Located, ProblemList, dotted, read_text
 from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
 from batchgen.manifest.templates import output_template_problems, parse
+from batchgen.manifest.yamldoc import ManifestDoc, PricingDoc, read_doc
 from batchgen.planning.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
-from batchgen.planning.jobs import DEFAULT_OUTPUT_TEMPLATE, SECRET_FIELDS, JobSpec
+from batchgen.planning.jobs import SECRET_FIELDS, JobSpec
 from batchgen.planning.paths import TemplateError, render_template, template_fields
 from batchgen.planning.pricing import DEFAULT_TABLE, PriceTable
 
@@ -34,107 +31,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BUCKET = re.compile(r"(\d+)x(\d+)")
-
-
-class PricingDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    table: dict[str, dict[str, float]] = Field(default_factory=dict)  # "1024x1024": {low: ..}
-    per_image: float | None = None
-
-
-class ManifestDoc(BaseModel):
-    """The YAML manifest's keys. Request fields inside defaults/matrix/prompts are checked
-    against the endpoint's rules separately, because they depend on `model`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    name: str | None = None
-    model: str = TEXT_TO_IMAGE
-    byok: bool = False
-    defaults: dict[str, Any] = Field(default_factory=dict)
-    matrix: dict[str, list[Any]] = Field(default_factory=dict)
-    repeat: int = Field(default=1, ge=1, le=MAX_REPEAT)
-    vars: dict[str, list[Any]] = Field(default_factory=dict)
-    prompts: list[Any] = Field(default_factory=list)  # text or a mapping: checked per item
-    prompts_file: str | None = None
-    output: str = DEFAULT_OUTPUT_TEMPLATE
-    pricing: PricingDoc | None = None
-
-
-_DOC_KEYS: dict[tuple[str | int, ...], list[str]] = {
-    (): list(ManifestDoc.model_fields),
-    ("pricing",): list(PricingDoc.model_fields),
-}
-_MESSAGES = {
-    "string_type": "must be text",
-    "int_type": "must be a whole number",
-    "bool_type": "must be true or false",
-    "float_type": "must be a number",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-}
-
-
-def pydantic_problems(exc: ValidationError, doc: Located, file: str, out: ProblemList) -> None:
-    seen: set[tuple[Any, ...]] = set()
-    for err in exc.errors():
-        # A union (`prompts` items are text or a mapping) reports each branch: keep one.
-        loc = tuple(p for p in err["loc"] if p not in ("str", "dict[str,any]"))
-        if loc in seen:
-            continue
-        seen.add(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parent = loc[:-1]
-            allowed = _DOC_KEYS.get(parent, [])
-            message = f"unknown key{did_you_mean(str(loc[-1]), allowed)}"
-            if allowed:
-                message += f"; expected one of {', '.join(allowed)}"
-        elif kind == "missing":
-            message = "is required"
-        elif kind in _MESSAGES:
-            message = f"{_MESSAGES[kind]}, got {short(err['input'])}"
-        else:
-            message = err["msg"].replace("Input should be", "must be")
-        if loc and loc[0] == "prompts" and kind in {"string_type", "dict_type"}:
-            message = f"must be text or a mapping, got {short(err['input'])}"
-        out.add(file, doc.line(loc), dotted(loc), message)
-
-
-def _read_doc(
-    located: Located, file: str, problems: ProblemList
-) -> tuple[ManifestDoc, dict[str, Any]]:
-    """The document, read past its bad top-level keys, and the keys it could not read.
-
-    A misspelt or mistyped key is reported and left out, and the rest is checked as usual, so
-    one pass lists every problem (a `defualts:` typo no longer hides the prompts' mistakes).
-    The keys it could not read (name -> the value found, None for a mistyped one) are the
-    broken ones and those a misspelt key probably meant: the checks that depend on them are
-    skipped rather than reporting what their absence would add.
-    """
-    try:
-        return ManifestDoc.model_validate(located.data), {}
-    except ValidationError as exc:
-        pydantic_problems(exc, located, file, problems)
-        broken = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
-    data: dict[str, Any] = located.data
-    known = list(ManifestDoc.model_fields)
-    unread: dict[str, Any] = {}
-    for key in sorted(broken):
-        if key in known:
-            unread[key] = None
-            continue
-        meant = difflib.get_close_matches(key, [k for k in known if k not in data], n=1)
-        if meant:
-            unread[meant[0]] = data[key]
-    rest = {k: v for k, v in data.items() if k not in broken}
-    try:  # every top-level key is validated on its own, so what is left validates
-        return ManifestDoc.model_validate(rest), unread
-    except ValidationError:
-        problems.raise_if_any()
-        raise
 
 
 def build_yaml(located: Located, path: Path, file: str, name_default: str) -> dict[str, Any]:
@@ -149,7 +45,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             f" got {short(located.data)}",
         )
         problems.raise_if_any()
-    doc, unread = _read_doc(located, file, problems)
+    doc, unread = read_doc(located, file, problems)
 
     def add(loc: tuple[str | int, ...], message: str, sub: str = "") -> None:
         # `sub` continues the path inside a value: matrix.image_size[1] + ".width"
