@@ -106,7 +106,7 @@ def parse_cell(name: str, text: str) -> Any:
             raise CellError(f"must be a whole number, got {short(text)}") from None
     if name == "image_urls":
         return [u.strip() for u in text.split("|") if u.strip()]
-    if name == "sync_mode":
+    if name in {"sync_mode", "allow_unknown_model"}:
         low = text.lower()
         if low in {"true", "yes", "1"}:
             return True

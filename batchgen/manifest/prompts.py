@@ -28,6 +28,15 @@ def did_you_mean(name: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def typo_endpoint(endpoint: str, meant: str, insist: str) -> str:
+    """The message for an endpoint id that looks like a typo of the known id `meant`;
+    `insist` says how to run it anyway, in the words of the file it came from."""
+    return (
+        f"{endpoint!r} is not an endpoint batchgen knows (did you mean {meant!r}?); "
+        f"if the id is right, {insist}"
+    )
+
+
 @dataclass
 class PromptContext:
     """What every prompt of one manifest is checked against, and what they found together."""

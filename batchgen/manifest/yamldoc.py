@@ -35,6 +35,7 @@ class ManifestDoc(BaseModel):
 
     name: str | None = None
     model: str = TEXT_TO_IMAGE
+    allow_unknown_model: bool = False  # run a `model` that looks like a typo of a known id
     byok: bool = False
     defaults: dict[str, Any] = Field(default_factory=dict)
     matrix: dict[str, list[Any]] = Field(default_factory=dict)

@@ -17,12 +17,18 @@ from batchgen.manifest.fields import value_problems as field_value_problems
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.local import local_path_problem, short
 from batchgen.manifest.model import PromptEntry
-from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean
+from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean, typo_endpoint
 from batchgen.manifest.source import Located, ProblemList, dotted, read_text
 from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
 from batchgen.manifest.templates import output_template_problems, parse
 from batchgen.manifest.yamldoc import ManifestDoc, PricingDoc, read_doc
-from batchgen.planning.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
+from batchgen.planning.gptimage import (
+    FIELDS,
+    KNOWN_ENDPOINTS,
+    QUALITIES,
+    TEXT_TO_IMAGE,
+    resembles_known,
+)
 from batchgen.planning.jobs import SECRET_FIELDS, JobSpec
 from batchgen.planning.paths import TemplateError, render_template, template_fields
 from batchgen.planning.pricing import DEFAULT_TABLE, PriceTable
@@ -132,17 +138,22 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
 def _endpoint(
     doc: ManifestDoc, unread: dict[str, Any], add: Any, notices: list[str]
 ) -> tuple[str, str]:
-    """The manifest's endpoint id, and the id whose rules its request fields are checked by
-    (none, "", when `model` could not be read)."""
+    """The manifest's endpoint id, and the id whose rules its request fields are checked by:
+    a near miss of a known id is checked as the id it resembles (so the user sees every
+    problem of the manifest they meant), one that could not be read by none ("")."""
     endpoint = doc.model.strip()
     if "model" in unread:  # check the fields by what a misspelt `model:` says, if it is text
         meant = unread["model"]
         if not isinstance(meant, str):
             return endpoint, ""
-        return endpoint, meant.strip()
+        return endpoint, resembles_known(meant.strip()) or meant.strip()
     if not _ENDPOINT.fullmatch(endpoint):
         add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
         return endpoint, endpoint
+    meant = None if doc.allow_unknown_model else resembles_known(endpoint)
+    if meant is not None:
+        add(("model",), typo_endpoint(endpoint, meant, "add allow_unknown_model: true"))
+        return endpoint, meant
     if endpoint not in KNOWN_ENDPOINTS:
         notices.append(
             f"model {endpoint} is not one batchgen knows: its inputs are sent "

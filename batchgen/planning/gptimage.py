@@ -62,6 +62,48 @@ FIELDS: Mapping[str, frozenset[str]] = {
 }
 
 
+# An unknown endpoint id this close to a known one (edits, case aside) is taken for a typo of
+# it: `openai/gpt-image2` would otherwise run unchecked and unpriced. Two edits catch a
+# dropped, doubled or swapped character without reaching other real ids.
+TYPO_DISTANCE = 2
+
+
+def resembles_known(endpoint: str) -> str | None:
+    """The known endpoint id that ``endpoint`` looks like a typo of, or None.
+
+    Ids that differ from a known one only in digits (``openai/gpt-image-1``) name another
+    version of the model, not a typo, and are left alone.
+    """
+    if endpoint in KNOWN_ENDPOINTS:
+        return None
+    best: tuple[int, str] | None = None
+    for known in sorted(KNOWN_ENDPOINTS):
+        a, b = endpoint.lower(), known.lower()
+        if a != b and _only_digits_differ(a, b):
+            continue
+        d = _distance(a, b)
+        if d <= TYPO_DISTANCE and (best is None or d < best[0]):
+            best = (d, known)
+    return best[1] if best else None
+
+
+def _only_digits_differ(a: str, b: str) -> bool:
+    return len(a) == len(b) and all(
+        x == y or (x.isdigit() and y.isdigit()) for x, y in zip(a, b, strict=True)
+    )
+
+
+def _distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
 @dataclass(frozen=True, slots=True)
 class InputProblem:
     field: str  # dotted path inside the request input, e.g. "image_size.width"
