@@ -187,13 +187,13 @@ def _prompt_text(
     return text
 
 
-def _tags(value: Any, add: Callable[[str, str], None]) -> dict[str, str]:
-    """Tags as a mapping: a list of names maps each to "" (YAML), a mapping keeps its values."""
+def _tags(value: Any, add: Callable[[str, str], None]) -> dict[str, str] | list[str]:
+    """Tags as given: a list of names, or a mapping of name: value (see `unify_tags`)."""
     if value is None:
         return {}
     scalar = (str, int, float)
     if isinstance(value, list) and all(isinstance(t, scalar) and str(t) for t in value):
-        return {str(t): "" for t in value}
+        return list(dict.fromkeys(str(t) for t in value))
     if isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values()):
         return {str(k): str(v) for k, v in value.items()}
     add("tags", "must be a list of names or a mapping of name: value")
@@ -226,3 +226,26 @@ def _prompt_id(
         return None
     ctx.ids[pid] = here
     return pid
+
+
+def unify_tags(prompts: list[PromptEntry]) -> tuple[list[PromptEntry], str | None]:
+    """Every prompt's tags in one form, and a notice when forms had to be mixed.
+
+    A dataset column has one type: the index keeps tags as lists of names unless some prompt
+    gives a mapping (a YAML mapping, CSV tag columns); then names become name: "" mappings.
+    """
+    mixed = any(isinstance(p.tags, dict) and p.tags for p in prompts)
+    out = []
+    for p in prompts:
+        if mixed and isinstance(p.tags, list):
+            out.append(p.model_copy(update={"tags": dict.fromkeys(p.tags, "")}))
+        elif not mixed and isinstance(p.tags, dict):  # no tags at all: an empty list
+            out.append(p.model_copy(update={"tags": []}))
+        else:
+            out.append(p)
+    if mixed and any(isinstance(p.tags, list) and p.tags for p in prompts):
+        return out, (
+            "tags: some prompts list names and some give a mapping; the index stores them all "
+            'as mappings (a name maps to "") so that they load as one column'
+        )
+    return out, None

@@ -208,8 +208,10 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
             add("id", f"{pid!r} is already the id of the request at {ctx.ids[pid]}")
         ctx.ids.setdefault(pid, f"{file}:{line}")
         tags = doc.get("tags", {})
-        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-            add("tags", "must be a mapping of name: text")
+        if isinstance(tags, list) and all(isinstance(t, str) and t for t in tags):
+            tags = list(dict.fromkeys(tags))
+        elif not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            add("tags", "must be a list of names or a mapping of name: text")
             tags = {}
         ctx.problems.extend(problems)
         if problems:

@@ -17,7 +17,13 @@ from batchgen.manifest.fields import value_problems as field_value_problems
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.local import local_path_problem, short
 from batchgen.manifest.model import PromptEntry
-from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean, typo_endpoint
+from batchgen.manifest.prompts import (
+    PromptContext,
+    build_prompt,
+    did_you_mean,
+    typo_endpoint,
+    unify_tags,
+)
 from batchgen.manifest.source import Located, ProblemList, dotted, read_text
 from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
 from batchgen.manifest.templates import output_template_problems, parse
@@ -114,9 +120,8 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     for message in _output_problems(doc.output, prompts, ctx):
         add(("output",), message)
     pricing = _pricing(doc.pricing, add)
-    notice = files_notice(ctx.files)
-    if notice:
-        notices.append(notice)
+    prompts, tags_notice = unify_tags(prompts)
+    notices += [n for n in (tags_notice, files_notice(ctx.files)) if n]
     problems.raise_if_any()
     return {
         "name": name,
