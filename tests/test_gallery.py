@@ -131,8 +131,8 @@ def test_missing_image_is_shown_as_missing(tmp_path: Path) -> None:
 
 
 def test_bare_word_tags_show_as_words(tmp_path: Path) -> None:
-    # `tags: [nature]` in a manifest lands in the index as {"nature": ""}: a card and the tag
-    # filter show "nature", not "nature=".
+    # `tags: [nature]` in a manifest whose other prompts give mappings lands in the index as
+    # {"nature": ""}: a card and the tag filter show "nature", not "nature=".
     out = tmp_path / "out"
     make_output(out)
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]

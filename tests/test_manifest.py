@@ -57,11 +57,11 @@ def test_demo_manifest_expands_to_twelve_cheap_jobs() -> None:
         "sync_mode": False,
     }
     assert first.vars == {"animal": "red fox"}
-    assert first.tags == {"nature": ""}
+    assert first.tags == ["nature"]
     assert first.source == f"{EXAMPLES / 'demo.yaml'}:12"
     assert first.output_template == DEFAULT_OUTPUT_TEMPLATE
     sketch = next(s for s in specs if s.prompt_id == "sketch")
-    assert sketch.tags == {"medium": "pencil"}
+    assert sketch.tags == ["pencil"]
     assert m.sha256 == hashlib.sha256((EXAMPLES / "demo.yaml").read_bytes()).hexdigest()
 
 

@@ -35,7 +35,7 @@ CASES = {
         "bad_placeholder.yaml:4: prompts[0].prompt: placeholder {animal.__class__} must be a plain name like {subject}",
     ],
     "bad_preset.yaml": [
-        "bad_preset.yaml:2: defaults.image_size: unknown preset 'square_xl'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9",
+        "bad_preset.yaml:2: defaults.image_size: unknown preset 'square_xl'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9, or a custom size as WIDTHxHEIGHT (like 1536x1024) or {width, height}",
     ],
     "bad_pricing.yaml": [
         "bad_pricing.yaml:3: pricing.table.big: a bucket is WIDTHxHEIGHT, like 1024x1024",
@@ -49,6 +49,12 @@ CASES = {
         "csv_bad_size.csv:2: image_size: must be a preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9, or auto for edits) or WIDTHxHEIGHT, got 'huge'",
         "csv_bad_size.csv:3: image_size.width: must be a multiple of 16, got 1000",
         "csv_bad_size.csv:3: image_size.height: must be a multiple of 16, got 1000",
+    ],
+    "csv_model_typo.csv": [
+        "csv_model_typo.csv:2: model: 'openai/gpt-image-2/edits' is not an endpoint batchgen knows (did you mean 'openai/gpt-image-2/edit'?); if the id is right, add a column allow_unknown_model set to true",
+        "csv_model_typo.csv:2: image_urls: is required for openai/gpt-image-2/edit (on the prompt, in defaults or in the matrix)",
+        "csv_model_typo.csv:3: model: 'OpenAI/GPT-Image-2' is not an endpoint batchgen knows (did you mean 'openai/gpt-image-2'?); if the id is right, add a column allow_unknown_model set to true",
+        "csv_model_typo.csv:3: quality: must be one of low, medium, high, got 'best'",
     ],
     "csv_no_prompt_column.csv": [
         "csv_no_prompt_column.csv:1: no 'prompt' column; the header has: id, Prompt, quality",
@@ -79,10 +85,16 @@ CASES = {
     ],
     "jsonl_bad.jsonl": [
         "jsonl_bad.jsonl:2: not valid JSON: Expecting ',' delimiter: line 1 column 48 (char 47)",
-        "jsonl_bad.jsonl:3: imput: unknown key; use id, endpoint, input, tags (did you mean 'input'?)",
+        "jsonl_bad.jsonl:3: imput: unknown key; use id, endpoint, allow_unknown_model, input, tags (did you mean 'input'?)",
         "jsonl_bad.jsonl:3: input: must be a JSON object: the request body",
         "jsonl_bad.jsonl:4: input.image_size.width: must be a multiple of 16, got 100",
         "jsonl_bad.jsonl:4: input.image_size.height: must be a multiple of 16, got 100",
+    ],
+    "jsonl_endpoint_typo.jsonl": [
+        "jsonl_endpoint_typo.jsonl:1: endpoint: 'openai/gpt-imag-2' is not an endpoint batchgen knows (did you mean 'openai/gpt-image-2'?); if the id is right, add \"allow_unknown_model\": true to the line",
+        "jsonl_endpoint_typo.jsonl:1: input.quality: must be one of low, medium, high, got 'ultra'",
+        "jsonl_endpoint_typo.jsonl:2: allow_unknown_model: must be true or false, got 'yes'",
+        "jsonl_endpoint_typo.jsonl:2: endpoint: 'openai/gpt-image2' is not an endpoint batchgen knows (did you mean 'openai/gpt-image-2'?); if the id is right, add \"allow_unknown_model\": true to the line",
     ],
     "latin1.csv": [
         "latin1.csv:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
@@ -93,6 +105,11 @@ CASES = {
         "many_problems.yaml:11: prompts[1].prompt: uses {animl}, which is not in vars (did you mean 'animal'?)",
         "many_problems.yaml:12: prompts[2].prompt: is empty",
     ],
+    "misspelt_sections.yaml": [
+        "misspelt_sections.yaml:1: modle: unknown key (did you mean 'model'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "misspelt_sections.yaml:2: var: unknown key (did you mean 'vars'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "misspelt_sections.yaml:7: prompts[0].qualty: unknown field for openai/gpt-image-2/edit (did you mean 'quality'?)",
+    ],
     "missing_file.yaml": [
         "missing_file.yaml:3: defaults.image_urls[0]: no such file 'refs/nope.png' (local paths are relative to the manifest)",
         "missing_file.yaml:4: defaults.mask_url: 'ftp://example.com/mask.png': use an http(s) URL, a data: URI or a path next to the manifest",
@@ -100,6 +117,10 @@ CASES = {
     "missing_var.yaml": [
         "missing_var.yaml:2: vars.color: is used by no prompt (write {color} in a prompt to use it)",
         "missing_var.yaml:4: prompts[0].prompt: uses {colour}, which is not in vars (did you mean 'color'?)",
+    ],
+    "model_typo.yaml": [
+        "model_typo.yaml:1: model: 'openai/gpt-image2' is not an endpoint batchgen knows (did you mean 'openai/gpt-image-2'?); if the id is right, add allow_unknown_model: true",
+        "model_typo.yaml:3: defaults.qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
     ],
     "no_prompts.yaml": [
         "no_prompts.yaml:1: prompts: no prompts: list them under prompts or name a prompts_file",
@@ -143,6 +164,13 @@ CASES = {
     "repeat_text.yaml": [
         "repeat_text.yaml:1: repeat: must be a whole number, got 'three'",
     ],
+    "repeat_text_and_more.yaml": [
+        "repeat_text_and_more.yaml:1: repeat: must be a whole number, got 'three'",
+        "repeat_text_and_more.yaml:3: defaults.quality: must be one of low, medium, high, got 'best'",
+        "repeat_text_and_more.yaml:8: prompts[1].prompt: uses {animl}, which is not in vars (did you mean 'animal'?)",
+        "repeat_text_and_more.yaml:10: prompts[2].num_images: must be an integer from 1 to 4, got 9",
+        "repeat_text_and_more.yaml:11: prompts[3].prompt: is empty",
+    ],
     "repeat_zero.yaml": [
         "repeat_zero.yaml:1: repeat: must be greater than or equal to 1",
     ],
@@ -161,14 +189,28 @@ CASES = {
     "size_text_number.yaml": [
         "size_text_number.yaml:2: defaults.image_size.width: must be an integer, got '1024'",
     ],
+    "size_text_bad.yaml": [
+        "size_text_bad.yaml:2: defaults.image_size.width: must be a multiple of 16, got 1000",
+        "size_text_bad.yaml:2: defaults.image_size.height: must be a multiple of 16, got 1000",
+        "size_text_bad.yaml:4: matrix.image_size[1]: unknown preset 'big'; use one of square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, landscape_16_9, or a custom size as WIDTHxHEIGHT (like 1536x1024) or {width, height}",
+    ],
     "size_too_small.yaml": [
         "size_too_small.yaml:2: defaults.image_size: 512x512 is 262,144 pixels; it must be between 655,360 and 8,294,400",
+    ],
+    "top_level_typos.yaml": [
+        "top_level_typos.yaml:2: defualts: unknown key (did you mean 'defaults'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:5: matrix.image_sizes: unknown field for openai/gpt-image-2 (did you mean 'image_size'?)",
+        "top_level_typos.yaml:6: repaet: unknown key (did you mean 'repeat'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:8: prompts[0].prompt: is required",
+        "top_level_typos.yaml:8: prompts[0].promt: unknown field for openai/gpt-image-2 (did you mean 'prompt'?)",
+        "top_level_typos.yaml:10: prompts[1].qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
+        "top_level_typos.yaml:11: outptu: unknown key (did you mean 'output'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
     ],
     "unknown_field.yaml": [
         "unknown_field.yaml:2: defaults.qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
     ],
     "unknown_top_key.yaml": [
-        "unknown_top_key.yaml:2: promtps: unknown key (did you mean 'prompts'?); expected one of name, model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "unknown_top_key.yaml:2: promtps: unknown key (did you mean 'prompts'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
     ],
     "unused_var.yaml": [
         "unused_var.yaml:3: vars.style: is used by no prompt (write {style} in a prompt to use it)",
@@ -218,6 +260,34 @@ def test_bad_manifest(
     assert (code, out) == (2, "")
     assert err == expected(CASES[name])
     assert "Traceback" not in err
+
+
+def test_top_level_typos_are_reported_together_with_everything_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A misspelt top-level key used to be the only problem reported: fixing it revealed the
+    # next ones, one run at a time. Now one `plan` lists them all, each at file:line: field.
+    monkeypatch.chdir(tmp_path)
+    Path("m.yaml").write_text(
+        "defualts: {quality: low}\n"
+        "promts: [a fox]\n"
+        "matrix: {quality: [low]}\n"
+        "outptu: x\n"
+        "prompts:\n"
+        "  - prompt: an owl\n"
+        "    qualty: high\n"
+    )
+    code, out, err = plan_stderr(capsys, ["m.yaml"])
+    assert (code, out) == (2, "")
+    head, *lines = err.splitlines()
+    assert head == "batchgen: 4 problems in the manifest:"
+    assert [line.split(": ")[0:2] for line in lines] == [
+        ["  m.yaml:1", "defualts"],
+        ["  m.yaml:2", "promts"],
+        ["  m.yaml:4", "outptu"],
+        ["  m.yaml:7", "prompts[0].qualty"],
+    ]
+    assert "(did you mean 'defaults'?)" in lines[0] and "(did you mean 'output'?)" in lines[2]
 
 
 def test_secret_value_never_printed(

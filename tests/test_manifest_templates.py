@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchgen.manifest import load_manifest
 from batchgen.manifest.templates import (
     TemplateError,
     output_template_problems,
@@ -40,6 +44,25 @@ def test_slugs() -> None:
     assert slug("Über Straße / ../etc") == "uber-strae-etc"
     assert slug("...") == "x"
     assert prompt_slug("A red {animal} in the snow at dawn, softly") == "a-red-animal-in-the-snow"
+
+
+def test_prompts_without_ascii_get_meaningful_ids(tmp_path: Path) -> None:
+    # They were all `x`, `x-2`, `x-3`: now their own letters, or a short hash of an emoji-only
+    # prompt (stable from run to run, different for different prompts).
+    path = tmp_path / "m.yaml"
+    prompts = ["赤い狐が雪の中を歩く", "Лиса в снегу", "🦊🌲", "🦉", "🦉 at night", "a fox 狐"]
+    path.write_text(f"prompts: [{', '.join(prompts)}]\n", encoding="utf-8")
+    ids = [p.id for p in load_manifest(path).prompts]
+    emoji = "p-" + hashlib.sha256("🦊🌲".encode()).hexdigest()[:8]
+    owl = "p-" + hashlib.sha256("🦉".encode()).hexdigest()[:8]
+    assert ids == ["赤い狐が雪の中を歩く", "лиса-в-снегу", emoji, owl, "at-night", "a-fox"]
+    assert load_manifest(path).prompts[2].id == emoji  # the same on every load
+
+
+@given(st.text())
+def test_prompt_slug_is_always_one_safe_segment(value: str) -> None:
+    s = prompt_slug(value)
+    assert s and "/" not in s and "\\" not in s and not s.startswith((".", "-"))
 
 
 @given(st.text())

@@ -5,10 +5,11 @@ problem at once with file, line and field (``ManifestError``, exit code 2).
     for spec in plan(manifest):      # lazy; identical jobs collapsed
         ...
 
-Split by concern: ``source`` (files, decoding, YAML lines), ``yamlfile`` (the YAML schema),
-``tabular`` (CSV, JSONL), ``prompts`` (one prompt's rules), ``fields`` (one field value's
-rules), ``local`` and ``files`` (local reference files and globs), ``templates``
-(placeholders), ``model`` (the result and its expansion), ``load`` (the entry point).
+Split by concern: ``source`` (files, decoding, YAML lines), ``yamldoc`` (the YAML schema),
+``yamlfile`` (the checks between its parts), ``tabular`` (CSV, JSONL), ``prompts`` (one
+prompt's rules), ``fields`` (one field value's rules), ``local`` and ``files`` (local reference
+files and globs), ``templates`` (placeholders), ``model`` (the result and its expansion),
+``load`` (the entry point).
 Uses ``planning`` below it; nothing above.
 """
 

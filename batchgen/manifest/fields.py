@@ -8,17 +8,22 @@ job could have while staying linear in the size of the file, not of the matrix.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from batchgen.manifest.files import LocalFiles
 from batchgen.manifest.local import is_glob, short
-from batchgen.planning.gptimage import AUTO, EDIT, KNOWN_ENDPOINTS, PRESETS, validate_input
+from batchgen.planning.gptimage import (
+    AUTO,
+    EDIT,
+    KNOWN_ENDPOINTS,
+    PRESETS,
+    parse_size_text,
+    validate_input,
+)
 from batchgen.planning.jobs import FILE_FIELDS, SECRET_FIELDS, canonical_json
 
 MAX_PROMPT_CHARS = 32_000
 MAX_REPEAT = 10_000
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 SECRET_MESSAGE = (
     "never put an API key in a manifest; batchgen reads OPENAI_API_KEY from the environment "
     "when it submits"
@@ -31,6 +36,15 @@ def _minimal_request(endpoint: str) -> dict[str, Any]:
     if endpoint == EDIT:
         req["image_urls"] = ["https://example.invalid/x.png"]
     return req
+
+
+def normalised(endpoint: str, name: str, value: Any) -> Any:
+    """The value as the request carries it: a known endpoint's ``image_size`` written as
+    ``WIDTHxHEIGHT`` text becomes ``{width, height}``, so both spellings make the same job
+    (and job id). Other endpoints get what was written: their fields are not ours to read."""
+    if name == "image_size" and endpoint in KNOWN_ENDPOINTS and isinstance(value, str):
+        return parse_size_text(value) or value
+    return value
 
 
 def value_problems(
@@ -53,7 +67,7 @@ def value_problems(
     out: list[tuple[str, str]] = []
     if endpoint in KNOWN_ENDPOINTS:
         request = {**_minimal_request(endpoint), name: value}
-        for p in validate_input(endpoint, request):
+        for p in validate_input(endpoint, request, size_text=True):
             if p.field == name or p.field.startswith(name + "."):
                 out.append((p.field, p.message))
     if name in FILE_FIELDS and not out:
@@ -76,9 +90,9 @@ def parse_cell(name: str, text: str) -> Any:
     """A CSV cell as the typed value of request field (or `repeat`) `name`."""
     text = text.strip()
     if name == "image_size":
-        m = _SIZE.match(text)
-        if m:
-            return {"width": int(m.group(1)), "height": int(m.group(2))}
+        size = parse_size_text(text)
+        if size is not None:
+            return size
         if text in PRESETS or text == AUTO:
             return text
         raise CellError(
@@ -92,7 +106,7 @@ def parse_cell(name: str, text: str) -> Any:
             raise CellError(f"must be a whole number, got {short(text)}") from None
     if name == "image_urls":
         return [u.strip() for u in text.split("|") if u.strip()]
-    if name == "sync_mode":
+    if name in {"sync_mode", "allow_unknown_model"}:
         low = text.lower()
         if low in {"true", "yes", "1"}:
             return True

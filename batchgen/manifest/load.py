@@ -12,7 +12,7 @@ from pathlib import Path
 from batchgen.errors import ManifestError, Problem
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.model import Manifest
-from batchgen.manifest.prompts import PromptContext
+from batchgen.manifest.prompts import PromptContext, unify_tags
 from batchgen.manifest.source import ProblemList, decode, load_yaml, read_bytes
 from batchgen.manifest.tabular import csv_prompts, jsonl_requests, unknown_endpoints
 from batchgen.manifest.templates import slug
@@ -63,9 +63,8 @@ def load_manifest(path: Path) -> Manifest:
         f"cost is not estimated"
         for e in unknown_endpoints(prompts)
     ]
-    notice = files_notice(ctx.files)
-    if notice:
-        notices.append(notice)
+    prompts, tags_notice = unify_tags(prompts)
+    notices += [n for n in (tags_notice, files_notice(ctx.files)) if n]
     return Manifest(
         name=name_default,
         path=path,

@@ -40,7 +40,7 @@ class PromptEntry(BaseModel):
     templated: bool = True
     fields: dict[str, Any] = Field(default_factory=dict)  # request fields this prompt fixes
     axes: dict[str, list[Any]] = Field(default_factory=dict)  # axes this prompt replaces
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] | list[str] = Field(default_factory=dict)  # one form per manifest
     repeat: int | None = None
     endpoint: str | None = None  # JSONL lines name their own endpoint
     source: str  # "file:line", for messages

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.manifest.fields import MAX_PROMPT_CHARS, MAX_REPEAT, value_problems
+from batchgen.manifest.fields import MAX_PROMPT_CHARS, MAX_REPEAT, normalised, value_problems
 from batchgen.manifest.files import LocalFiles
 from batchgen.manifest.local import short
 from batchgen.manifest.model import PromptEntry
@@ -28,6 +28,15 @@ def did_you_mean(name: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def typo_endpoint(endpoint: str, meant: str, insist: str) -> str:
+    """The message for an endpoint id that looks like a typo of the known id `meant`;
+    `insist` says how to run it anyway, in the words of the file it came from."""
+    return (
+        f"{endpoint!r} is not an endpoint batchgen knows (did you mean {meant!r}?); "
+        f"if the id is right, {insist}"
+    )
+
+
 @dataclass
 class PromptContext:
     """What every prompt of one manifest is checked against, and what they found together."""
@@ -39,6 +48,7 @@ class PromptContext:
     vars: Mapping[str, list[str]] = field(default_factory=dict)
     templated: bool = True
     supplied: frozenset[str] = frozenset()  # fields set by defaults or the matrix
+    vars_known: bool = True  # False when `vars` was unreadable: no placeholder is "missing"
     used_vars: set[str] = field(default_factory=set)
     ids: dict[str, str] = field(default_factory=dict)  # prompt id -> where it was first used
     files: LocalFiles = field(init=False)  # local reference files, checked once each
@@ -91,14 +101,14 @@ def build_prompt(
         if _is_multi(key, value, ep, ctx):
             if not value:
                 add(key, "lists no values")
-            axes[key] = list(value)
-            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+            axes[key] = [normalised(ep, key, v) for v in value]
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(axes[key])]
         elif key in ctx.axes:  # one value for an axis: this prompt fixes it
-            axes[key] = [value]
-            items = [(key, value)]
+            axes[key] = [normalised(ep, key, value)]
+            items = [(key, axes[key][0])]
         else:
-            fields[key] = value
-            items = [(key, value)]
+            fields[key] = normalised(ep, key, value)
+            items = [(key, fields[key])]
         for path, v in items:
             for fpath, message in value_problems(ep, key, v, ctx.files):
                 add(path + fpath[len(key) :], message)
@@ -162,7 +172,9 @@ def _prompt_text(
     longest = tpl.literal_length
     for name in tpl.fields:
         if name not in ctx.vars:
-            add("prompt", f"uses {{{name}}}, which is not in vars{did_you_mean(name, ctx.vars)}")
+            if ctx.vars_known:
+                hint = did_you_mean(name, ctx.vars)
+                add("prompt", f"uses {{{name}}}, which is not in vars{hint}")
             return None
         longest += max(len(v) for v in ctx.vars[name])
     ctx.used_vars.update(tpl.names)
@@ -175,13 +187,13 @@ def _prompt_text(
     return text
 
 
-def _tags(value: Any, add: Callable[[str, str], None]) -> dict[str, str]:
-    """Tags as a mapping: a list of names maps each to "" (YAML), a mapping keeps its values."""
+def _tags(value: Any, add: Callable[[str, str], None]) -> dict[str, str] | list[str]:
+    """Tags as given: a list of names, or a mapping of name: value (see `unify_tags`)."""
     if value is None:
         return {}
     scalar = (str, int, float)
     if isinstance(value, list) and all(isinstance(t, scalar) and str(t) for t in value):
-        return {str(t): "" for t in value}
+        return list(dict.fromkeys(str(t) for t in value))
     if isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values()):
         return {str(k): str(v) for k, v in value.items()}
     add("tags", "must be a list of names or a mapping of name: value")
@@ -214,3 +226,26 @@ def _prompt_id(
         return None
     ctx.ids[pid] = here
     return pid
+
+
+def unify_tags(prompts: list[PromptEntry]) -> tuple[list[PromptEntry], str | None]:
+    """Every prompt's tags in one form, and a notice when forms had to be mixed.
+
+    A dataset column has one type: the index keeps tags as lists of names unless some prompt
+    gives a mapping (a YAML mapping, CSV tag columns); then names become name: "" mappings.
+    """
+    mixed = any(isinstance(p.tags, dict) and p.tags for p in prompts)
+    out = []
+    for p in prompts:
+        if mixed and isinstance(p.tags, list):
+            out.append(p.model_copy(update={"tags": dict.fromkeys(p.tags, "")}))
+        elif not mixed and isinstance(p.tags, dict):  # no tags at all: an empty list
+            out.append(p.model_copy(update={"tags": []}))
+        else:
+            out.append(p)
+    if mixed and any(isinstance(p.tags, list) and p.tags for p in prompts):
+        return out, (
+            "tags: some prompts list names and some give a mapping; the index stores them all "
+            'as mappings (a name maps to "") so that they load as one column'
+        )
+    return out, None

@@ -2,9 +2,10 @@
 
 CSV: a header row with a `prompt` column; request-field columns (`image_size`, `quality`,
 `num_images`, `output_format`, `image_urls` split on `|`, `mask_url`, `sync_mode`), `id`,
-`repeat`, and in a stand-alone CSV `model`; every other column is a tag. JSONL as a manifest:
-one complete request per line, `{"id", "endpoint", "input", "tags"}`. JSONL as a prompts file:
-one prompt object per line, with the same keys as a YAML prompt.
+`repeat`, and in a stand-alone CSV `model` and `allow_unknown_model`; every other column is a
+tag. JSONL as a manifest: one complete request per line, `{"id", "endpoint", "input", "tags"}`
+(and `allow_unknown_model`). JSONL as a prompts file: one prompt object per line, with the
+same keys as a YAML prompt.
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from batchgen.errors import Problem
-from batchgen.manifest.fields import MAX_PROMPT_CHARS, CellError, parse_cell
+from batchgen.manifest.fields import MAX_PROMPT_CHARS, CellError, normalised, parse_cell
 from batchgen.manifest.local import is_glob, short
 from batchgen.manifest.model import PromptEntry
-from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean
-from batchgen.planning.gptimage import EDIT, KNOWN_ENDPOINTS, TEXT_TO_IMAGE, validate_input
+from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean, typo_endpoint
+from batchgen.planning.gptimage import (
+    EDIT,
+    KNOWN_ENDPOINTS,
+    TEXT_TO_IMAGE,
+    resembles_known,
+    validate_input,
+)
 from batchgen.planning.jobs import FILE_FIELDS, SECRET_FIELDS
 
 REQUEST_COLUMNS = frozenset(
     {"image_size", "quality", "num_images", "output_format", "image_urls", "mask_url", "sync_mode"}
 )
-JSONL_KEYS = ("id", "endpoint", "input", "tags")
+JSONL_KEYS = ("id", "endpoint", "allow_unknown_model", "input", "tags")
+ALLOW_COLUMN = "allow_unknown_model"  # stand-alone CSV: run a near-miss `model` as written
 
 
 def csv_rows(text: str, file: str, ctx: PromptContext) -> Iterator[tuple[int, dict[str, str]]]:
@@ -77,7 +85,7 @@ def csv_prompts(text: str, file: str, ctx: PromptContext, *, standalone: bool) -
                 raw["id"] = cell.strip()
             elif name == "model" and standalone:
                 endpoint = cell.strip()
-            elif name in fields or name == "repeat":
+            elif name in fields or name == "repeat" or (name == ALLOW_COLUMN and standalone):
                 try:
                     raw[name] = parse_cell(name, cell)
                 except CellError as exc:
@@ -87,6 +95,11 @@ def csv_prompts(text: str, file: str, ctx: PromptContext, *, standalone: bool) -
                 tags[name] = cell
         if standalone and endpoint is None:
             endpoint = EDIT if raw.get("image_urls") else TEXT_TO_IMAGE
+        meant = None if raw.pop(ALLOW_COLUMN, False) else resembles_known(endpoint or "")
+        if meant is not None:
+            insist = f"add a column {ALLOW_COLUMN} set to true"
+            ctx.problems.add(file, line, "model", typo_endpoint(str(endpoint), meant, insist))
+            endpoint, bad = meant, True  # check the row's fields as the endpoint it resembles
         if tags:
             raw["tags"] = tags
         entry = build_prompt(
@@ -149,11 +162,20 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
         if not isinstance(endpoint, str) or not endpoint.strip():
             add("endpoint", f"must be an endpoint id like {TEXT_TO_IMAGE}, got {short(endpoint)}")
             endpoint = TEXT_TO_IMAGE
+        allow = doc.get("allow_unknown_model", False)
+        if not isinstance(allow, bool):
+            add("allow_unknown_model", f"must be true or false, got {short(allow)}")
+        meant = None if allow is True else resembles_known(endpoint)
+        if meant is not None:
+            insist = 'add "allow_unknown_model": true to the line'
+            add("endpoint", typo_endpoint(endpoint, meant, insist))
+            endpoint = meant  # check the input as the endpoint it resembles
         request = doc.get("input")
         if not isinstance(request, dict):
             add("input", "must be a JSON object: the request body")
             ctx.problems.extend(problems)
             continue
+        request = {k: normalised(endpoint, k, v) for k, v in request.items()}
         for key in sorted(set(request) & SECRET_FIELDS):
             add(
                 f"input.{key}",
@@ -161,7 +183,7 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
                 "OPENAI_API_KEY from the environment when it submits",
             )
         for p in validate_input(
-            endpoint, {k: v for k, v in request.items() if k not in SECRET_FIELDS}
+            endpoint, {k: v for k, v in request.items() if k not in SECRET_FIELDS}, size_text=True
         ):
             add(f"input.{p.field}", p.message)
         prompt = request.get("prompt")
@@ -186,8 +208,10 @@ def jsonl_requests(text: str, file: str, ctx: PromptContext) -> list[PromptEntry
             add("id", f"{pid!r} is already the id of the request at {ctx.ids[pid]}")
         ctx.ids.setdefault(pid, f"{file}:{line}")
         tags = doc.get("tags", {})
-        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-            add("tags", "must be a mapping of name: text")
+        if isinstance(tags, list) and all(isinstance(t, str) and t for t in tags):
+            tags = list(dict.fromkeys(tags))
+        elif not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            add("tags", "must be a list of names or a mapping of name: text")
             tags = {}
         ctx.problems.extend(problems)
         if problems:

@@ -8,6 +8,7 @@ manifest is untrusted text and `str.format` would otherwise let it reach into ob
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 import unicodedata
@@ -79,15 +80,39 @@ def parse(text: str) -> Template:
 
 def slug(value: str, *, max_length: int = 60) -> str:
     """A lower-case id of letters, digits, `_` and `-`: never empty, safe as a path segment."""
+    return _ascii_slug(value, max_length) or "x"
+
+
+def _ascii_slug(value: str, max_length: int) -> str:
     ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
-    s = _SLUG_BAD.sub("-", ascii_text.lower()).strip("-._")[:max_length].strip("-._")
-    return s or "x"
+    return _SLUG_BAD.sub("-", ascii_text.lower()).strip("-._")[:max_length].strip("-._")
 
 
 def prompt_slug(text: str, *, words: int = 6) -> str:
-    """A readable default prompt id: the first few words of the prompt, slugged."""
+    """A readable default prompt id: the first few words of the prompt, slugged.
+
+    Latin text is folded to ASCII (`café` -> `cafe`), as it always was, so existing ids stay
+    put. A prompt with nothing ASCII in its first words keeps its own letters (`赤い狐`), and
+    one with no letters at all (emoji) gets `p-` and 8 hex digits of its text's sha256: stable,
+    and different for different prompts, where all of them used to be `x`, `x-2`, ...
+    """
     cleaned = re.sub(r"[{}]", " ", text)
-    return slug(" ".join(cleaned.split()[:words]), max_length=48)
+    head = " ".join(cleaned.split()[:words])
+    return (
+        _ascii_slug(head, 48)
+        or _native_slug(head, 48)
+        or "p-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    )
+
+
+def _native_slug(value: str, max_length: int) -> str:
+    """Letters, marks and digits of any script, lower-cased; every other run becomes `-`."""
+    kept = [
+        ch if unicodedata.category(ch)[0] in "LMN" else "-"
+        for ch in unicodedata.normalize("NFKC", value).lower()
+    ]
+    s = re.sub(r"-+", "-", "".join(kept)).strip("-")
+    return s[:max_length].strip("-")
 
 
 def output_template_problems(text: str, var_names: Sequence[str]) -> list[str]:

@@ -1,8 +1,7 @@
-"""The YAML manifest: its schema (a strict pydantic model) and the checks between its parts.
+"""The YAML manifest: the checks between its parts (its schema is in `yamldoc`).
 
-Shape errors come from pydantic and are given the line of the offending value; the checks
-that relate parts (a var a prompt uses, an axis a prompt overrides, a file the manifest names)
-are done here. Every problem is collected before anything is raised.
+The checks that relate parts (a var a prompt uses, an axis a prompt overrides, a file the
+manifest names) are done here. Every problem is collected before anything is raised.
 """
 
 from __future__ import annotations
@@ -12,20 +11,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from batchgen.errors import ManifestError
-from batchgen.manifest.fields import MAX_REPEAT
+from batchgen.manifest.fields import normalised
 from batchgen.manifest.fields import value_problems as field_value_problems
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.local import local_path_problem, short
 from batchgen.manifest.model import PromptEntry
-from batchgen.manifest.prompts import PromptContext, build_prompt, did_you_mean
+from batchgen.manifest.prompts import (
+    PromptContext,
+    build_prompt,
+    did_you_mean,
+    typo_endpoint,
+    unify_tags,
+)
 from batchgen.manifest.source import Located, ProblemList, dotted, read_text
 from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
 from batchgen.manifest.templates import output_template_problems, parse
-from batchgen.planning.gptimage import FIELDS, KNOWN_ENDPOINTS, QUALITIES, TEXT_TO_IMAGE
-from batchgen.planning.jobs import DEFAULT_OUTPUT_TEMPLATE, JobSpec
+from batchgen.manifest.yamldoc import ManifestDoc, PricingDoc, read_doc
+from batchgen.planning.gptimage import (
+    FIELDS,
+    KNOWN_ENDPOINTS,
+    QUALITIES,
+    TEXT_TO_IMAGE,
+    resembles_known,
+)
+from batchgen.planning.jobs import SECRET_FIELDS, JobSpec
 from batchgen.planning.paths import TemplateError, render_template, template_fields
 from batchgen.planning.pricing import DEFAULT_TABLE, PriceTable
 
@@ -33,73 +43,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BUCKET = re.compile(r"(\d+)x(\d+)")
-
-
-class PricingDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    table: dict[str, dict[str, float]] = Field(default_factory=dict)  # "1024x1024": {low: ..}
-    per_image: float | None = None
-
-
-class ManifestDoc(BaseModel):
-    """The YAML manifest's keys. Request fields inside defaults/matrix/prompts are checked
-    against the endpoint's rules separately, because they depend on `model`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    name: str | None = None
-    model: str = TEXT_TO_IMAGE
-    byok: bool = False
-    defaults: dict[str, Any] = Field(default_factory=dict)
-    matrix: dict[str, list[Any]] = Field(default_factory=dict)
-    repeat: int = Field(default=1, ge=1, le=MAX_REPEAT)
-    vars: dict[str, list[Any]] = Field(default_factory=dict)
-    prompts: list[Any] = Field(default_factory=list)  # text or a mapping: checked per item
-    prompts_file: str | None = None
-    output: str = DEFAULT_OUTPUT_TEMPLATE
-    pricing: PricingDoc | None = None
-
-
-_DOC_KEYS: dict[tuple[str | int, ...], list[str]] = {
-    (): list(ManifestDoc.model_fields),
-    ("pricing",): list(PricingDoc.model_fields),
-}
-_MESSAGES = {
-    "string_type": "must be text",
-    "int_type": "must be a whole number",
-    "bool_type": "must be true or false",
-    "float_type": "must be a number",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-}
-
-
-def pydantic_problems(exc: ValidationError, doc: Located, file: str, out: ProblemList) -> None:
-    seen: set[tuple[Any, ...]] = set()
-    for err in exc.errors():
-        # A union (`prompts` items are text or a mapping) reports each branch: keep one.
-        loc = tuple(p for p in err["loc"] if p not in ("str", "dict[str,any]"))
-        if loc in seen:
-            continue
-        seen.add(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parent = loc[:-1]
-            allowed = _DOC_KEYS.get(parent, [])
-            message = f"unknown key{did_you_mean(str(loc[-1]), allowed)}"
-            if allowed:
-                message += f"; expected one of {', '.join(allowed)}"
-        elif kind == "missing":
-            message = "is required"
-        elif kind in _MESSAGES:
-            message = f"{_MESSAGES[kind]}, got {short(err['input'])}"
-        else:
-            message = err["msg"].replace("Input should be", "must be")
-        if loc and loc[0] == "prompts" and kind in {"string_type", "dict_type"}:
-            message = f"must be text or a mapping, got {short(err['input'])}"
-        out.add(file, doc.line(loc), dotted(loc), message)
 
 
 def build_yaml(located: Located, path: Path, file: str, name_default: str) -> dict[str, Any]:
@@ -114,12 +57,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             f" got {short(located.data)}",
         )
         problems.raise_if_any()
-    try:
-        doc = ManifestDoc.model_validate(located.data)
-    except ValidationError as exc:
-        pydantic_problems(exc, located, file, problems)
-        problems.raise_if_any()
-        raise AssertionError("unreachable") from None
+    doc, unread = read_doc(located, file, problems)
 
     def add(loc: tuple[str | int, ...], message: str, sub: str = "") -> None:
         # `sub` continues the path inside a value: matrix.image_size[1] + ".width"
@@ -132,37 +70,39 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
             f"{short(name)} must be a simple folder name: letters, digits, '.', '_', "
             f"'-', at most 64 characters",
         )
-    endpoint = doc.model.strip()
     notices: list[str] = []
-    if not _ENDPOINT.fullmatch(endpoint):
-        add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
-    elif endpoint not in KNOWN_ENDPOINTS:
-        notices.append(
-            f"model {endpoint} is not one batchgen knows: its inputs are sent "
-            f"unchecked and its cost is not estimated (set pricing.per_image)"
-        )
+    endpoint, rules = _endpoint(doc, unread, add, notices)
     folder = path.parent
+    supplied = set(doc.defaults) | set(doc.matrix)
+    if unread.keys() & {"defaults", "matrix"}:
+        supplied.add("image_urls")  # they may have set it: do not also call it missing
     ctx = PromptContext(
         folder=folder,
-        endpoint=endpoint,
+        endpoint=rules,
         problems=problems,
         axes=frozenset(doc.matrix),
-        supplied=frozenset(doc.defaults) | set(doc.matrix),
+        supplied=frozenset(supplied),
+        vars_known="vars" not in unread,
     )
-    for key, value in doc.defaults.items():
+    defaults = {k: normalised(rules, k, v) for k, v in doc.defaults.items()}
+    matrix = {k: [normalised(rules, k, v) for v in vs] for k, vs in doc.matrix.items()}
+    for key, value in defaults.items():
         if key == "prompt":
             add(("defaults", key), "put prompts under prompts, not defaults")
             continue
-        for fld, message in _field_problems(endpoint, key, value, ctx):
+        for fld, message in _field_problems(rules, key, value, ctx):
             add(("defaults", key), message, fld[len(key) :])
-    for axis, values in doc.matrix.items():
+    for axis, values in matrix.items():
         if axis == "prompt":
             add(("matrix", axis), "prompts are listed under prompts, not as a matrix axis")
             continue
         if not values:
             add(("matrix", axis), "lists no values: the matrix would make no jobs")
+        if rules in KNOWN_ENDPOINTS and axis not in FIELDS[rules] | SECRET_FIELDS:  # once
+            add(("matrix", axis), _unknown_field(rules, axis))
+            continue
         for i, value in enumerate(values):
-            for fld, message in _field_problems(endpoint, axis, value, ctx):
+            for fld, message in _field_problems(rules, axis, value, ctx):
                 add(("matrix", axis, i), message, fld[len(axis) :])
     ctx.vars = _vars(doc.vars, add)
     prompts = _prompts(doc, located, file, ctx)
@@ -171,7 +111,8 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         if not from_file and not problems.items:
             add(("prompts_file",), f"{short(doc.prompts_file)} has no prompts")
         prompts += from_file
-    if not doc.prompts and doc.prompts_file is None:
+    unsure = unread.keys() & {"prompts", "prompts_file"}  # a misspelt `promtps:` has some
+    if not doc.prompts and doc.prompts_file is None and not unsure:
         add(("prompts",), "no prompts: list them under prompts or name a prompts_file")
     for var in ctx.vars:
         if var not in ctx.used_vars:
@@ -179,17 +120,16 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     for message in _output_problems(doc.output, prompts, ctx):
         add(("output",), message)
     pricing = _pricing(doc.pricing, add)
-    notice = files_notice(ctx.files)
-    if notice:
-        notices.append(notice)
+    prompts, tags_notice = unify_tags(prompts)
+    notices += [n for n in (tags_notice, files_notice(ctx.files)) if n]
     problems.raise_if_any()
     return {
         "name": name,
         "endpoint": endpoint,
         "output": doc.output,
         "pricing": pricing,
-        "defaults": dict(doc.defaults),
-        "matrix": {k: list(v) for k, v in doc.matrix.items()},
+        "defaults": defaults,
+        "matrix": matrix,
         "repeat": doc.repeat,
         "vars": ctx.vars,
         "prompts": tuple(prompts),
@@ -200,15 +140,44 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
     }
 
 
+def _endpoint(
+    doc: ManifestDoc, unread: dict[str, Any], add: Any, notices: list[str]
+) -> tuple[str, str]:
+    """The manifest's endpoint id, and the id whose rules its request fields are checked by:
+    a near miss of a known id is checked as the id it resembles (so the user sees every
+    problem of the manifest they meant), one that could not be read by none ("")."""
+    endpoint = doc.model.strip()
+    if "model" in unread:  # check the fields by what a misspelt `model:` says, if it is text
+        meant = unread["model"]
+        if not isinstance(meant, str):
+            return endpoint, ""
+        return endpoint, resembles_known(meant.strip()) or meant.strip()
+    if not _ENDPOINT.fullmatch(endpoint):
+        add(("model",), f"{short(doc.model)} is not a fal endpoint id like {TEXT_TO_IMAGE}")
+        return endpoint, endpoint
+    meant = None if doc.allow_unknown_model else resembles_known(endpoint)
+    if meant is not None:
+        add(("model",), typo_endpoint(endpoint, meant, "add allow_unknown_model: true"))
+        return endpoint, meant
+    if endpoint not in KNOWN_ENDPOINTS:
+        notices.append(
+            f"model {endpoint} is not one batchgen knows: its inputs are sent "
+            f"unchecked and its cost is not estimated (set pricing.per_image)"
+        )
+    return endpoint, endpoint
+
+
 def _field_problems(
     endpoint: str, key: str, value: Any, ctx: PromptContext
 ) -> list[tuple[str, str]]:
     found = field_value_problems(endpoint, key, value, ctx.files)
     if endpoint in KNOWN_ENDPOINTS and any(m.startswith("unknown field") for _, m in found):
-        return [
-            (key, f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}")
-        ]
+        return [(key, _unknown_field(endpoint, key))]
     return found
+
+
+def _unknown_field(endpoint: str, key: str) -> str:
+    return f"unknown field for {endpoint}{did_you_mean(key, FIELDS[endpoint] - {'prompt'})}"
 
 
 def _output_problems(text: str, prompts: list[PromptEntry], ctx: PromptContext) -> list[str]:

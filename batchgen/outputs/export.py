@@ -80,7 +80,8 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResult:
-    """One parquet file with the index columns; vars and tags as string maps, times as UTC."""
+    """One parquet file with the index columns; vars as a string map, tags as a list of names
+    or a string map, times as UTC."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -118,7 +119,13 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
         "downloaded_at": _timestamp,
         "usage": lambda v: None if v is None else json.dumps(v, sort_keys=True),
     }
-    convert["tags"] = convert["vars"]
+    # Tags are a list of names unless the manifest gave mappings (then every row has one).
+    if rows and all(isinstance(r.get("tags"), list) for r in rows):
+        types["tags"] = pa.list_(text)
+        convert["tags"] = lambda v: [str(t) for t in v]
+    else:
+        pairs = convert["vars"]
+        convert["tags"] = lambda v: [(str(t), "") for t in v] if isinstance(v, list) else pairs(v)
     schema = pa.schema([(name, types.get(name, text)) for name in INDEX_FIELDS])
     columns = {
         name: [convert.get(name, lambda v: v)(r.get(name)) for r in rows] for name in INDEX_FIELDS

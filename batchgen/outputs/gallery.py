@@ -134,9 +134,11 @@ def _size_of(r: Mapping[str, Any]) -> str:
 
 def _tags(r: Mapping[str, Any]) -> list[str]:
     tags = r.get("tags")
+    if isinstance(tags, list):  # `tags: [nature]`: names
+        return [str(t) for t in tags]
     if not isinstance(tags, Mapping):
         return []
-    # A tag given as a bare word (`tags: [nature]`) has an empty value: show just the word.
+    # A name in a manifest that also has mapping tags is stored as name: "": show the name.
     return [str(k) if v in ("", None) else f"{k}={v}" for k, v in tags.items()]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from batchgen._version import __version__
 from batchgen.outputs.download import Downloaded
 from batchgen.planning.gptimage import DEFAULTS
-from batchgen.planning.jobs import JobSpec
+from batchgen.planning.jobs import JobSpec, tags_json
 from batchgen.planning.paths import relative_name, size_label
 from batchgen.planning.pricing import parse_usage, token_cost
 
@@ -165,7 +165,7 @@ def index_row(
         "prompt_id": spec.prompt_id,
         "prompt": spec.prompt or str(spec.input.get("prompt", "")),
         "vars": dict(spec.vars),
-        "tags": dict(spec.tags),
+        "tags": tags_json(spec.tags),
         "endpoint": spec.endpoint,
         "origin": origin,
         "requested_size": size_label(input_value(spec, "image_size")) or None,

@@ -6,6 +6,7 @@ the two can never disagree about what a valid request is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ PRESETS: Mapping[str, tuple[int, int]] = {
     "landscape_16_9": (1360, 768),
 }
 AUTO = "auto"  # edit only: infer from the reference images
+# A custom size written as text ("1536x1024", "1536 X 1024", "1536×1024"): what a manifest
+# accepts besides {width, height}; the request itself always carries the mapping.
+_SIZE_TEXT = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
 
 DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     TEXT_TO_IMAGE: {
@@ -56,6 +60,48 @@ FIELDS: Mapping[str, frozenset[str]] = {
     TEXT_TO_IMAGE: frozenset(DEFAULTS[TEXT_TO_IMAGE]) | {"prompt"},
     EDIT: frozenset(DEFAULTS[EDIT]) | {"prompt", "image_urls", "mask_url"},
 }
+
+
+# An unknown endpoint id this close to a known one (edits, case aside) is taken for a typo of
+# it: `openai/gpt-image2` would otherwise run unchecked and unpriced. Two edits catch a
+# dropped, doubled or swapped character without reaching other real ids.
+TYPO_DISTANCE = 2
+
+
+def resembles_known(endpoint: str) -> str | None:
+    """The known endpoint id that ``endpoint`` looks like a typo of, or None.
+
+    Ids that differ from a known one only in digits (``openai/gpt-image-1``) name another
+    version of the model, not a typo, and are left alone.
+    """
+    if endpoint in KNOWN_ENDPOINTS:
+        return None
+    best: tuple[int, str] | None = None
+    for known in sorted(KNOWN_ENDPOINTS):
+        a, b = endpoint.lower(), known.lower()
+        if a != b and _only_digits_differ(a, b):
+            continue
+        d = _distance(a, b)
+        if d <= TYPO_DISTANCE and (best is None or d < best[0]):
+            best = (d, known)
+    return best[1] if best else None
+
+
+def _only_digits_differ(a: str, b: str) -> bool:
+    return len(a) == len(b) and all(
+        x == y or (x.isdigit() and y.isdigit()) for x, y in zip(a, b, strict=True)
+    )
+
+
+def _distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +140,31 @@ def custom_size_problems(width: Any, height: Any) -> list[InputProblem]:
     return out
 
 
-def size_problems(value: Any, *, endpoint: str) -> list[InputProblem]:
+def parse_size_text(text: str) -> dict[str, int] | None:
+    """``"1536x1024"`` as ``{"width": 1536, "height": 1024}``; None when it is not that form."""
+    m = _SIZE_TEXT.fullmatch(text)
+    return {"width": int(m.group(1)), "height": int(m.group(2))} if m else None
+
+
+def size_problems(value: Any, *, endpoint: str, size_text: bool = False) -> list[InputProblem]:
+    """Every rule an ``image_size`` breaks. ``size_text``: the value comes from a manifest,
+    which also takes ``WIDTHxHEIGHT`` text (checked as the mapping it stands for)."""
     if isinstance(value, str):
         if value in PRESETS or (value == AUTO and endpoint == EDIT):
             return []
+        parsed = parse_size_text(value) if size_text else None
+        if parsed is not None:
+            return custom_size_problems(parsed["width"], parsed["height"])
         allowed = ", ".join([*PRESETS, *([AUTO] if endpoint == EDIT else [])])
-        return [InputProblem("image_size", f"unknown preset {value!r}; use one of {allowed}")]
+        custom = "{width, height}"
+        if size_text:
+            custom = "WIDTHxHEIGHT (like 1536x1024) or " + custom
+        return [
+            InputProblem(
+                "image_size",
+                f"unknown preset {value!r}; use one of {allowed}, or a custom size as {custom}",
+            )
+        ]
     if isinstance(value, Mapping):
         extra = set(value) - {"width", "height"}
         if extra:
@@ -107,18 +172,22 @@ def size_problems(value: Any, *, endpoint: str) -> list[InputProblem]:
         if "width" not in value or "height" not in value:
             return [InputProblem("image_size", "a custom size needs both width and height")]
         return custom_size_problems(value["width"], value["height"])
+    forms = "WIDTHxHEIGHT text, " if size_text else ""
     return [
-        InputProblem("image_size", f"must be a preset name or {{width, height}}, got {value!r}")
+        InputProblem(
+            "image_size", f"must be a preset name, {forms}or {{width, height}}, got {value!r}"
+        )
     ]
 
 
 def validate_input(
-    endpoint: str, request: Mapping[str, Any], *, strict: bool = True
+    endpoint: str, request: Mapping[str, Any], *, strict: bool = True, size_text: bool = False
 ) -> list[InputProblem]:
     """Every problem with one request body for a known endpoint ([] for unknown endpoints).
 
     ``strict`` rejects unknown fields (the manifest wants typos caught); the emulator passes
-    ``strict=False`` because fal's apps ignore fields they do not know.
+    ``strict=False`` because fal's apps ignore fields they do not know. ``size_text`` accepts
+    ``WIDTHxHEIGHT`` text for ``image_size``, as a manifest does (never on the wire).
     """
     if endpoint not in KNOWN_ENDPOINTS:
         return []
@@ -130,7 +199,7 @@ def validate_input(
     if not isinstance(prompt, str) or not prompt.strip():
         out.append(InputProblem("prompt", "must be a non-empty string"))
     if "image_size" in request:
-        out.extend(size_problems(request["image_size"], endpoint=endpoint))
+        out.extend(size_problems(request["image_size"], endpoint=endpoint, size_text=size_text))
     q = request.get("quality", "high")
     if q not in QUALITIES:
         out.append(InputProblem("quality", f"must be one of {', '.join(QUALITIES)}, got {q!r}"))

@@ -18,6 +18,16 @@ SECRET_FIELDS = frozenset({"openai_api_key"})
 
 DEFAULT_OUTPUT_TEMPLATE = "{prompt_id}/{job_id16}_{n}.{ext}"
 
+# A prompt's tags: a list of names (`tags: [nature]`), or a mapping of name -> value when the
+# manifest gives one. Kept in that form through the journal and into the index, so a dataset
+# loader sees a list column, not a mapping of names to "".
+Tags = Mapping[str, str] | list[str]
+
+
+def tags_json(tags: Tags) -> dict[str, str] | list[str]:
+    """Tags as plain JSON data, in the form they were given."""
+    return list(tags) if isinstance(tags, list) else dict(tags)
+
 
 def canonical_json(value: Any) -> str:
     """Stable JSON: sorted keys, compact separators, no NaN."""
@@ -82,7 +92,7 @@ class JobSpec:
     prompt_id: str = ""
     prompt: str = ""
     vars: Mapping[str, str] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Tags = field(default_factory=dict)
     output_template: str = DEFAULT_OUTPUT_TEMPLATE
     source: str = ""
     byok: bool = False
@@ -106,7 +116,7 @@ class JobSpec:
             "prompt_id": self.prompt_id,
             "prompt": self.prompt,
             "vars": dict(self.vars),
-            "tags": dict(self.tags),
+            "tags": tags_json(self.tags),
             "output_template": self.output_template,
             "source": self.source,
             "byok": self.byok,
@@ -123,7 +133,7 @@ class JobSpec:
             prompt_id=doc.get("prompt_id", ""),
             prompt=doc.get("prompt", ""),
             vars=dict(doc.get("vars", {})),
-            tags=dict(doc.get("tags", {})),
+            tags=tags_json(doc.get("tags", {})),
             output_template=doc.get("output_template", DEFAULT_OUTPUT_TEMPLATE),
             source=doc.get("source", ""),
             byok=bool(doc.get("byok", False)),

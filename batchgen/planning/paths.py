@@ -71,7 +71,10 @@ def template_fields(spec: JobSpec, n: int, output_format: str | None = None) -> 
     ``ext`` comes from the requested output format, never from what a server says.
     """
     fmt = output_format or str(spec.input.get("output_format", "png"))
-    fields: dict[str, Any] = {f"tag_{k}": v for k, v in spec.tags.items()}
+    tags = spec.tags
+    # A tag given by name alone (`tags: [nature]`) fills {tag_nature} with its name.
+    pairs = [(t, t) for t in tags] if isinstance(tags, list) else list(tags.items())
+    fields: dict[str, Any] = {f"tag_{k}": v for k, v in pairs}
     fields.update(spec.vars)
     fields.update(
         prompt_id=spec.prompt_id or "prompt",
