@@ -62,6 +62,8 @@ def test_a_run_says_what_it_will_do_before_it_submits_and_where_it_all_is_after(
     first = err.index(f"batchgen: 2 jobs to submit (2 images) to {url}, estimated ~$0.30")
     assert first < err.index("progress:")  # said before anything was sent
     assert f"batchgen: output folder: {out}" in err
+    # the plan's notices are said up front too: here, that nobody chose the dearest quality
+    assert "batchgen: notice: 2 prompt(s) set no quality, so fal's default applies: high" in err
     assert (
         f"batchgen: images in {out}/images, index {out}/metadata.jsonl, gallery {out}/index.html"
     ) in err

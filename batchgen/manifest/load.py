@@ -11,7 +11,7 @@ from pathlib import Path
 
 from batchgen.errors import ManifestError, Problem
 from batchgen.manifest.files import files_notice
-from batchgen.manifest.model import Manifest
+from batchgen.manifest.model import Manifest, quality_notice
 from batchgen.manifest.prompts import PromptContext, unify_tags
 from batchgen.manifest.source import ProblemList, decode, load_yaml, read_bytes
 from batchgen.manifest.tabular import csv_prompts, jsonl_requests, unknown_endpoints
@@ -64,7 +64,8 @@ def load_manifest(path: Path) -> Manifest:
         for e in unknown_endpoints(prompts)
     ]
     prompts, tags_notice = unify_tags(prompts)
-    notices += [n for n in (tags_notice, files_notice(ctx.files)) if n]
+    quality = quality_notice(TEXT_TO_IMAGE, {}, {}, prompts)
+    notices += [n for n in (tags_notice, files_notice(ctx.files), quality) if n]
     return Manifest(
         name=name_default,
         path=path,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchgen.manifest.files import expand_globs, glob_count, references
 from batchgen.manifest.templates import parse
-from batchgen.planning.gptimage import TEXT_TO_IMAGE, with_defaults
+from batchgen.planning.gptimage import DEFAULTS, TEXT_TO_IMAGE, with_defaults
 from batchgen.planning.jobs import (
     DEFAULT_OUTPUT_TEMPLATE,
     FILE_FIELDS,
@@ -174,3 +174,33 @@ def _id_prefix(endpoint: str, request: dict[str, Any], files: dict[str, str]) ->
 def plan(manifest: Manifest) -> Deduplicated:
     """The manifest's jobs, lazily, with identical jobs collapsed (see `.duplicates`)."""
     return Deduplicated(manifest.expand())
+
+
+def quality_notice(
+    endpoint: str,
+    defaults: dict[str, Any],
+    matrix: dict[str, list[Any]],
+    prompts: tuple[PromptEntry, ...] | list[PromptEntry],
+    table: PriceTable = DEFAULT_TABLE,
+) -> str | None:
+    """A notice when prompts set no quality anywhere: fal then uses its default, high, the
+    dearest, and a CSV without a quality column would spend that silently."""
+    unset = [
+        p
+        for p in prompts
+        if "quality" not in defaults
+        and "quality" not in matrix
+        and "quality" not in p.fields
+        and "quality" not in p.axes
+        and DEFAULTS.get(p.endpoint or endpoint, {}).get("quality") == "high"
+    ]
+    if not unset:
+        return None
+    at = unset[0].endpoint or endpoint
+    size = defaults.get("image_size", DEFAULTS[at].get("image_size"))
+    high, _ = table.per_image(at, size, "high")
+    low, _ = table.per_image(at, size, "low")
+    return (
+        f"{len(unset):,} prompt(s) set no quality, so fal's default applies: high, about"
+        f" ${high:.2f} an image (low: ${low:.2f}); set quality: low, medium or high"
+    )

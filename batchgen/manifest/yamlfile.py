@@ -16,7 +16,7 @@ from batchgen.manifest.fields import normalised
 from batchgen.manifest.fields import value_problems as field_value_problems
 from batchgen.manifest.files import files_notice
 from batchgen.manifest.local import local_path_problem, short
-from batchgen.manifest.model import PromptEntry
+from batchgen.manifest.model import PromptEntry, quality_notice
 from batchgen.manifest.prompts import (
     PromptContext,
     build_prompt,
@@ -121,7 +121,8 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         add(("output",), message)
     pricing = _pricing(doc.pricing, add)
     prompts, tags_notice = unify_tags(prompts)
-    notices += [n for n in (tags_notice, files_notice(ctx.files)) if n]
+    quality = quality_notice(endpoint, defaults, matrix, prompts)
+    notices += [n for n in (tags_notice, files_notice(ctx.files), quality) if n]
     problems.raise_if_any()
     return {
         "name": name,
