@@ -67,6 +67,8 @@ class Settings:
     quiet: bool
     openai_key: OpenAIKey | None = None  # BYOK only; redacted repr, never in public()
     reuse_folder: bool = False  # a folder another manifest file ran in may be built on
+    webhook_listen: str | None = None  # --watch webhook: HOST:PORT the receiver binds
+    webhook_url: str | None = None  # the public URL fal is given (None: the listen address)
 
     @property
     def origin(self) -> str:
@@ -94,6 +96,7 @@ class Settings:
             "faults": self.faults,
             "time_scale": self.time_scale,
             "reuse_folder": self.reuse_folder,
+            "webhook_url": self.webhook_url,
         }
 
 
@@ -174,16 +177,35 @@ def build_settings(
         quiet=bool(flags.get("quiet")),
         openai_key=openai_key,
         reuse_folder=bool(flags.get("reuse_folder")),
+        **_webhook(flags, target),
     )
 
 
-def _check_url(url: str) -> str:
+def _webhook(flags: Mapping[str, Any], target: Target) -> dict[str, Any]:
+    """``--watch webhook``'s receiver: where it listens, and the URL fal is told to call."""
+    listen, url = flags.get("webhook_listen"), flags.get("webhook_url")
+    if flags.get("watch") != "webhook":
+        if listen or url:
+            raise UsageError("--webhook-listen and --webhook-url apply with --watch webhook")
+        return {}
+    if url is not None:
+        url = _check_url(url, "--webhook-url")
+    elif target is Target.FAL:
+        raise UsageError(
+            "--watch webhook needs --webhook-url: the public address fal can POST to (a "
+            "tunnel or reverse proxy to --webhook-listen); see docs/webhooks.md"
+        )
+    return {"webhook_listen": listen or "127.0.0.1:0", "webhook_url": url}
+
+
+def _check_url(url: str, flag: str = "--endpoint") -> str:
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--endpoint must be an http(s) URL, got {url!r}")
+        raise UsageError(f"{flag} must be an http(s) URL, got {url!r}")
     if parts.username or parts.password:
         # A URL with credentials would end up in the journal and the log.
-        raise UsageError("--endpoint must not carry credentials; use FAL_KEY")
+        hint = "; use FAL_KEY" if flag == "--endpoint" else ""
+        raise UsageError(f"{flag} must not carry credentials{hint}")
     return url.strip().rstrip("/")
 
 

@@ -10,7 +10,8 @@ per image. Scenarios (``--only``):
   batchgen's figure is the whole ``run_manifest`` (planning into the journal, every
   transition committed, the fsynced request id, verified downloads, the index and gallery).
 - ``status``: 200 jobs, 40 at once, 2 s ± 50 % model time: status requests per job as the
-  emulator counted them, for ``--watch stream``, ``--watch poll`` and fal-client.
+  emulator counted them, and client CPU per job, for ``--watch stream``, ``--watch poll``,
+  ``--watch webhook`` (the emulator POSTs each result to batchgen's receiver) and fal-client.
 - ``util``: ``--concurrency auto`` against an account limit of 40: share of slot time busy
   once settled (defined in the output), from the emulator's own start/finish times.
 - ``resume``: a journal of a million jobs (planned by a ``batchgen run --max-cost 0``), then
@@ -434,11 +435,12 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float, cache: bool) -> lis
         f"2. status requests: {n} jobs, 40 at once, limit {LIMIT}, model time {mean_s:g} s "
         f"± 50 % (time scale {scale:.3f}); counted by the emulator",
         f"   {'client':<24} {'GET/job':>8} {'streams/job':>12} {'total/job':>10} "
-        f"{'req/s':>6} {'jobs/s':>7} {'busy':>5}  run times min/med/max",
+        f"{'req/s':>6} {'jobs/s':>7} {'busy':>5} {'CPU ms/job':>10}  run times min/med/max",
     ]
     for label, client, watch in [
         ("batchgen --watch stream", "batchgen", "stream"),
         ("batchgen --watch poll", "batchgen", "poll"),
+        ("batchgen --watch webhook", "batchgen", "webhook"),
         ("fal-client handle.get()", "falclient", "stream"),  # watch: unused by fal-client
     ]:
         with emulator(time_scale=scale, limit=LIMIT, render_cache=n if cache else 0) as emu:
@@ -449,7 +451,7 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float, cache: bool) -> lis
         lines.append(
             f"   {label:<24} {polls:>8.2f} {streams:>12.2f} {total:>10.2f} "
             f"{total * n / res['wall']:>6.0f} {res['done'] / res['wall']:>7.1f} "
-            f"{_fmt(busy, '.0%'):>5}  {run_times(res['timeline'])}"
+            f"{_fmt(busy, '.0%'):>5} {res['cpu'] * 1000 / n:>10.1f}  {run_times(res['timeline'])}"
             + ("" if res["failed"] == 0 else f"  ({res['failed']} failed)")
         )
     lines.append("   busy: as in 3 (settled = all 40 running; until the last start)")

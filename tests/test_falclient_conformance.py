@@ -301,3 +301,43 @@ async def test_async_client_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
         http_client = await client._client  # an async cached property in fal-client
         await http_client.aclose()
     gc.collect()
+
+
+async def test_webhook_url_gets_a_delivery_signed_as_fal_signs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fal-client's ``webhook_url=`` reaches the emulator, whose delivery carries fal's four
+    signature headers and verifies against its JWKS (what ``--watch webhook`` checks)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from batchgen.emulator.server import serve_asgi
+    from batchgen.fal.webhook import Verifier, parse_delivery
+
+    got: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
+
+    async def hook(request: Request) -> Response:
+        await got.put((dict(request.headers), await request.body()))
+        return Response(status_code=200)
+
+    monkeypatch.setenv("FAL_KEY", KEY)
+    receiver = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    async with serve(EmulatorConfig(time_scale=0)) as url, serve_asgi(receiver) as hook_url:
+        monkeypatch.setattr(fal_client_module, "QUEUE_URL_FORMAT", f"{url}/")
+        monkeypatch.setattr(fal_client_module, "REST_URL", url)
+        client = fal_client.AsyncClient()
+        handle = await client.submit(APP, LOW, webhook_url=f"{hook_url}/hook")
+        headers, raw = await asyncio.wait_for(got.get(), 30)
+        async with httpx.AsyncClient() as http:
+
+            async def jwks() -> Any:
+                return (await http.get(f"{url}/.well-known/jwks.json")).json()
+
+            assert await Verifier(jwks).verify(headers, raw) == handle.request_id
+        delivery = parse_delivery(raw)
+        assert delivery.ok and delivery.payload == await handle.get()
+        http_client = await client._client  # an async cached property in fal-client
+        await http_client.aclose()
+    gc.collect()

@@ -25,6 +25,10 @@ FAULT_NAMES = (
     "upload500",
     "evil_name",
     "file_url",
+    "webhook_lost",
+    "webhook_dup",
+    "webhook_delay",
+    "webhook_forged",
 )
 
 FAULTS_HELP = (

@@ -89,9 +89,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--watch",
-        choices=["stream", "poll"],
+        choices=["stream", "poll", "webhook"],
         default="stream",
-        help="how to follow a request: fal's status stream (polling when it breaks), or polling",
+        help="how to follow a request: fal's status stream (polling when it breaks), polling,"
+        " or webhook: fal POSTs each result to --webhook-url (docs/webhooks.md)",
+    )
+    p.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="with --watch webhook: where the receiver listens (default: 127.0.0.1:0, any free"
+        " port on loopback)",
+    )
+    p.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="with --watch webhook: the public URL fal POSTs to, a tunnel or reverse proxy to"
+        " --webhook-listen (required against fal; default elsewhere: the listen address)",
     )
     p.add_argument(
         "--download-concurrency", type=int, default=8, metavar="N", help="images downloaded at once"

@@ -69,6 +69,11 @@ async def stats(request: Request) -> Response:
     return _json(model.stats(), headers={"x-batchgen-emulator": "1"} if config.announce else None)
 
 
+async def jwks(request: Request) -> Response:
+    """The public key its webhook deliveries are signed with (fal's is on its rest host)."""
+    return _json(request.app.state.webhooks.signer.jwks())
+
+
 async def queue_route(request: Request) -> Response:
     split = _split(request.path_params["path"])
     if split is None:
@@ -296,6 +301,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
 
     routes = [
         Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *storage_routes(),
         Route("/media/{media_id}/{name}", media, methods=["GET", "HEAD"]),
         Route("/{path:path}", queue_route, methods=["GET", "POST", "PUT"]),

@@ -34,6 +34,12 @@ class FaultSpec:
     evil_name: float = 0.0
     # ...or an image URL that points at the client's own disk (file:///etc/passwd).
     file_url: float = 0.0
+    # Webhook deliveries as they go wrong on the way: never sent, sent twice, sent late (after
+    # webhook_delay_s), or preceded by a forged copy (a stranger's POST, badly signed).
+    webhook_lost: float = 0.0
+    webhook_dup: float = 0.0
+    webhook_delay: float = 0.0
+    webhook_forged: float = 0.0
 
     @property
     def active(self) -> bool:

@@ -9,6 +9,8 @@ when nothing is left to deliver. Deliveries are retried a few times, as fal retr
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -17,6 +19,7 @@ import httpx
 
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.model import Phase, QueueModel, Request
+from batchgen.emulator.signing import Signer
 
 IDLE_WAKE_S = 1.0  # re-check this often when nothing runs (e.g. everything is queued)
 
@@ -29,6 +32,7 @@ class WebhookDispatcher:
         self.config = config
         self.payload = payload  # (base_url, request) -> JSON body
         self.pending: dict[str, str] = {}  # request id -> base URL its links use
+        self.signer = Signer(clock=time.time)  # fal's clock is wall time: so is the stamp
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -72,25 +76,45 @@ class WebhookDispatcher:
 
     async def _deliver(self, req: Request, base: str) -> None:
         assert req.webhook is not None
-        body = self.payload(base, req)
-        headers = {"X-Fal-Webhook-Request-Id": req.id}
+        raw = json.dumps(self.payload(base, req)).encode()
+        dice, counters = self.model.dice, self.model.counters
+        if dice.roll("webhook_lost"):
+            counters["webhooks_lost"] += 1
+            return
+        if dice.roll("webhook_delay"):
+            counters["webhooks_delayed"] += 1
+            await self.config.sleep(self.config.webhook_delay_s)
+        if dice.roll("webhook_forged"):
+            counters["webhooks_forged"] += 1
+            await self._post(req.webhook, raw, self.signer.headers(req.id, raw, forged=True))
+        copies = 2 if dice.roll("webhook_dup") else 1
+        counters["webhooks_duplicated"] += copies - 1
+        for _ in range(copies):
+            await self._send(req, raw)
+
+    async def _send(self, req: Request, raw: bytes) -> None:
+        """POST one signed delivery, retried a few times as fal retries them."""
+        assert req.webhook is not None
         for attempt in range(1, self.config.webhook_attempts + 1):
-            try:
-                if self.config.webhook_client is not None:
-                    r = await self.config.webhook_client.post(
-                        req.webhook, json=body, headers=headers
-                    )
-                else:
-                    async with httpx.AsyncClient(timeout=15.0) as client:
-                        r = await client.post(req.webhook, json=body, headers=headers)
-                if r.status_code < 300:
-                    self.model.counters["webhooks_delivered"] += 1
-                    return
-            except httpx.HTTPError:
-                pass
+            # Signed per attempt: the timestamp is the moment of sending.
+            if await self._post(req.webhook, raw, self.signer.headers(req.id, raw)):
+                self.model.counters["webhooks_delivered"] += 1
+                return
             if attempt < self.config.webhook_attempts:
                 await self.config.sleep(self.config.webhook_retry_s * attempt)
         self.model.counters["webhooks_failed"] += 1
+
+    async def _post(self, url: str, raw: bytes, headers: dict[str, str]) -> bool:
+        headers = {**headers, "Content-Type": "application/json"}
+        try:
+            if self.config.webhook_client is not None:
+                r = await self.config.webhook_client.post(url, content=raw, headers=headers)
+            else:
+                async with httpx.AsyncClient(timeout=15.0) as client:
+                    r = await client.post(url, content=raw, headers=headers)
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 300
 
     async def idle(self) -> None:
         """Wait until every watched request's webhook has been delivered or given up."""

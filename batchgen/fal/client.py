@@ -175,6 +175,13 @@ class QueueClient:
 
         return await self._t.with_retries(once, "cancel")
 
+    async def jwks(self) -> Any:
+        """fal's public keys for webhook signatures: ``{rest}/.well-known/jwks.json`` (with
+        ``--endpoint URL``, that server's). Public: sent without the key."""
+        url = f"{self.endpoints.rest}/.well-known/jwks.json"
+        resp = await self._t.retrying("status", "GET", url, auth=False)
+        return json_or_none(resp.content)
+
     async def is_emulator(self) -> bool:
         """Whether the queue host is batchgen's emulator (its stats route says so): its images
         are placeholders. False for fal, any other server, or one that does not answer."""

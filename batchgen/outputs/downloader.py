@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from batchgen.errors import BatchgenError, DownloadError
+from batchgen.errors import BatchgenError, DownloadError, QueueHTTPError
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.download import Sleep, download_image
 from batchgen.outputs.index import METADATA, append_rows, index_row, read_rows
@@ -36,10 +36,6 @@ from batchgen.planning.pricing import parse_usage, token_cost, usage_of
 FORMATS = ("png", "jpeg", "webp")
 REFETCHES = 2  # fresh results read per job after a failed download
 _GONE = frozenset({"http_404", "http_410"})  # the media is no longer there
-
-
-class ResultGone(Exception):
-    """Raised by ``refetch`` when the queue no longer has the request's result."""
 
 
 Refetch = Callable[[JobRow], Awaitable[dict[str, Any]]]
@@ -139,8 +135,11 @@ class DownloadPool:
             self._journal.event(job, "download", f"{failure[1]}; reading the result again")
             try:
                 result = await self._refetch(row)
-            except ResultGone as exc:
-                gone, failure = True, ("download_expired", str(exc))
+            except QueueHTTPError as exc:
+                if exc.status in (404, 410):  # the queue no longer has the result
+                    gone, failure = True, ("download_expired", str(exc))
+                else:
+                    self._journal.event(job, "download", f"result not read again: {exc}")
                 break
             except Exception as exc:  # the queue is unreachable: keep the result, fail the job
                 self._journal.event(job, "download", f"result not read again: {exc}")

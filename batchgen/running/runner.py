@@ -40,7 +40,7 @@ from batchgen.planning.summary import Tally
 from batchgen.running.events import Event, Planned, Ready, StopReason
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
-from batchgen.running.setup import clients, signals, target
+from batchgen.running.setup import clients, receiver, signals, target
 from batchgen.running.summary import Summary, build_summary
 from batchgen.running.window import make_window
 
@@ -218,7 +218,11 @@ async def _execute(
 ) -> RunResult:
     start = time.monotonic()
     sched: Scheduler | None = None
-    async with target(settings) as base, clients(settings) as (http, media):
+    async with (
+        target(settings) as base,
+        clients(settings) as (http, media),
+        contextlib.AsyncExitStack() as webhooks,
+    ):
         client = QueueClient(
             http,
             endpoints=Endpoints.single(base) if base else Endpoints(),
@@ -235,6 +239,7 @@ async def _execute(
             manifest_sha256=manifest.sha256,
             on_event=deliver,
         )
+        await webhooks.enter_async_context(receiver(settings, client, journal, sched))
         await sched.prepare()  # the folder in order: what follows is what will happen
         ready = _ready(journal, sched, settings, notices)
         deliver(ready)
@@ -279,6 +284,7 @@ async def _execute(
         resume_hint=run_command(settings.out_dir, str(manifest.path), settings.public()),
         usages=journal.usages(),
         out_dir=str(settings.out_dir),
+        webhooks=sched.inbox.counts() if sched.inbox is not None else None,
     )
     return RunResult(
         out_dir=settings.out_dir,

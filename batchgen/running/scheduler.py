@@ -31,7 +31,7 @@ from batchgen.fal.retry import Action, Outcome, RetryEvent, Sleep, backoff, clas
 from batchgen.fal.uploads import Uploads
 from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
-from batchgen.outputs.downloader import DownloadPool, ResultGone
+from batchgen.outputs.downloader import DownloadPool
 from batchgen.planning.jobs import JobState
 from batchgen.running import events as ev
 from batchgen.running.reach import Watch
@@ -39,6 +39,7 @@ from batchgen.running.recorder import Recorder
 from batchgen.running.recovery import Recovery, recover
 from batchgen.running.submitter import Submitter
 from batchgen.running.watcher import DeadlineExceeded, watch
+from batchgen.running.webhooks import Inbox
 from batchgen.running.window import Observation, RunTimes, Window, budget_allows
 
 S = JobState
@@ -83,12 +84,14 @@ class Scheduler:
             journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
             max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
             on_saved=lambda job, n: self._emit(ev.Saved(job, n)), on_failed=self._record.fail,
-            on_idle=self._wake.set, sleep=sleep, rng=rng, refetch=self._refetch,
+            on_idle=self._wake.set, sleep=sleep, rng=rng,
+            refetch=lambda row: client.result(Handle.from_json(row.handle or {})),
             on_lost=lambda row, msg: self._record.resubmit(row, "expired", msg, lost=True),
         )  # fmt: skip
         # Whether the server answers, from what every request sees; submits wait for it.
         self.reach = Watch(clock, self._emit, back=self._wake.set)
         self._recovery: Recovery | None = None  # what prepare() did to the folder
+        self.inbox: Inbox | None = None  # --watch webhook: where fal's deliveries land
         self._unstarted: set[str] = set()  # claimed, but their task has not run yet
         self._seq = 0  # submit order of this run's requests...
         self._live: set[int] = set()  # ...and which of them are still in flight
@@ -114,6 +117,14 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def webhook_url(self) -> str | None:
+        return self._submitter.webhook
+
+    @webhook_url.setter
+    def webhook_url(self, url: str | None) -> None:
+        self._submitter.webhook = url  # submits ask fal to POST their result there
 
     def stop(self, *, now: bool = False, reason: ev.StopReason = ev.StopReason.INTERRUPTED) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
@@ -291,15 +302,26 @@ class Scheduler:
 
         op = "status"
         attempt = 0
+        # an auto window learns from each new request's first status
+        prompt = observe_at is not None and self.window.wants_prompt_check()
+        inference: float | None = None
         while True:
             try:
                 op = "status"
+                if self.inbox is not None:  # --watch webhook: fal POSTs the result
+                    if prompt:
+                        note(await self._client.status(handle), True)
+                    op = "result"
+                    result = await self.inbox.wait(
+                        self._client, handle, submitted_at=submitted_at,
+                        deadline_at=deadline_at, clock=self._clock, sleep=self._sleep,
+                        expected=self.runtimes.expected(),
+                    )  # fmt: skip
+                    break
                 done = await watch(
                     self._client, handle, mode=self._s.watch, expected=self.runtimes.expected(),
-                    # an auto window learns from each new request's first status
-                    prompt=observe_at is not None and self.window.wants_prompt_check(),
-                    submitted_at=submitted_at, deadline_at=deadline_at, note=note,
-                    on_stream_broken=lambda msg: self._record.retrying(
+                    prompt=prompt, submitted_at=submitted_at, deadline_at=deadline_at,
+                    note=note, on_stream_broken=lambda msg: self._record.retrying(
                         job, "status", Outcome(Action.RETRY, "stream_broken", msg), 0.0, 1
                     ),
                     clock=self._clock, sleep=self._sleep,
@@ -307,8 +329,9 @@ class Scheduler:
                 op = "result"
                 result = await self._client.result(handle)
                 self.reach.answered()
+                inference = done.inference_time
                 break
-            except DeadlineExceeded:
+            except (DeadlineExceeded, TimeoutError):
                 await self._cancel(job, handle)
                 msg = f"no result within --deadline {self._s.deadline:g} s; cancelled"
                 self._record.resubmit(row, "deadline", msg, lost=False)
@@ -327,7 +350,6 @@ class Scheduler:
                 self._after_failure(row, o)
                 return
         took = self._clock() - submitted_at
-        inference = done.inference_time
         # fal's own run time when it says so: ours includes our own lag under load, which
         # would talk the watch choice out of the quick check exactly when it pays most.
         self.runtimes.add(took if inference is None else inference)
@@ -355,20 +377,6 @@ class Scheduler:
             self._record.resubmit(row, o.reason, o.message, lost=o.reason == "expired")
 
     # -- shared -------------------------------------------------------------------------------
-
-    async def _refetch(self, row: JobRow) -> dict[str, Any]:
-        """The result again, with fresh URLs, for a download that failed (``DownloadPool``)."""
-        if row.handle is None:
-            raise ResultGone("no request to read the result of")
-        try:
-            result = await self._client.result(Handle.from_json(row.handle))
-        except Exception as exc:
-            o = classify(exc, op="result")
-            if o.reason == "expired":
-                raise ResultGone(o.message) from exc
-            raise
-        self.reach.answered()
-        return result
 
     def _fatal_stop(self, exc: BaseException) -> None:
         if self._fatal is None:

@@ -12,7 +12,12 @@ from typing import Any
 import httpx
 
 from batchgen.config import Settings, Target
+from batchgen.fal import QueueClient
+from batchgen.fal.webhook import Verifier
+from batchgen.journal.writer import Journal
 from batchgen.running.scheduler import Scheduler
+from batchgen.running.webhooks import Inbox, receive
+from batchgen.running.window import WatchMode
 
 KEEPALIVE = 20  # idle connections kept per client (httpx's default)
 
@@ -88,3 +93,26 @@ def signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
             loop.remove_signal_handler(sig)
             if previous is not None:  # None: set from outside Python, cannot be restored
                 signal.signal(sig, previous)
+
+
+@contextlib.asynccontextmanager
+async def receiver(
+    settings: Settings, client: QueueClient, journal: Journal, sched: Scheduler
+) -> AsyncIterator[Inbox | None]:
+    """``--watch webhook``: fal's deliveries received on ``--webhook-listen`` (their signature
+    checked against the JWKS of the server the run talks to), and the scheduler told where
+    they land and what URL to give fal. Nothing for the other ways of watching."""
+    if settings.watch is not WatchMode.WEBHOOK or settings.webhook_listen is None:
+        yield None
+        return
+    inbox = Inbox()
+    verifier = Verifier(client.jwks)
+
+    def refused(why: str) -> None:
+        journal.event(None, "webhook", f"refused a delivery: {why}")
+
+    async with receive(
+        settings.webhook_listen, settings.webhook_url, inbox, verifier, refused
+    ) as url:
+        sched.inbox, sched.webhook_url = inbox, url
+        yield inbox

@@ -57,6 +57,7 @@ class Submitter:
         # --endpoint server shows it is one only in its first answer.
         self.no_emulator: str | None = None
         self.saw_emulator = False  # the server answered as an emulator: this is a rehearsal
+        self.webhook: str | None = None  # --watch webhook: the URL fal POSTs the result to
         self.busy = 0  # submits under way (a POST, its uploads or its backoff)
 
     async def submit(self, row: JobRow) -> Handle | None:
@@ -84,7 +85,7 @@ class Submitter:
                 # A BYOK job's OpenAI key joins the body here only: it is never stored.
                 body = submit_input(spec, self._s.openai_key, body)
                 posting = True
-                handle = await self._client.submit(spec.endpoint, body)
+                handle = await self._client.submit(spec.endpoint, body, webhook=self.webhook)
             except asyncio.CancelledError:
                 if not posting:  # stopped while uploading its files: nothing was submitted
                     self._journal.transition(job, S.PENDING)

@@ -48,6 +48,7 @@ class Summary:
     actual: ActualCost | None = None  # from the responses that carried usage (BYOK), if any
     out_dir: str = ""  # where the images, the index and the gallery are
     stats: RunStats = field(default_factory=RunStats)  # this run's counters
+    webhooks: dict[str, int] | None = None  # --watch webhook: what the receiver saw
 
     @property
     def exit_code(self) -> int:
@@ -96,6 +97,13 @@ class Summary:
         for cls, n in sorted(self.failed.items(), key=lambda kv: (-kv[1], kv[0])):
             example = self.failure_examples.get(cls, "")
             out.append(f"  failed {n} × {cls}" + (f": {example}" if example else ""))
+        if self.webhooks is not None:
+            w = self.webhooks
+            out.append(
+                f"webhooks: {w['delivered']} delivered, {w['duplicates']} repeats ignored,"
+                f" {w['refused']} refused (unsigned or badly signed), {w['checked']} late"
+                " deliveries checked with one status request"
+            )
         if self.out_dir and self.done:
             o = self.out_dir.rstrip("/")
             out.append(f"images in {o}/images, index {o}/metadata.jsonl, gallery {o}/index.html")
@@ -134,6 +142,7 @@ def build_summary(
     resume_hint: str = "",
     usages: Iterable[tuple[object, int]] = (),
     out_dir: str = "",
+    webhooks: dict[str, int] | None = None,
 ) -> Summary:
     """``failures`` is (class, count, example message) per class, as the journal groups them;
     ``usages`` is (usage, images) per job whose result carried token counts
@@ -164,6 +173,7 @@ def build_summary(
         out_dir=out_dir,
         actual=actual if (actual := actual_cost(usages)).jobs else None,
         stats=stats,
+        webhooks=webhooks,
     )
 
 

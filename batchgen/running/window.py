@@ -149,6 +149,7 @@ def budget_allows(*, spent: float, in_flight: float, job: float, cap: float | No
 class WatchMode(StrEnum):
     STREAM = "stream"
     POLL = "poll"
+    WEBHOOK = "webhook"  # fal POSTs each result to us (running/webhooks.py)
 
 
 @dataclass(frozen=True, slots=True)
