@@ -17,6 +17,7 @@ a plain page of a million cards is exactly what this design avoids.
 
 from __future__ import annotations
 
+import contextlib
 import html
 from dataclasses import dataclass
 from importlib import resources
@@ -177,7 +178,7 @@ def write_failures(out_dir: Path, chunk_rows: int) -> tuple[int, int]:
         except JournalError:
             reader = None
     count = chunks = 0
-    with f:
+    with f, contextlib.closing(reader) if reader else contextlib.nullcontext():
         end = scan.complete_end(f)
         keys = scan.Keys()
         for off, raw in scan.lines(f, 0, end):
@@ -198,8 +199,6 @@ def write_failures(out_dir: Path, chunk_rows: int) -> tuple[int, int]:
             write_script(out_dir, chunk_name("f", chunks), "batchgenGallery.failures",
                          chunks, batch)  # fmt: skip
             count, chunks = count + len(batch), chunks + 1
-    if reader is not None:
-        reader.close()
     return count, chunks
 
 
