@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_gallery_support import append_index, place_images, read_chunk, synthetic_row, tiny_png
 
 from batchgen.cli import main
 from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
@@ -87,28 +88,42 @@ def gallery(tmp_path: Path) -> Path:
     return out
 
 
-def test_page_is_offline_escaped_and_points_at_real_files(gallery: Path) -> None:
+def test_page_is_small_offline_escaped_and_points_at_real_files(gallery: Path) -> None:
     page = (gallery / "index.html").read_text()
     tags = elements(page)
-    assert [t for t, _ in tags].count("script") == 1  # only ours: the prompts stayed text
+    scripts = [a for t, a in tags if t == "script"]
+    assert scripts == [{"src": ".gallery/gallery.js"}]  # only ours, a file: the prompts stayed text
     assert not any(k.startswith("on") for _, attrs in tags for k in attrs)
-    assert sum(1 for t, a in tags if t == "article") == 4
-    assert sum(1 for t, a in tags if t == "img") == 4
     for _, attrs in tags:
         for key in ("src", "href"):
             value = attrs.get(key)
-            if value is None:
+            if value is None or value.startswith("#"):
                 continue
             assert "//" not in value and ":" not in value, value  # no URL leaves the folder
-            assert (gallery / value).is_file(), value
-    assert "&lt;script&gt;alert" in page
-    assert "<b>4</b> images" in page and "<b>1</b> failed" in page
+            assert (gallery / value).exists(), value
+    assert "&lt;/select&gt;" in page and "evil</select>" not in page  # a prompt id option
+    assert "<b>4</b> images" in page and "<b>1</b> failed" in page and "<b>4</b> jobs" in page
     assert "<b>$0.60</b> estimated cost" in page  # four images at $0.15
     (csp,) = [a["content"] for t, a in tags if a.get("http-equiv") == "Content-Security-Policy"]
     assert csp and csp.startswith("default-src 'none';") and "http" not in csp
-    for _, attrs in tags:
-        if "loading" in attrs:
-            assert attrs["loading"] == "lazy"
+    assert "script-src 'self';" in csp and "unsafe" not in csp.split("script-src")[1]
+    # With scripts off the page says so and links what can be read without them.
+    assert "This gallery needs JavaScript" in page and 'href="metadata.jsonl"' in page
+
+
+def test_chunks_are_data_only_and_round_trip_hostile_text(gallery: Path) -> None:
+    fn, k, records = read_chunk(gallery / ".gallery" / "r-000000.js")
+    assert (fn, k, len(records)) == ("batchgenGallery.records", 0, 4)
+    assert {r[4] for r in records} >= {HOSTILE} and {r[5] for r in records} >= {"evil</select>"}
+    for r in records:  # every thumbnail named exists
+        assert (gallery / THUMBS / r[1][:2] / f"{r[1]}.jpg").is_file()
+    fn, _, summary = read_chunk(gallery / ".gallery" / "s-000000.js")
+    assert fn == "batchgenGallery.summary" and summary["n"] == 4
+    assert summary["cols"]["prompt"] == [0, 1, 2, 1]  # each prompt id stored once a chunk
+    fn, _, failures = read_chunk(gallery / ".gallery" / "f-000000.js")
+    assert fn == "batchgenGallery.failures" and failures[0][5] == HOSTILE
+    for path in (gallery / ".gallery").glob("*.js"):
+        path.read_text(encoding="ascii")  # ASCII only: the page's encoding cannot matter
 
 
 def test_thumbnails_are_small_jpegs_made_once(gallery: Path) -> None:
@@ -127,7 +142,9 @@ def test_missing_image_is_shown_as_missing(tmp_path: Path) -> None:
     image_path(out, specs[0].output_template, template_fields(specs[0], 0)).unlink()
     report = build_gallery(out)
     assert report.missing == 1
-    assert (out / "index.html").read_text().count("image missing") == 1
+    assert "<b>1</b> missing files" in (out / "index.html").read_text()
+    _, _, records = read_chunk(out / ".gallery" / "r-000000.js")
+    assert [r[1] is None for r in records] == [True, False, False, False]
 
 
 def test_bare_word_tags_show_as_words(tmp_path: Path) -> None:
@@ -139,8 +156,9 @@ def test_bare_word_tags_show_as_words(tmp_path: Path) -> None:
     rows[0]["tags"] = {"nature": "", "set": "A"}
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     page = build_gallery(out).path.read_text()
-    assert '<span class="tag">nature</span>' in page and "nature=" not in page
-    assert '<option value="nature">' in page and '<span class="tag">set=A</span>' in page
+    assert '<option value="nature">' in page and "nature=" not in page
+    _, _, records = read_chunk(out / ".gallery" / "r-000000.js")
+    assert records[0][9] == ["nature", "set=A"]
 
 
 def test_gallery_command(tmp_path: Path) -> None:
@@ -207,11 +225,16 @@ def chromium(url: str, profile: Path, *extra: str) -> tuple[str, list[str]]:
 
 
 def visible_cards(dom: str) -> list[str]:
-    return [
-        str(a.get("data-prompt-id"))
-        for t, a in elements(dom)
-        if t == "article" and "hidden" not in a
-    ]
+    return [str(a.get("data-prompt-id")) for t, a in elements(dom) if t == "article"]
+
+
+def card_files(dom: str) -> list[str]:
+    return [str(a.get("data-file")) for t, a in elements(dom) if t == "article"]
+
+
+def complete(dom: str) -> bool:
+    """Every summary chunk loaded and the view drawn from all of them."""
+    return any(t == "body" and a.get("data-state") == "complete" for t, a in elements(dom))
 
 
 @pytest.fixture
@@ -227,9 +250,12 @@ def test_in_headless_chromium(gallery: Path, profile: Path) -> None:
     find_chromium(os.environ)  # no browser: a skip here, a failure under CI=true
     page = (gallery / "index.html").resolve().as_uri()
     dom, console = chromium(page, profile)
-    assert console == []  # no script error, no CSP violation (the script's hash matches)
+    assert console == []  # no script error, no CSP violation (chunks are 'self' files)
+    assert complete(dom)
     assert sorted(visible_cards(dom)) == ["evil</select>", "owls", "whales", "whales"]
-    assert dom.count("<script") == 1 and 'id="shown">4<' in dom
+    assert dom.count("<script") == 1 and 'id="shown">4<' in dom  # loaded chunks are removed
+    assert "&lt;script&gt;alert" in dom and "<img src=x" not in dom  # text, not markup
+    assert dom.count("content_policy_violation") == 1  # the failures table, from its chunk
 
     dom, console = chromium(page + "#quality=low", profile)
     assert console == [] and visible_cards(dom) == ["whales", "whales"]
@@ -240,3 +266,53 @@ def test_in_headless_chromium(gallery: Path, profile: Path) -> None:
 
     dom, _ = chromium(page + "#prompt=evil%3C%2Fselect%3E", profile)
     assert visible_cards(dom) == ["evil</select>"]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> None:
+    """100 rows in chunks of 40: two and a half chunks. The first screen loads one records
+    chunk; a filter, a search and a sort must see all three summary chunks."""
+    find_chromium(os.environ)
+    out = tmp_path / "big"
+    rows = [synthetic_row(i) for i in range(100)]
+    for i in (83, 91, 97):  # a tag only rows of the last chunk carry
+        rows[i]["tags"] = {"set": "AB"[i % 2], "late": "yes"}
+    for i in (2, 45, 99):  # a word in three chunks' prompts, in mixed case
+        rows[i]["prompt"] += " with a Zebra"
+    rows = list(place_images(out, rows, tiny_png()))
+    append_index(out, rows)
+    report = build_gallery(out, chunk_rows=40)
+    assert (report.images, report.thumbnails_made) == (100, 1)  # one shared image, one thumbnail
+    assert sorted(p.name for p in (out / ".gallery").glob("s-*.js")) == [
+        "s-000000.js", "s-000001.js", "s-000002.js"
+    ]  # fmt: skip
+    page = (out / "index.html").resolve().as_uri()
+    files = [r["file_name"] for r in rows]
+
+    dom, console = chromium(page + "#per=30", profile)
+    assert console == [] and complete(dom)
+    assert card_files(dom) == files[:30] and 'id="shown">100<' in dom
+    assert "page 1 of 4" in dom
+
+    dom, console = chromium(page + "#tag=late%3Dyes", profile)  # not among the options' rows
+    assert console == [] and card_files(dom) == [files[i] for i in (83, 91, 97)]
+    assert 'id="shown">3<' in dom
+
+    dom, _ = chromium(page + "#q=zebra", profile)
+    assert card_files(dom) == [files[i] for i in (2, 45, 99)]
+
+    dom, _ = chromium(page + "#sort=-cost", profile)
+    by_cost = sorted(range(100), key=lambda i: -rows[i]["cost_estimate"])
+    assert card_files(dom) == [files[i] for i in by_cost] and 'id="shown">100<' in dom
+
+    # A filter and a sort together, paged: the second page of the low-quality rows by cost.
+    dom, _ = chromium(page + "#quality=low&sort=cost&per=10&page=2", profile)
+    low = sorted((i for i in range(100) if rows[i]["quality"] == "low"),
+                 key=lambda i: rows[i]["cost_estimate"])  # fmt: skip
+    assert card_files(dom) == [files[i] for i in low[10:20]]
+    assert f'id="shown">{len(low)}<' in dom and f"page 2 of {-(-len(low) // 10)}" in dom
+
+    dom, _ = chromium(page + "#sort=prompt&per=100", profile)
+    by_prompt = sorted(range(100), key=lambda i: rows[i]["prompt"])
+    assert card_files(dom) == [files[i] for i in by_prompt]

@@ -11,7 +11,8 @@ from batchgen.outputs.index import METADATA
 EXAMPLES = """\
 examples:
   batchgen gallery outputs/demo    then open outputs/demo/index.html in any browser
-A run rebuilds the gallery itself when it ends; this is for a folder changed since.
+A run rebuilds the gallery itself when it ends; this is for a folder changed since, or for a
+look at a folder a run is still writing (it takes no lock and changes nothing the run reads).
 """
 
 

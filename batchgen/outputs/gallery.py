@@ -1,26 +1,27 @@
-"""The static HTML gallery of an output folder: ``index.html`` and ``.thumbs/``.
+"""The static gallery of an output folder: ``index.html``, ``.gallery/`` and ``.thumbs/``.
 
-One page that works from ``file://`` with no server and no network: cards are rendered here
-(so the page shows its images even with scripts off), and an inlined script only filters them.
-A Content-Security-Policy allows nothing but the page's own files and its one script (by hash),
-so even a bug could not make the page load a remote URL. Every piece of user text (prompts,
-ids, tags, error messages) goes through :func:`html.escape`.
+It opens from ``file://`` with no server and no network, and its first screen costs the same
+at a million images as at a dozen: ``index.html`` is small (header, filters, the script tag),
+and the rows live in script chunks under ``.gallery/`` (see :mod:`gallery_data`) that the page
+loads as it needs them. The build streams ``metadata.jsonl`` chunk by chunk, so its memory
+does not grow with the rows beyond 24 bytes a row (:mod:`gallery_scan`).
+
+:func:`refresh_gallery` is the cheap version for a folder a run is still writing: it reads
+only the bytes appended since the last build (resuming at the last chunk boundary, whose
+totals ``.gallery/state.json`` keeps), rewrites that chunk, appends new ones and rewrites the
+small files. Neither takes the run's folder lock: they read the index like any reader (a line
+still being written is left for next time) and replace each file they write atomically.
 
 Thumbnails are small JPEGs named by the image's sha256 (``.thumbs/ab/ab12….jpg``): an
 unchanged image keeps its thumbnail across rebuilds, and a replaced one gets a new name, so a
-browser never shows a stale cached thumbnail. The folder is hidden so that ImageFolder skips it.
+browser never shows a stale cached thumbnail. Both folders are hidden so ImageFolder skips them.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import json
 import os
-import urllib.parse
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -32,12 +33,28 @@ from PIL import Image
 from batchgen._version import __version__
 from batchgen.errors import JournalError
 from batchgen.journal.writer import JOURNAL_NAME, Journal
-from batchgen.outputs.index import read_failures, read_index
+from batchgen.outputs import gallery_scan as scan
+from batchgen.outputs.gallery_data import (
+    CHUNK_ROWS,
+    DATA_DIR,
+    Totals,
+    chunk_name,
+    record,
+    summary,
+    write_script,
+)
+from batchgen.outputs.gallery_page import PageFacts, render_page, write_failures
+from batchgen.outputs.index import METADATA
 
 THUMBS = ".thumbs"
 THUMB_SIDE = 320
 THUMB_QUALITY = 80
 GALLERY = "index.html"
+SCRIPT = f"{DATA_DIR}/gallery.js"
+STATE = f"{DATA_DIR}/state.json"
+KEYS = f"{DATA_DIR}/keys.bin"
+STATE_FORMAT = 1
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +64,8 @@ class GalleryReport:
     thumbnails_made: int
     missing: int  # index rows whose file is not on disk
     failures: int
+    rows_read: int = 0  # index rows read by this call (a refresh reads only the new ones)
+    refreshed: bool = False  # False: a full build (asked for, or a refresh had to)
 
 
 def thumb_name(sha256: str) -> str:
@@ -65,174 +84,10 @@ def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> bool:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     rgb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=True)
     os.replace(tmp, dest)
     return True
-
-
-def _ensure_thumbs(
-    out_dir: Path, rows: Sequence[Mapping[str, Any]], workers: int
-) -> tuple[set[str], int]:
-    """Make missing thumbnails (in threads: Pillow decodes without the GIL).
-
-    Returns the checksums that have a thumbnail, and how many were made now."""
-    todo: dict[str, Path] = {}
-    have: set[str] = set()
-    for r in rows:
-        sha, src = str(r.get("sha256") or ""), out_dir / str(r["file_name"])
-        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha) or not src.is_file():
-            continue
-        if (out_dir / thumb_name(sha)).is_file():
-            have.add(sha)
-        else:
-            todo[sha] = src
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        made = pool.map(
-            lambda kv: (kv[0], make_thumbnail(kv[1], out_dir / thumb_name(kv[0]))), todo.items()
-        )
-        new = {sha for sha, ok in made if ok}
-    return have | new, len(new)
-
-
-def build_gallery(
-    out_dir: Path, *, title: str | None = None, workers: int | None = None
-) -> GalleryReport:
-    """(Re)write ``out_dir/index.html`` from the index, making any missing thumbnails."""
-    rows = sorted(read_index(out_dir), key=lambda r: (str(r.get("prompt_id")), r["file_name"]))
-    failures = read_failures(out_dir)
-    thumbs, made = _ensure_thumbs(out_dir, rows, workers or os.cpu_count() or 2)
-    missing = sum(1 for r in rows if not (out_dir / str(r["file_name"])).is_file())
-    page = render_page(
-        rows, failures, thumbs, title=title or out_dir.resolve().name, missing=missing,
-        spend=journal_spend(out_dir),
-    )  # fmt: skip
-    dest = out_dir / GALLERY
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, dest)
-    return GalleryReport(dest, len(rows), made, missing, len(failures))
-
-
-# ---- rendering: pure functions of the rows -------------------------------------------------
-
-_e = html.escape  # quote=True by default: safe in text and in double-quoted attributes
-
-
-def _asset(name: str) -> str:
-    return resources.files("batchgen.outputs.gallery_assets").joinpath(name).read_text("utf-8")
-
-
-def _href(rel: str) -> str:
-    """A relative file name as an escaped URL attribute value (each segment %-quoted)."""
-    return _e(urllib.parse.quote(rel, safe="/"))
-
-
-def _size_of(r: Mapping[str, Any]) -> str:
-    return str(r.get("requested_size") or f"{r.get('width')}x{r.get('height')}")
-
-
-def _tags(r: Mapping[str, Any]) -> list[str]:
-    tags = r.get("tags")
-    if isinstance(tags, list):  # `tags: [nature]`: names
-        return [str(t) for t in tags]
-    if not isinstance(tags, Mapping):
-        return []
-    # A name in a manifest that also has mapping tags is stored as name: "": show the name.
-    return [str(k) if v in ("", None) else f"{k}={v}" for k, v in tags.items()]
-
-
-def _money(x: float) -> str:
-    return f"${x:,.2f}" if x >= 0.1 or x == 0 else f"${x:.3f}"
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _options(element_id: str, label: str, counts: Counter[str]) -> str:
-    opts = "".join(
-        f'<option value="{_e(v)}">{_e(v)} ({n})</option>' for v, n in sorted(counts.items()) if v
-    )
-    return (
-        f'<label>{_e(label)} <select id="{element_id}"><option value="">all</option>'
-        f"{opts}</select></label>"
-    )
-
-
-def _card(r: Mapping[str, Any], thumbs: set[str]) -> str:
-    sha = str(r.get("sha256") or "")
-    prompt = str(r.get("prompt") or "")
-    tags = _tags(r)
-    words = [prompt, str(r.get("prompt_id") or ""), *tags]
-    if isinstance(r.get("vars"), Mapping):
-        words += [str(v) for v in r["vars"].values()]
-    if sha in thumbs:
-        w, h = r.get("width") or 1, r.get("height") or 1
-        scale = THUMB_SIDE / max(int(w), int(h), 1)
-        img = (
-            f'<img src="{_href(thumb_name(sha))}" loading="lazy" decoding="async" '
-            f'width="{round(int(w) * scale)}" height="{round(int(h) * scale)}" '
-            f'alt="{_e(prompt[:200])}">'
-        )
-    else:
-        img = '<span class="missing">image missing</span>'
-    cost = r.get("cost_estimate")
-    refs = _references(r)
-    words += [name for name, _ in refs]
-    meta = [
-        f"<span>{_e(str(r.get('width')))}×{_e(str(r.get('height')))}</span>",
-        f"<span>{_e(str(r.get('quality') or ''))}</span>",
-        f"<span>{_e(_money(float(cost)))}</span>" if isinstance(cost, int | float) else "",
-        f"<span>{_e(str(r.get('prompt_id') or ''))} #{_e(str(r.get('image_index')))}</span>",
-        *(f'<span class="tag">{_e(t)}</span>' for t in tags),
-        *(f'<span class="ref" title="{_e(title)}">{_e(name)}</span>' for name, title in refs),
-    ]
-    return (
-        f'<article class="card" data-prompt-id="{_e(str(r.get("prompt_id") or ""))}" '
-        f'data-size="{_e(_size_of(r))}" data-quality="{_e(str(r.get("quality") or ""))}" '
-        f'data-tags="{_e(json.dumps(tags))}" data-search="{_e(" ".join(words).lower())}">'
-        f'<a class="thumb" href="{_href(str(r["file_name"]))}">{img}</a>'
-        f'<div class="body"><p class="prompt">{_e(prompt)}</p>'
-        f'<div class="meta">{"".join(meta)}</div></div></article>'
-    )
-
-
-def _references(r: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(label, tooltip) for an edit's inputs: file names (sha256 on hover), the mask marked."""
-    found = r.get("references")
-    items = found if isinstance(found, list) else []
-    out: list[tuple[str, str]] = []
-    for label, item in [*(("ref", i) for i in items), ("mask", r.get("mask"))]:
-        if isinstance(item, Mapping):
-            where = str(item.get("path") or item.get("url") or "")
-            name = where.rsplit("/", 1)[-1][:40] or where[:40]
-            out.append((f"{label}: {name}", f"{where} sha256 {item.get('sha256') or '?'}"))
-    return out
-
-
-def _failures_table(failures: Iterable[Mapping[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><td>{_e(str(f.get('prompt_id') or ''))}</td><td>{_e(str(f.get('prompt') or ''))}"
-        f'</td><td class="class">{_e(str(f.get("class") or ""))}</td>'
-        f"<td>{_e(str(f.get('message') or ''))}</td><td>{_e(str(f.get('attempts') or ''))}</td>"
-        f"<td><code>{_e(str(f.get('job_id') or '')[:16])}</code></td></tr>"
-        for f in failures
-    )
-    if not rows:
-        return '<p class="empty">No failures.</p>'
-    head = "".join(
-        f"<th>{h}</th>" for h in ("prompt id", "prompt", "class", "message", "attempts", "job")
-    )
-    return f'<table class="failures"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-
-
-def _total_cost(rows: Iterable[Mapping[str, Any]]) -> float:
-    """The sum of the rows' estimates (each row carries its image's share of the job's)."""
-    return sum(float(c) for r in rows if isinstance(c := r.get("cost_estimate"), int | float))
 
 
 def journal_spend(out_dir: Path) -> tuple[float, float] | None:
@@ -249,72 +104,202 @@ def journal_spend(out_dir: Path) -> tuple[float, float] | None:
     return t.spent, t.rehearsal
 
 
-def _spend_text(rows: Iterable[Mapping[str, Any]], spend: tuple[float, float] | None) -> str:
-    if spend is None:  # a copied dataset: what its images' estimates add up to
-        return f"<span><b>{_e(_money(_total_cost(rows)))}</b> estimated cost</span>"
-    spent, rehearsal = spend
-    parts = []
-    if spent or not rehearsal:
-        parts.append(f"<span><b>{_e(_money(spent))}</b> spent (estimated)</span>")
-    if rehearsal:
-        parts.append(
-            f"<span>rehearsal: <b>{_e(_money(rehearsal))}</b> on fal, nothing billed</span>"
-        )
-    return "".join(parts)
+# ---- one chunk of rows ---------------------------------------------------------------------
 
 
-def render_page(
-    rows: Sequence[Mapping[str, Any]],
-    failures: Sequence[Mapping[str, Any]],
-    thumbs: set[str],
+def _chunk(
+    out_dir: Path, k: int, rows: Sequence[Mapping[str, Any]], totals: Totals,
+    pool: ThreadPoolExecutor,
+) -> int:  # fmt: skip
+    """Thumbnails, totals and both script files of chunk ``k``; returns thumbnails made."""
+    todo: dict[str, Path] = {}
+    present: list[bool] = []
+    thumbs: list[str | None] = []
+    # os.path on strings, not Path: pathlib interns every name it parses, and CPython's table
+    # of interned strings grows with a million distinct file names and never shrinks.
+    base = str(out_dir)
+    for r in rows:
+        sha, src = str(r.get("sha256") or ""), os.path.join(base, str(r["file_name"]))
+        here = os.path.isfile(src)
+        present.append(here)
+        ok = here and len(sha) == 64 and _HEX.issuperset(sha)
+        thumbs.append(sha if ok else None)
+        if ok and sha not in todo and not os.path.isfile(os.path.join(base, thumb_name(sha))):
+            todo[sha] = Path(src)
+    # In threads: Pillow decodes without the GIL.
+    made = pool.map(lambda kv: (kv[0], make_thumbnail(kv[1], out_dir / thumb_name(kv[0]))),
+                    todo.items())  # fmt: skip
+    failed = {sha for sha, ok in made if not ok}
+    records = [record(r, None if t in failed else t) for r, t in zip(rows, thumbs, strict=True)]
+    for r, rec, here in zip(rows, records, present, strict=True):
+        totals.add(r, rec, missing=not here)
+    write_script(out_dir, chunk_name("r", k), "batchgenGallery.records", k, records)
+    summary_ = summary(rows, records)
+    write_script(out_dir, chunk_name("s", k), "batchgenGallery.summary", k, summary_)
+    return len(todo) - len(failed)
+
+
+@dataclass
+class _Resume:
+    """Where a pass starts: a byte offset at a chunk boundary and the totals before it."""
+
+    offset: int
+    totals: Totals
+    keys: scan.Keys
+
+
+@dataclass
+class _Pass:
+    end: int  # bytes of the index read
+    totals: Totals
+    keys: scan.Keys
+    resume: _Resume  # the start of the last chunk, where the next refresh begins (its keys
+    # are the first ones of ``keys``: a refresh reads them back from keys.bin)
+    made: int
+    rows_read: int
+    metadata_id: list[int]
+
+
+def _read(
+    out_dir: Path, start: _Resume, skip: set[int], pool: ThreadPoolExecutor, chunk_rows: int
+) -> tuple[_Pass, set[int]]:
+    """Stream the index from ``start``, writing chunks; also the offsets a later row for the
+    same file supersedes (when not empty, the caller reads again, skipping them)."""
+    totals = Totals.from_json(start.totals.to_json())
+    keys = scan.Keys(start.keys.data[:])
+    resume = start
+    made = read = 0
+    batch: list[dict[str, Any]] = []
+    try:
+        f = (out_dir / METADATA).open("rb")
+    except FileNotFoundError:
+        return _Pass(0, totals, keys, resume, 0, 0, []), set()
+    with f:
+        st = os.fstat(f.fileno())
+        end = scan.complete_end(f)
+        for off, raw in scan.lines(f, start.offset, end):
+            row = None if off in skip else scan.parse(raw, "file_name")
+            if row is None:
+                continue
+            batch.append(row)
+            keys.add(row["file_name"], str(row.get("job_id")), off)
+            if len(batch) == chunk_rows:
+                made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool)
+                read += len(batch)
+                batch = []
+                resume = _Resume(off + len(raw), Totals.from_json(totals.to_json()), keys)
+        if batch:
+            made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool)
+            read += len(batch)
+        again = keys.superseded(f, "file_name")
+    return _Pass(end, totals, keys, resume, made, read, [st.st_dev, st.st_ino]), again
+
+
+# ---- the state a refresh resumes from -------------------------------------------------------
+
+
+def _save_state(out_dir: Path, p: _Pass, chunk_rows: int) -> None:
+    (out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": STATE_FORMAT, "batchgen_version": __version__, "chunk_rows": chunk_rows,
+        "metadata": p.metadata_id, "end": p.end,
+        "resume": {"offset": p.resume.offset, "totals": p.resume.totals.to_json()},
+    }  # fmt: skip
+    p.keys.write(out_dir / KEYS)
+    dest = out_dir / STATE  # last: it names the keys and chunks now on disk
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, dest)
+
+
+def _load_resume(out_dir: Path, chunk_rows: int) -> _Resume | None:
+    """The last build's resume point, or None when a full build is needed: no state, another
+    format or chunk size, or an index that was replaced (``batchgen index``) or shrank."""
+    try:
+        state = json.loads((out_dir / STATE).read_text(encoding="utf-8"))
+        keys = scan.Keys.from_bytes((out_dir / KEYS).read_bytes())
+        st = (out_dir / METADATA).stat()
+        same = (
+            state["format"] == STATE_FORMAT and state["batchgen_version"] == __version__
+            and state["chunk_rows"] == chunk_rows and state["metadata"] == [st.st_dev, st.st_ino]
+            and st.st_size >= state["end"]
+        )  # fmt: skip
+        totals = Totals.from_json(state["resume"]["totals"])
+        offset = int(state["resume"]["offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not same or len(keys) < totals.rows:
+        return None
+    return _Resume(offset, totals, keys.head(totals.rows))
+
+
+# ---- building ----------------------------------------------------------------------------
+
+
+def build_gallery(
+    out_dir: Path,
     *,
-    title: str,
-    missing: int = 0,
-    spend: tuple[float, float] | None = None,
-) -> str:
-    """The whole page as text: a pure function of the index rows and the thumbnails present."""
-    script = _asset("gallery.js")
-    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    csp = (
-        f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
-        f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'"
-    )
-    jobs = len({r.get("job_id") for r in rows})
-    total_bytes = sum(int(r.get("bytes") or 0) for r in rows)
-    totals = [
-        f"<span><b>{len(rows):,}</b> images</span>",
-        f"<span><b>{jobs:,}</b> jobs</span>",
-        f"<span><b>{len(failures):,}</b> failed</span>",
-        _spend_text(rows, spend),
-        f"<span><b>{_bytes(total_bytes)}</b></span>",
-        f"<span><b>{missing:,}</b> missing files</span>" if missing else "",
-        f'<span>showing <b id="shown">{len(rows):,}</b></span>',
-    ]
-    filters = "".join(
-        [
-            _options("f-prompt", "prompt", Counter(str(r.get("prompt_id") or "") for r in rows)),
-            _options("f-size", "size", Counter(_size_of(r) for r in rows)),
-            _options("f-quality", "quality", Counter(str(r.get("quality") or "") for r in rows)),
-            _options("f-tag", "tag", Counter(t for r in rows for t in _tags(r))),
-            '<input id="q" type="search" placeholder="search prompts" aria-label="search">',
-        ]
-    )
-    cards = "\n".join(_card(r, thumbs) for r in rows)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="batchgen {_e(__version__)}">
-<title>{_e(title)} · batchgen</title>
-<style>{_asset("gallery.css")}</style></head>
-<body><header><h1>{_e(title)}</h1>
-<div class="totals">{"".join(totals)}</div>
-<div class="filters">{filters}</div></header>
-<main><section class="grid" id="cards">
-{cards}
-</section>
-<h2 id="failures">Failures ({len(failures):,})</h2>
-{_failures_table(failures)}</main>
-<script>{script}</script>
-</body></html>
-"""
+    title: str | None = None,
+    workers: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> GalleryReport:
+    """(Re)write the whole gallery from the index, making any missing thumbnails."""
+    return _build(out_dir, None, title, workers, chunk_rows)
+
+
+def refresh_gallery(
+    out_dir: Path,
+    *,
+    title: str | None = None,
+    workers: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> GalleryReport:
+    """Bring the gallery up to date with rows appended since the last build, reading only
+    those (and the last, partial chunk's); a full build when there is nothing to resume
+    from or a new row replaces an older one's file. Safe while a run writes the folder."""
+    return _build(out_dir, _load_resume(out_dir, chunk_rows), title, workers, chunk_rows)
+
+
+def _build(
+    out_dir: Path, resume: _Resume | None, title: str | None, workers: int | None,
+    chunk_rows: int,
+) -> GalleryReport:  # fmt: skip
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+    fresh = _Resume(0, Totals(), scan.Keys())
+    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 2)) as pool:
+        p, skip = _read(out_dir, resume or fresh, set(), pool, chunk_rows)
+        if skip:  # a file written twice keeps its last row: read again, leaving out the rest
+            again, _ = _read(out_dir, fresh, skip, pool, chunk_rows)
+            again.made += p.made
+            p, resume = again, None
+    failures, failure_chunks = write_failures(out_dir, chunk_rows)
+    _save_state(out_dir, p, chunk_rows)
+    script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
+    (out_dir / SCRIPT).write_text(script.read_text("utf-8"), encoding="utf-8")
+    facts = PageFacts(
+        title=title or out_dir.resolve().name, totals=p.totals, jobs=p.keys.distinct_jobs(),
+        failures=failures, failure_chunks=failure_chunks, spend=journal_spend(out_dir),
+        chunk_rows=chunk_rows, script=SCRIPT,
+    )  # fmt: skip
+    dest = out_dir / GALLERY
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    tmp.write_text(render_page(facts), encoding="utf-8")
+    os.replace(tmp, dest)
+    _remove_stale(out_dir, -(-p.totals.rows // chunk_rows), failure_chunks)
+    return GalleryReport(dest, p.totals.rows, p.made, p.totals.missing, failures,
+                         p.rows_read, resume is not None)  # fmt: skip
+
+
+def _remove_stale(out_dir: Path, chunks: int, failure_chunks: int) -> None:
+    """Chunks past the end, left by a larger earlier build (the page never asks for them)."""
+    limit = {"r": chunks, "s": chunks, "f": failure_chunks}
+    try:
+        names = os.listdir(out_dir / DATA_DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        kind, _, rest = name.partition("-")
+        stale = rest.endswith(".js") and rest[:-3].isdigit() and int(rest[:-3]) >= limit[kind]
+        if kind in limit and stale:
+            (out_dir / DATA_DIR / name).unlink(missing_ok=True)

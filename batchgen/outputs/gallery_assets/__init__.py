@@ -1,1 +1,2 @@
-"""The gallery's stylesheet and script, inlined into ``index.html`` (no CDN, no requests)."""
+"""The gallery's stylesheet (inlined into ``index.html``) and script (copied to
+``.gallery/gallery.js``): no CDN, no requests."""

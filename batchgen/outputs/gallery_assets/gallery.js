@@ -1,7 +1,20 @@
-// batchgen gallery: filters and search over server-rendered cards. Filter state lives in the
-// URL fragment (#quality=high&q=owl) so a filtered view can be bookmarked or shared.
+// batchgen gallery: pages of cards drawn from script chunks under .gallery/, with filters and
+// sorts over every row. The first page needs one records chunk, whatever the folder holds;
+// the summary chunks (a few dozen bytes a row) load in the background so that a filter or a
+// sort covers the whole set, and the status says how much of it is covered until then.
+// Every user string reaches the page through textContent or a DOM property, never as HTML.
+// The view lives in the URL fragment (#quality=high&q=owl&sort=-cost&page=3) so it can be
+// bookmarked or shared.
 "use strict";
 (function () {
+  const body = document.body;
+  const N = Number(body.dataset.rows) || 0;
+  const C = Number(body.dataset.chunkRows) || 1000;
+  const NF = Number(body.dataset.failures) || 0;
+  const FC = Number(body.dataset.failureChunks) || 0;
+  const CHUNKS = Math.ceil(N / C);
+  const IN_FLIGHT = 4; // summary chunks loading at once
+  const KEEP = 48; // records chunks kept after their page was left (a sorted page may need many)
   const byId = (id) => document.getElementById(id);
   const controls = {
     prompt: byId("f-prompt"),
@@ -9,71 +22,366 @@
     quality: byId("f-quality"),
     tag: byId("f-tag"),
     q: byId("q"),
+    sort: byId("sort"),
   };
   const shown = byId("shown");
-  // Parse each card's data once: 10,000 cards are filtered on every keystroke.
-  const cards = Array.from(document.querySelectorAll(".card")).map((el) => ({
-    el,
-    prompt: el.dataset.promptId,
-    size: el.dataset.size,
-    quality: el.dataset.quality,
-    tags: JSON.parse(el.dataset.tags || "[]"),
-    text: el.dataset.search || "",
-  }));
+  const status = byId("status");
+  const pagers = Array.from(document.querySelectorAll("main > nav.pager:not(#failure-pager)"));
+  const state = { page: 0, per: 100 };
 
-  function apply() {
-    const want = {
-      prompt: controls.prompt.value,
-      size: controls.size.value,
-      quality: controls.quality.value,
-      tag: controls.tag.value,
-    };
-    const words = controls.q.value.toLowerCase().split(/\s+/).filter(Boolean);
-    let n = 0;
-    for (const c of cards) {
-      const ok =
-        (!want.prompt || c.prompt === want.prompt) &&
-        (!want.size || c.size === want.size) &&
-        (!want.quality || c.quality === want.quality) &&
-        (!want.tag || c.tags.includes(want.tag)) &&
-        words.every((w) => c.text.includes(w));
-      c.el.hidden = !ok;
-      if (ok) n += 1;
+  // ---- chunks: scripts that call these (fetch() cannot read file:// in Chromium) ----------
+  const records = new Map(); // chunk -> rows, oldest first
+  const failureRows = new Map();
+  const loading = new Map(); // src -> Promise
+  const summaries = [];
+  let summarised = 0;
+  const cost = new Float64Array(N).fill(NaN);
+  const time = new Float64Array(N).fill(NaN);
+  const area = new Float64Array(N).fill(NaN);
+  const text = new Array(N); // search text per row, shared with its chunk's dictionary
+
+  window.batchgenGallery = {
+    records(k, rows) {
+      records.set(k, rows);
+    },
+    failures(k, rows) {
+      failureRows.set(k, rows);
+    },
+    summary(k, s) {
+      const start = k * C;
+      // A refresh may have added rows to the last chunk since this page was written.
+      const n = Math.max(0, Math.min(s.n, N - start));
+      const c = s.cols;
+      for (let i = 0; i < n; i++) {
+        const g = start + i;
+        if (c.cost[i] !== null) cost[g] = c.cost[i];
+        if (c.time[i] !== null) time[g] = c.time[i];
+        if (c.area[i] !== null) area[g] = c.area[i];
+        text[g] = s.dict.text[c.text[i]];
+      }
+      if (!summaries[k]) summarised += 1;
+      summaries[k] = { n, start, dict: s.dict, cols: c };
+    },
+  };
+
+  const pad = (k) => String(k).padStart(6, "0");
+  const src = (kind, k) => ".gallery/" + kind + "-" + pad(k) + ".js";
+
+  function load(url) {
+    let p = loading.get(url);
+    if (!p) {
+      p = new Promise((resolve, reject) => {
+        const el = document.createElement("script");
+        el.src = url;
+        el.onload = () => {
+          el.remove();
+          resolve();
+        };
+        el.onerror = () => {
+          el.remove();
+          loading.delete(url);
+          reject(new Error("cannot load " + url + ": rebuild with `batchgen gallery`"));
+        };
+        document.head.appendChild(el);
+      });
+      loading.set(url, p);
     }
-    shown.textContent = String(n);
+    return p;
   }
 
+  async function needRecords(rows) {
+    const wanted = new Set(rows.map((g) => Math.floor(g / C)));
+    await Promise.all(Array.from(wanted, (k) => (records.has(k) ? null : load(src("r", k)))));
+    for (const k of records.keys()) {
+      if (records.size <= KEEP + wanted.size) break;
+      if (!wanted.has(k)) {
+        records.delete(k);
+        loading.delete(src("r", k));
+      }
+    }
+  }
+
+  // ---- which rows, in which order ------------------------------------------------------
+  function wanted() {
+    const w = { sort: controls.sort.value };
+    for (const key of ["prompt", "size", "quality", "tag"]) w[key] = controls[key].value;
+    w.words = controls.q.value.toLowerCase().split(/\s+/).filter(Boolean);
+    return w;
+  }
+
+  const plain = (w) => !w.prompt && !w.size && !w.quality && !w.tag && !w.words.length && !w.sort;
+
+  function select(w) {
+    const out = [];
+    const same = (values, want) => values.map((v) => !want || v === want);
+    for (const s of summaries) {
+      if (!s) continue;
+      // Decide once per distinct value of the chunk, then look each row up.
+      const okPrompt = same(s.dict.prompt, w.prompt);
+      const okSize = same(s.dict.size, w.size);
+      const okQuality = same(s.dict.quality, w.quality);
+      const okTags = s.dict.tags.map((list) => !w.tag || list.includes(w.tag));
+      const okText = s.dict.text.map((t) => w.words.every((word) => t.includes(word)));
+      const c = s.cols;
+      for (let i = 0; i < s.n; i++) {
+        if (
+          okPrompt[c.prompt[i]] &&
+          okSize[c.size[i]] &&
+          okQuality[c.quality[i]] &&
+          okTags[c.tags[i]] &&
+          okText[c.text[i]]
+        ) {
+          out.push(s.start + i);
+        }
+      }
+    }
+    return order(out, w.sort);
+  }
+
+  function order(rows, key) {
+    const desc = key.startsWith("-");
+    const name = desc ? key.slice(1) : key;
+    const sign = desc ? -1 : 1;
+    if (name === "prompt") {
+      // Ties keep the written order (the sort is stable and the rows come in that order).
+      return rows.sort((a, b) => (text[a] < text[b] ? -sign : text[a] > text[b] ? sign : 0));
+    }
+    const col = { time: time, cost: cost, size: area }[name];
+    if (!col) return rows;
+    return rows.sort((a, b) => {
+      const x = col[a];
+      const y = col[b];
+      if (Number.isNaN(x) || Number.isNaN(y)) return Number.isNaN(x) - Number.isNaN(y); // unknown last
+      return sign * (x - y);
+    });
+  }
+
+  // ---- drawing: DOM nodes only ---------------------------------------------------------
+  const href = (name) => name.split("/").map(encodeURIComponent).join("/");
+
+  function el(tag, cls, content) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (content !== undefined) e.textContent = content;
+    return e;
+  }
+
+  function money(x) {
+    return x >= 0.1 || x === 0 ? "$" + x.toFixed(2) : "$" + x.toFixed(3);
+  }
+
+  function card(r) {
+    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs] = r;
+    const art = el("article", "card");
+    art.dataset.promptId = pid;
+    art.dataset.file = file;
+    const a = el("a", "thumb");
+    a.href = href(file);
+    if (thumb) {
+      const img = el("img");
+      img.src = href(".thumbs/" + thumb.slice(0, 2) + "/" + thumb + ".jpg");
+      img.loading = "lazy";
+      img.decoding = "async";
+      img.alt = prompt.slice(0, 200);
+      const scale = 320 / Math.max(w || 1, h || 1, 1);
+      img.width = Math.round((w || 1) * scale);
+      img.height = Math.round((h || 1) * scale);
+      a.append(img);
+    } else {
+      a.append(el("span", "missing", "image missing"));
+    }
+    const meta = el("div", "meta");
+    meta.append(el("span", "", (w ?? "?") + "\u00d7" + (h ?? "?")), el("span", "", quality));
+    if (typeof price === "number") meta.append(el("span", "cost", money(price)));
+    meta.append(el("span", "", pid + " #" + n));
+    for (const t of tags) meta.append(el("span", "tag", t));
+    for (const [label, title] of refs) {
+      const s = el("span", "ref", label);
+      s.title = title;
+      meta.append(s);
+    }
+    const text = el("div", "body");
+    text.append(el("p", "prompt", prompt), meta);
+    art.append(a, text);
+    return art;
+  }
+
+  let view = null; // { key, rows } for a filtered or sorted view
+  let drawing = 0;
+
+  async function draw() {
+    const ticket = ++drawing;
+    const w = wanted();
+    let total;
+    let rows;
+    if (plain(w)) {
+      total = N;
+      const first = state.page * state.per;
+      rows = [];
+      for (let g = first; g < Math.min(N, first + state.per); g++) rows.push(g);
+    } else {
+      const key = JSON.stringify([w, summarised]);
+      if (!view || view.key !== key) view = { key, rows: select(w) };
+      total = view.rows.length;
+      rows = view.rows.slice(state.page * state.per, (state.page + 1) * state.per);
+    }
+    const pages = Math.max(1, Math.ceil(total / state.per));
+    const partial = !plain(w) && summarised < CHUNKS;
+    // Past the last page: go to the last one, but only once every row is known (page 3 of a
+    // filtered view may be empty only because its rows have not been loaded yet).
+    if (state.page >= pages && !partial) {
+      state.page = pages - 1;
+      return draw();
+    }
+    try {
+      await needRecords(rows);
+    } catch (e) {
+      status.textContent = String(e.message || e);
+      return;
+    }
+    if (ticket !== drawing) return; // a newer view was asked for meanwhile
+    const grid = byId("cards");
+    grid.replaceChildren(
+      ...rows.map((g) => records.get(Math.floor(g / C))[g % C]).filter(Boolean).map(card),
+    );
+    shown.textContent = total.toLocaleString("en");
+    status.textContent = partial
+      ? "(searching " + Math.min(N, summarised * C).toLocaleString("en") + " of " +
+        N.toLocaleString("en") + " images\u2026)"
+      : "";
+    for (const p of pagers) {
+      p.hidden = pages < 2;
+      p.querySelector(".where").textContent = "page " + (state.page + 1) + " of " + pages;
+      p.querySelector('[data-go="-1"]').disabled = state.page === 0;
+      p.querySelector('[data-go="1"]').disabled = state.page >= pages - 1;
+    }
+    // When the first page showed, and when every row was searchable (bench/gallery.py).
+    const now = String(Math.round(performance.now()));
+    if (!body.dataset.firstScreen) body.dataset.firstScreen = now;
+    if (summarised >= CHUNKS && body.dataset.state !== "complete") {
+      body.dataset.state = "complete";
+      body.dataset.completeMs = now;
+    }
+  }
+
+  // ---- the summaries, in the background ------------------------------------------------
+  let redrawAt = 0;
+  async function loadSummaries() {
+    let next = 0;
+    async function worker() {
+      while (next < CHUNKS) {
+        const k = next++;
+        try {
+          await load(src("s", k));
+        } catch (e) {
+          status.textContent = String(e.message || e);
+          return;
+        }
+        // Redraw a filtered view now and then as more of the set is covered.
+        if (!plain(wanted()) && performance.now() - redrawAt > 300) {
+          redrawAt = performance.now();
+          draw();
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+    draw();
+  }
+
+  // ---- failures: a chunk a page --------------------------------------------------------
+  let failurePage = 0;
+  async function drawFailures() {
+    if (!NF) return;
+    const k = failurePage;
+    try {
+      await load(src("f", k));
+    } catch (e) {
+      byId("failure-list").textContent = String(e.message || e);
+      return;
+    }
+    const table = el("table", "failures");
+    const head = el("tr");
+    for (const h of ["prompt id", "prompt", "size", "quality", "class", "message", "attempts", "job"])
+      head.append(el("th", "", h));
+    table.append(el("thead"), el("tbody"));
+    table.tHead.append(head);
+    for (const [pid, prompt, size, quality, cls, message, attempts, job] of failureRows.get(k)) {
+      const tr = el("tr");
+      const code = el("td");
+      code.append(el("code", "", job));
+      tr.append(el("td", "", pid), el("td", "", prompt), el("td", "", size), el("td", "", quality),
+        el("td", "class", cls), el("td", "", message), el("td", "", String(attempts ?? "")), code);
+      table.tBodies[0].append(tr);
+    }
+    byId("failure-list").replaceChildren(table);
+    const p = byId("failure-pager");
+    p.hidden = FC < 2;
+    p.querySelector(".where").textContent = "page " + (k + 1) + " of " + FC;
+    p.querySelector('[data-go="-1"]').disabled = k === 0;
+    p.querySelector('[data-go="1"]').disabled = k >= FC - 1;
+  }
+
+  // ---- the fragment --------------------------------------------------------------------
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
-    for (const [key, el] of Object.entries(controls)) {
-      // A value that is not among a select's options leaves it empty, which means "all".
-      el.value = params.get(key) || "";
+    for (const [key, e] of Object.entries(controls)) {
+      const value = params.get(key) || "";
+      // A facet past the listed ones (a huge folder lists the first 1,000) still filters.
+      if (value && e.tagName === "SELECT" && key !== "sort" &&
+          !Array.from(e.options).some((o) => o.value === value)) {
+        e.append(new Option(value, value));
+      }
+      e.value = value;
     }
+    state.page = Math.max(0, (Number(params.get("page")) || 1) - 1);
+    state.per = Math.min(1000, Math.max(1, Number(params.get("per")) || 100));
   }
 
   function writeHash() {
     const params = new URLSearchParams();
-    for (const [key, el] of Object.entries(controls)) if (el.value) params.set(key, el.value);
-    const text = params.toString();
+    for (const [key, e] of Object.entries(controls)) if (e.value) params.set(key, e.value);
+    if (state.page) params.set("page", String(state.page + 1));
+    if (state.per !== 100) params.set("per", String(state.per));
+    const t = params.toString();
     // Opened from file://, some browsers refuse history entries for an opaque origin; the
-    // filters still work then, only the fragment is not updated.
+    // view still changes then, only the fragment is not updated.
     try {
-      history.replaceState(null, "", text ? "#" + text : location.pathname);
+      history.replaceState(null, "", t ? "#" + t : location.pathname);
     } catch (e) {
       if (!(e instanceof DOMException)) throw e;
     }
   }
 
-  for (const el of Object.values(controls)) {
-    el.addEventListener("input", () => {
-      apply();
+  let typing = 0;
+  for (const e of Object.values(controls)) {
+    e.addEventListener("input", () => {
+      state.page = 0;
       writeHash();
+      // Typing in the search box at a million rows: wait for a pause before searching.
+      clearTimeout(typing);
+      typing = setTimeout(draw, e === controls.q && N > 100000 ? 250 : 0);
+    });
+  }
+  for (const p of pagers) {
+    for (const b of p.querySelectorAll("button")) {
+      b.addEventListener("click", () => {
+        state.page += Number(b.dataset.go);
+        writeHash();
+        draw();
+        window.scrollTo(0, 0);
+      });
+    }
+  }
+  for (const b of byId("failure-pager").querySelectorAll("button")) {
+    b.addEventListener("click", () => {
+      failurePage = Math.min(FC - 1, Math.max(0, failurePage + Number(b.dataset.go)));
+      drawFailures();
     });
   }
   window.addEventListener("hashchange", () => {
     readHash();
-    apply();
+    draw();
   });
   readHash();
-  apply();
+  draw().then(() => Promise.all([loadSummaries(), drawFailures()]));
 })();
