@@ -25,6 +25,7 @@ FAULT_NAMES = (
     "upload500",
     "evil_name",
     "file_url",
+    "fallback",
 )
 
 FAULTS_HELP = (

@@ -34,6 +34,9 @@ class FaultSpec:
     evil_name: float = 0.0
     # ...or an image URL that points at the client's own disk (file:///etc/passwd).
     file_url: float = 0.0
+    # fal reroutes the request to an "equivalent" endpoint (model fallback), which says so in
+    # its result answer; a request sending x-fal-disable-fallbacks is never rerouted.
+    fallback: float = 0.0
 
     @property
     def active(self) -> bool:
