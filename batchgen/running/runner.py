@@ -38,6 +38,7 @@ from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
 from batchgen.planning.summary import Tally
 from batchgen.running.events import Event, Planned, Ready, StopReason
+from batchgen.running.notify import end_message, tell_the_end
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, signals, target
@@ -173,6 +174,13 @@ async def execute(
             log.write(line)
         _gallery(out, log)
         code = result.exit_code
+        if settings.notify is not None or settings.on_exit:  # logged, never raised
+            message = end_message(
+                result.summary, name=settings.manifest_name, images=result.images, exit_code=code
+            )
+            await tell_the_end(
+                message, notify=settings.notify, on_exit=settings.on_exit, log=log.write
+            )
     finally:
         journal.close(code)
         log.write(f"exit {code}")

@@ -33,7 +33,9 @@ from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool, ResultGone
 from batchgen.planning.jobs import JobState
+from batchgen.running import clock as stop_clock
 from batchgen.running import events as ev
+from batchgen.running.logs import keep_logs
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
 from batchgen.running.recovery import Recovery, recover
@@ -118,8 +120,8 @@ class Scheduler:
     def stop(self, *, now: bool = False, reason: ev.StopReason = ev.StopReason.INTERRUPTED) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
         # What the exit code reports: a refused key over Ctrl-C over the budget.
-        rank = [None, ev.StopReason.BUDGET, ev.StopReason.DECLINED, ev.StopReason.INTERRUPTED,
-                ev.StopReason.FATAL]  # fmt: skip
+        rank = [None, ev.StopReason.BUDGET, ev.StopReason.STOP_AT, ev.StopReason.DECLINED,
+                ev.StopReason.INTERRUPTED, ev.StopReason.FATAL]  # fmt: skip
         if rank.index(reason) > rank.index(self.stop_reason):
             self.stop_reason = reason
         first = not self._stopping
@@ -160,12 +162,14 @@ class Scheduler:
         """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
         await self.prepare()
         self._pool.start()
+        timer = stop_clock.start_timer(self._s.stop_at, self._wall, self._sleep, self.stop)
         try:
             self._resume()
             await self._submit_loop()
             while not self._stop_now and (self._tasks or self._pool.backlog):
                 await self._changed()
         finally:
+            stop_clock.cancel(timer)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,6 +203,9 @@ class Scheduler:
     async def _submit_loop(self) -> None:
         cap = self._s.max_cost
         while not self._stopping:
+            if stop_clock.due(self._s.stop_at, self._wall):  # nothing is sent after --stop-at
+                self.stop(reason=ev.StopReason.STOP_AT)
+                return
             free = self.window.size - len(self._tasks)
             if self.reach.down and self._submitter.busy:
                 free = 0  # one submit probes the unreachable server; the rest wait in line
@@ -324,6 +331,7 @@ class Scheduler:
                     self._record.retrying(job, op, o, delay, attempt)
                     await self._sleep(delay)
                     continue
+                await keep_logs(self._client, self._journal, job, handle, o, self._s.redact)
                 self._after_failure(row, o)
                 return
         took = self._clock() - submitted_at
