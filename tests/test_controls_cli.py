@@ -1,6 +1,6 @@
 """Issue 13 through `batchgen run` and `batchgen status`: refusals before anything is sent, the
 notification at the end (a local receiver over loopback; its token nowhere in the folder),
---on-exit, the manifest keys, --stop-at's time and exit code."""
+--on-exit, the manifest keys, --stop-at's time and exit code, and `status --job`."""
 
 from __future__ import annotations
 
@@ -158,3 +158,27 @@ def test_stop_at_is_the_next_such_local_time_and_exits_4_with_jobs_left() -> Non
     assert exit_code(stop=StopReason.STOP_AT, failed=0, unfinished=0) == 0
     assert exit_code(stop=StopReason.STOP_AT, failed=2, unfinished=0) == 1
 
+
+def test_status_job_shows_the_row_its_events_and_fals_logs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    faults = ["--faults", "content_policy=1"]
+    assert main(["run", str(m), "--emulate", "--out", str(out), "--quiet", *faults]) == 1
+    with Journal.open_readonly(out / JOURNAL_NAME) as j:
+        job = next(iter(j.iter_jobs()))
+    capsys.readouterr()
+    assert main(["status", str(out), "--job", job.job_id[:16]]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"job {job.job_id}\n  state failed, attempts 0")
+    assert "error content_policy_violation" in text
+    assert "PENDING->SUBMITTING" in text and "->FAILED" in text  # its history, in order
+    assert "fal's logs of its failed requests" in text
+    assert "ERROR Invalid status code: 422 (content_policy_violation)" in text
+    assert main(["status", str(out), "--job", str(job.request_id), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["job_id"] == job.job_id and doc["logs"] and doc["error_class"]
+    assert main(["status", str(out), "--job", "ffffffffff"]) == 2
+    assert "no job 'ffffffffff'" in capsys.readouterr().err
+    assert main(["status", str(out), "--job", "ab"]) == 2
