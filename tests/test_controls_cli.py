@@ -93,8 +93,20 @@ def test_the_end_is_posted_and_the_token_stays_secret(
     assert TOKEN.encode() not in _everything_in(out)  # run.log, journal, index, gallery
     log = (out / "run.log").read_text()
     assert "notify: sent to --notify (127.0.0.1)" in log and "on-exit:" in log
+    assert "controls: priority fal default (normal), fallbacks disabled, notify 127.0.0.1" in log
     with Journal.open_readonly(out / JOURNAL_NAME) as j:
         assert j.runs()[-1].settings["notify"] is True
+
+
+def test_the_notify_url_is_masked_in_any_message_but_plain_words_are_not() -> None:
+    from batchgen.running.notify import NotifyURL
+
+    url = f"https://hooks.slack.com/services/T0123ABCD/B0123ABCD/{TOKEN}"
+    u = NotifyURL(url)
+    assert repr(u) == str(u) == "NotifyURL('***')" and u.host == "hooks.slack.com"
+    text = u.redact(f"POST {url}: 500; path /services/T0123ABCD/B0123ABCD/{TOKEN}; {TOKEN}")
+    assert TOKEN not in text and "T0123ABCD" not in text and "/services/" not in text
+    assert u.redact("services ok, hooks ok") == "services ok, hooks ok"
 
 
 def test_a_failed_notification_is_logged_and_changes_no_exit_code(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from batchgen.errors import UsageError
 from batchgen.fal.headers import MIN_START_TIMEOUT, PRIORITIES, RequestControls
 from batchgen.running.clock import local_text, next_time
-from batchgen.running.notify import notify_url, on_exit_argv
+from batchgen.running.notify import NotifyURL, notify_url, on_exit_argv
 
 MIN_MEDIA_EXPIRY_S = 600
 
@@ -70,6 +70,25 @@ def public_controls(
         "notify": notify is not None,
         "on_exit": on_exit is not None,
     }
+
+
+def describe_controls(
+    controls: RequestControls, stop_at: float | None, notify: NotifyURL | None, on_exit: object
+) -> str:
+    """One line for run.log: how this run asks fal, when it stops, who hears of the end."""
+    parts = [
+        f"priority {controls.priority or 'fal default (normal)'}",
+        f"start timeout {controls.start_timeout:g} s" if controls.start_timeout else "",
+        f"images expire {controls.media_expiry} s after they are made"
+        if controls.media_expiry
+        else "",
+        "fallbacks allowed" if controls.allow_fallbacks else "fallbacks disabled",
+        "" if controls.store_io else "payloads not stored (X-Fal-Store-IO: 0)",
+        f"stop submitting at {local_text(stop_at)}" if stop_at is not None else "",
+        f"notify {notify.host}" if notify is not None else "",
+        "on-exit command" if on_exit else "",
+    ]
+    return ", ".join(p for p in parts if p)
 
 
 def _number(flag: str, value: object) -> float:

@@ -50,8 +50,8 @@ async def keep_logs(
 ) -> int:
     """After a request's own failure (``failure`` is FINAL or RESUBMIT: fal answered for
     it), fetch its logs and write them as events; the number of lines kept."""
-    if failure.action not in (Action.FINAL, Action.RESUBMIT):
-        return 0  # the request was not answered for (a refused key, no connection)
+    if failure.action not in (Action.FINAL, Action.RESUBMIT) or failure.reason == "expired":
+        return 0  # not answered for (a refused key, no connection), or fal forgot it
     try:
         status = await client.status(handle, logs=True)
     except Exception as exc:  # best effort: the failure itself is already decided

@@ -24,7 +24,7 @@ import json
 import shlex
 import shutil
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +53,30 @@ class NotifyURL(Secret):
         parts = urllib.parse.urlsplit(self._value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # Not echoed: a mistyped URL still holds its token.
-            raise UsageError("--notify must be an http(s) URL (the value is not shown: it may"
-                             " hold a token)")  # fmt: skip
+            raise UsageError(
+                "--notify must be an http(s) URL (the value is not shown: it may hold a token)"
+            )
 
     @property
     def host(self) -> str:
         return urllib.parse.urlsplit(self._value).hostname or "?"
 
     def fragments(self) -> list[str]:
-        """The URL, and each part of it that may be the token on its own (a path, a query,
-        a long path segment or query value), so no message can show a piece of it."""
+        """The URL, and each part of it that may be the token on its own: the path, the
+        query, the last path segment and any token-like one (8+ characters with a digit:
+        Slack's T…/B…/secret, Discord's id/token), query values, a password. Plain words
+        ("services") are left alone, or every log line using them would be masked."""
         p = urllib.parse.urlsplit(self._value)
+        segments = [x for x in p.path.split("/") if x]
         parts = [self._value, self._value.split("//", 1)[-1], p.path, p.query, p.fragment]
-        parts += p.path.split("/") + [v for _, v in urllib.parse.parse_qsl(p.query)]
-        if p.password:
-            parts.append(p.password)
+        parts += [x for x in segments if any(c.isdigit() for c in x)] + segments[-1:]
+        parts += [v for _, v in urllib.parse.parse_qsl(p.query)] + [p.password or ""]
         return [x for x in dict.fromkeys(parts) if len(x) >= 8 or x == self._value]
 
 
-def notify_url(flag: object, environ: dict[str, str] | Any) -> NotifyURL | None:
+def notify_url(flag: object, environ: Mapping[str, str]) -> NotifyURL | None:
     """``--notify``, else ``BATCHGEN_NOTIFY_URL`` (which keeps it out of shell history)."""
-    value = str(flag or "").strip() or str(environ.get(ENV_NOTIFY, "")).strip()
+    value = str(flag or "").strip() or environ.get(ENV_NOTIFY, "").strip()
     return NotifyURL(value) if value else None
 
 

@@ -331,8 +331,8 @@ class Scheduler:
                     self._record.retrying(job, op, o, delay, attempt)
                     await self._sleep(delay)
                     continue
+                self._after_failure(row, o)  # decided and recorded before anything awaits
                 await keep_logs(self._client, self._journal, job, handle, o, self._s.redact)
-                self._after_failure(row, o)
                 return
         took = self._clock() - submitted_at
         inference = done.inference_time
