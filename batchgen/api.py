@@ -94,6 +94,14 @@ async def run(
     progress_every: float | None = 5.0,
     handle_signals: bool = False,
     environ: Mapping[str, str] | None = None,
+    priority: Literal["low", "normal"] | None = None,
+    start_timeout: float | None = None,
+    media_expiry: int | None = None,
+    allow_fallbacks: bool = False,
+    no_store_io: bool = False,
+    stop_at: str | None = None,
+    notify: str | None = None,
+    on_exit: str | None = None,
 ) -> RunResult:
     """Run ``manifest`` (a ``Manifest`` or a path) to the end, resuming its output folder.
 
@@ -118,6 +126,14 @@ async def run(
     ``handle_signals=True`` makes the first Ctrl-C stop submitting and finish what is paid
     for, the second stop at once; without it, cancelling the task stops at once. Either
     way the same call resumes.
+
+    fal's own controls (see ``batchgen run --help``): ``priority`` (``"low"`` yields to the
+    account's interactive traffic), ``start_timeout`` (seconds before fal gives up on a
+    request no runner started; not billed, sent again), ``media_expiry`` (seconds fal's CDN
+    keeps the images, at least 600), ``allow_fallbacks`` (let fal answer from an
+    "equivalent" endpoint), ``no_store_io`` (fal keeps no payloads), ``stop_at`` ("HH:MM",
+    local: stop submitting then), ``notify`` (a URL that gets the JSON summary at the end,
+    kept secret) and ``on_exit`` (a command line run with that summary on stdin).
     """
     m = _manifest(manifest)
     flags: dict[str, Any] = {
@@ -138,9 +154,19 @@ async def run(
         "faults": faults,
         "time_scale": time_scale,
         "quiet": True,
+        "priority": priority,
+        "start_timeout": start_timeout,
+        "media_expiry": media_expiry,
+        "allow_fallbacks": allow_fallbacks,
+        "no_store_io": no_store_io,
+        "stop_at": stop_at,
+        "notify": notify,
+        "on_exit": on_exit,
     }
     env = os.environ if environ is None else environ
-    settings = build_settings(flags, env, manifest_name=m.name, byok=manifest_wants_key(m))
+    settings = build_settings(
+        flags, env, manifest_name=m.name, byok=manifest_wants_key(m), manifest=m
+    )
     return await execute(
         m,
         settings,

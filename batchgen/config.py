@@ -16,9 +16,10 @@ Where the run talks to:
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,11 @@ from typing import Any
 from batchgen.errors import UsageError
 from batchgen.fal.auth import FalKey, OpenAIKey, key_from_env, openai_key_from_env, redact_all
 from batchgen.fal.byok import MISSING_KEY
+from batchgen.fal.headers import RequestControls
 from batchgen.journal.origin import of_target
+from batchgen.manifest import Manifest
+from batchgen.running.controls import control_settings, public_controls
+from batchgen.running.notify import NotifyURL
 from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
 # The emulator's latency model is real time (a high-quality image takes ~30 s); a rehearsal
@@ -69,6 +74,12 @@ class Settings:
     reuse_folder: bool = False  # a folder another manifest file ran in may be built on
     webhook_listen: str | None = None  # --watch webhook: HOST:PORT the receiver binds
     webhook_url: str | None = None  # the public URL fal is given (None: the listen address)
+    # Issue 13 (running/controls.py): headers sent with each submit, when to stop submitting,
+    # who hears about the end. The URL is a credential: redacted, never in public().
+    controls: RequestControls = field(default_factory=RequestControls)
+    stop_at: float | None = None  # seconds since the epoch (--stop-at HH:MM, resolved once)
+    notify: NotifyURL | None = None
+    on_exit: tuple[str, ...] | None = None
 
     @property
     def origin(self) -> str:
@@ -77,7 +88,7 @@ class Settings:
 
     def redact(self, text: str) -> str:
         """``text`` with the fal key and the OpenAI key masked (for logs and messages)."""
-        return redact_all(text, self.key, self.openai_key)
+        return redact_all(text, self.key, self.openai_key, self.notify)
 
     def public(self) -> dict[str, Any]:
         """The settings as the journal records them: no key, nothing secret."""
@@ -97,6 +108,7 @@ class Settings:
             "time_scale": self.time_scale,
             "reuse_folder": self.reuse_folder,
             "webhook_url": self.webhook_url,
+            **public_controls(self.controls, self.stop_at, self.notify, self.on_exit),
         }
 
 
@@ -106,6 +118,8 @@ def build_settings(
     *,
     manifest_name: str,
     byok: bool = False,
+    manifest: Manifest | None = None,
+    now: float | None = None,
 ) -> Settings:
     """Settings from the parsed flags (``vars(args)``), the environment and the manifest's name.
 
@@ -150,6 +164,12 @@ def build_settings(
 
     out = flags.get("out")
     out_dir = Path(out) if out else Path("outputs") / manifest_name
+    controls = control_settings(
+        flags, environ, deadline=_positive_float("--deadline", flags.get("deadline", 1200.0)),
+        now=time.time() if now is None else now,
+        manifest_priority=manifest.priority if manifest else None,
+        manifest_allows_fallbacks=manifest.allow_fallbacks if manifest else False,
+    )  # fmt: skip
     return Settings(
         manifest_path=Path(flags["manifest"]),
         manifest_name=manifest_name,
@@ -178,6 +198,7 @@ def build_settings(
         openai_key=openai_key,
         reuse_folder=bool(flags.get("reuse_folder")),
         **_webhook(flags, target),
+        **controls,
     )
 
 

@@ -88,6 +88,7 @@ class QueueHTTPError(QueueError):
         retry_after: float | None = None,
         retryable: bool | None = None,
         ingress: bool = False,
+        timeout_type: str | None = None,
     ) -> None:
         self.status = status
         self.detail = detail
@@ -97,6 +98,8 @@ class QueueHTTPError(QueueError):
         self.retry_after = retry_after
         self.retryable = retryable
         self.ingress = ingress
+        # X-Fal-Request-Timeout-Type: "user" on a 504 is the request's own start timeout.
+        self.timeout_type = timeout_type
         super().__init__(self._line())
 
     def _line(self) -> str:

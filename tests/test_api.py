@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,7 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
     out = tmp_path / "out"
     events: list[batchgen.RunEvent] = []
     asked: list[Any] = []
+    later = time.strftime("%H:%M", time.localtime(time.time() + 7200))  # never reached here
     kwargs: dict[str, Any] = {
         "out": out, "emulate": True, "endpoint": None, "concurrency": 1, "max_cost": 5.0,
         "max_attempts": 4, "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
@@ -89,6 +92,9 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
         "faults": "content_policy=1", "time_scale": 0.0, "on_event": events.append,
         "approve": lambda ready: asked.append(ready) or True,
         "progress_every": None, "handle_signals": False, "environ": NO_KEY,
+        "priority": "low", "start_timeout": 30.0, "media_expiry": 900,
+        "allow_fallbacks": True, "no_store_io": True, "stop_at": later,
+        "notify": "http://127.0.0.1:9/hook/secret-token-1234", "on_exit": "true",
     }  # fmt: skip
     # Every keyword run has, read from run itself, so a new option of run is covered here.
     assert set(kwargs) == set(inspect.signature(batchgen.run).parameters) - {"manifest"}
@@ -103,13 +109,18 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
     recorded = {k: run.settings[k] for k in (
         "target", "concurrency", "max_cost", "max_attempts", "deadline", "watch",
         "download_concurrency", "max_image_bytes", "faults", "time_scale", "reuse_folder",
+        "priority", "start_timeout", "media_expiry", "allow_fallbacks", "store_io", "notify",
+        "on_exit",
     )}  # fmt: skip
     assert recorded == {
         "target": "emulate", "concurrency": 1, "max_cost": 5.0, "max_attempts": 4,
         "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
         "max_image_bytes": 9_000_000, "faults": "content_policy=1", "time_scale": 0.0,
-        "reuse_folder": True,
+        "reuse_folder": True, "priority": "low", "start_timeout": 30.0, "media_expiry": 900,
+        "allow_fallbacks": True, "store_io": False, "notify": True, "on_exit": True,
     }  # fmt: skip
+    assert run.settings["stop_at"]  # the resolved local time, for the record
+    assert "secret-token" not in json.dumps(run.settings)
 
 
 async def test_notebook_load_plan_run_read(tmp_path: Path) -> None:

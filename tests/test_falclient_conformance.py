@@ -198,6 +198,26 @@ def test_start_timeout_is_not_retried(point_fal_at: Any) -> None:
         assert stats(url)["result_requests"] == 1
 
 
+def test_priority_start_timeout_and_hint_as_the_client_sends_them(point_fal_at: Any) -> None:
+    # fal-client's own parameters, on the wire as it sends them: the emulator must honour
+    # the priority, read the start timeout under the old name, and count all three.
+    with emulator_thread(EmulatorConfig(time_scale=1.0, concurrency_limit=1)) as url:
+        client = point_fal_at(url)
+        client.submit(APP, {**LOW, "quality": "high"})  # ~30 s: the others wait
+        low = client.submit(APP, {**LOW, "prompt": "low"}, priority="low", hint="runner-7")
+        normal = client.submit(APP, {**LOW, "prompt": "normal"}, priority="normal")
+        late = client.submit(APP, {**LOW, "prompt": "late"}, priority="low", start_timeout=1.1)
+        positions = [h.status() for h in (normal, low, late)]
+        assert [p.position for p in positions if isinstance(p, fal_client.Queued)] == [0, 1, 2]
+        with pytest.raises(fal_client.FalClientHTTPError) as info:
+            late.get(interval=0.05)
+        assert info.value.status_code == 504
+        counted = stats(url)["control_headers"]
+        assert counted["x-fal-queue-priority"] == {"low": 2, "normal": 1}
+        assert counted["x-fal-runner-hint"] == {"runner-7": 1}
+        assert counted["x-fal-request-timeout"] == {"1.1": 1}
+
+
 def test_errors_reach_the_caller_as_fal_reports_them(point_fal_at: Any) -> None:
     with emulator_thread(EmulatorConfig(time_scale=0, faults="runner_error=1")) as url:
         client = point_fal_at(url)

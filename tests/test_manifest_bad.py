@@ -106,8 +106,8 @@ CASES = {
         "many_problems.yaml:12: prompts[2].prompt: is empty",
     ],
     "misspelt_sections.yaml": [
-        "misspelt_sections.yaml:1: modle: unknown key (did you mean 'model'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
-        "misspelt_sections.yaml:2: var: unknown key (did you mean 'vars'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "misspelt_sections.yaml:1: modle: unknown key (did you mean 'model'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing, priority, allow_fallbacks",
+        "misspelt_sections.yaml:2: var: unknown key (did you mean 'vars'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing, priority, allow_fallbacks",
         "misspelt_sections.yaml:7: prompts[0].qualty: unknown field for openai/gpt-image-2/edit (did you mean 'quality'?)",
     ],
     "missing_file.yaml": [
@@ -198,19 +198,19 @@ CASES = {
         "size_too_small.yaml:2: defaults.image_size: 512x512 is 262,144 pixels; it must be between 655,360 and 8,294,400",
     ],
     "top_level_typos.yaml": [
-        "top_level_typos.yaml:2: defualts: unknown key (did you mean 'defaults'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:2: defualts: unknown key (did you mean 'defaults'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing, priority, allow_fallbacks",
         "top_level_typos.yaml:5: matrix.image_sizes: unknown field for openai/gpt-image-2 (did you mean 'image_size'?)",
-        "top_level_typos.yaml:6: repaet: unknown key (did you mean 'repeat'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:6: repaet: unknown key (did you mean 'repeat'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing, priority, allow_fallbacks",
         "top_level_typos.yaml:8: prompts[0].prompt: is required",
         "top_level_typos.yaml:8: prompts[0].promt: unknown field for openai/gpt-image-2 (did you mean 'prompt'?)",
         "top_level_typos.yaml:10: prompts[1].qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
-        "top_level_typos.yaml:11: outptu: unknown key (did you mean 'output'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "top_level_typos.yaml:11: outptu: unknown key (did you mean 'output'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing, priority, allow_fallbacks",
     ],
     "unknown_field.yaml": [
         "unknown_field.yaml:2: defaults.qualty: unknown field for openai/gpt-image-2 (did you mean 'quality'?)",
     ],
     "unknown_top_key.yaml": [
-        "unknown_top_key.yaml:2: promtps: unknown key (did you mean 'prompts'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing",
+        "unknown_top_key.yaml:2: promtps: unknown key (did you mean 'prompts'?); expected one of name, model, allow_unknown_model, byok, defaults, matrix, repeat, vars, prompts, prompts_file, output, pricing, priority, allow_fallbacks",
     ],
     "unused_var.yaml": [
         "unused_var.yaml:3: vars.style: is used by no prompt (write {style} in a prompt to use it)",

@@ -107,6 +107,13 @@ TABLE: list[tuple[str, BaseException, Action, str]] = [
     ),
     ("result", http(500, error_type="runner_server_error"), Action.RESUBMIT, "runner_server_error"),
     ("result", http(504, error_type="request_timeout"), Action.RESUBMIT, "request_timeout"),
+    # ...but fal's 504 for the request's own start timeout (it never ran, not billed) says so
+    (
+        "result",
+        http(504, error_type="request_timeout", timeout_type="user"),
+        Action.RESUBMIT,
+        "start_timeout",
+    ),
     ("result", http(504, detail="timed out"), Action.RESUBMIT, "http_504"),
     ("result", http(499, error_type="client_cancelled"), Action.RESUBMIT, "client_cancelled"),
     # result: 404 after expiry -> resubmit, counted as lost

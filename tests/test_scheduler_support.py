@@ -6,6 +6,7 @@ Not a test module (it holds no tests); named so that it sits with the files it s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from collections import Counter
@@ -136,9 +137,13 @@ class Rig:
         key: str | None = "test-key",
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
+        stop_at: float | None = None,
         **flags: Any,
     ) -> RunResult:
         settings = self.settings(**flags)
+        if stop_at is not None:  # an absolute time on ``wall`` (--stop-at resolves to one)
+            settings = dataclasses.replace(settings, stop_at=stop_at)
         journal = Journal.open(
             self.out / JOURNAL_NAME,
             manifest_sha256=self.manifest.sha256,
@@ -177,6 +182,7 @@ class Rig:
                     sleep=sleep,
                     rng=lambda: 0.0,
                     **({"clock": clock} if clock is not None else {}),
+                    **({"wall": wall} if wall is not None else {}),
                 )
                 holder.append(sched)
                 result = RunResult(sched, events)

@@ -167,6 +167,13 @@ def test_a_killed_run_reads_as_interrupted(
         ),
         ({"target": "endpoint", "endpoint": "http://h:8080"}, " --endpoint http://h:8080"),
         ({"target": "fal", "concurrency": 8, "max_cost": 5.0}, " --concurrency 8 --max-cost 5"),
+        (  # how the requests asked fal; the stop time, the URL and the command are not kept
+            {"target": "fal", "priority": "low", "start_timeout": 30.0, "media_expiry": 900,
+             "allow_fallbacks": True, "store_io": False, "stop_at": "2026-05-02 07:00 +0200",
+             "notify": True, "on_exit": True},
+            " --priority low --start-timeout 30 --media-expiry 900 --allow-fallbacks"
+            " --no-store-io",
+        ),
     ],
 )
 def test_the_resume_command_keeps_the_flags_that_decide_where_and_how_much(

@@ -29,6 +29,7 @@ FAULT_NAMES = (
     "webhook_dup",
     "webhook_delay",
     "webhook_forged",
+    "fallback",
 )
 
 FAULTS_HELP = (

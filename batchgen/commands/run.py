@@ -156,14 +156,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " rehearsal, with --yes, or without a terminal)",
     )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
+    _control_arguments(p)
+
+
+def _control_arguments(p: argparse.ArgumentParser) -> None:
+    """fal's own controls for overnight runs (issue 13; running/controls.py, fal/headers.py)."""
+    p.add_argument(
+        "--priority",
+        choices=["low", "normal"],
+        help="fal's queue priority: low waits behind every normal request to the endpoint, so"
+        " a bulk run yields to interactive traffic (default: the manifest's priority, else"
+        " fal's, normal)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fal fails a request no runner has started SECONDS after its submit (not billed);"
+        " it is sent again, up to --max-attempts (default: none)",
+    )
+    p.add_argument(
+        "--media-expiry",
+        type=int,
+        metavar="SECONDS",
+        help="fal's CDN deletes the generated images SECONDS after they are made, at least 600"
+        " (default: fal's retention, 7 days or more)",
+    )
+    p.add_argument(
+        "--allow-fallbacks",
+        action="store_true",
+        help="let fal answer from an 'equivalent' endpoint after repeated failures (by default"
+        " each request says x-fal-disable-fallbacks; also the manifest key allow_fallbacks)",
+    )
+    p.add_argument(
+        "--no-store-io",
+        action="store_true",
+        help="ask fal not to keep the requests' input and output payloads (X-Fal-Store-IO: 0)",
+    )
+    p.add_argument(
+        "--stop-at",
+        metavar="HH:MM",
+        help="stop submitting at this local time (the next one) and finish what is paid for;"
+        " exit 4 when jobs are left",
+    )
+    p.add_argument(
+        "--notify",
+        metavar="URL",
+        help="POST a JSON summary when the run ends (its 'text' suits Slack-style incoming"
+        " webhooks); kept secret, never logged (default: $BATCHGEN_NOTIFY_URL)",
+    )
+    p.add_argument(
+        "--on-exit",
+        metavar="CMD",
+        help="run CMD when the run ends, the JSON summary on its stdin; split like a shell"
+        " line but run without a shell (for pipes: sh -c '...')",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
     settings = build_settings(
-        vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest)
-    )
+        vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest),
+        manifest=manifest,
+    )  # fmt: skip
     approve = approval(over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
     json_out = sys.stdout if args.json else None
     return asyncio.run(
@@ -275,6 +331,11 @@ class _View:
                 ]
             case Reachable(seconds=s):
                 return [f"{self._where} answers again, after {s:.0f} s"]
+            case Stopping(now=False, reason=StopReason.STOP_AT):
+                return [
+                    "--stop-at reached: no new submits; waiting for paid requests to finish and"
+                    " download (Ctrl-C stops at once; the same command continues later)"
+                ]
         return []
 
     def _say(self, text: str) -> None:

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from batchgen.emulator import bodies
 from batchgen.emulator.config import EmulatorConfig
+from batchgen.emulator.controls import count, read_controls
 from batchgen.emulator.http import (
     DropConnection,
     TrickleResponse,
@@ -131,9 +132,12 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
             media=request.app.state.media,
         )  # fmt: skip
         model.counters["references_refused"] += len(problems)
+    ctl = read_controls(request.headers)  # priority, start timeout, media expiry, fallbacks
+    count(request.headers, model.control_headers)
     req = model.submit(
-        app_id, endpoint, body, now, webhook=webhook, start_timeout=_start_timeout(request),
-        input_problems=problems, reference=reference,
+        app_id, endpoint, body, now, webhook=webhook, start_timeout=ctl.start_timeout,
+        input_problems=problems, reference=reference, priority=ctl.priority,
+        media_expiry=ctl.media_expiry, fallbacks=ctl.fallbacks,
     )  # fmt: skip
     if webhook:
         request.app.state.webhooks.watch(req, base)
@@ -150,16 +154,6 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
     if config.announce:
         headers["x-batchgen-emulator"] = "1"
     return _json(bodies.submit_body(base, req, position), headers=headers)
-
-
-def _start_timeout(request: Request) -> float | None:
-    """X-Fal-Request-Timeout in seconds; an unparsable value is ignored, as a proxy would."""
-    raw = request.headers.get("x-fal-request-timeout")
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and value > 0 else None
 
 
 async def status(request: Request, rid: str) -> Response:
@@ -258,8 +252,10 @@ async def cancel(request: Request, rid: str) -> Response:
 async def media(request: Request) -> Response:
     model, config = emulator_of(request), config_of(request)
     model.counters["media_requests"] += 1
-    spec: ImageSpec | None = request.app.state.media.get(request.path_params["media_id"])
-    if spec is None:
+    media_id = request.path_params["media_id"]
+    spec: ImageSpec | None = request.app.state.media.get(media_id)
+    # An image past its X-Fal-Object-Lifecycle-Preference expiry is gone, as from fal's CDN.
+    if spec is None or model.media_gone(media_id.rsplit("-", 1)[0], config.clock()):
         return _not_found("File not found")
     data = await render_async(spec)
     if request.method == "HEAD":

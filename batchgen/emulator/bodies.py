@@ -133,6 +133,10 @@ def result_parts(
     """(HTTP status, body, extra headers) of a completed request's result."""
     headers = {"x-fal-request-id": req.id}
     if req.outcome is Outcome.OK:
+        if req.answered_by is not None:
+            # Rerouted (the fallback fault). fal documents no header for it: this name is
+            # batchgen's guess (fal/headers.py), kept in one place on each side.
+            headers["x-fal-fallback-endpoint"] = req.answered_by
         return 200, output_body(base, req, media), headers
     if req.outcome is Outcome.INVALID:
         detail = [

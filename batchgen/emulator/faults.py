@@ -40,6 +40,9 @@ class FaultSpec:
     webhook_dup: float = 0.0
     webhook_delay: float = 0.0
     webhook_forged: float = 0.0
+    # fal reroutes the request to an "equivalent" endpoint (model fallback), which says so in
+    # its result answer; a request sending x-fal-disable-fallbacks is never rerouted.
+    fallback: float = 0.0
 
     @property
     def active(self) -> bool:

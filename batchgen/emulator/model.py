@@ -7,30 +7,41 @@ and is forgotten when its result retention runs out. Tests therefore run an hour
 by moving a fake clock, and two polls at the same instant always agree.
 
 The account model follows fal (fal protocol notes §8): at most ``limit`` requests IN_PROGRESS,
-the rest IN_QUEUE in FIFO order; submits are never refused for concurrency.
+the rest IN_QUEUE, normal priority before low and FIFO within each (``lanes``); submits are
+never refused for concurrency.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import random
 import uuid
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections import Counter
 from typing import Any
 
 from batchgen.emulator import byok
 from batchgen.emulator.counters import STAT_KEYS, canonical_input_key
 from batchgen.emulator.faults import EVIL_NAMES, FaultDice, FaultSpec
+from batchgen.emulator.lanes import PRIORITIES, Line
 from batchgen.emulator.latency import INVALID_RUN_S, run_time_for
+from batchgen.emulator.request import Outcome, Phase, Request, StatusView
 from batchgen.planning import gptimage
 
 RETENTION_S = 3600.0  # fal keeps a result 1 hour after completion...
 RETENTION_LARGE_S = 360.0  # ...or 6 minutes when it is 10 KB or more
+# Who answers a request fal reroutes (the `fallback` fault): not a real endpoint id, so nobody
+# mistakes an emulated fallback for a model.
+FALLBACK_ENDPOINT = "emulator/fallback"
 
-__all__ = ["STAT_KEYS", "Outcome", "Phase", "QueueModel", "Request", "canonical_input_key"]
+__all__ = [
+    "STAT_KEYS",
+    "Outcome",
+    "Phase",
+    "QueueModel",
+    "Request",
+    "StatusView",
+    "canonical_input_key",
+]
 # Runner failures as fal reports them: (HTTP status of the result, error_type, message).
 RUNNER_ERRORS: tuple[tuple[int, str, str], ...] = (
     (503, "runner_disconnected", "Runner disconnected"),
@@ -38,68 +49,6 @@ RUNNER_ERRORS: tuple[tuple[int, str, str], ...] = (
     (500, "runner_server_error", "Runner returned a server error"),
     (502, "runner_incomplete_response", "Runner sent an incomplete response"),
 )
-
-
-class Phase(StrEnum):
-    QUEUED = "IN_QUEUE"
-    RUNNING = "IN_PROGRESS"
-    DONE = "COMPLETED"
-
-
-class Outcome(StrEnum):
-    OK = "ok"
-    INVALID = "invalid"  # 422 with a detail list
-    CONTENT_POLICY = "content_policy"  # 422 content_policy_violation
-    RUNNER_ERROR = "runner_error"  # 5xx with an error_type
-    CANCELLED = "cancelled"  # 499 client_cancelled
-    START_TIMEOUT = "start_timeout"  # 504: still queued when X-Fal-Request-Timeout ran out
-
-
-@dataclass(slots=True)
-class Request:
-    id: str
-    app: str  # owner/alias (with a workflows/ or comfy/ prefix), as in the request URLs
-    endpoint: str  # the full endpoint id the submit was posted to, sub-path included
-    input: dict[str, Any]
-    submitted_at: float
-    run_time: float  # seconds from start to completion, already scaled
-    outcome: Outcome
-    qseq: int  # FIFO ticket
-    webhook: str | None = None
-    start_by: float | None = None  # fail if still queued at this time (X-Fal-Request-Timeout)
-    problems: list[gptimage.InputProblem] = field(default_factory=list)
-    reference: Any = None  # an edit's first reference image (references.Reference)
-    runner_error: tuple[int, str, str] | None = None
-    evil_name: str | None = None  # the file_name its result gives (faults: evil_name)
-    file_url: bool = False  # its result's image URLs are file:// (faults: file_url)
-    retryable_refusal: bool = False  # its 422 says X-Fal-Retryable: true (policy_retryable)
-    phase: Phase = Phase.QUEUED
-    started_at: float | None = None
-    finish_at: float | None = None  # planned completion, set when it starts
-    completed_at: float | None = None
-    expires_at: float | None = None
-
-    @property
-    def error(self) -> tuple[str, str] | None:
-        """(error, error_type) as the status body shows them; None on success."""
-        if self.outcome is Outcome.OK:
-            return None
-        if self.outcome is Outcome.RUNNER_ERROR and self.runner_error:
-            return self.runner_error[2], self.runner_error[1]
-        if self.outcome is Outcome.CANCELLED:
-            return "Request was cancelled", "client_cancelled"
-        if self.outcome is Outcome.START_TIMEOUT:
-            return "Request timed out before it started", "request_timeout"
-        if self.outcome is Outcome.CONTENT_POLICY:
-            return "Invalid status code: 422", "content_policy_violation"
-        return "Invalid status code: 422", "validation_error"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusView:
-    phase: Phase
-    position: int | None  # IN_QUEUE only: 0 = next to start
-    request: Request
 
 
 class QueueModel:
@@ -129,10 +78,9 @@ class QueueModel:
         self._rng = random.Random(f"{seed}:latency")
         self.requests: dict[str, Request] = {}
         self.expired: set[str] = set()
-        self._queue: deque[Request] = deque()
-        self._cancelled_qseqs: list[
-            int
-        ] = []  # sorted; queued tickets taken out of line (cancel, timeout)
+        self._lanes: dict[str, Line[Request]] = {
+            p: Line(lambda r: r.phase is Phase.QUEUED) for p in PRIORITIES
+        }
         self._next_qseq = 0
         self._running: list[tuple[float, int, str]] = []  # heap of (finish_at, qseq, id)
         self._deadlines: list[tuple[float, int, str]] = []  # heap of (start by, qseq, id)
@@ -141,6 +89,8 @@ class QueueModel:
         self._expiry: list[tuple[float, str]] = []  # heap of (expires_at, id)
         self._t = float("-inf")  # model time reached by advance()
         self.counters: Counter[str] = Counter()
+        self.media_expires: dict[str, float] = {}  # request id -> when its images go (CDN)
+        self.control_headers: dict[str, Counter[str]] = {}  # header -> value -> submits
         self.submits_per_input: Counter[str] = Counter()
         self.peak_in_progress = 0
         self.peak_queue_length = 0
@@ -207,14 +157,18 @@ class QueueModel:
         return min(times) if times else None
 
     def _unqueue(self, req: Request) -> None:
-        """Take a queued request out of line; it stays in the deque and is skipped there."""
-        bisect.insort(self._cancelled_qseqs, req.qseq)
+        """Take a queued request out of line; it stays in its lane and is skipped there."""
+        self._lanes[req.priority].take_out(req.ticket)
+
+    def _next_in_line(self) -> Request | None:
+        for lane in self._lanes.values():  # normal before low
+            req = lane.pop()
+            if req is not None:
+                return req
+        return None
 
     def _fill(self, t: float) -> None:
-        while self._n_running < self.limit and self._queue:
-            req = self._queue.popleft()
-            if req.phase is not Phase.QUEUED:
-                continue  # cancelled while queued
+        while self._n_running < self.limit and (req := self._next_in_line()) is not None:
             self._n_queued -= 1
             req.phase = Phase.RUNNING
             req.started_at = max(t, req.submitted_at)
@@ -222,11 +176,8 @@ class QueueModel:
             heapq.heappush(self._running, (req.finish_at, req.qseq, req.id))
             self._n_running += 1
             self.peak_in_progress = max(self.peak_in_progress, self._n_running)
-        # The cancelled tickets behind the head no longer shift anyone's position.
-        head = self._queue[0].qseq if self._queue else self._next_qseq
-        cut = bisect.bisect_left(self._cancelled_qseqs, head)
-        if cut:
-            del self._cancelled_qseqs[:cut]
+        for lane in self._lanes.values():
+            lane.trim()
 
     def _complete(self, req: Request, t: float) -> None:
         if req.phase is Phase.RUNNING:
@@ -239,6 +190,14 @@ class QueueModel:
         keep = (RETENTION_LARGE_S if large else RETENTION_S) * self.retention_scale
         req.expires_at = t + keep
         heapq.heappush(self._expiry, (req.expires_at, req.id))
+        if req.media_expiry is not None and req.outcome is Outcome.OK:
+            # fal's CDN clock starts when the image is made; scaled like result retention.
+            self.media_expires[req.id] = t + req.media_expiry * self.retention_scale
+
+    def media_gone(self, request_id: str, now: float) -> bool:
+        """Whether the images of ``request_id`` have passed their lifecycle expiry."""
+        at = self.media_expires.get(request_id)
+        return at is not None and now >= at
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -260,13 +219,18 @@ class QueueModel:
         start_timeout: float | None = None,
         input_problems: list[gptimage.InputProblem] | None = None,
         reference: Any = None,
+        priority: str = "normal",
+        media_expiry: float | None = None,
+        fallbacks: bool = True,
     ) -> Request:
         """Accept a request (fal accepts invalid input too: it fails at result time).
 
-        ``start_timeout`` (fal's X-Fal-Request-Timeout, real seconds, not scaled) fails the
+        ``start_timeout`` (X-Fal-Request-Start-Timeout, real seconds, not scaled) fails the
         request if it is still queued that long after submission. ``input_problems`` are
         found by the app layer (references it cannot fetch); ``reference`` is kept for the
-        rendered result.
+        rendered result. ``priority`` picks its lane (low waits behind every normal one);
+        ``media_expiry`` is how long its images are served after completion; ``fallbacks``
+        False (x-fal-disable-fallbacks) keeps the `fallback` fault from rerouting it.
         """
         self.advance(now)
         problems = gptimage.validate_input(endpoint, body, strict=False)
@@ -294,13 +258,15 @@ class QueueModel:
             webhook=webhook,
             problems=problems,
             reference=reference,
+            priority=priority if priority in self._lanes else "normal",
+            media_expiry=media_expiry,
         )
         if outcome is Outcome.RUNNER_ERROR:
             req.runner_error = self._rng.choice(RUNNER_ERRORS)
-        self._tamper(req)
+        self._tamper(req, fallbacks)
         self._next_qseq += 1
         self.requests[req.id] = req
-        self._queue.append(req)
+        req.ticket = self._lanes[req.priority].push(req)
         self._n_queued += 1
         if start_timeout is not None:
             req.start_by = now + start_timeout
@@ -311,13 +277,17 @@ class QueueModel:
         self.peak_queue_length = max(self.peak_queue_length, self._n_queued)
         return req
 
-    def _tamper(self, req: Request) -> None:
+    def _tamper(self, req: Request, fallbacks: bool) -> None:
         """Decided once per request, so every read of its result says the same thing."""
         if req.outcome is Outcome.CONTENT_POLICY and self.dice.roll("policy_retryable"):
             req.retryable_refusal = True
             self.counters["refusals_retryable"] += 1
         if req.outcome is not Outcome.OK:
             return
+        if self.dice.roll("fallback"):  # fal would reroute it, if the request lets it
+            if fallbacks:
+                req.answered_by = FALLBACK_ENDPOINT
+            self.counters["fallbacks_used" if fallbacks else "fallbacks_disabled"] += 1
         if self.dice.roll("evil_name"):
             req.evil_name = EVIL_NAMES[self.counters["results_evil_name"] % len(EVIL_NAMES)]
             self.counters["results_evil_name"] += 1
@@ -333,9 +303,9 @@ class QueueModel:
             return None
         position = None
         if req.phase is Phase.QUEUED:
-            head = self._queue[0].qseq
-            skipped = bisect.bisect_left(self._cancelled_qseqs, req.qseq)
-            position = req.qseq - head - skipped
+            position = self._lanes[req.priority].position(req.ticket)
+            if req.priority == "low":  # behind every normal request waiting
+                position += self._lanes["normal"].length
         return StatusView(req.phase, position, req)
 
     def cancel(self, rid: str, now: float) -> str:
@@ -378,4 +348,5 @@ class QueueModel:
             "peak_queue_length": self.peak_queue_length,
             "requests_kept": len(self.requests),
             "requests_expired": len(self.expired),
+            "control_headers": {h: dict(v) for h, v in sorted(self.control_headers.items())},
         }

@@ -32,6 +32,7 @@ import httpx
 
 from batchgen.errors import ProtocolError, QueueTransportError, UnknownOutcome
 from batchgen.fal.auth import FalKey
+from batchgen.fal.headers import ANSWERED_BY_KEY, answered_by
 from batchgen.fal.retry import RetryEvent, RetryPolicy, Sleep
 from batchgen.fal.statuses import Status, parse_status
 from batchgen.fal.storage import Storage
@@ -153,10 +154,16 @@ class QueueClient:
         )
 
     async def result(self, h: Handle) -> dict[str, Any]:
+        """The model's output. When fal says another endpoint answered (a fallback; the header
+        is inferred, see ``headers``), its id is kept in the body under ``ANSWERED_BY_KEY``,
+        so the journal stores it with the result and the index can say so."""
         resp = await self._t.retrying("result", "GET", h.response_url)
         body = json_or_none(resp.content)
         if not isinstance(body, dict):
             raise ProtocolError(f"result of {h.request_id} is not a JSON object")
+        other = answered_by(resp.headers)
+        if other is not None:
+            body[ANSWERED_BY_KEY] = other
         return body
 
     async def cancel(self, h: Handle) -> str:

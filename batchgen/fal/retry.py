@@ -68,6 +68,7 @@ _REFUSED_NOTHING_CREATED = frozenset({408, 409, 429})
 # Locked account (third-party reports say 402 or 403) and bad keys stop the run.
 _FATAL = frozenset({401, 402, 403})
 CONTENT_POLICY = "content_policy_violation"
+START_TIMEOUT = "start_timeout"  # the reason for fal's 504 with X-Fal-Request-Timeout-Type: user
 
 
 def classify(exc: BaseException, *, op: str) -> Outcome:
@@ -143,6 +144,11 @@ def _classify_http(exc: QueueHTTPError, op: str, msg: str) -> Outcome:
         return Outcome(Action.FINAL, _request_reason(exc), msg)
 
     if op in ("result", "status"):
+        if status == 504 and (exc.timeout_type or "").strip().lower() == "user":
+            # The request's own start timeout ran out before any runner took it: it never
+            # ran, fal bills nothing, and a fresh request may find a free runner. Resubmitted,
+            # bounded by --max-attempts like any request that failed.
+            return Outcome(Action.RESUBMIT, START_TIMEOUT, msg)
         if status == 404:
             return Outcome(Action.RESUBMIT, "expired", msg)
         if status >= 500 or status == 499:

@@ -187,6 +187,7 @@ def http_error(resp: httpx.Response, redact: Callable[[str], str] | None = None)
         retry_after=retry_after,
         retryable=_bool_header(h.get("x-fal-retryable")),
         ingress=ingress,
+        timeout_type=h.get("x-fal-request-timeout-type"),
     )
 
 

@@ -129,6 +129,19 @@ class JournalReader:
             raise JournalError(f"no job {job_id[:16]} in the journal {self.path}")
         return JobHead(found[0], JobState(found[1]), bool(found[2]), *found[3:])
 
+    def find(self, id_or_prefix: str, limit: int = 2) -> list[JobRow]:
+        """Jobs whose id starts with ``id_or_prefix`` (file names carry 16 hex digits), or
+        whose current request id is it; at most ``limit`` (two tell an ambiguous prefix)."""
+        text = id_or_prefix.strip().lower()
+        if not text:
+            return []
+        if all(c in "0123456789abcdef" for c in text):
+            # A range on the unique index, not LIKE: as quick at a million rows as at ten.
+            rows = self._select("job_id >= ? AND job_id < ?", (text, text + "g"), limit=limit)
+            if rows:
+                return rows
+        return self._select("request_id = ?", (id_or_prefix.strip(),), limit=limit)
+
     def states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """The state of each of ``job_ids`` found in the journal."""
         if not job_ids:

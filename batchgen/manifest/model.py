@@ -12,7 +12,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +66,10 @@ class Manifest(BaseModel):
     notices: tuple[str, ...] = ()
     files: dict[str, str] = Field(default_factory=dict)  # local reference path -> sha256
     globs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # pattern -> paths, sorted
+    # How the run's requests ask fal to treat them (YAML keys; flags win): not part of any
+    # job's identity, since the same request at another priority makes the same image.
+    priority: Literal["low", "normal"] | None = None
+    allow_fallbacks: bool = False
 
     def job_count(self) -> int:
         """Jobs `expand()` yields (duplicates included), computed without expanding."""

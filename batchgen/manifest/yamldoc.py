@@ -8,7 +8,7 @@ rest and the user sees every problem at once.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,6 +45,10 @@ class ManifestDoc(BaseModel):
     prompts_file: str | None = None
     output: str = DEFAULT_OUTPUT_TEMPLATE
     pricing: PricingDoc | None = None
+    # Run controls (issue 13): fal's queue priority, and whether fal may answer from another
+    # endpoint than `model` after repeated failures (off by default: reproducible sets).
+    priority: Literal["low", "normal"] | None = None
+    allow_fallbacks: bool = False
 
 
 _DOC_KEYS: dict[tuple[str | int, ...], list[str]] = {

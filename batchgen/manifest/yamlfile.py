@@ -135,6 +135,8 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         "vars": ctx.vars,
         "prompts": tuple(prompts),
         "byok": doc.byok,
+        "priority": doc.priority,
+        "allow_fallbacks": doc.allow_fallbacks,
         "notices": tuple(notices),
         "files": ctx.files.sha256s(),
         "globs": dict(ctx.files.globs),

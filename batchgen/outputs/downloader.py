@@ -27,7 +27,7 @@ import httpx
 from batchgen.errors import BatchgenError, DownloadError, QueueHTTPError
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.download import Sleep, download_image
-from batchgen.outputs.index import METADATA, append_rows, index_row, read_rows
+from batchgen.outputs.index import METADATA, answered_by_of, append_rows, index_row, read_rows
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec, JobState
 from batchgen.planning.paths import image_path, relative_name, template_fields
@@ -180,7 +180,7 @@ class DownloadPool:
                 completed_at=row.updated_at, inference_time=inference_time,
                 cost_estimate=row.cost / len(images), usage=usage,
                 cost_actual=actual / len(images) if actual is not None else None,
-                origin=row.origin,
+                origin=row.origin, answered_by=answered_by_of(result),
             ))  # fmt: skip
             files.append({"file_name": relative_name(self._out, d.path),
                           "sha256": d.sha256, "bytes": d.bytes})  # fmt: skip

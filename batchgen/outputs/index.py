@@ -37,6 +37,16 @@ from batchgen.planning.pricing import parse_usage, token_cost
 METADATA = "metadata.jsonl"
 FAILURES = "failures.jsonl"
 
+# Where a stored result keeps the endpoint that fal said answered it instead of the one asked
+# (a fallback; fal.headers). Not a field any model returns: the colon keeps it apart.
+ANSWERED_BY_KEY = "batchgen:answered_by"
+
+
+def answered_by_of(result: Mapping[str, Any] | None) -> str | None:
+    value = result.get(ANSWERED_BY_KEY) if isinstance(result, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
 # Every column of an index row, in order (docs/outputs.md describes each). Rows always carry
 # all of them (null when unknown) so that parquet, CSV and ImageFolder see one schema.
 INDEX_FIELDS = (
@@ -49,6 +59,7 @@ INDEX_FIELDS = (
     "vars",
     "tags",
     "endpoint",
+    "answered_by",
     "origin",
     "requested_size",
     "width",
@@ -142,6 +153,7 @@ def index_row(
     cost_actual: float | None = None,
     origin: str | None = None,
     version: str = __version__,
+    answered_by: str | None = None,
 ) -> dict[str, Any]:
     """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
 
@@ -152,6 +164,8 @@ def index_row(
     job's ``num_images`` when not given), None without usage. An edit's ``references`` and
     ``mask`` say which inputs it used (local files by path and sha256). ``origin`` says where
     the image was made (``journal.origin``: ``fal``, ``emulator``, ``endpoint:<URL>``).
+    ``answered_by`` is the endpoint fal said made it instead of ``spec.endpoint`` (a
+    fallback), None when fal said nothing.
     """
     if cost_actual is None and usage is not None and parse_usage(usage) is not None:
         cost_actual = token_cost(usage) / spec.num_images
@@ -167,6 +181,7 @@ def index_row(
         "vars": dict(spec.vars),
         "tags": tags_json(spec.tags),
         "endpoint": spec.endpoint,
+        "answered_by": answered_by,
         "origin": origin,
         "requested_size": size_label(input_value(spec, "image_size")) or None,
         "width": d.width,

@@ -28,6 +28,7 @@ from batchgen.outputs.index import (
     FAILURES,
     METADATA,
     Timestamp,
+    answered_by_of,
     failure_row,
     index_row,
     input_value,
@@ -87,6 +88,7 @@ def _with_times(reader: JournalReader, rows: list[JobRow]) -> Iterator[Completed
             cost_estimate=row.cost / len(files) if files else None,
             usage=usage_of(row.result),
             origin=row.origin,
+            answered_by=answered_by_of(row.result),
             sha256={n: str(f["sha256"]) for n, f in enumerate(files) if isinstance(f, dict)},
         )
 
@@ -164,6 +166,7 @@ class CompletedJob:
     usage: Mapping[str, Any] | None = None
     sha256: Mapping[int, str] = field(default_factory=dict)  # image index -> known checksum
     origin: str | None = None  # where it was made (journal.origin)
+    answered_by: str | None = None  # the endpoint fal said answered instead (a fallback)
 
 
 @dataclass
@@ -230,6 +233,7 @@ def rebuild_from_rows(
                 cost_estimate=job.cost_estimate,
                 usage=job.usage,
                 origin=job.origin,
+                answered_by=job.answered_by,
                 version=version,
                 downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
             )

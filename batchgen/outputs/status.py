@@ -88,6 +88,15 @@ def run_command(
     for flag, key in (("--concurrency", "concurrency"), ("--max-cost", "max_cost")):
         if s.get(key) not in (None, "auto") and (max_cost or key != "max_cost"):
             args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
+    # How the requests asked fal (issue 13): a resume that dropped --media-expiry would leave
+    # the rest of the images on fal's CDN for days. (--stop-at, --notify and --on-exit are
+    # not repeated: a time of day, and two values the journal does not keep.)
+    for flag, key in (("--priority", "priority"), ("--start-timeout", "start_timeout"),
+                      ("--media-expiry", "media_expiry")):  # fmt: skip
+        if s.get(key) is not None:
+            args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
+    args += ["--allow-fallbacks"] if s.get("allow_fallbacks") else []
+    args += ["--no-store-io"] if s.get("store_io") is False else []
     return shlex.join(args)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 DROPPED = "submit_dropped"  # retry.classify's reason for a submit sent without an answer
+START_TIMEOUT = "start_timeout"  # ...and for fal's 504 when --start-timeout ran out (not billed)
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -210,6 +211,7 @@ class RunStats:
     redownloaded: int = 0  # paid images fetched again from their results: no new submit
     resubmitted_free: int = 0  # requests of a stopped emulator, sent again at no cost
     replaced: int = 0  # a rehearsal's jobs made for real
+    start_timeouts: int = 0  # requests no runner started within --start-timeout (not billed)
 
     def add(self, event: Event) -> None:
         match event:
@@ -224,12 +226,14 @@ class RunStats:
                 self.lost += int(lost)
                 # a submit with no answer may have created a job that fal will bill
                 self.possible_duplicates += int(reason == DROPPED)
+                self.start_timeouts += int(reason == START_TIMEOUT)
             case Saved(images=n):
                 self.saved_jobs += 1
                 self.images += n
             case Failed(reason=reason):
                 self.failed[reason] += 1
                 self.possible_duplicates += int(reason == DROPPED)
+                self.start_timeouts += int(reason == START_TIMEOUT)
             case _:
                 pass
 
@@ -242,3 +246,4 @@ class StopReason(StrEnum):
     BUDGET = "budget"
     FATAL = "fatal"
     DECLINED = "declined"  # the estimated cost was not confirmed: nothing new was submitted
+    STOP_AT = "stop_at"  # --stop-at HH:MM came: no new submits, paid requests finished

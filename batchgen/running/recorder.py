@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from batchgen.fal.retry import Outcome
+from batchgen.errors import AuthError
+from batchgen.fal.retry import Action, Outcome
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.index import append_failure, failure_row
 from batchgen.running import events as ev
@@ -22,11 +23,13 @@ class Recorder:
         out_dir: Path,
         max_attempts: int,
         emit: Callable[[ev.Event], None],
+        fatal: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
         self._journal = journal
         self._out_dir = out_dir
         self._max_attempts = max_attempts
         self._emit = emit
+        self._fatal = fatal
 
     def retrying(self, job: str | None, op: str, o: Outcome, delay: float, attempt: int) -> None:
         self._journal.event(job, "retry", f"{op} {o.reason}: {o.message}; wait {delay:.2f} s")
@@ -47,6 +50,20 @@ class Recorder:
             ),
         )
         self._emit(ev.Failed(row.job_id, reason, message))
+
+    def after_failure(self, row: JobRow, o: Outcome) -> None:
+        """A followed request failed as ``classify`` says: stop the run, fail the job, leave
+        it attached for the next run, or send it again."""
+        if o.action is Action.FATAL:
+            self._fatal(AuthError(o.message))  # the request stays attached for next time
+        elif o.action is Action.FINAL:
+            self.fail(row, o.reason, o.message)
+        elif o.action is Action.RETRY:
+            # Deadline passed while the status or result could not be read: the request is
+            # left attached (its id is in the journal) and re-attached by the next run.
+            self._journal.event(row.job_id, "unreachable", o.message)
+        else:
+            self.resubmit(row, o.reason, o.message, lost=o.reason == "expired")
 
     def resubmit(self, row: JobRow, reason: str, message: str, *, lost: bool) -> None:
         """Back in line for a new request, or FAILED once ``--max-attempts`` is spent. A lost

@@ -37,7 +37,9 @@ from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
 from batchgen.planning.summary import Tally
+from batchgen.running.controls import describe_controls
 from batchgen.running.events import Event, Planned, Ready, StopReason
+from batchgen.running.notify import end_message, tell_the_end
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, receiver, signals, target
@@ -145,6 +147,9 @@ async def execute(
             f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
             f"({settings.target}{', ' + settings.endpoint if settings.endpoint else ''})"
         )
+        log.write("controls: " + describe_controls(
+            settings.controls, settings.stop_at, settings.notify, settings.on_exit
+        ))  # fmt: skip
         # Local files can change while the manifest does not: re-plan (cheap, incremental).
         notices = manifest.notices
         if journal.needs_plan or manifest.files:
@@ -173,6 +178,13 @@ async def execute(
             log.write(line)
         _gallery(out, log)
         code = result.exit_code
+        if settings.notify is not None or settings.on_exit:  # logged, never raised
+            message = end_message(
+                result.summary, name=settings.manifest_name, images=result.images, exit_code=code
+            )
+            await tell_the_end(
+                message, notify=settings.notify, on_exit=settings.on_exit, log=log.write
+            )
     finally:
         journal.close(code)
         log.write(f"exit {code}")

@@ -33,12 +33,14 @@ from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool
 from batchgen.planning.jobs import JobState
+from batchgen.running import clock as stop_clock
 from batchgen.running import events as ev
+from batchgen.running.logs import keep_logs
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
 from batchgen.running.recovery import Recovery, recover
 from batchgen.running.submitter import Submitter
-from batchgen.running.watcher import DeadlineExceeded, watch
+from batchgen.running.watcher import DeadlineExceeded, cancel, watch
 from batchgen.running.webhooks import Inbox
 from batchgen.running.window import Observation, RunTimes, Window, budget_allows
 
@@ -78,8 +80,9 @@ class Scheduler:
         self._stopping = self._stop_now = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = Recorder(
-            journal, out_dir=settings.out_dir, max_attempts=settings.max_attempts, emit=self._emit
-        )
+            journal, out_dir=settings.out_dir, max_attempts=settings.max_attempts,
+            emit=self._emit, fatal=self._fatal_stop,
+        )  # fmt: skip
         self._pool = DownloadPool(
             journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
             max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
@@ -129,8 +132,8 @@ class Scheduler:
     def stop(self, *, now: bool = False, reason: ev.StopReason = ev.StopReason.INTERRUPTED) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all."""
         # What the exit code reports: a refused key over Ctrl-C over the budget.
-        rank = [None, ev.StopReason.BUDGET, ev.StopReason.DECLINED, ev.StopReason.INTERRUPTED,
-                ev.StopReason.FATAL]  # fmt: skip
+        rank = [None, ev.StopReason.BUDGET, ev.StopReason.STOP_AT, ev.StopReason.DECLINED,
+                ev.StopReason.INTERRUPTED, ev.StopReason.FATAL]  # fmt: skip
         if rank.index(reason) > rank.index(self.stop_reason):
             self.stop_reason = reason
         first = not self._stopping
@@ -171,12 +174,14 @@ class Scheduler:
         """Resume, submit, drain. Raises AuthError when fal refused the key (after cleanup)."""
         await self.prepare()
         self._pool.start()
+        timer = stop_clock.start_timer(self._s.stop_at, self._wall, self._sleep, self.stop)
         try:
             self._resume()
             await self._submit_loop()
             while not self._stop_now and (self._tasks or self._pool.backlog):
                 await self._changed()
         finally:
+            stop_clock.cancel(timer)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -210,6 +215,9 @@ class Scheduler:
     async def _submit_loop(self) -> None:
         cap = self._s.max_cost
         while not self._stopping:
+            if stop_clock.due(self._s.stop_at, self._wall):  # nothing is sent after --stop-at
+                self.stop(reason=ev.StopReason.STOP_AT)
+                return
             free = self.window.size - len(self._tasks)
             if self.reach.down and self._submitter.busy:
                 free = 0  # one submit probes the unreachable server; the rest wait in line
@@ -332,7 +340,7 @@ class Scheduler:
                 inference = done.inference_time
                 break
             except (DeadlineExceeded, TimeoutError):
-                await self._cancel(job, handle)
+                self._journal.event(job, "cancel", await cancel(self._client, handle))
                 msg = f"no result within --deadline {self._s.deadline:g} s; cancelled"
                 self._record.resubmit(row, "deadline", msg, lost=False)
                 return
@@ -347,7 +355,8 @@ class Scheduler:
                     self._record.retrying(job, op, o, delay, attempt)
                     await self._sleep(delay)
                     continue
-                self._after_failure(row, o)
+                self._record.after_failure(row, o)  # decided and recorded before any await
+                await keep_logs(self._client, self._journal, job, handle, o, self._s.redact)
                 return
         took = self._clock() - submitted_at
         # fal's own run time when it says so: ours includes our own lag under load, which
@@ -356,25 +365,6 @@ class Scheduler:
         self._journal.set_result(job, result)  # committed before any download
         self._emit(ev.Finished(job, took))
         self._pool.put(job, inference)  # the slot is free from here on
-
-    async def _cancel(self, job: str, handle: Handle) -> None:
-        try:
-            answer = await self._client.cancel(handle)
-            self._journal.event(job, "cancel", answer)
-        except Exception as exc:  # best effort: the job is resubmitted either way
-            self._journal.event(job, "cancel", f"failed: {classify(exc, op='cancel').message}")
-
-    def _after_failure(self, row: JobRow, o: Outcome) -> None:
-        if o.action is Action.FATAL:
-            self._fatal_stop(AuthError(o.message))  # the request stays attached for next time
-        elif o.action is Action.FINAL:
-            self._record.fail(row, o.reason, o.message)
-        elif o.action is Action.RETRY:
-            # Deadline passed while the status or result could not be read: the request is
-            # left attached (its id is in the journal) and re-attached by the next run.
-            self._journal.event(row.job_id, "unreachable", o.message)
-        else:
-            self._record.resubmit(row, o.reason, o.message, lost=o.reason == "expired")
 
     # -- shared -------------------------------------------------------------------------------
 

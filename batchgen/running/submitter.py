@@ -52,6 +52,9 @@ class Submitter:
         self._s, self._record, self._emit = settings, record, emit
         self._abandon, self._fatal, self._failed, self._answered = abandon, fatal, failed, answered
         self._sleep, self._rng = sleep, rng
+        # fal's platform headers (priority, start timeout, media expiry, fallbacks, payload
+        # storage): the same on every submit of the run (fal/headers.py).
+        self._headers = settings.controls.headers()
         self.unknown: set[str] = set()  # jobs whose last POST may have created a request
         # Why an emulator may not work in this folder (it holds real work), if so: an
         # --endpoint server shows it is one only in its first answer.
@@ -85,7 +88,9 @@ class Submitter:
                 # A BYOK job's OpenAI key joins the body here only: it is never stored.
                 body = submit_input(spec, self._s.openai_key, body)
                 posting = True
-                handle = await self._client.submit(spec.endpoint, body, webhook=self.webhook)
+                handle = await self._client.submit(
+                    spec.endpoint, body, webhook=self.webhook, headers=self._headers
+                )
             except asyncio.CancelledError:
                 if not posting:  # stopped while uploading its files: nothing was submitted
                     self._journal.transition(job, S.PENDING)

@@ -15,17 +15,23 @@ from batchgen.planning.pricing import ActualCost, actual_cost
 from batchgen.running.events import RunStats, StopReason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_STOP_AT = 4
 
 
 def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
     """0 all done, 1 some failed for good (or left unfinished), 2 the key or account was
-    refused, 3 stopped at the budget, 130 interrupted."""
+    refused, 3 stopped at the budget, 4 stopped at --stop-at with jobs left, 130 interrupted.
+
+    A --stop-at stop is planned, not an interrupt: when the jobs it left are none (it came
+    after the last submit and everything in flight finished), the run ends as any other."""
     if stop in (StopReason.INTERRUPTED, StopReason.DECLINED):
         return EXIT_INTERRUPTED
     if stop is StopReason.FATAL:
         return EXIT_USAGE
     if stop is StopReason.BUDGET:
         return EXIT_BUDGET
+    if stop is StopReason.STOP_AT and unfinished:
+        return EXIT_STOP_AT
     return EXIT_FAILED if failed or unfinished else EXIT_OK
 
 
@@ -74,7 +80,7 @@ class Summary:
         n_failed = sum(self.failed.values())
         out = [
             f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
-            f" in {_duration(self.wall_seconds)}; {self.spend_text()}",
+            f" in {duration_text(self.wall_seconds)}; {self.spend_text()}",
             f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
             f" lost results {self.lost} (resubmitted)" + "".join(
                 f", {text} {n}"
@@ -82,6 +88,7 @@ class Summary:
                     ("fetched again without a new submit", self.stats.redownloaded),
                     ("stopped emulator's requests sent again", self.stats.resubmitted_free),
                     ("rehearsal jobs made for real", self.stats.replaced),
+                    ("not started in time (resubmitted, not billed)", self.stats.start_timeouts),
                 )
                 if n
             ),
@@ -115,6 +122,11 @@ class Summary:
             out.append("not started: the estimated cost was not confirmed; nothing new was sent")
         elif self.stop is StopReason.INTERRUPTED:
             out.append("interrupted: run the same command again to resume")
+        elif self.stop is StopReason.STOP_AT and self.unfinished:
+            out.append(
+                f"stopped at --stop-at: nothing sent after it, paid requests finished;"
+                f" {self.unfinished} jobs left: run the same command again to continue"
+            )
         elif self.unfinished:
             out.append("some jobs are unfinished: run the same command again to resume")
         elif n_failed and again:
@@ -185,7 +197,7 @@ def _without_max_cost(command: str) -> str:
     return " ".join(words)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, s = divmod(int(seconds), 60)

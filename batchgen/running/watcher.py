@@ -17,7 +17,7 @@ from typing import cast
 
 from batchgen.errors import StatusStreamError
 from batchgen.fal import Completed, Handle, QueueClient, Status
-from batchgen.fal.retry import Sleep
+from batchgen.fal.retry import Sleep, classify
 from batchgen.running.window import WatchMode, plan_watch, poll_delay
 
 # Called with each status and whether it was asked for right after the submit.
@@ -77,6 +77,15 @@ async def watch(
         note(st, False)
         if isinstance(st, Completed):
             return st
+
+
+async def cancel(client: QueueClient, handle: Handle) -> str:
+    """Ask fal to cancel (past the deadline); what it answered, for the audit trail. Best
+    effort: the job is sent again either way."""
+    try:
+        return await client.cancel(handle)
+    except Exception as exc:
+        return f"failed: {classify(exc, op='cancel').message}"
 
 
 def _closable(stream: AsyncIterator[Status]) -> AsyncGenerator[Status, None]:
