@@ -112,3 +112,25 @@ def test_a_run_over_the_threshold_asks_on_the_terminal(
     if code:
         assert b"not started: the estimated cost was not confirmed" in rest
         assert states(out) == {S.PENDING: 3}
+
+
+async def test_a_long_run_refreshes_its_gallery_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batchgen
+    from batchgen.running import setup
+
+    monkeypatch.setattr(setup, "GALLERY_EVERY_S", 0.1)  # every few minutes, in a real run
+    m = write_manifest(tmp_path, 12)
+    out = tmp_path / "out"
+    seen: list[bool] = []
+
+    def look(event: batchgen.RunEvent) -> None:
+        if isinstance(event, batchgen.Saved):
+            seen.append((out / "index.html").is_file())
+
+    result = await batchgen.run(
+        m, out=out, emulate=True, time_scale=0.05, concurrency=2, on_event=look, environ={}
+    )
+    assert result.ok and len(seen) == 12
+    assert any(seen[:-1])  # the page existed before the run's last image was saved

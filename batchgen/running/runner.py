@@ -42,7 +42,7 @@ from batchgen.running.events import Event, Planned, Ready, StopReason
 from batchgen.running.notify import end_message, tell_the_end
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
-from batchgen.running.setup import clients, receiver, signals, target
+from batchgen.running.setup import clients, gallery_every, receiver, refresh_view, signals, target
 from batchgen.running.summary import Summary, build_summary
 from batchgen.running.window import make_window
 
@@ -176,7 +176,7 @@ async def execute(
             log.write(f"fatal: {result.fatal}")
         for line in result.lines():
             log.write(line)
-        _gallery(out, log)
+        refresh_view(out, log.write)
         code = result.exit_code
         if settings.notify is not None or settings.on_exit:  # logged, never raised
             message = end_message(
@@ -252,6 +252,8 @@ async def _execute(
             on_event=deliver,
         )
         await webhooks.enter_async_context(receiver(settings, client, journal, sched))
+        # An overnight run can be looked at from a browser: the gallery catches up now and then.
+        await webhooks.enter_async_context(gallery_every(settings.out_dir, log=journal.event))
         await sched.prepare()  # the folder in order: what follows is what will happen
         ready = _ready(journal, sched, settings, notices)
         deliver(ready)
@@ -368,15 +370,3 @@ def _run_spend(journal: Journal, sched: Scheduler) -> float:
     if sched.rehearsal:
         return journal.rehearsal_estimate() - rehearsal0
     return journal.spent_estimate() - spent0
-
-
-def _gallery(out: Path, log: RunLog) -> None:
-    """Regenerate index.html when the gallery module offers it; a failure is only logged."""
-    try:
-        from batchgen.outputs.gallery import build_gallery
-    except ImportError:
-        return
-    try:
-        build_gallery(out)
-    except Exception as exc:  # the images and the index are the product; the page is a view
-        log.write(f"gallery: not rebuilt ({type(exc).__name__}: {exc})")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from batchgen.config import Settings, Target
 from batchgen.fal import QueueClient
 from batchgen.fal.webhook import Verifier
 from batchgen.journal.writer import Journal
+from batchgen.outputs.gallery import refresh_gallery
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.webhooks import Inbox, receive
 from batchgen.running.window import WatchMode
@@ -116,3 +118,47 @@ async def receiver(
     ) as url:
         sched.inbox, sched.webhook_url = inbox, url
         yield inbox
+
+
+GALLERY_EVERY_S = 300.0
+
+
+def refresh_view(out: Path, log: Callable[[str], object], workers: int | None = None) -> None:
+    """Bring the gallery up to date (appending what is new; a full build when it must); a
+    failure is only logged: the images and the index are the product, the page a view."""
+    problem = _refreshed(out, workers)
+    if problem is not None:
+        log(problem)
+
+
+def _refreshed(out: Path, workers: int | None) -> str | None:
+    try:
+        refresh_gallery(out, workers=workers)
+    except Exception as exc:
+        return f"gallery: not refreshed ({type(exc).__name__}: {exc})"
+    return None
+
+
+@contextlib.asynccontextmanager
+async def gallery_every(
+    out: Path, *, log: Callable[[str | None, str, str], object], every: float | None = None
+) -> AsyncIterator[None]:
+    """While the run lasts, refresh the gallery every ``every`` seconds, in a worker thread
+    with one thumbnail worker, so the run's own work barely notices (a refresh reads only the
+    rows appended since the last one). ``log`` (the journal's audit trail) is called back on
+    the event loop's thread, where the journal lives."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(every or GALLERY_EVERY_S)
+            problem = await asyncio.to_thread(_refreshed, out, 1)
+            if problem is not None:
+                log(None, "gallery", problem)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
