@@ -60,6 +60,9 @@ OTHER = "other"
 # Innermost frames of threads that wait (py-spy's idle check misses a pool thread blocked on
 # its queue): not CPU, left out.
 WAITING = re.compile(r"^_worker \(concurrent/futures/thread\.py:81\)$|^process \d+:")
+# ... and source lines where a thread blocks: a check worker waiting for its next task, its
+# parent watchdog asleep.
+WAITING_LINES = re.compile(r"inp\.read\(|time\.sleep\(")
 
 
 def parse(lines: Iterable[str]) -> Iterator[tuple[list[str], int]]:
@@ -92,6 +95,11 @@ def source_line(file: str, line: int) -> str:
     return ""
 
 
+def _waits(frame: str) -> bool:
+    m = _FRAME.match(frame)
+    return bool(m and WAITING_LINES.search(source_line(m["file"], int(m["line"]))))
+
+
 def categorize(frames: list[str]) -> tuple[str, bool]:
     """(category, in a worker process) for one sampled stack."""
     worker = sum(1 for f in frames if f.startswith("process ")) > 1
@@ -121,7 +129,7 @@ def table(path: Path, *, jobs: int | None, cpu_ms: float | None) -> list[str]:
     leaves: Counter[str] = Counter()
     with path.open() as f:
         for frames, n in parse(f):
-            if WAITING.search(frames[-1]):
+            if WAITING.search(frames[-1]) or _waits(frames[-1]):
                 continue
             cat, in_worker = categorize(frames)
             (workers if in_worker else main)[cat] += n
