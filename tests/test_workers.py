@@ -230,17 +230,22 @@ def test_ctrl_c_to_the_process_group_finishes_downloads_then_ends_the_workers(
     with emulator_thread(time_scale=0.1) as url:
         cmd = command(m, url, out, "--concurrency", "4")
         # A terminal's Ctrl-C reaches every process of the foreground group: the run's own
-        # group here, so the test runner is spared.
+        # group here, so the test runner is spared (the workers have groups of their own).
         proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE,
                                 start_new_session=True)  # fmt: skip
         wait_until(lambda: workers_of(proc.pid) or proc.poll() is not None)
         wait_for_in_flight(out, proc, 2)
+        before = workers_of(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.1)
+        # the workers ignored it: the run (still finishing its paid requests) needs them
+        assert proc.poll() is not None or all(alive(p) for p in before)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err.decode()
         st = states(out)
-    # the workers ignored the Ctrl-C: every paid request was still checked and saved
+    # every paid request was still checked and saved, then the workers ended with the run
     assert set(st) <= {S.DOWNLOADED, S.PENDING} and st[S.DOWNLOADED] >= 2
+    assert before and not any(alive(p) for p in before)
     assert group_members(proc.pid) == []
 
 
@@ -258,7 +263,7 @@ def test_kill_9_of_a_run_leaves_no_worker_and_no_file_in_place(tmp_path: Path) -
         assert workers, "the run ended before a worker started"
         proc.kill()
         proc.wait()
-        wait_until(lambda: group_members(proc.pid) == [], timeout=5)
+        wait_until(lambda: not any(alive(p) for p in workers), timeout=5)
         done = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
     assert states(out) == {S.DOWNLOADED: 30}

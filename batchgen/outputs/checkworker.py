@@ -17,9 +17,9 @@ It dies with its parent, whatever kills the parent:
   starts workers from the event loop's thread, which outlives the pool.)
 * Elsewhere, a thread checks every second whether the parent's pid changed.
 
-Ctrl-C in a terminal goes to the whole process group, the worker included: the worker ignores
-SIGINT, because the parent's first Ctrl-C means "finish the downloads already paid for", which
-needs the workers.
+A terminal's Ctrl-C goes to its foreground process group. The pool starts each worker in a
+group of its own, and the worker ignores SIGINT too, because the parent's first Ctrl-C means
+"finish the downloads already paid for", which needs the workers.
 """
 
 from __future__ import annotations

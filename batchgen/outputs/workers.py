@@ -21,9 +21,10 @@ Design, and why:
   with two images starts one and a run with nothing to download none. They live until
   :meth:`CheckPool.close`.
 * **They die with the run.** See :mod:`checkworker`: end of input when the parent goes away
-  (``kill -9`` included), ``PR_SET_PDEATHSIG`` on Linux, a pid watchdog elsewhere, SIGINT
-  ignored so that the first Ctrl-C still lets paid downloads finish. ``close`` ends them and
-  reaps them (a worker that does not end in ``CLOSE_GRACE_S`` is killed).
+  (``kill -9`` included), ``PR_SET_PDEATHSIG`` on Linux, a pid watchdog elsewhere. They run
+  in a process group of their own and ignore SIGINT, so that a terminal's first Ctrl-C still
+  lets paid downloads be checked and saved. ``close`` ends them and reaps them (a worker that
+  does not end in ``CLOSE_GRACE_S`` is killed).
 * **A crash fails one check.** A worker answers in order, so the task at the head of its
   queue is the one it died on: that one fails with ``reason='check_crashed'`` (recorded like
   any download failure), the tasks queued behind it go to another worker, and a new worker is
@@ -136,9 +137,12 @@ class CheckPool:
         worker.send(task)
 
     def _start(self) -> _Worker:
+        # A process group of its own: a terminal's Ctrl-C goes to the foreground group, and a
+        # worker still starting up (before it can ignore SIGINT) would die of it; the run's
+        # first Ctrl-C must leave the workers to check the paid downloads.
         proc = subprocess.Popen(
             [*self._command, str(os.getpid()), PACKAGE_DIR],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, process_group=0,
         )  # fmt: skip
         worker = _Worker(proc, self)
         self._workers.append(worker)
