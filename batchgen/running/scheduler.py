@@ -36,6 +36,7 @@ from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.running import clock as stop_clock
 from batchgen.running import events as ev
+from batchgen.running.durable import GroupSync
 from batchgen.running.logs import keep_logs
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
@@ -111,11 +112,12 @@ class Scheduler:
         self._uploads = Uploads(journal, client, folder=settings.manifest_path.parent,
                                 inline=settings.inline_uploads, reuse=not self.rehearsal,
                                 origin=self.origin)  # fmt: skip
+        self.durable = GroupSync(journal.sync_wal)  # request ids fsynced off the loop
         self._submitter = Submitter(
             journal, client, self._uploads, settings=settings, record=self._record, emit=self._emit,
             abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
             fatal=self._fatal_stop, failed=self.reach.failed, answered=self.reach.answered,
-            sleep=sleep, rng=rng,
+            sleep=sleep, rng=rng, durable=self.durable.wait,
         )  # fmt: skip
 
     # -- public ---------------------------------------------------------------------------
