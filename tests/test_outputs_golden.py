@@ -25,6 +25,7 @@ from test_outputs_support import (
     mapping_folder,
 )
 
+from batchgen.outputs import export as outputs_export
 from batchgen.outputs.export import export
 from batchgen.outputs.index import FAILURES, METADATA
 from batchgen.outputs.rebuild import rebuild_from_rows
@@ -59,9 +60,16 @@ def test_csv(folder: tuple[str, Path]) -> None:
     check(f"{kind}/index.csv", result.paths[0].read_bytes())
 
 
-def test_parquet(folder: tuple[str, Path]) -> None:
+@pytest.mark.parametrize("row_group", [None, 2])
+def test_parquet(
+    folder: tuple[str, Path], row_group: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kind, out = folder
+    if row_group is not None:  # several row groups hold the same rows
+        monkeypatch.setattr(outputs_export, "ROW_GROUP", row_group)
     result = export(out, "parquet")
+    groups = pq.ParquetFile(result.paths[0]).metadata.num_row_groups
+    assert groups == (1 if row_group is None else -(-result.rows // row_group))
     table = pq.read_table(result.paths[0])
     lines = [table.schema.to_string(show_schema_metadata=False), f"rows: {result.rows}"]
     lines += [json.dumps(r, default=str, ensure_ascii=False, sort_keys=True)
