@@ -16,11 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_outputs_support import line, synthetic_rows
+from test_outputs_support import (
+    MANIFEST_SHA,
+    VERSION,
+    line,
+    synthetic_jobs,
+    synthetic_rows,
+)
 
 from batchgen.outputs import export as outputs_export
 from batchgen.outputs.export import export
 from batchgen.outputs.index import METADATA
+from batchgen.outputs.rebuild import rebuild_from_rows
 from batchgen.outputs.scan import iter_index
 
 SMALL, BIG = 300, 3_000
@@ -56,7 +63,7 @@ def peak(work: Callable[[], object], *, warm: bool = False) -> int:
 
 
 def assert_flat(small: int, big: int, slack: int) -> None:
-    print(f"peak {small / 1e6:.2f} MB at {SMALL} rows, {big / 1e6:.2f} MB at {BIG}")
+    print(f"peak {small / 1e6:.2f} MB, then {big / 1e6:.2f} MB with ten times the rows")
     assert big < small * FACTOR + slack, f"{small / 1e6:.2f} MB -> {big / 1e6:.2f} MB"
 
 
@@ -79,3 +86,19 @@ def test_export(folders: dict[int, Path], fmt: str, monkeypatch: pytest.MonkeyPa
 
     assert_flat(peak(lambda: run(SMALL), warm=True), peak(lambda: run(BIG)), slack=3 << 20)
     assert results[BIG].rows == BIG and not results[BIG].skipped
+
+
+def test_rebuild(folders: dict[int, Path]) -> None:
+    """Runs last here: it rewrites the folders' index (with the very same rows)."""
+    before = {n: (out / METADATA).read_bytes() for n, out in folders.items()}
+    reports = {}
+
+    def run(n: int) -> None:
+        jobs = synthetic_jobs(folders[n], n)
+        reports[n] = rebuild_from_rows(folders[n], jobs, manifest_sha256=MANIFEST_SHA,
+                                       version=VERSION)  # fmt: skip
+
+    assert_flat(peak(lambda: run(SMALL), warm=True), peak(lambda: run(BIG)), slack=3 << 20)
+    assert reports[BIG].rows == BIG and reports[BIG].ok
+    assert {n: (out / METADATA).read_bytes() for n, out in folders.items()} == before
+    assert [p.name for p in folders[BIG].iterdir() if p.name.startswith(".")] == []

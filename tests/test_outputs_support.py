@@ -191,6 +191,19 @@ def mapping_folder(out: Path) -> None:
 # ---- synthetic folders of N rows, for memory tests ------------------------------------------
 
 
+def synthetic_spec(i: int) -> JobSpec:
+    return golden_spec(i, tags=["nature", f"n{i % 7}"], output_format="png")
+
+
+def synthetic_jobs(out: Path, n: int) -> Iterator[CompletedJob]:
+    """What the journal says of the ``n`` jobs of :func:`synthetic_rows` (the rest comes from
+    the old index, so a rebuild writes the same rows again)."""
+    for i in range(n):
+        spec = synthetic_spec(i)
+        yield CompletedJob(spec=spec, num_images=1, request_id=f"req-{i}", submitted_at=T0 + i,
+                           cost_estimate=0.01)  # fmt: skip
+
+
 def synthetic_rows(out: Path, n: int, *, shared: int = 4) -> Iterator[dict[str, Any]]:
     """``n`` realistic index rows with distinct file names; the files are hard links to
     ``shared`` tiny images (a link costs a directory entry, not a data block)."""
@@ -203,9 +216,9 @@ def synthetic_rows(out: Path, n: int, *, shared: int = 4) -> Iterator[dict[str, 
         w, h, pil = inspect_image(src)
         sources.append(Downloaded(src, digest, size, w, h, mime_of(pil)))
     for i in range(n):
-        spec = golden_spec(i, tags=["nature", f"n{i % 7}"])
+        spec = synthetic_spec(i)
         src = sources[i % shared]
-        dest = place_path(out, spec, 0).with_name(f"{spec.short_id}_{i}_0.png")
+        dest = place_path(out, spec, 0)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.link(src.path, dest)
         d = Downloaded(dest, src.sha256, src.bytes, src.width, src.height, src.content_type)

@@ -319,10 +319,15 @@ def write_manifest_copy(out_dir: Path, manifest: Path) -> Path:
 
 
 def rewrite_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Replace an index file atomically: written beside it, fsynced, then renamed over it."""
+    """Replace an index file atomically: written beside it as ``rows`` come (a generator is
+    never held whole), fsynced, then renamed over it."""
     tmp = path.with_name(path.name + ".part")
-    with _lock, tmp.open("wb") as f:
-        f.writelines(_line(r) for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-        os.replace(tmp, path)
+    with _lock:
+        try:  # rows may be a stream that fails half-way: then the old file stays, whole
+            with tmp.open("wb") as f:
+                f.writelines(_line(r) for r in rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

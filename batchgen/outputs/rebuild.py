@@ -4,7 +4,11 @@ The journal is the source of truth; the index is a view of it that a crash, a ha
 deleted file can spoil. This reads the journal (read-only, streamed: a million jobs never sit
 in memory at once), turns each downloaded job into a :class:`CompletedJob` with the checksums
 the downloader recorded, and hands them to :func:`rebuild_from_rows`, which hashes every
-file and reports the missing, changed and invalid ones.
+file, reports the missing, changed and invalid ones, and writes the new index as it goes.
+
+What only the old index knows (fal's inference time, the download time) is looked up by file
+name in a temporary SQLite table beside it (:class:`_OldIndex`): flat memory, where a dict of a
+million old rows took gigabytes.
 
 Jobs that completed on fal's side but are not downloaded yet are left out: they are not on
 disk, and the next ``batchgen run`` fetches them and appends their rows.
@@ -12,7 +16,10 @@ disk, and the next ``batchgen run`` fetches them and appends their rows.
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +38,6 @@ from batchgen.outputs.index import (
     failure_row,
     index_row,
     input_value,
-    read_index,
     read_rows,
     rewrite_rows,
 )
@@ -179,6 +185,49 @@ class RebuildReport:
         return not (self.missing or self.changed or self.invalid)
 
 
+class _OldIndex:
+    """The old index's rows, by file name, reduced to the fields a rebuild keeps from them.
+
+    A temporary SQLite table in the output folder (hidden: ImageFolder skips it; the folder has
+    room for its index, so for this too), removed by :meth:`close`. Rows go in in file order
+    with INSERT OR REPLACE, so a file written twice keeps its last row, as ``read_index``.
+    """
+
+    FIELDS = ("sha256", "completed_at", "inference_time", "downloaded_at")
+
+    def __init__(self, out_dir: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix=".rebuild-", suffix=".sqlite", dir=out_dir)
+        os.close(fd)
+        self._path = Path(name)
+        self._db = sqlite3.connect(name, isolation_level=None)
+        try:
+            # Scratch data: no journal, no fsync. A bounded page cache (16 MB) keeps memory
+            # flat; SQLite spills the rest to the file.
+            self._db.executescript(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -16384;"
+                "CREATE TABLE old (name TEXT PRIMARY KEY, kept TEXT NOT NULL) WITHOUT ROWID;"
+            )
+            rows = (
+                (r["file_name"], json.dumps([r.get(f) for f in self.FIELDS]))
+                for r in read_rows(out_dir / METADATA)
+                if isinstance(r.get("file_name"), str)
+            )
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO old VALUES (?, ?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, name: str) -> dict[str, Any]:
+        found = self._db.execute("SELECT kept FROM old WHERE name = ?", (name,)).fetchone()
+        return dict(zip(self.FIELDS, json.loads(found[0]), strict=True)) if found else {}
+
+    def close(self) -> None:
+        self._db.close()
+        self._path.unlink(missing_ok=True)
+
+
 def rebuild_from_rows(
     out_dir: Path,
     completed_jobs: Iterable[CompletedJob],
@@ -191,11 +240,35 @@ def rebuild_from_rows(
 
     Every image file is hashed and checked: one missing, not an image, or with a checksum other
     than the journal's (or, failing that, the old index's) is reported, and only files that
-    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts.
+    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts. Both are
+    streamed: each file is written to a ``.part`` as the rows come and renamed into place.
     """
     report = RebuildReport()
-    old = {r["file_name"]: r for r in read_index(out_dir)}
-    rows: list[dict[str, Any]] = []
+    old = _OldIndex(out_dir)
+    try:
+        rows = _rows(out_dir, completed_jobs, old, report, manifest_sha256, version)
+        rewrite_rows(out_dir / METADATA, rows)
+    finally:
+        old.close()
+
+    def failures() -> Iterator[dict[str, Any]]:
+        for f in failed_jobs:
+            report.failures += 1
+            yield dict(f)
+
+    rewrite_rows(out_dir / FAILURES, failures())
+    return report
+
+
+def _rows(
+    out_dir: Path,
+    completed_jobs: Iterable[CompletedJob],
+    old: _OldIndex,
+    report: RebuildReport,
+    manifest_sha256: str,
+    version: str,
+) -> Iterator[dict[str, Any]]:
+    """The index rows of the files on disk, counted in ``report`` with the problems found."""
     for job in completed_jobs:
         fmt = input_value(job.spec, "output_format")
         for n in range(job.num_images):
@@ -210,14 +283,15 @@ def rebuild_from_rows(
             except DownloadError:
                 report.invalid.append(name)
                 continue
-            expected = job.sha256.get(n) or old.get(name, {}).get("sha256")
+            # The journal keeps no completion time or fal's inference time per job: the old
+            # row's values survive a rebuild when there is one.
+            prev = old.get(name)
+            expected = job.sha256.get(n) or prev.get("sha256")
             if expected and expected != digest:
                 report.changed.append(name)
             d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
-            # The journal keeps no completion time or fal's inference time per job: the old
-            # row's values survive a rebuild when there is one.
-            prev = old.get(name, {})
-            row = index_row(
+            report.rows += 1
+            yield index_row(
                 job.spec,
                 n,
                 d,
@@ -233,9 +307,3 @@ def rebuild_from_rows(
                 version=version,
                 downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
             )
-            rows.append(row)
-    failures = [dict(f) for f in failed_jobs]
-    rewrite_rows(out_dir / METADATA, rows)
-    rewrite_rows(out_dir / FAILURES, failures)
-    report.rows, report.failures = len(rows), len(failures)
-    return report
