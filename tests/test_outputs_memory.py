@@ -11,6 +11,7 @@ at up to a million rows.
 from __future__ import annotations
 
 import gc
+import sqlite3
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +23,16 @@ from test_outputs_support import (
     line,
     synthetic_jobs,
     synthetic_rows,
+    synthetic_spec,
 )
 
+from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.outputs import export as outputs_export
 from batchgen.outputs.export import export
 from batchgen.outputs.index import METADATA
 from batchgen.outputs.rebuild import rebuild_from_rows
 from batchgen.outputs.scan import iter_index
+from batchgen.outputs.status import MAX_IN_FLIGHT_SHOWN, build_report
 
 SMALL, BIG = 300, 3_000
 # Peak on BIG within this factor of the peak on SMALL, plus an allowance: for iter_index, what
@@ -102,3 +106,42 @@ def test_rebuild(folders: dict[int, Path]) -> None:
     assert reports[BIG].rows == BIG and reports[BIG].ok
     assert {n: (out / METADATA).read_bytes() for n, out in folders.items()} == before
     assert [p.name for p in folders[BIG].iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.fixture(scope="module")
+def journals(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Journals of 3 and 30 times SMALL jobs, nine in ten of them running (a listing each),
+    the rest failed, BYOK results with usage among them."""
+    made = {}
+    for n in (SMALL * 3, BIG * 3):
+        out = tmp_path_factory.mktemp(f"journal{n}")
+        with Journal.open(out / JOURNAL_NAME, manifest_sha256=MANIFEST_SHA, version=VERSION,
+                          settings={}) as j:  # fmt: skip
+            j.add_jobs((synthetic_spec(i) for i in range(n)), cost_of=lambda s: 0.04)
+        with sqlite3.connect(out / JOURNAL_NAME) as db:
+            db.execute(
+                "UPDATE jobs SET state = 'RUNNING', request_id = 'req-' || seq, submitted_at ="
+                " seq, billed = 1, result = '{\"usage\": {\"input_tokens\": 5}}'"
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'FAILED', error_class = 'c' || (seq % 7), error = 'no'"
+                " WHERE seq % 10 = 0"
+            )
+        db.close()
+        made[n] = out
+    return made
+
+
+def test_status(journals: dict[int, Path]) -> None:
+    reports = {}
+
+    def run(n: int) -> None:
+        with Journal.open_readonly(journals[n] / JOURNAL_NAME) as reader:
+            reports[n] = build_report(reader, journals[n], now=1e6, writer_pid=None)
+
+    small, big = sorted(journals)
+    assert_flat(peak(lambda: run(small), warm=True), peak(lambda: run(big)), slack=64 << 10)
+    report = reports[big]
+    assert report.in_flight_total == big * 9 // 10
+    assert len(report.in_flight) == MAX_IN_FLIGHT_SHOWN
+    assert report.in_flight[0].request_id == "req-1" and report.actual is not None
