@@ -142,6 +142,7 @@ def index_row(
     cost_actual: float | None = None,
     origin: str | None = None,
     version: str = __version__,
+    file_name: str | None = None,
 ) -> dict[str, Any]:
     """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
 
@@ -152,13 +153,15 @@ def index_row(
     job's ``num_images`` when not given), None without usage. An edit's ``references`` and
     ``mask`` say which inputs it used (local files by path and sha256). ``origin`` says where
     the image was made (``journal.origin``: ``fal``, ``emulator``, ``endpoint:<URL>``).
+    ``file_name`` is ``d.path`` relative to ``out_dir`` when the caller knows it already (a
+    rebuild of a million images would otherwise resolve every path once more).
     """
     if cost_actual is None and usage is not None and parse_usage(usage) is not None:
         cost_actual = token_cost(usage) / spec.num_images
     fmt = input_value(spec, "output_format")
     references, mask = edit_inputs(spec)
     return {
-        "file_name": relative_name(out_dir, d.path),
+        "file_name": file_name if file_name is not None else relative_name(out_dir, d.path),
         "job_id": spec.job_id,
         "image_index": n,
         "variant": spec.variant,

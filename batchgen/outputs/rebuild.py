@@ -42,7 +42,7 @@ from batchgen.outputs.index import (
     rewrite_rows,
 )
 from batchgen.planning.jobs import JobSpec, JobState
-from batchgen.planning.paths import image_path, relative_name, template_fields
+from batchgen.planning.paths import image_path, template_fields
 from batchgen.planning.pricing import usage_of
 
 
@@ -269,11 +269,13 @@ def _rows(
     version: str,
 ) -> Iterator[dict[str, Any]]:
     """The index rows of the files on disk, counted in ``report`` with the problems found."""
+    # image_path gives a resolved path inside the folder: its name needs no more lookups.
+    root = out_dir.resolve()
     for job in completed_jobs:
         fmt = input_value(job.spec, "output_format")
         for n in range(job.num_images):
             dest = image_path(out_dir, job.spec.output_template, template_fields(job.spec, n))
-            name = relative_name(out_dir, dest)
+            name = dest.relative_to(root).as_posix()
             if not dest.is_file():
                 report.missing.append(name)
                 continue
@@ -306,4 +308,5 @@ def _rows(
                 origin=job.origin,
                 version=version,
                 downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
+                file_name=name,
             )
