@@ -199,3 +199,17 @@ def test_an_empty_index_exports_the_columns(tmp_path: Path) -> None:
     table = pq.read_table(result.paths[0])
     assert result.rows == table.num_rows == 0 and table.column_names == list(INDEX_FIELDS)
     assert export(tmp_path, "csv").rows == 0 and export(tmp_path, "webdataset").paths == []
+
+
+def test_webdataset_counts_past_the_skipped_names_it_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(outputs_export, "MAX_SKIPPED_LISTED", 1)
+    rows = make_output(tmp_path, ["an owl", "a fox", "a tram"])
+    for r in rows[:2]:
+        (tmp_path / str(r["file_name"])).unlink()
+    result = export(tmp_path, "webdataset")
+    assert (result.rows, result.skipped_count, result.skipped) == (1, 2, [rows[0]["file_name"]])
+    assert main(["export", str(tmp_path), "--format", "webdataset"]) == 1
+    printed = capsys.readouterr().out
+    assert "skipped 2 images" in printed and "... and 1 more" in printed

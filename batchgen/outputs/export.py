@@ -39,13 +39,21 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Rows per parquet row group: what the writer holds at once (about 10 MB of rows); big enough
 # that readers get long runs per column.
 ROW_GROUP = 10_000
+MAX_SKIPPED_LISTED = 1000  # names kept; a folder whose files are all gone is only counted
 
 
 @dataclass
 class ExportResult:
     paths: list[Path] = field(default_factory=list)
     rows: int = 0
-    skipped: list[str] = field(default_factory=list)  # file names missing or changed on disk
+    # File names missing or changed on disk: the first MAX_SKIPPED_LISTED, and how many in all.
+    skipped: list[str] = field(default_factory=list)
+    skipped_count: int = 0
+
+    def skip(self, name: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_SKIPPED_LISTED:
+            self.skipped.append(name)
 
 
 def default_dest(out_dir: Path, fmt: str) -> Path:
@@ -239,17 +247,17 @@ def sample_key(row: Mapping[str, Any]) -> str:
 
 
 def _verified(
-    out_dir: Path, rows: Rows, skipped: list[str]
+    out_dir: Path, rows: Rows, result: ExportResult
 ) -> Iterator[tuple[Mapping[str, Any], Path]]:
     images = (out_dir / "images").resolve()
     for r in rows:
         path = (out_dir / str(r["file_name"])).resolve()
         # The index is data: a row naming a file outside images/ is never read into a shard.
         if not path.is_relative_to(images) or not path.is_file():
-            skipped.append(str(r["file_name"]))
+            result.skip(str(r["file_name"]))
             continue
         if sha256_file(path)[1] != r.get("sha256"):
-            skipped.append(str(r["file_name"]))
+            result.skip(str(r["file_name"]))
             continue
         yield r, path
 
@@ -296,7 +304,7 @@ def export_webdataset(
         raise UsageError("--shard-size must be at least 1")
     dest.mkdir(parents=True, exist_ok=True)
     result = ExportResult()
-    samples = _verified(out_dir, rows, result.skipped)
+    samples = _verified(out_dir, rows, result)
     # One sample at a time, whatever the shard size: a shard is begun by its first verified
     # sample and takes the next ones from the same iterator.
     for first in samples:

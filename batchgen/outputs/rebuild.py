@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +171,11 @@ class CompletedJob:
     origin: str | None = None  # where it was made (journal.origin)
 
 
+# File names a report keeps per kind of problem; the rest are counted (a folder whose images
+# were all deleted must not need a million names in memory to say so).
+MAX_LISTED = 1000
+
+
 @dataclass
 class RebuildReport:
     rows: int = 0
@@ -179,27 +183,40 @@ class RebuildReport:
     missing: list[str] = field(default_factory=list)  # file names expected and not on disk
     changed: list[str] = field(default_factory=list)  # on disk with another checksum
     invalid: list[str] = field(default_factory=list)  # on disk and not a valid image
+    # How many of each there are: the lists keep the first MAX_LISTED names.
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"missing": 0, "changed": 0, "invalid": 0}
+    )
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.changed or self.invalid)
 
+    def note(self, problem: str, name: str) -> None:
+        """Count ``name`` as ``missing``, ``changed`` or ``invalid`` (listed if room is left)."""
+        self.counts[problem] += 1
+        names: list[str] = getattr(self, problem)
+        if len(names) < MAX_LISTED:
+            names.append(name)
+
 
 class _OldIndex:
     """The old index's rows, by file name, reduced to the fields a rebuild keeps from them.
 
-    A temporary SQLite table in the output folder (hidden: ImageFolder skips it; the folder has
-    room for its index, so for this too), removed by :meth:`close`. Rows go in in file order
-    with INSERT OR REPLACE, so a file written twice keeps its last row, as ``read_index``.
+    A scratch SQLite table in the output folder (hidden: ImageFolder skips it; the folder has
+    room for its index, so for this too), removed by :meth:`close`, or by the next rebuild when
+    this one was killed (one name: two rebuilds of a folder at once would clash on the index's
+    ``.part`` anyway). Rows go in in file order with INSERT OR REPLACE, so a file written twice
+    keeps its last row, as ``read_index``.
     """
 
     FIELDS = ("sha256", "completed_at", "inference_time", "downloaded_at")
+    NAME = ".index-rebuild.sqlite"
 
     def __init__(self, out_dir: Path) -> None:
-        fd, name = tempfile.mkstemp(prefix=".rebuild-", suffix=".sqlite", dir=out_dir)
-        os.close(fd)
-        self._path = Path(name)
-        self._db = sqlite3.connect(name, isolation_level=None)
+        self._path = out_dir / self.NAME
+        self._path.unlink(missing_ok=True)
+        self._db = sqlite3.connect(self._path, isolation_level=None)
         try:
             # Scratch data: no journal, no fsync. A bounded page cache (16 MB) keeps memory
             # flat; SQLite spills the rest to the file.
@@ -277,20 +294,20 @@ def _rows(
             dest = image_path(out_dir, job.spec.output_template, template_fields(job.spec, n))
             name = dest.relative_to(root).as_posix()
             if not dest.is_file():
-                report.missing.append(name)
+                report.note("missing", name)
                 continue
             size, digest = sha256_file(dest)
             try:
                 width, height, pil_fmt = inspect_image(dest, fmt)
             except DownloadError:
-                report.invalid.append(name)
+                report.note("invalid", name)
                 continue
             # The journal keeps no completion time or fal's inference time per job: the old
             # row's values survive a rebuild when there is one.
             prev = old.get(name)
             expected = job.sha256.get(n) or prev.get("sha256")
             if expected and expected != digest:
-                report.changed.append(name)
+                report.note("changed", name)
             d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
             report.rows += 1
             yield index_row(
