@@ -144,20 +144,30 @@ def finish_journal(path: Path, src: Downloaded) -> None:
     conn.close()
 
 
+# A small launcher runs each command and reports its rusage. Linux carries a process's peak
+# RSS across fork and exec, so a command started straight from this script (which has just
+# built a million-row folder) would report this script's size when larger than its own.
+LAUNCHER = """\
+import json, os, sys, time
+t = time.perf_counter()
+null = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, file_actions=null)
+_, status, ru = os.wait4(pid, 0)
+print(json.dumps([time.perf_counter() - t, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024,
+                  os.waitstatus_to_exitcode(status)]))
+"""
+
+
 def measure(args: list[str]) -> tuple[float, float, float, int, str]:
     """(seconds, CPU seconds, peak RSS in MB, exit code, last line of stderr) of one batchgen
     command. CPU time is the steadier figure on a machine other work is using."""
-    cmd = [sys.executable, "-m", "batchgen", *args]
-    t = time.perf_counter()
+    cmd = [sys.executable, "-S", "-c", LAUNCHER, sys.executable, "-m", "batchgen", *args]
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, check=True)
         err.seek(0)
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
-    cpu = usage.ru_utime + usage.ru_stime
-    return seconds, cpu, usage.ru_maxrss / 1024, proc.returncode, tail[0] if tail else ""
+    seconds, cpu, rss, code = json.loads(done.stdout)
+    return seconds, cpu, rss, code, tail[0] if tail else ""
 
 
 def bench(n: int, root: Path, only: list[str]) -> list[dict[str, Any]]:
