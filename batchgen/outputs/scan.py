@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,7 +121,7 @@ def iter_index(out_dir: Path) -> Iterator[dict[str, Any]]:
     except FileNotFoundError:
         return
     with f, path.open("rb") as lookup:
-        candidates, end = _candidates(f, path.stat().st_size)
+        candidates, end = _candidates(f, os.fstat(f.fileno()).st_size)
         f.seek(0)
         done: set[bytes] = set()
         for _, raw in _lines(f, end):
