@@ -36,8 +36,8 @@ FORMATS = ("parquet", "csv", "webdataset")
 _SHARD = re.compile(r"shard-\d{6}\.tar")
 # A spreadsheet runs a cell starting with one of these as a formula ("CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# Rows per parquet row group: what the writer holds at once (about 10 MB of rows); big enough
-# that readers get long runs per column.
+# Rows per parquet row group: what the writer holds at once (about 45 MB of Python values for
+# 1 KB rows, bench/outputs.py); big enough that readers get long runs per column.
 ROW_GROUP = 10_000
 MAX_SKIPPED_LISTED = 1000  # names kept; a folder whose files are all gone is only counted
 
