@@ -1,8 +1,9 @@
 """batchgen: bulk image generation on fal.ai's queue API.
 
 The Python API (see docs/api.md): ``load_manifest``, ``plan``, ``await run(...)`` or
-``run_sync(...)``, ``read_index``, ``read_failures``; the events a ``run(on_event=...)``
-callback receives; and the exception tree. ``__all__`` is pinned by tests/test_api.py.
+``run_sync(...)``, ``read_index`` (``iter_index`` streams it), ``read_failures``; the events a
+``run(on_event=...)`` callback receives; and the exception tree. ``__all__`` is pinned by
+tests/test_api.py.
 
 The names load on first use: importing one module of the package
 (``batchgen.planning.jobs``) must not pull in the whole runner (~0.3 s).
@@ -16,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 from batchgen._version import __version__
 
 if TYPE_CHECKING:
-    from batchgen.api import load_manifest, plan, read_failures, read_index, run, run_sync
+    from batchgen.api import (
+        iter_index,
+        load_manifest,
+        plan,
+        read_failures,
+        read_index,
+        run,
+        run_sync,
+    )
     from batchgen.errors import (
         AuthError,
         BatchgenError,
@@ -48,7 +57,7 @@ if TYPE_CHECKING:
     from batchgen.running.runner import RunEvent, RunResult, Snapshot
 
 _HOME = {
-    "batchgen.api": "load_manifest plan read_failures read_index run run_sync",
+    "batchgen.api": "iter_index load_manifest plan read_failures read_index run run_sync",
     "batchgen.errors": "AuthError BatchgenError JournalError ManifestError Problem UsageError",
     "batchgen.manifest": "Manifest",
     "batchgen.planning.summary": "PlanSummary",
@@ -88,6 +97,7 @@ __all__ = [
     "UsageError",
     "WindowChanged",
     "__version__",
+    "iter_index",
     "load_manifest",
     "plan",
     "read_failures",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, ParamSpec
 
@@ -30,7 +30,7 @@ from batchgen.fal.byok import manifest_wants_key
 from batchgen.manifest import Manifest
 from batchgen.manifest import load_manifest as _load
 from batchgen.manifest import plan as plan_jobs
-from batchgen.outputs import index
+from batchgen.outputs import index, scan
 from batchgen.planning.summary import PlanSummary, summarize
 from batchgen.running.runner import Approve, OnEvent, RunResult, execute
 
@@ -39,6 +39,7 @@ P = ParamSpec("P")
 __all__ = [
     "ManifestLike",
     "execute",
+    "iter_index",
     "load_manifest",
     "plan",
     "read_failures",
@@ -214,6 +215,13 @@ def read_index(out: PathLike) -> list[dict[str, Any]]:
     ``sha256``, ...). An image written twice keeps its last row; a line torn by a crash is
     skipped. Raises ``UsageError`` when ``out`` is not a folder."""
     return index.read_index(_folder(out))
+
+
+def iter_index(out: PathLike) -> Iterator[dict[str, Any]]:
+    """The rows ``read_index`` gives, in its order, one at a time: memory stays flat at a
+    million images (two passes over the file; see docs/outputs.md). Raises ``UsageError``
+    when ``out`` is not a folder."""
+    return scan.iter_index(_folder(out))
 
 
 def read_failures(out: PathLike) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ NO_KEY: dict[str, str] = {}  # an injected environment: the tests never read os.
 
 PUBLIC = {
     # run a manifest
-    "load_manifest", "plan", "run", "run_sync", "read_index", "read_failures",
+    "load_manifest", "plan", "run", "run_sync", "read_index", "iter_index", "read_failures",
     # what they return
     "Manifest", "PlanSummary", "RunResult", "StopReason", "__version__",
     # what on_event receives
@@ -52,7 +52,7 @@ def test_public_surface_is_pinned() -> None:
     for name in batchgen.__all__:
         assert getattr(batchgen, name) is not None
     for fn in (batchgen.load_manifest, batchgen.plan, batchgen.run, batchgen.run_sync,
-               batchgen.read_index, batchgen.read_failures):  # fmt: skip
+               batchgen.read_index, batchgen.iter_index, batchgen.read_failures):  # fmt: skip
         assert fn.__doc__, fn.__name__
 
 
@@ -144,7 +144,7 @@ async def test_notebook_load_plan_run_read(tmp_path: Path) -> None:
     assert result.lines()[0].startswith("done 12, failed 0, unfinished 0")
 
     rows = batchgen.read_index(out)
-    assert len(rows) == summary.images
+    assert len(rows) == summary.images and list(batchgen.iter_index(out)) == rows
     # the plan's sample paths are where the run put the images
     assert {s.output_path for s in summary.samples} <= {r["file_name"] for r in rows}
     for row in rows:
@@ -230,6 +230,8 @@ async def test_no_key_for_fal_is_a_usage_error_before_anything_is_written(tmp_pa
 def test_read_index_of_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(batchgen.UsageError, match="not an output folder"):
         batchgen.read_index(tmp_path / "nowhere")
+    with pytest.raises(batchgen.UsageError, match="not an output folder"):
+        batchgen.iter_index(tmp_path / "nowhere")  # at once, not when first read
 
 
 async def test_signal_handlers_only_when_asked(tmp_path: Path) -> None:

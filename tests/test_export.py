@@ -18,6 +18,7 @@ from PIL import Image
 
 from batchgen.cli import main
 from batchgen.errors import UsageError
+from batchgen.outputs import export as outputs_export
 from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
 from batchgen.outputs.export import csv_cell, export
 from batchgen.outputs.index import INDEX_FIELDS, append_rows, index_row, read_index
@@ -174,3 +175,41 @@ def test_webdataset_members_are_dated_by_the_download(tmp_path: Path) -> None:
 
 def test_export_command_refuses_a_folder_without_an_index(tmp_path: Path) -> None:
     assert main(["export", str(tmp_path), "--format", "csv"]) == 2
+
+
+def test_parquet_tags_become_maps_when_a_late_row_has_a_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are written with list tags until one is a mapping; then the file is written again
+    with map tags from the first row, whatever the row groups written so far."""
+    monkeypatch.setattr(outputs_export, "ROW_GROUP", 2)
+    rows = [dict(r, tags=["dawn"]) for r in make_output(tmp_path, ["an owl", "a fox", "a tram"])]
+    late = dict(rows[-1], file_name="images/late.png", tags={"set": "B"})
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, late]))
+    (dest,) = export(tmp_path, "parquet").paths
+    table = pq.read_table(dest)
+    assert table.schema.field("tags").type == pa.map_(pa.string(), pa.string())
+    assert table.num_rows == 4 and pq.ParquetFile(dest).metadata.num_row_groups == 2
+    assert table.column("tags").to_pylist() == [[("dawn", "")]] * 3 + [[("set", "B")]]
+
+
+def test_an_empty_index_exports_the_columns(tmp_path: Path) -> None:
+    (tmp_path / "metadata.jsonl").write_bytes(b"")
+    result = export(tmp_path, "parquet")
+    table = pq.read_table(result.paths[0])
+    assert result.rows == table.num_rows == 0 and table.column_names == list(INDEX_FIELDS)
+    assert export(tmp_path, "csv").rows == 0 and export(tmp_path, "webdataset").paths == []
+
+
+def test_webdataset_counts_past_the_skipped_names_it_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(outputs_export, "MAX_SKIPPED_LISTED", 1)
+    rows = make_output(tmp_path, ["an owl", "a fox", "a tram"])
+    for r in rows[:2]:
+        (tmp_path / str(r["file_name"])).unlink()
+    result = export(tmp_path, "webdataset")
+    assert (result.rows, result.skipped_count, result.skipped) == (1, 2, [rows[0]["file_name"]])
+    assert main(["export", str(tmp_path), "--format", "webdataset"]) == 1
+    printed = capsys.readouterr().out
+    assert "skipped 2 images" in printed and "... and 1 more" in printed

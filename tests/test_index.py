@@ -6,9 +6,11 @@ import hashlib
 import io
 import json
 import multiprocessing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.json as pajson
+import pytest
 from PIL import Image
 
 from batchgen import __version__
@@ -24,6 +26,7 @@ from batchgen.outputs.index import (
     known_checksums,
     read_failures,
     read_index,
+    rewrite_rows,
     write_manifest_copy,
 )
 from batchgen.outputs.rebuild import CompletedJob, rebuild_from_rows
@@ -194,3 +197,32 @@ def test_manifest_copy(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     copy = write_manifest_copy(tmp_path / "out", src)
     assert copy == tmp_path / "out" / "manifest.yaml" and copy.read_text() == "name: demo\n"
+
+
+def test_a_rewrite_whose_rows_fail_half_way_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / METADATA
+    path.write_text('{"file_name": "images/a.png"}\n')
+
+    def rows() -> Iterator[dict[str, object]]:
+        yield {"file_name": "images/b.png"}
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        rewrite_rows(path, rows())
+    assert path.read_text() == '{"file_name": "images/a.png"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == [METADATA]
+
+
+def test_a_rebuild_that_fails_leaves_the_index_and_no_scratch_file(tmp_path: Path) -> None:
+    spec = spec_for("an owl")
+    place_image(tmp_path, spec, 0)
+    (tmp_path / METADATA).write_text('{"file_name": "images/old.png"}\n')
+
+    def jobs() -> Iterator[CompletedJob]:
+        yield CompletedJob(spec=spec, num_images=1)
+        raise OSError("journal gone")
+
+    with pytest.raises(OSError, match="journal gone"):
+        rebuild_from_rows(tmp_path, jobs(), manifest_sha256="m" * 64)
+    assert (tmp_path / METADATA).read_text() == '{"file_name": "images/old.png"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", METADATA]

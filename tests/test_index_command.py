@@ -11,6 +11,7 @@ from test_run_support import write_manifest
 
 from batchgen.cli import main
 from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.outputs import rebuild
 from batchgen.outputs.index import FAILURES, METADATA, read_failures, read_index
 
 # What a rebuild cannot know from the journal once the index is gone: the download time (the
@@ -106,3 +107,18 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err
     assert "no journal" in err and "Traceback" not in err
     json.dumps(err)  # one readable text, no objects
+
+
+def test_a_rebuild_counts_past_the_names_it_keeps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose images are all gone is reported by count: the names kept are capped."""
+    monkeypatch.setattr(rebuild, "MAX_LISTED", 1)
+    out = _run(tmp_path, 4)
+    for row in read_index(out)[:3]:
+        (out / str(row["file_name"])).unlink()
+    capsys.readouterr()
+    assert main(["index", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "3 missing:" in err and "... and 2 more" in err
+    assert rebuild.rebuild_index(out).counts == {"missing": 3, "changed": 0, "invalid": 0}

@@ -48,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     for path in result.paths:
         print(path)
     print(f"{result.rows} rows exported as {args.format}")
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} images missing or changed on disk:")
-        for name in result.skipped[:20]:
+    if result.skipped_count:
+        print(f"skipped {result.skipped_count:,} images missing or changed on disk:")
+        shown = result.skipped[:20]
+        for name in shown:
             print(f"  {name}")
+        if result.skipped_count > len(shown):
+            print(f"  ... and {result.skipped_count - len(shown):,} more")
         return 1
     return 0

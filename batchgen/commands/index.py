@@ -40,15 +40,16 @@ def run(args: argparse.Namespace) -> int:
     report = rebuild_index(out)
     print(f"{out / METADATA}: {report.rows:,} images")
     print(f"{out / FAILURES}: {report.failures:,} failed jobs")
-    for what, names in (
-        ("missing", report.missing),
-        ("changed since download (checksum differs)", report.changed),
-        ("not a valid image", report.invalid),
+    for what, problem in (
+        ("missing", "missing"),
+        ("changed since download (checksum differs)", "changed"),
+        ("not a valid image", "invalid"),
     ):
-        if names:
-            print(f"{len(names):,} {what}:", file=sys.stderr)
-            for name in names[:SHOWN]:
+        count, names = report.counts[problem], getattr(report, problem)[:SHOWN]
+        if count:
+            print(f"{count:,} {what}:", file=sys.stderr)
+            for name in names:
                 print(f"  {name}", file=sys.stderr)
-            if len(names) > SHOWN:
-                print(f"  ... and {len(names) - SHOWN:,} more", file=sys.stderr)
+            if count > len(names):
+                print(f"  ... and {count - len(names):,} more", file=sys.stderr)
     return 0 if report.ok else 1

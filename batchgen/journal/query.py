@@ -164,9 +164,13 @@ class JournalReader:
         re-attach on resume. Includes jobs the manifest no longer names: they are paid for."""
         return self._select("state IN ('QUEUED', 'RUNNING', 'COMPLETED') AND handle IS NOT NULL")
 
-    def in_flight(self) -> list[JobRow]:
-        """Submitted and not finished on fal's side, oldest submit first."""
-        return self._select("state IN ('QUEUED', 'RUNNING')", order="submitted_at, seq")
+    def in_flight(self, limit: int = -1) -> list[JobRow]:
+        """Submitted and not finished on fal's side, oldest submit first; the first ``limit``
+        only when given (SQLite keeps just those while sorting: a report of a million
+        running jobs holds ``limit`` rows, not a million)."""
+        return self._select(
+            "state IN ('QUEUED', 'RUNNING')", order="submitted_at, seq", limit=limit
+        )
 
     def iter_jobs(self, *states: JobState, chunk: int = 1000) -> Iterator[JobRow]:
         """Every job (or those in ``states``) in FIFO order, streamed ``chunk`` rows at a

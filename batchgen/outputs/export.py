@@ -4,6 +4,9 @@ Everything is written under ``out/exports/`` unless the user names another place
 ``.part`` first and renamed into place, so a reader never sees half an export. The webdataset
 export copies image bytes, so it checks each file against its index checksum and skips (and
 reports) any that is missing or changed rather than shipping a bad sample.
+
+Every format streams the index (:func:`~batchgen.outputs.scan.iter_index`): memory stays flat
+however many rows there are (parquet holds one row group, webdataset one sample at a time).
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import json
 import os
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,20 +27,33 @@ from typing import Any
 
 from batchgen.errors import UsageError
 from batchgen.outputs.download import sha256_file
-from batchgen.outputs.index import INDEX_FIELDS, read_index
+from batchgen.outputs.index import INDEX_FIELDS
+from batchgen.outputs.scan import iter_index
 
+Rows = Iterable[Mapping[str, Any]]
 EXPORTS = "exports"
 FORMATS = ("parquet", "csv", "webdataset")
 _SHARD = re.compile(r"shard-\d{6}\.tar")
 # A spreadsheet runs a cell starting with one of these as a formula ("CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Rows per parquet row group: what the writer holds at once (about 45 MB of Python values for
+# 1 KB rows, bench/outputs.py); big enough that readers get long runs per column.
+ROW_GROUP = 10_000
+MAX_SKIPPED_LISTED = 1000  # names kept; a folder whose files are all gone is only counted
 
 
 @dataclass
 class ExportResult:
     paths: list[Path] = field(default_factory=list)
     rows: int = 0
-    skipped: list[str] = field(default_factory=list)  # file names missing or changed on disk
+    # File names missing or changed on disk: the first MAX_SKIPPED_LISTED, and how many in all.
+    skipped: list[str] = field(default_factory=list)
+    skipped_count: int = 0
+
+    def skip(self, name: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_SKIPPED_LISTED:
+            self.skipped.append(name)
 
 
 def default_dest(out_dir: Path, fmt: str) -> Path:
@@ -53,21 +70,22 @@ def export(
     """Export ``out_dir``'s index as ``fmt`` to ``dest`` (default: under ``out/exports``)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
-    rows = read_index(out_dir)
     target = dest if dest is not None else default_dest(out_dir, fmt)
     if fmt == "parquet":
-        return export_parquet(rows, target)
+        return export_parquet(lambda: iter_index(out_dir), target)
     if fmt == "csv":
-        return export_csv(rows, target)
-    return export_webdataset(out_dir, rows, target, shard_size=shard_size)
+        return export_csv(iter_index(out_dir), target)
+    return export_webdataset(out_dir, iter_index(out_dir), target, shard_size=shard_size)
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(dest: Path, write: Callable[[Path], int]) -> int:
+    """``write(tmp)`` to ``dest.part``, then renamed into place; returns what ``write`` does."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     try:
-        write(tmp)
+        n = write(tmp)
         os.replace(tmp, dest)
+        return n
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -79,9 +97,7 @@ def _timestamp(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
-def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResult:
-    """One parquet file with the index columns; vars as a string map, tags as a list of names
-    or a string map, times as UTC."""
+def _pyarrow() -> tuple[Any, Any]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -92,6 +108,11 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
             "parquet export needs pyarrow: pip install pyarrow"
             " (or, in a checkout of batchgen, pip install -e '.[parquet]')"
         ) from None
+    return pa, pq
+
+
+def _parquet_schema(pa: Any, tag_lists: bool) -> tuple[Any, dict[str, Callable[[Any], Any]]]:
+    """The schema of the index columns and the conversion of each value that needs one."""
     text, i32, i64, f64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
     smap, ts = pa.map_(pa.string(), pa.string()), pa.timestamp("ms", tz="UTC")
     ref = pa.struct([("path", text), ("url", text), ("sha256", text)])
@@ -119,20 +140,68 @@ def export_parquet(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResul
         "downloaded_at": _timestamp,
         "usage": lambda v: None if v is None else json.dumps(v, sort_keys=True),
     }
-    # Tags are a list of names unless the manifest gave mappings (then every row has one).
-    if rows and all(isinstance(r.get("tags"), list) for r in rows):
+    if tag_lists:
         types["tags"] = pa.list_(text)
         convert["tags"] = lambda v: [str(t) for t in v]
     else:
         pairs = convert["vars"]
         convert["tags"] = lambda v: [(str(t), "") for t in v] if isinstance(v, list) else pairs(v)
-    schema = pa.schema([(name, types.get(name, text)) for name in INDEX_FIELDS])
-    columns = {
-        name: [convert.get(name, lambda v: v)(r.get(name)) for r in rows] for name in INDEX_FIELDS
-    }
-    table = pa.Table.from_pydict(columns, schema=schema)
-    _atomic_write(dest, lambda tmp: pq.write_table(table, tmp))
-    return ExportResult(paths=[dest], rows=len(rows))
+    return pa.schema([(name, types.get(name, text)) for name in INDEX_FIELDS]), convert
+
+
+def _write_parquet(tmp: Path, rows: Rows, *, tag_lists: bool, row_group: int) -> int | None:
+    """Write ``rows`` a row group at a time; the number written, or None when ``tag_lists``
+    and some row's tags are not a list (or there is no row: then tags are typed as maps)."""
+    pa, pq = _pyarrow()
+    schema, convert = _parquet_schema(pa, tag_lists)
+    same: Callable[[Any], Any] = lambda v: v  # noqa: E731
+    fields = [(name, convert.get(name, same)) for name in INDEX_FIELDS]
+    # Each row goes into the column lists at once and is dropped: a row group holds the values,
+    # not the values and every row's dict too (a third less memory).
+    columns: dict[str, list[Any]] = {name: [] for name in INDEX_FIELDS}
+    n = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for r in rows:
+            if tag_lists and not isinstance(r.get("tags"), list):
+                return None
+            for name, conv in fields:
+                columns[name].append(conv(r.get(name)))
+            n += 1
+            if n % row_group == 0:
+                writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+                columns = {name: [] for name in INDEX_FIELDS}
+        if tag_lists and n == 0:
+            return None
+        if n % row_group or n == 0:  # an empty index still gets its (empty) row group
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+    return n
+
+
+def export_parquet(
+    rows: Sequence[Mapping[str, Any]] | Callable[[], Rows],
+    dest: Path,
+    *,
+    row_group: int | None = None,
+) -> ExportResult:
+    """One parquet file with the index columns; vars as a string map, tags as a list of names
+    or a string map, times as UTC. Written ``row_group`` rows at a time (default
+    ``ROW_GROUP``). ``rows`` is a sequence or a function that gives the rows anew."""
+    _pyarrow()  # says how to install it before anything is written
+    source = rows if callable(rows) else lambda: rows
+    size = row_group or ROW_GROUP
+
+    # Tags are a list of names unless the manifest gave mappings (then every row has one), and
+    # which it is shows only at the end. So the rows are written with list tags while they are
+    # lists and, at the first that is not, anew with map tags: one pass over most folders,
+    # two when a mapping appears late (rare: with mappings, every row has one).
+    def write(tmp: Path) -> int:
+        n = _write_parquet(tmp, source(), tag_lists=True, row_group=size)
+        if n is None:
+            n = _write_parquet(tmp, source(), tag_lists=False, row_group=size)
+        assert n is not None  # map tags take any row
+        return n
+
+    return ExportResult(paths=[dest], rows=_atomic_write(dest, write))
 
 
 # ---- CSV ------------------------------------------------------------------------------------
@@ -152,18 +221,20 @@ def csv_cell(value: Any) -> str | int | float:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def export_csv(rows: Sequence[Mapping[str, Any]], dest: Path) -> ExportResult:
-    """A CSV of the index (UTF-8 with a BOM so Excel reads prompts right)."""
+def export_csv(rows: Rows, dest: Path) -> ExportResult:
+    """A CSV of the index (UTF-8 with a BOM so Excel reads prompts right), row by row."""
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> int:
+        n = 0
         with tmp.open("w", encoding="utf-8-sig", newline="") as f:
             w = csv.writer(f)
             w.writerow(INDEX_FIELDS)
             for r in rows:
                 w.writerow([csv_cell(r.get(name)) for name in INDEX_FIELDS])
+                n += 1
+        return n
 
-    _atomic_write(dest, write)
-    return ExportResult(paths=[dest], rows=len(rows))
+    return ExportResult(paths=[dest], rows=_atomic_write(dest, write))
 
 
 # ---- webdataset -----------------------------------------------------------------------------
@@ -175,17 +246,17 @@ def sample_key(row: Mapping[str, Any]) -> str:
 
 
 def _verified(
-    out_dir: Path, rows: Sequence[Mapping[str, Any]], skipped: list[str]
+    out_dir: Path, rows: Rows, result: ExportResult
 ) -> Iterator[tuple[Mapping[str, Any], Path]]:
     images = (out_dir / "images").resolve()
     for r in rows:
         path = (out_dir / str(r["file_name"])).resolve()
         # The index is data: a row naming a file outside images/ is never read into a shard.
         if not path.is_relative_to(images) or not path.is_file():
-            skipped.append(str(r["file_name"]))
+            result.skip(str(r["file_name"]))
             continue
         if sha256_file(path)[1] != r.get("sha256"):
-            skipped.append(str(r["file_name"]))
+            result.skip(str(r["file_name"]))
             continue
         yield r, path
 
@@ -206,19 +277,22 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_shard(tmp: Path, *, batch: Sequence[tuple[Mapping[str, Any], Path]]) -> None:
+def _write_shard(tmp: Path, *, batch: Iterable[tuple[Mapping[str, Any], Path]]) -> int:
+    n = 0
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for row, path in batch:
+            n += 1
             key = sample_key(row)
             ext = path.suffix.lstrip(".").lower() or "img"
             mtime = _mtime(row, path)
             _add(tar, f"{key}.{ext}", path.read_bytes(), mtime)
             meta = json.dumps(row, ensure_ascii=False, sort_keys=True).encode()
             _add(tar, f"{key}.json", meta, mtime)
+    return n
 
 
 def export_webdataset(
-    out_dir: Path, rows: Sequence[Mapping[str, Any]], dest: Path, *, shard_size: int = 1000
+    out_dir: Path, rows: Rows, dest: Path, *, shard_size: int = 1000
 ) -> ExportResult:
     """Tar shards ``shard-000000.tar``… of ``shard_size`` samples: ``{key}.{ext}`` + ``{key}.json``.
 
@@ -229,14 +303,16 @@ def export_webdataset(
         raise UsageError("--shard-size must be at least 1")
     dest.mkdir(parents=True, exist_ok=True)
     result = ExportResult()
-    samples = list(_verified(out_dir, rows, result.skipped))
-    for start in range(0, len(samples), shard_size):
-        shard = dest / f"shard-{start // shard_size:06d}.tar"
-        batch = samples[start : start + shard_size]
-        _atomic_write(shard, functools.partial(_write_shard, batch=batch))
+    samples = _verified(out_dir, rows, result)
+    # One sample at a time, whatever the shard size: a shard is begun by its first verified
+    # sample and takes the next ones from the same iterator.
+    for first in samples:
+        shard = dest / f"shard-{len(result.paths):06d}.tar"
+        batch = itertools.chain([first], itertools.islice(samples, shard_size - 1))
+        result.rows += _atomic_write(shard, functools.partial(_write_shard, batch=batch))
         result.paths.append(shard)
+    written = set(result.paths)
     for old in dest.iterdir():
-        if _SHARD.fullmatch(old.name) and old not in result.paths:
+        if _SHARD.fullmatch(old.name) and old not in written:
             old.unlink()
-    result.rows = len(samples)
     return result

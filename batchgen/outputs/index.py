@@ -154,6 +154,7 @@ def index_row(
     origin: str | None = None,
     version: str = __version__,
     answered_by: str | None = None,
+    file_name: str | None = None,
 ) -> dict[str, Any]:
     """The index row of image ``n`` of ``spec``, downloaded as ``d`` below ``out_dir``.
 
@@ -166,13 +167,15 @@ def index_row(
     the image was made (``journal.origin``: ``fal``, ``emulator``, ``endpoint:<URL>``).
     ``answered_by`` is the endpoint fal said made it instead of ``spec.endpoint`` (a
     fallback), None when fal said nothing.
+    ``file_name`` is ``d.path`` relative to ``out_dir`` when the caller knows it already (a
+    rebuild of a million images would otherwise resolve every path once more).
     """
     if cost_actual is None and usage is not None and parse_usage(usage) is not None:
         cost_actual = token_cost(usage) / spec.num_images
     fmt = input_value(spec, "output_format")
     references, mask = edit_inputs(spec)
     return {
-        "file_name": relative_name(out_dir, d.path),
+        "file_name": file_name if file_name is not None else relative_name(out_dir, d.path),
         "job_id": spec.job_id,
         "image_index": n,
         "variant": spec.variant,
@@ -334,10 +337,15 @@ def write_manifest_copy(out_dir: Path, manifest: Path) -> Path:
 
 
 def rewrite_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Replace an index file atomically: written beside it, fsynced, then renamed over it."""
+    """Replace an index file atomically: written beside it as ``rows`` come (a generator is
+    never held whole), fsynced, then renamed over it."""
     tmp = path.with_name(path.name + ".part")
-    with _lock, tmp.open("wb") as f:
-        f.writelines(_line(r) for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-        os.replace(tmp, path)
+    with _lock:
+        try:  # rows may be a stream that fails half-way: then the old file stays, whole
+            with tmp.open("wb") as f:
+                f.writelines(_line(r) for r in rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

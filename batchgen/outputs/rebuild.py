@@ -4,7 +4,11 @@ The journal is the source of truth; the index is a view of it that a crash, a ha
 deleted file can spoil. This reads the journal (read-only, streamed: a million jobs never sit
 in memory at once), turns each downloaded job into a :class:`CompletedJob` with the checksums
 the downloader recorded, and hands them to :func:`rebuild_from_rows`, which hashes every
-file and reports the missing, changed and invalid ones.
+file, reports the missing, changed and invalid ones, and writes the new index as it goes.
+
+What only the old index knows (fal's inference time, the download time) is looked up by file
+name in a temporary SQLite table beside it (:class:`_OldIndex`): flat memory, where a dict of a
+million old rows took gigabytes.
 
 Jobs that completed on fal's side but are not downloaded yet are left out: they are not on
 disk, and the next ``batchgen run`` fetches them and appends their rows.
@@ -12,7 +16,9 @@ disk, and the next ``batchgen run`` fetches them and appends their rows.
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +38,11 @@ from batchgen.outputs.index import (
     failure_row,
     index_row,
     input_value,
-    read_index,
     read_rows,
     rewrite_rows,
 )
 from batchgen.planning.jobs import JobSpec, JobState
-from batchgen.planning.paths import image_path, relative_name, template_fields
+from batchgen.planning.paths import image_path, template_fields
 from batchgen.planning.pricing import usage_of
 
 
@@ -169,6 +174,11 @@ class CompletedJob:
     answered_by: str | None = None  # the endpoint fal said answered instead (a fallback)
 
 
+# File names a report keeps per kind of problem; the rest are counted (a folder whose images
+# were all deleted must not need a million names in memory to say so).
+MAX_LISTED = 1000
+
+
 @dataclass
 class RebuildReport:
     rows: int = 0
@@ -176,10 +186,66 @@ class RebuildReport:
     missing: list[str] = field(default_factory=list)  # file names expected and not on disk
     changed: list[str] = field(default_factory=list)  # on disk with another checksum
     invalid: list[str] = field(default_factory=list)  # on disk and not a valid image
+    # How many of each there are: the lists keep the first MAX_LISTED names.
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"missing": 0, "changed": 0, "invalid": 0}
+    )
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.changed or self.invalid)
+
+    def note(self, problem: str, name: str) -> None:
+        """Count ``name`` as ``missing``, ``changed`` or ``invalid`` (listed if room is left)."""
+        self.counts[problem] += 1
+        names: list[str] = getattr(self, problem)
+        if len(names) < MAX_LISTED:
+            names.append(name)
+
+
+class _OldIndex:
+    """The old index's rows, by file name, reduced to the fields a rebuild keeps from them.
+
+    A scratch SQLite table in the output folder (hidden: ImageFolder skips it; the folder has
+    room for its index, so for this too), removed by :meth:`close`, or by the next rebuild when
+    this one was killed (one name: two rebuilds of a folder at once would clash on the index's
+    ``.part`` anyway). Rows go in in file order with INSERT OR REPLACE, so a file written twice
+    keeps its last row, as ``read_index``.
+    """
+
+    FIELDS = ("sha256", "completed_at", "inference_time", "downloaded_at")
+    NAME = ".index-rebuild.sqlite"
+
+    def __init__(self, out_dir: Path) -> None:
+        self._path = out_dir / self.NAME
+        self._path.unlink(missing_ok=True)
+        self._db = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            # Scratch data: no journal, no fsync. A bounded page cache (16 MB) keeps memory
+            # flat; SQLite spills the rest to the file.
+            self._db.executescript(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -16384;"
+                "CREATE TABLE old (name TEXT PRIMARY KEY, kept TEXT NOT NULL) WITHOUT ROWID;"
+            )
+            rows = (
+                (r["file_name"], json.dumps([r.get(f) for f in self.FIELDS]))
+                for r in read_rows(out_dir / METADATA)
+                if isinstance(r.get("file_name"), str)
+            )
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO old VALUES (?, ?)", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, name: str) -> dict[str, Any]:
+        found = self._db.execute("SELECT kept FROM old WHERE name = ?", (name,)).fetchone()
+        return dict(zip(self.FIELDS, json.loads(found[0]), strict=True)) if found else {}
+
+    def close(self) -> None:
+        self._db.close()
+        self._path.unlink(missing_ok=True)
 
 
 def rebuild_from_rows(
@@ -194,33 +260,60 @@ def rebuild_from_rows(
 
     Every image file is hashed and checked: one missing, not an image, or with a checksum other
     than the journal's (or, failing that, the old index's) is reported, and only files that
-    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts.
+    are present and valid get a row. ``failed_jobs`` are :func:`failure_row` dicts. Both are
+    streamed: each file is written to a ``.part`` as the rows come and renamed into place.
     """
     report = RebuildReport()
-    old = {r["file_name"]: r for r in read_index(out_dir)}
-    rows: list[dict[str, Any]] = []
+    old = _OldIndex(out_dir)
+    try:
+        rows = _rows(out_dir, completed_jobs, old, report, manifest_sha256, version)
+        rewrite_rows(out_dir / METADATA, rows)
+    finally:
+        old.close()
+
+    def failures() -> Iterator[dict[str, Any]]:
+        for f in failed_jobs:
+            report.failures += 1
+            yield dict(f)
+
+    rewrite_rows(out_dir / FAILURES, failures())
+    return report
+
+
+def _rows(
+    out_dir: Path,
+    completed_jobs: Iterable[CompletedJob],
+    old: _OldIndex,
+    report: RebuildReport,
+    manifest_sha256: str,
+    version: str,
+) -> Iterator[dict[str, Any]]:
+    """The index rows of the files on disk, counted in ``report`` with the problems found."""
+    # image_path gives a resolved path inside the folder: its name needs no more lookups.
+    root = out_dir.resolve()
     for job in completed_jobs:
         fmt = input_value(job.spec, "output_format")
         for n in range(job.num_images):
             dest = image_path(out_dir, job.spec.output_template, template_fields(job.spec, n))
-            name = relative_name(out_dir, dest)
+            name = dest.relative_to(root).as_posix()
             if not dest.is_file():
-                report.missing.append(name)
+                report.note("missing", name)
                 continue
             size, digest = sha256_file(dest)
             try:
                 width, height, pil_fmt = inspect_image(dest, fmt)
             except DownloadError:
-                report.invalid.append(name)
+                report.note("invalid", name)
                 continue
-            expected = job.sha256.get(n) or old.get(name, {}).get("sha256")
-            if expected and expected != digest:
-                report.changed.append(name)
-            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
             # The journal keeps no completion time or fal's inference time per job: the old
             # row's values survive a rebuild when there is one.
-            prev = old.get(name, {})
-            row = index_row(
+            prev = old.get(name)
+            expected = job.sha256.get(n) or prev.get("sha256")
+            if expected and expected != digest:
+                report.note("changed", name)
+            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
+            report.rows += 1
+            yield index_row(
                 job.spec,
                 n,
                 d,
@@ -236,10 +329,5 @@ def rebuild_from_rows(
                 answered_by=job.answered_by,
                 version=version,
                 downloaded_at=prev.get("downloaded_at") or os.path.getmtime(dest),
+                file_name=name,
             )
-            rows.append(row)
-    failures = [dict(f) for f in failed_jobs]
-    rewrite_rows(out_dir / METADATA, rows)
-    rewrite_rows(out_dir / FAILURES, failures)
-    report.rows, report.failures = len(rows), len(failures)
-    return report

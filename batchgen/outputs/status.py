@@ -106,7 +106,7 @@ def build_report(
     with reader.snapshot():  # counts, failures and in-flight rows from the same moment
         t = reader.tallies()
         runs = reader.runs()
-        live = reader.in_flight()
+        live = reader.in_flight(limit=MAX_IN_FLIGHT_SHOWN)
         failures = reader.failures_by_class()
         actual = actual_cost(reader.usages())
     last = runs[-1] if runs else None
@@ -120,9 +120,13 @@ def build_report(
         failures=failures,
         in_flight=[
             InFlight(r.job_id, r.request_id or "", str(r.state), _since(r.submitted_at, now))
-            for r in live[:MAX_IN_FLIGHT_SHOWN]
+            for r in live
         ],
-        in_flight_total=len(live),
+        # The listing is capped; the count comes from the tallies (jobs the manifest no
+        # longer names included, as the listing has them).
+        in_flight_total=sum(
+            t.counts[s] + t.not_in_manifest[s] for s in (S.QUEUED, S.RUNNING)
+        ),
         not_in_manifest={str(s): n for s, n in t.not_in_manifest.items() if n},
         lost=t.lost,
         possible_duplicates=t.possible_duplicates,
