@@ -296,6 +296,7 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
     assert console == [] and complete(dom)
     assert card_files(dom) == files[:30] and 'id="shown">100<' in dom
     assert "page 1 of 4" in dom
+    assert re.search(r'data-first-screen="\d+"', dom)  # timed after the frame that drew it
 
     dom, console = chromium(page + "#tag=late%3Dyes", profile)  # not among the options' rows
     assert console == [] and card_files(dom) == [files[i] for i in (83, 91, 97)]
