@@ -280,6 +280,8 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
         rows[i]["tags"] = {"set": "AB"[i % 2], "late": "yes"}
     for i in (2, 45, 99):  # a word in three chunks' prompts, in mixed case
         rows[i]["prompt"] += " with a Zebra"
+    for i in (10, 60):  # no estimate: sorted last either way (NaN in the page's cost column)
+        rows[i]["cost_estimate"] = None
     rows = list(place_images(out, rows, tiny_png()))
     append_index(out, rows)
     report = build_gallery(out, chunk_rows=40)
@@ -294,6 +296,7 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
     assert console == [] and complete(dom)
     assert card_files(dom) == files[:30] and 'id="shown">100<' in dom
     assert "page 1 of 4" in dom
+    assert re.search(r'data-first-screen="\d+"', dom)  # timed after the frame that drew it
 
     dom, console = chromium(page + "#tag=late%3Dyes", profile)  # not among the options' rows
     assert console == [] and card_files(dom) == [files[i] for i in (83, 91, 97)]
@@ -302,14 +305,19 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
     dom, _ = chromium(page + "#q=zebra", profile)
     assert card_files(dom) == [files[i] for i in (2, 45, 99)]
 
+    def cost(i: int) -> tuple[bool, float]:
+        return rows[i]["cost_estimate"] is None, rows[i]["cost_estimate"] or 0.0
+
     dom, _ = chromium(page + "#sort=-cost", profile)
-    by_cost = sorted(range(100), key=lambda i: -rows[i]["cost_estimate"])
+    by_cost = sorted(range(100), key=lambda i: (cost(i)[0], -cost(i)[1]))
     assert card_files(dom) == [files[i] for i in by_cost] and 'id="shown">100<' in dom
+    assert card_files(dom)[-2:] == [files[10], files[60]]
+    dom, _ = chromium(page + "#sort=cost", profile)
+    assert card_files(dom) == [files[i] for i in sorted(range(100), key=cost)]
 
     # A filter and a sort together, paged: the second page of the low-quality rows by cost.
     dom, _ = chromium(page + "#quality=low&sort=cost&per=10&page=2", profile)
-    low = sorted((i for i in range(100) if rows[i]["quality"] == "low"),
-                 key=lambda i: rows[i]["cost_estimate"])  # fmt: skip
+    low = sorted((i for i in range(100) if rows[i]["quality"] == "low"), key=cost)
     assert card_files(dom) == [files[i] for i in low[10:20]]
     assert f'id="shown">{len(low)}<' in dom and f"page 2 of {-(-len(low) // 10)}" in dom
 
