@@ -108,6 +108,7 @@ class Settings:
             "time_scale": self.time_scale,
             "reuse_folder": self.reuse_folder,
             "webhook_url": self.webhook_url,
+            "webhook_listen": self.webhook_listen,
             **public_controls(self.controls, self.stop_at, self.notify, self.on_exit),
         }
 

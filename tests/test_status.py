@@ -174,6 +174,19 @@ def test_a_killed_run_reads_as_interrupted(
             " --priority low --start-timeout 30 --media-expiry 900 --allow-fallbacks"
             " --no-store-io",
         ),
+        ({"target": "fal", "watch": "stream", "webhook_url": None}, ""),
+        ({"target": "fal", "watch": "poll"}, " --watch poll"),
+        (  # the receiver's default address is not repeated; a fixed one and the URL are
+            {"target": "endpoint", "endpoint": "http://h:1", "watch": "webhook",
+             "webhook_listen": "127.0.0.1:0", "webhook_url": None},
+            " --endpoint http://h:1 --watch webhook",
+        ),
+        (
+            {"target": "fal", "watch": "webhook", "webhook_listen": "0.0.0.0:8787",
+             "webhook_url": "https://hooks.example.com/"},
+            " --watch webhook --webhook-listen 0.0.0.0:8787"
+            " --webhook-url https://hooks.example.com/",
+        ),
     ],
 )
 def test_the_resume_command_keeps_the_flags_that_decide_where_and_how_much(

@@ -95,6 +95,15 @@ def run_command(
                       ("--media-expiry", "media_expiry")):  # fmt: skip
         if s.get(key) is not None:
             args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
+    # How results are watched: a webhook run resumed without --watch webhook still finishes
+    # (by the stream), but behind a tunnel the user set up for it and with its addresses lost.
+    if s.get("watch") in ("poll", "webhook"):
+        args += ["--watch", str(s["watch"])]
+    if s.get("watch") == "webhook":
+        if s.get("webhook_listen") not in (None, "127.0.0.1:0"):
+            args += ["--webhook-listen", str(s["webhook_listen"])]
+        if s.get("webhook_url"):
+            args += ["--webhook-url", str(s["webhook_url"])]
     args += ["--allow-fallbacks"] if s.get("allow_fallbacks") else []
     args += ["--no-store-io"] if s.get("store_io") is False else []
     return shlex.join(args)
