@@ -38,6 +38,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -243,8 +244,12 @@ def instrument(gallery: Any, journal_cls: Any) -> dict[str, list[float]]:
 
     for name in JOURNAL_WRITES:
         setattr(journal_cls, name, timed(getattr(journal_cls, name), "journal", time.thread_time))
-    # run_manifest looks build_gallery up when it gets there, so the wrapper is what it calls.
+    # run_manifest looks build_gallery up when it gets there, so the wrapper is what it calls;
+    # the end of a run refreshes it through running.setup, which imported refresh_gallery.
+    from batchgen.running import setup
+
     gallery.build_gallery = timed(gallery.build_gallery, "gallery", time.process_time)
+    setup.refresh_gallery = timed(setup.refresh_gallery, "gallery", time.process_time)
     return timers
 
 
@@ -295,6 +300,17 @@ def client_main(cfg: dict[str, Any]) -> None:
     run = batchgen_main if cfg["client"] == "batchgen" else falclient_main
     res = run(cfg)
     res["peak_rss_mb"] = peak_rss_mb()
+    # The whole process: from just before it was started (the parent's CLOCK_MONOTONIC,
+    # which is system-wide) to now, and its CPU since it started, imports included, plus the
+    # CPU of every child it has reaped (worker processes), so work moved out is still counted.
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN
+    )
+    res["proc_cpu"] = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    res["proc_child_cpu"] = kids.ru_utime + kids.ru_stime
+    res["proc_end"] = time.monotonic()
     print(json.dumps(res))
 
 
@@ -304,6 +320,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PROFILE: Path | None = None  # --profile: where py-spy's stacks of each client run go
+
+
 def run_client(client: str, manifest: Path, emu: Emulator, out: Path, *, concurrency: str,
                watch: str = "stream", downloads: int = 8) -> dict[str, Any]:  # fmt: skip
     """Run one client in a fresh process against ``emu``; add what the server saw."""
@@ -311,13 +330,23 @@ def run_client(client: str, manifest: Path, emu: Emulator, out: Path, *, concurr
     cfg = {"client": client, "manifest": str(manifest), "url": emu.url, "out": str(out),
            "concurrency": concurrency if client == "batchgen" else int(concurrency),
            "watch": watch, "download_concurrency": downloads}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, __file__, "--client", json.dumps(cfg)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    cmd = [sys.executable, __file__, "--client", json.dumps(cfg)]
+    raw = None
+    if PROFILE is not None:
+        PROFILE.mkdir(parents=True, exist_ok=True)
+        raw = PROFILE / f"{client}-{out.name}.txt"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        cmd = [spy, "record", "--subprocesses", "--nonblocking", "--rate", "200", "--format",
+               "raw", "--output", str(raw), "--", *cmd]  # fmt: skip
+    launched = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{client} client crashed:\n{done.stderr[-3000:]}")
-    res: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    # The client's last line of JSON (py-spy, when profiling, prints after it).
+    line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
+    res: dict[str, Any] = json.loads(line)
+    res["proc_wall"] = res["proc_end"] - launched
+    res["profile"] = str(raw) if raw else None
     res["stats"] = emu.stats()
     tl = emu.timeline()
     res["timeline"] = tl["requests"]
@@ -356,11 +385,20 @@ def utilisation(timeline: list[list[float | None]], limit: int) -> dict[str, flo
 
 
 def phases(res: dict[str, Any]) -> tuple[float, float, float]:
-    """Seconds from the client's start to its first submit, first to last submit, and from
-    the last submit to the end (the last results, downloads and, for batchgen, the gallery)."""
+    """Seconds from the client process's launch to its first submit, first to last submit,
+    and from the last submit to the process's exit (the last results, downloads and, for
+    batchgen, the gallery)."""
     subs = [t[0] for t in res["timeline"]]
     first, last = min(subs), max(subs)
-    return first - res["start"], last - first, res["start"] + res["wall"] - last
+    launched = res["proc_end"] - res["proc_wall"]
+    return first - launched, last - first, res["proc_end"] - last
+
+
+def profile_table(raw: Path, *, jobs: int, cpu_ms: float) -> list[str]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from profile import table  # bench/profile.py, beside this script
+
+    return table(raw, jobs=jobs, cpu_ms=cpu_ms)
 
 
 def run_times(timeline: list[list[float | None]]) -> str:
@@ -394,17 +432,21 @@ def scenario_throughput(
     lines = [
         f"1. throughput: {n:,} jobs, 64 at once, zero model time; best of {rounds} "
         f"round(s) per client, alternating order; batchgen --download-concurrency {downloads}",
-        f"   {'client':<11} {'jobs/s':>7} {'CPU ms/job':>11} {'srv CPU ms/job':>15} "
-        f"{'done':>6} {'failed':>6}  {'to 1st submit':>13} {'submitting':>10} "
-        f"{'after last':>10}  every round (jobs/s)",
+        "   process = from just before the client process starts to its exit (imports, "
+        "start-up and end of run included); CPU includes its reaped child processes",
+        f"   {'client':<11} {'jobs/s':>7} {'in run':>7} {'CPU ms/job':>11} {'in children':>12} "
+        f"{'srv CPU ms/job':>15} {'done':>6} {'failed':>6}  {'to 1st submit':>13} "
+        f"{'submitting':>10} {'after last':>10}  every round (process jobs/s)",
     ]
     for label, rs in runs.items():
-        best = max(rs, key=lambda x: x["done"] / x["wall"])
-        each = ", ".join(f"{x['done'] / x['wall']:.0f}" for x in rs)
+        best = max(rs, key=lambda x: x["done"] / x["proc_wall"])
+        each = ", ".join(f"{x['done'] / x['proc_wall']:.0f}" for x in rs)
         head, body, tail = phases(best)
         lines.append(
-            f"   {label:<11} {best['done'] / best['wall']:>7.0f} "
-            f"{best['cpu'] / n * 1000:>11.2f} {best['server_cpu'] / n * 1000:>15.2f} "
+            f"   {label:<11} {best['done'] / best['proc_wall']:>7.0f} "
+            f"{best['done'] / best['wall']:>7.0f} "
+            f"{best['proc_cpu'] / n * 1000:>11.2f} {best['proc_child_cpu'] / n * 1000:>12.2f} "
+            f"{best['server_cpu'] / n * 1000:>15.2f} "
             f"{best['done']:>6} {best['failed']:>6}  {head:>12.2f}s {body:>9.2f}s "
             f"{tail:>9.2f}s  {each}"
         )
@@ -415,11 +457,13 @@ def scenario_throughput(
             lines += [
                 f"     per job: journal writes {jc / n * 1e3:.2f} ms CPU ({jw / n * 1e3:.2f} ms "
                 f"wall: the event loop waits for the fsync), gallery {gc / n * 1e3:.2f} ms CPU, "
-                f"the rest {rest / n * 1e3:.2f} ms CPU",
+                f"the rest of the run {rest / n * 1e3:.2f} ms CPU (this process)",
                 f"     after the last submit: {drain:.2f} s until the last download, then "
-                f"{gw:.2f} s of gallery; without the gallery "
-                f"{best['done'] / (best['wall'] - gw):.0f} jobs/s",
+                f"{gw:.2f} s of gallery",
             ]
+        if best.get("profile"):
+            cpu_ms = best["proc_cpu"] / n * 1000
+            lines += profile_table(Path(best["profile"]), jobs=n, cpu_ms=cpu_ms)
         lines += [f"     {x}" for x in best["log"] if x and best["failed"]]
     return lines
 
@@ -435,8 +479,10 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float, cache: bool) -> lis
         f"2. status requests: {n} jobs, 40 at once, limit {LIMIT}, model time {mean_s:g} s "
         f"± 50 % (time scale {scale:.3f}); counted by the emulator",
         f"   {'client':<24} {'GET/job':>8} {'streams/job':>12} {'total/job':>10} "
-        f"{'req/s':>6} {'jobs/s':>7} {'busy':>5} {'CPU ms/job':>10}  run times min/med/max",
+        f"{'req/s':>6} {'jobs/s':>7} {'busy':>5} {'CPU ms/job':>10} {'in run':>7}  "
+        "run times min/med/max",
     ]
+    profiled: list[tuple[str, dict[str, Any]]] = []
     for label, client, watch in [
         ("batchgen --watch stream", "batchgen", "stream"),
         ("batchgen --watch poll", "batchgen", "poll"),
@@ -446,15 +492,24 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float, cache: bool) -> lis
         with emulator(time_scale=scale, limit=LIMIT, render_cache=n if cache else 0) as emu:
             out = scratch / f"st-{client}-{watch}"
             res = run_client(client, manifest, emu, out, concurrency="40", watch=watch)
+        if res.get("profile"):
+            profiled.append((label, res))
         polls, streams, total = status_per_job(res["stats"], n)
         busy = utilisation(res["timeline"], LIMIT)["busy"]
         lines.append(
             f"   {label:<24} {polls:>8.2f} {streams:>12.2f} {total:>10.2f} "
             f"{total * n / res['wall']:>6.0f} {res['done'] / res['wall']:>7.1f} "
-            f"{_fmt(busy, '.0%'):>5} {res['cpu'] * 1000 / n:>10.1f}  {run_times(res['timeline'])}"
+            f"{_fmt(busy, '.0%'):>5} {res['proc_cpu'] * 1000 / n:>10.1f} "
+            f"{res['cpu'] * 1000 / n:>7.1f}  {run_times(res['timeline'])}"
             + ("" if res["failed"] == 0 else f"  ({res['failed']} failed)")
         )
-    lines.append("   busy: as in 3 (settled = all 40 running; until the last start)")
+    lines.append("   busy: as in 3 (settled = all 40 running; until the last start). CPU ms/job: "
+                 "the whole client process, start-up and reaped children included; in run: "
+                 "this process during the run only")
+    if PROFILE is not None:
+        for label, res in profiled:
+            lines.append(f"   {label}:")
+            lines += profile_table(Path(res["profile"]), jobs=n, cpu_ms=res["proc_cpu"] * 1e3 / n)
     return lines
 
 
@@ -564,6 +619,8 @@ def main() -> None:
         "than 128 results after each makes it render every image twice)",
     )
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a tmp dir)")
+    ap.add_argument("--profile", type=Path, default=None, help="run each client under py-spy "
+                    "(pip install py-spy), keep its stacks here and print where the CPU went")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--client", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -580,6 +637,8 @@ def main() -> None:
         raise SystemExit(f"install the test extra (fal-client and sniffio): {exc}") from None
     print(f"bench/run.py: emulator and each client in separate processes on loopback; "
           f"{os.cpu_count()} cores; {versions}", flush=True)  # fmt: skip
+    global PROFILE
+    PROFILE = a.profile
     only = set(a.only.split(","))
     cache = not a.stock_render_cache
     print("emulator render cache: " + ("holds every image of the run (fal's CDN stores files)"

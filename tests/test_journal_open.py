@@ -177,7 +177,8 @@ def test_the_public_api_other_modules_build_on() -> None:
     assert {"clock=", "manifest_path=", "allow_manifest_change="} <= set(params(Journal.open))
     assert params(Journal.add_jobs) == ["self", "specs", "cost_of="]
     assert params(Journal.claim) == ["self", "limit", "origin="]
-    assert params(Journal.set_submitted) == ["self", "job_id", "handle", "origin="]
+    assert params(Journal.set_submitted) == ["self", "job_id", "handle", "origin=", "sync="]
+    assert params(Journal.sync_wal) == ["self"]
     assert params(Journal.transition) == [
         "self", "job_id", "new", "error_class=", "error=", "bump_attempts="
     ]  # fmt: skip

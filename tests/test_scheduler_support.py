@@ -25,6 +25,7 @@ from batchgen.fal.retry import RetryPolicy
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import Manifest, load_manifest, plan
 from batchgen.outputs.index import read_failures, read_index
+from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import estimate_cost
 from batchgen.running.events import Event, Failed, Requeued, Submitted
@@ -139,6 +140,7 @@ class Rig:
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
         stop_at: float | None = None,
+        checks: CheckPool | None = None,
         **flags: Any,
     ) -> RunResult:
         settings = self.settings(**flags)
@@ -181,6 +183,7 @@ class Rig:
                     on_event=on_event,
                     sleep=sleep,
                     rng=lambda: 0.0,
+                    checks=checks,
                     **({"clock": clock} if clock is not None else {}),
                     **({"wall": wall} if wall is not None else {}),
                 )

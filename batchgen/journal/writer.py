@@ -6,7 +6,8 @@ Rules (DESIGN.md, "The journal and the job states"):
   downloads) only on state that is already on disk.
 * Durability: WAL with ``synchronous=NORMAL``: a returned commit survives a ``kill -9``; a
   power loss may drop the last ones. The commit whose loss costs money, the request id of
-  ``set_submitted``, is fsynced (``synchronous=FULL``) unless ``durable_submits=False``.
+  ``set_submitted``, is fsynced (``synchronous=FULL``) unless ``durable_submits=False``; the
+  scheduler instead fsyncs the WAL off the event loop, once for many (``walsync.py``).
   bench/journal.py (shared 2-core VM, load 5-7): a job's four commits 0.3-0.6 ms, ~1.4 ms with
   the fsync: a ceiling of ~700 jobs/s, well above the queue API's ~150, so it is cheap.
 * Concurrency: one writer process, guarded by an ``flock`` on ``journal.sqlite.lock`` (a second
@@ -53,6 +54,7 @@ from batchgen.journal.schema import (
     one_line,
     strip_data_uris,
 )
+from batchgen.journal.walsync import WalSync
 from batchgen.planning.jobs import JobSpec, JobState, check_transition
 
 __all__ = [
@@ -87,6 +89,7 @@ class Journal(JournalReader):
         self._lock = lock
         self._clock = clock
         self._durable_submits = durable_submits
+        self._wal = WalSync(path)
         self.needs_plan = needs_plan
         self._live = LiveTallies(tallies(self._db()))
 
@@ -146,6 +149,7 @@ class Journal(JournalReader):
                 (self._clock(), exit_code, self.run_id),
             )
         finally:
+            self._wal.close()
             super().close()
             unlock_folder(self._lock)
             self._lock = None
@@ -205,31 +209,30 @@ class Journal(JournalReader):
         return out
 
     def set_submitted(
-        self, job_id: str, handle: dict[str, Any], *, origin: str | None = None
+        self, job_id: str, handle: dict[str, Any], *, origin: str | None = None, sync: bool = True
     ) -> None:
         """SUBMITTING -> QUEUED with the request id and handle, committed (fsynced) at once;
-        ``origin`` corrects where it was made when the answer said more than the claim knew."""
+        ``origin`` corrects where it was made when the answer said more than the claim knew.
+        ``sync=False`` leaves the fsync to the caller: it calls :meth:`sync_wal` (from any
+        thread, once for many jobs) before acting on the job, as the scheduler does."""
         request_id = handle.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise JournalError(f"a submit handle without a request_id for job {job_id[:16]}")
-        durable = self._durable_submits
+        durable = self._durable_submits and sync
         if durable:
             self._db().execute("PRAGMA synchronous = FULL")
         try:
-            self._move(
-                job_id,
-                S.QUEUED,
-                detail=request_id,
-                sets={
-                    "request_id": request_id,
-                    "handle": dumps(handle),
-                    "submitted_at": self._clock(),
-                    **({"origin": origin} if origin else {}),
-                },
-            )
+            sets: dict[str, Any] = {"request_id": request_id, "handle": dumps(handle)}
+            sets.update(submitted_at=self._clock(), **({"origin": origin} if origin else {}))
+            self._move(job_id, S.QUEUED, detail=request_id, sets=sets)
         finally:
             if durable:
                 self._db().execute("PRAGMA synchronous = NORMAL")
+
+    def sync_wal(self) -> None:
+        """Every commit returned so far on disk (walsync.py); safe from a worker thread."""
+        if self._durable_submits:
+            self._wal.sync()
 
     def transition(
         self,

@@ -1,15 +1,18 @@
-"""Fetch one image to disk: stream, hash, verify, then rename into place.
+"""Fetch one image to disk: stream, then hash, verify and fsync, then rename into place.
 
 The contract a user depends on: a file at an image's final path is always complete and verified.
-Bytes go to ``<name>.part`` first (hashed as they arrive), the length, type, size cap and image
-format are checked, and only then ``os.replace`` puts the file in place. Anything else removes
-the ``.part`` and raises :class:`~batchgen.errors.DownloadError` with a short ``reason``.
+Bytes go to ``<name>.part`` first, the length, type and size cap are checked as they arrive,
+then the file is hashed and its image format checked (:mod:`checks`), and only then does
+``os.replace`` put it in place. Anything else removes the ``.part`` and raises
+:class:`~batchgen.errors.DownloadError` with a short ``reason``.
 
-Each received chunk is hashed and written on the event loop, as plain httpx streaming does:
-microseconds per chunk into the page cache. Thread hops per block (aiofiles, or our own) cost
-more CPU than they saved (bench/download.py), on a machine where the client's CPU is what
-limits the rate. What takes milliseconds — Pillow's verification and the fsync — runs in one
-worker-thread hop per image, so the scheduler's status streams never wait on it.
+Each received chunk is written on the event loop, as plain httpx streaming does: microseconds
+per chunk into the page cache. What takes milliseconds — the sha256 of the file, Pillow's
+check, the fsync, and in a run the gallery's thumbnail — is one call of
+:func:`checks.check_file` per image: in one of the run's worker processes when a
+:class:`~batchgen.outputs.workers.CheckPool` is given (issue 12: other cores, other GILs),
+else in a worker thread. Either way only this process renames, after the answer: a check
+killed half-way leaves a ``.part``, never a file in place.
 
 Only ``http``, ``https`` and ``data`` URLs are fetched. Redirects are followed here, not by
 httpx, so each hop's scheme can be checked (a redirect to ``file://`` is refused), loops are
@@ -25,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import os
 import random
 import urllib.parse
@@ -34,25 +36,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import DownloadError
+from batchgen.outputs.checks import FORMATS as FORMATS
+from batchgen.outputs.checks import READ_BLOCK, Checked, check_file
+from batchgen.outputs.checks import inspect_image as inspect_image
+from batchgen.outputs.checks import mime_of as mime_of
+from batchgen.outputs.checks import sha256_file as sha256_file
+from batchgen.outputs.workers import CheckPool
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
-# Chunks are gathered into blocks this big, each hashed and written in one hop to a worker
-# thread: a hop per 64 KB network chunk would cost more CPU than the hashing.
-WRITE_BLOCK = 1024 * 1024
+WRITE_BLOCK = READ_BLOCK  # files are hashed in blocks this big
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Headers that identify us to fal; an image host never needs them.
 _PRIVATE_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 Sleep = Callable[[float], Awaitable[None]]
-
-# The formats gpt-image-2 returns, by request name, and Pillow's name -> MIME type. Only these
-# decoders ever see downloaded bytes: no exotic Pillow plugin parses what a server sends.
-FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
-_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +102,8 @@ async def download_image(
     expected_sha256: str | None = None,
     rng: Callable[[], float] = random.random,
     durable: bool = True,
+    checks: CheckPool | None = None,
+    thumbs: Path | None = None,
 ) -> Downloaded:
     """Fetch ``url`` to ``dest`` (a path from :func:`batchgen.planning.paths.image_path`), verified.
 
@@ -114,13 +116,18 @@ async def download_image(
     file under the final name; it costs real disk bandwidth (see bench/download.py). Without
     it a killed process still never leaves one (the rename is atomic), and a power cut can be
     caught by the index checksums (``batchgen index --rebuild``).
+
+    ``checks`` runs the checks in its worker processes (else a worker thread does), and then,
+    given the output folder as ``thumbs``, also writes the gallery's thumbnail of the image.
     """
     if expected_format is not None and expected_format.lower() not in FORMATS:
         raise ValueError(f"unknown image format {expected_format!r}")
     if expected_sha256 is not None:
-        existing = await asyncio.to_thread(_existing, dest, expected_sha256, expected_format)
-        if existing is not None:
-            return existing
+        try:
+            c = await _check(checks, dest, expected_format, False, thumbs, expected_sha256)
+            return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt))
+        except DownloadError:
+            pass  # no file, another file, or not a whole image: fetched again
     scheme = _scheme(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
@@ -128,14 +135,17 @@ async def download_image(
         part.unlink(missing_ok=True)  # a stale .part from a crash, or from the last attempt
         try:
             if scheme == "data":
-                size, digest = await _write_data_uri(url, part, max_bytes, expected_format)
+                size = await _write_data_uri(url, part, max_bytes, expected_format)
             else:
-                size, digest = await _fetch(http, url, part, max_bytes, expected_format)
-            width, height, fmt = await asyncio.to_thread(
-                _verify_and_sync, part, expected_format, durable
-            )
+                size = await _fetch(http, url, part, max_bytes, expected_format)
+            c = await _check(checks, part, expected_format, durable, thumbs, None)
+            if c.size != size:  # not what was written: something else touched the .part
+                raise DownloadError(
+                    f"{part.name} changed on disk ({c.size} of {size} bytes)",
+                    retryable=True, reason="changed",
+                )  # fmt: skip
             os.replace(part, dest)
-            return Downloaded(dest, digest, size, width, height, mime_of(fmt))
+            return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt))
         except DownloadError as exc:
             if not exc.retryable or attempt + 1 >= attempts:
                 raise
@@ -145,82 +155,21 @@ async def download_image(
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def mime_of(fmt: str) -> str:
-    """``png``/``PNG`` -> ``image/png``, and so on."""
-    return _MIME[FORMATS.get(fmt.lower(), fmt.upper())]
-
-
-def sha256_file(path: Path) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in blocks."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(WRITE_BLOCK):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
-
-
-def inspect_image(path: Path, expected_format: str | None = None) -> tuple[int, int, str]:
-    """(width, height, Pillow format) of a verified image file, or :class:`DownloadError`.
-
-    Pillow's decompression-bomb guard stays on. A full decode of a 4K PNG costs more than
-    downloading it over a fast link, so each format gets the cheapest check that still reads
-    every byte: PNG checks the CRC of every chunk through IEND; JPEG decodes at 1/8 scale
-    (the whole entropy-coded stream, a fraction of the pixels); WebP decodes.
-    """
-    try:
-        with Image.open(path, formats=list(_MIME)) as im:
-            fmt = str(im.format)
-            width, height = im.size
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and width * height > limit:
-                raise DownloadError(f"{width}x{height} is too many pixels", reason="too_large")
-            if expected_format is not None and fmt != FORMATS[expected_format.lower()]:
-                raise DownloadError(
-                    f"asked for {expected_format}, got a {fmt} image", reason="wrong_format"
-                )
-            if fmt == "PNG":
-                im.verify()
-            else:
-                if fmt == "JPEG":
-                    im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                im.load()
-    except DownloadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DownloadError("refusing a decompression bomb", reason="too_large") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DownloadError(f"not a valid image: {exc}"[:300], reason="not_image") from None
-    return width, height, fmt
-
-
-def _existing(dest: Path, sha256: str, expected_format: str | None) -> Downloaded | None:
-    if not dest.is_file():
-        return None
-    size, digest = sha256_file(dest)
-    if digest != sha256:
-        return None
-    try:
-        width, height, fmt = inspect_image(dest, expected_format)
-    except DownloadError:
-        return None
-    return Downloaded(dest, digest, size, width, height, mime_of(fmt))
-
-
-def _verify_and_sync(
-    part: Path, expected_format: str | None, durable: bool
-) -> tuple[int, int, str]:
-    result = inspect_image(part, expected_format)
-    if durable:
-        # Without this, a power cut after the rename can leave an empty file under the final
-        # name: exactly the partial file this module promises never to leave.
-        fd = os.open(part, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return result
+async def _check(
+    checks: CheckPool | None,
+    path: Path,
+    expected_format: str | None,
+    durable: bool,
+    thumbs: Path | None,
+    expected_sha256: str | None,
+) -> Checked:
+    """:func:`checks.check_file` in a worker process, or without a pool in a worker thread
+    (thumbnails there would take the GIL from the event loop: the gallery makes them)."""
+    if checks is not None:
+        return await checks.check(path, expected_format, durable=durable, thumbs=thumbs,
+                                  expected_sha256=expected_sha256)  # fmt: skip
+    return await asyncio.to_thread(check_file, str(path), expected_format, durable=durable,
+                                   expected_sha256=expected_sha256)  # fmt: skip
 
 
 def _scheme(url: str) -> str:
@@ -262,8 +211,8 @@ def _check_type(declared: str, expected_format: str | None, url: str) -> None:
 
 async def _write_data_uri(
     url: str, part: Path, max_bytes: int, expected_format: str | None
-) -> tuple[int, str]:
-    """Decode a ``data:`` URI (fal's ``sync_mode``) to ``part``; returns (size, sha256)."""
+) -> int:
+    """Decode a ``data:`` URI (fal's ``sync_mode``) to ``part``; returns its size."""
     header, comma, payload = url[5:].partition(",")
     if not comma:
         raise DownloadError("a data URI without a comma", reason="bad_url")
@@ -283,19 +232,14 @@ async def _write_data_uri(
         raise DownloadError("a data URI with bad base64", reason="bad_url") from None
     if len(data) > max_bytes:
         raise DownloadError(f"image larger than the cap of {max_bytes} bytes", reason="too_large")
-    digest = await asyncio.to_thread(_write_all, part, data)
-    return len(data), digest
-
-
-def _write_all(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    await asyncio.to_thread(part.write_bytes, data)
+    return len(data)
 
 
 async def _fetch(
     http: httpx.AsyncClient, url: str, part: Path, max_bytes: int, expected_format: str | None
-) -> tuple[int, str]:
-    """GET ``url`` (following at most 5 http(s) redirects) into ``part``; (size, sha256)."""
+) -> int:
+    """GET ``url`` (following at most 5 http(s) redirects) into ``part``; its size."""
     seen = {url}
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
@@ -339,7 +283,7 @@ def _next_hop(response: httpx.Response, seen: set[str]) -> str:
 
 async def _save_body(
     response: httpx.Response, part: Path, max_bytes: int, expected_format: str | None
-) -> tuple[int, str]:
+) -> int:
     url = str(response.url)
     status = response.status_code
     if status != 200:
@@ -353,14 +297,11 @@ async def _save_body(
         raise DownloadError(
             f"image of {declared} bytes is over the cap of {max_bytes}", reason="too_large"
         )
-    hasher = hashlib.sha256()
     size = 0
-    # Each chunk (up to 64 KB, as the socket gives it) is hashed and written right here, on
-    # the event loop: tens of microseconds per chunk into the page cache. Handing 1 MB blocks
-    # to a worker thread instead cost 15-20% more CPU per image in bench/download.py (GIL
-    # hand-offs between the loop and the thread on every block), on a machine where the
-    # client's CPU is what limits the rate. The verification and the fsync, which take
-    # milliseconds, still run in a worker thread (download_image).
+    # Each chunk (up to 64 KB, as the socket gives it) is written right here, on the event
+    # loop: microseconds per chunk into the page cache. Handing blocks to a worker thread
+    # instead cost 15-20% more CPU per image in bench/download.py (GIL hand-offs on every
+    # block). The sha256 is taken afterwards from the file, with the other checks (_check).
     with part.open("wb") as f:
         try:
             async for chunk in response.aiter_bytes():
@@ -369,7 +310,6 @@ async def _save_body(
                     raise DownloadError(
                         f"image over the cap of {max_bytes} bytes", reason="too_large"
                     )
-                hasher.update(chunk)
                 f.write(chunk)
         except httpx.TransportError as exc:  # the connection died mid-body: usually truncation
             raise DownloadError(
@@ -385,7 +325,7 @@ async def _save_body(
         )
     if size == 0:
         raise DownloadError(f"empty body from {_short(url)}", retryable=True, reason="truncated")
-    return size, hasher.hexdigest()
+    return size
 
 
 def _declared_length(response: httpx.Response) -> int | None:

@@ -3,7 +3,8 @@
 Separate from the submission window on purpose: a slow CDN must never hold a submission slot,
 so a request's slot is released the moment its result JSON is committed, and the images are
 fetched here. Each job's result is read back from the journal (nothing big waits in memory),
-every image goes through ``download.download_image`` (``.part`` file, checks, atomic rename),
+every image goes through ``download.download_image`` (``.part`` file, checks in the run's
+worker processes when it has them, atomic rename),
 the index rows are appended, and only then is the job marked DOWNLOADED.
 
 A paid image is fetched, never paid for again while fal still holds it. When a download
@@ -28,6 +29,7 @@ from batchgen.errors import BatchgenError, DownloadError, QueueHTTPError
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.download import Sleep, download_image
 from batchgen.outputs.index import METADATA, answered_by_of, append_rows, index_row, read_rows
+from batchgen.outputs.workers import CheckPool
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec, JobState
 from batchgen.planning.paths import image_path, relative_name, template_fields
@@ -58,6 +60,7 @@ class DownloadPool:
         on_lost: Callable[[JobRow, str], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        checks: CheckPool | None = None,
     ) -> None:
         self._journal = journal
         self._media = media
@@ -68,6 +71,10 @@ class DownloadPool:
         self._on_saved, self._on_failed, self._on_idle = on_saved, on_failed, on_idle
         self._refetch, self._on_lost = refetch, on_lost
         self._sleep, self._rng = sleep, rng
+        # With worker processes, each image's gallery thumbnail is made there as it lands,
+        # and the end of the run only writes the page (gallery.py makes what is missing).
+        self._checks = checks
+        self._thumbs = out_dir if checks is not None else None
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.backlog = 0  # queued or being downloaded
@@ -173,6 +180,7 @@ class DownloadPool:
                 self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
                 sleep=self._sleep, rng=self._rng,
                 expected_sha256=self._known.pop(relative_name(self._out, dest), None),
+                checks=self._checks, thumbs=self._thumbs,
             )  # fmt: skip
             rows.append(index_row(
                 row.spec, n, d, out_dir=self._out, manifest_sha256=self._sha,

@@ -15,6 +15,8 @@ still being written is left for next time) and replace each file they write atom
 Thumbnails are small JPEGs named by the image's sha256 (``.thumbs/ab/ab12….jpg``): an
 unchanged image keeps its thumbnail across rebuilds, and a replaced one gets a new name, so a
 browser never shows a stale cached thumbnail. Both folders are hidden so ImageFolder skips them.
+A run makes each thumbnail as its image lands (:mod:`thumbs`, in a worker process), so the
+build makes only those still missing.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from batchgen._version import __version__
 from batchgen.errors import JournalError
@@ -45,10 +45,9 @@ from batchgen.outputs.gallery_data import (
 )
 from batchgen.outputs.gallery_page import PageFacts, render_page, write_failures
 from batchgen.outputs.index import METADATA
+from batchgen.outputs.thumbs import THUMBS as THUMBS  # re-exported: where the page looks
+from batchgen.outputs.thumbs import make_thumbnail, thumb_name
 
-THUMBS = ".thumbs"
-THUMB_SIDE = 320
-THUMB_QUALITY = 80
 GALLERY = "index.html"
 SCRIPT = f"{DATA_DIR}/gallery.js"
 STATE = f"{DATA_DIR}/state.json"
@@ -66,28 +65,6 @@ class GalleryReport:
     failures: int
     rows_read: int = 0  # index rows read by this call (a refresh reads only the new ones)
     refreshed: bool = False  # False: a full build (asked for, or a refresh had to)
-
-
-def thumb_name(sha256: str) -> str:
-    return f"{THUMBS}/{sha256[:2]}/{sha256}.jpg"
-
-
-def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> bool:
-    """Write a JPEG of ``src`` fitting in ``side``×``side``; False if ``src`` is unreadable."""
-    try:
-        with Image.open(src, formats=["PNG", "JPEG", "WEBP"]) as im:
-            im.draft("RGB", (side, side))  # JPEG: decode at reduced scale, much faster
-            # Bilinear, not Pillow's default bicubic: a third less CPU for a 320 px card
-            # image (decoded by the draft at no more than twice that) that looks the same.
-            im.thumbnail((side, side), resample=Image.Resampling.BILINEAR, reducing_gap=2.0)
-            rgb = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    rgb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=True)
-    os.replace(tmp, dest)
-    return True
 
 
 def journal_spend(out_dir: Path) -> tuple[float, float] | None:

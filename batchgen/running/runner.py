@@ -33,6 +33,8 @@ from batchgen.outputs.download import sweep_parts
 from batchgen.outputs.index import ensure_index, write_manifest_copy
 from batchgen.outputs.rebuild import rewrite_failures
 from batchgen.outputs.status import run_command
+from batchgen.outputs.thumbs import THUMBS
+from batchgen.outputs.workers import CheckPool, machine_cores
 from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
@@ -159,7 +161,8 @@ async def execute(
             )
             notices = tally.summary(manifest, specs).notices
             deliver(Planned(report.new, report.kept, report.not_in_manifest))
-        removed = sweep_parts(out / IMAGES_DIR) if (out / IMAGES_DIR).is_dir() else 0
+        # and thumbnails a killed worker process was writing (their .part names)
+        removed = sum(sweep_parts(out / d) for d in (IMAGES_DIR, THUMBS) if (out / d).is_dir())
         if removed:
             log.write(f"resume: removed {removed} partial downloads left by a crash")
         try:
@@ -233,6 +236,8 @@ async def _execute(
     async with (
         target(settings) as base,
         clients(settings) as (http, media),
+        # Worker processes for hashing, checks and thumbnails: the other cores (workers.py)
+        CheckPool(min(machine_cores(), settings.download_concurrency)) as checks,
         contextlib.AsyncExitStack() as webhooks,
     ):
         client = QueueClient(
@@ -250,6 +255,7 @@ async def _execute(
             window=make_window(settings.concurrency, hi=settings.max_window),
             manifest_sha256=manifest.sha256,
             on_event=deliver,
+            checks=checks,
         )
         await webhooks.enter_async_context(receiver(settings, client, journal, sched))
         # An overnight run can be looked at from a browser: the gallery catches up now and then.

@@ -32,9 +32,11 @@ from batchgen.fal.uploads import Uploads
 from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool
+from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.running import clock as stop_clock
 from batchgen.running import events as ev
+from batchgen.running.durable import GroupSync
 from batchgen.running.logs import keep_logs
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
@@ -63,6 +65,7 @@ class Scheduler:
         wall: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        checks: CheckPool | None = None,
     ) -> None:
         self._journal = journal
         self._client = client
@@ -90,6 +93,7 @@ class Scheduler:
             on_idle=self._wake.set, sleep=sleep, rng=rng,
             refetch=lambda row: client.result(Handle.from_json(row.handle or {})),
             on_lost=lambda row, msg: self._record.resubmit(row, "expired", msg, lost=True),
+            checks=checks,
         )  # fmt: skip
         # Whether the server answers, from what every request sees; submits wait for it.
         self.reach = Watch(clock, self._emit, back=self._wake.set)
@@ -108,11 +112,12 @@ class Scheduler:
         self._uploads = Uploads(journal, client, folder=settings.manifest_path.parent,
                                 inline=settings.inline_uploads, reuse=not self.rehearsal,
                                 origin=self.origin)  # fmt: skip
+        self.durable = GroupSync(journal.sync_wal)  # request ids fsynced off the loop
         self._submitter = Submitter(
             journal, client, self._uploads, settings=settings, record=self._record, emit=self._emit,
             abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
             fatal=self._fatal_stop, failed=self.reach.failed, answered=self.reach.answered,
-            sleep=sleep, rng=rng,
+            sleep=sleep, rng=rng, durable=self.durable.wait,
         )  # fmt: skip
 
     # -- public ---------------------------------------------------------------------------
