@@ -220,6 +220,14 @@ def test_kill_9_of_the_parent_ends_its_workers_even_busy_ones(tmp_path: Path) ->
     wait_until(lambda: not any(alive(p) for p in pids), timeout=5)
 
 
+def start_run(cmd: list[str], *, stderr: int) -> subprocess.Popen[bytes]:
+    """``batchgen run`` in a session (and process group) of its own, as a terminal runs it,
+    once it has started a worker process (or ended)."""
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=stderr, start_new_session=True)
+    wait_until(lambda: workers_of(proc.pid) or proc.poll() is not None)
+    return proc
+
+
 @linux_only
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_finishes_downloads_then_ends_the_workers(
@@ -231,9 +239,7 @@ def test_ctrl_c_to_the_process_group_finishes_downloads_then_ends_the_workers(
         cmd = command(m, url, out, "--concurrency", "4")
         # A terminal's Ctrl-C reaches every process of the foreground group: the run's own
         # group here, so the test runner is spared (the workers have groups of their own).
-        proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE,
-                                start_new_session=True)  # fmt: skip
-        wait_until(lambda: workers_of(proc.pid) or proc.poll() is not None)
+        proc = start_run(cmd, stderr=subprocess.PIPE)
         wait_for_in_flight(out, proc, 2)
         before = workers_of(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
@@ -256,9 +262,7 @@ def test_kill_9_of_a_run_leaves_no_worker_and_no_file_in_place(tmp_path: Path) -
     out = tmp_path / "out"
     with emulator_thread(time_scale=0.05) as url:
         cmd = command(m, url, out, "--concurrency", "6")
-        proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
-        wait_until(lambda: workers_of(proc.pid) or proc.poll() is not None)
+        proc = start_run(cmd, stderr=subprocess.DEVNULL)
         workers = workers_of(proc.pid)
         assert workers, "the run ended before a worker started"
         proc.kill()
