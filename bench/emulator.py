@@ -27,10 +27,12 @@ AUTH = {"Authorization": "Key bench"}
 BODY = {"prompt": "bench", "quality": "low", "image_size": "square_hd"}
 
 
-def start_emulator(time_scale: float) -> tuple[subprocess.Popen[str], str]:
+def start_emulator(*flags: str, stderr: int | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``batchgen emulator`` in its own process on a free port, with an account limit far
+    above any window and ``flags``; the process and its URL (bench/soak.py uses it too)."""
     cmd = [sys.executable, "-m", "batchgen", "emulator", "--port", "0"]
-    cmd += ["--time-scale", str(time_scale), "--concurrency-limit", "100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    cmd += ["--concurrency-limit", "100000", *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "listening on " not in line:
@@ -99,7 +101,7 @@ def main() -> int:
         help="one prompt for every job, so results hit the image cache (queue cost only)",
     )
     args = ap.parse_args()
-    proc, url = start_emulator(args.time_scale)
+    proc, url = start_emulator("--time-scale", str(args.time_scale))
     try:
         rows = [
             asyncio.run(one_level(url, proc.pid, int(c), args.seconds, not args.same_prompt))

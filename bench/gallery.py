@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 
-from batchgen.outputs.download import sha256_file
+from batchgen.outputs.checks import sha256_file
 from batchgen.outputs.gallery import build_gallery, refresh_gallery
 from batchgen.outputs.index import INDEX_FIELDS, METADATA
 

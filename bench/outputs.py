@@ -37,7 +37,8 @@ from PIL import Image
 
 from batchgen._version import __version__
 from batchgen.journal.writer import JOURNAL_NAME, Journal
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.outputs.index import METADATA, index_row
 from batchgen.planning.jobs import JobSpec, job_id
 

@@ -28,22 +28,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from emulator import start_emulator  # bench/emulator.py, beside this script
+
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 
 PY = sys.executable
 SAMPLE_S = 0.5
-
-
-def start_emulator(faults: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [PY, "-m", "batchgen", "emulator", "--port", "0", "--time-scale", "0",
-           "--concurrency-limit", "100000", "--faults", faults]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "listening on " not in line:
-        proc.kill()
-        raise SystemExit(f"emulator did not start: {line!r}")
-    return proc, line.split("listening on ")[1].split()[0]
 
 
 def write_manifest(folder: Path, jobs: int) -> Path:
@@ -106,7 +96,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="batchgen-soak-"))
     out = scratch / "out"
     manifest = write_manifest(scratch, args.jobs)
-    emu, url = start_emulator(args.faults)
+    flags = ("--time-scale", "0", "--faults", args.faults)
+    emu, url = start_emulator(*flags, stderr=subprocess.DEVNULL)
     try:
         run = measured(
             [PY, "-m", "batchgen", "run", str(manifest), "--endpoint", url, "--out", str(out),

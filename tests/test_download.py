@@ -27,9 +27,9 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from batchgen.errors import DownloadError
+from batchgen.outputs.checks import READ_BLOCK
 from batchgen.outputs.download import (
     DEFAULT_MAX_BYTES,
-    WRITE_BLOCK,
     Downloaded,
     download_image,
     part_path,
@@ -218,7 +218,7 @@ async def test_downloads_verified_image(
 
 
 async def test_large_image_streams_in_blocks(http: httpx.AsyncClient, out: Path) -> None:
-    assert len(BIG) > 2 * WRITE_BLOCK
+    assert len(BIG) > 2 * READ_BLOCK
     for url in ("/large.png", "/large-unsized"):
         dest = dest_in(out, f"p{url.replace('.', '-')}.png")
         d = await fetch(http, "http://media.test" + url, dest)

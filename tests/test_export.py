@@ -19,7 +19,8 @@ from PIL import Image
 from batchgen.cli import main
 from batchgen.errors import UsageError
 from batchgen.outputs import export as outputs_export
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.outputs.export import csv_cell, export
 from batchgen.outputs.index import INDEX_FIELDS, append_rows, index_row, read_index
 from batchgen.planning.jobs import JobSpec, job_id

@@ -16,7 +16,8 @@ from PIL import Image
 from test_gallery_support import append_index, place_images, read_chunk, synthetic_row, tiny_png
 
 from batchgen.cli import main
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.outputs.gallery import THUMBS, build_gallery
 from batchgen.outputs.index import append_failure, append_rows, failure_row, index_row
 from batchgen.planning.jobs import JobSpec, job_id

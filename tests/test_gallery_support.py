@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from batchgen.outputs.download import sha256_file
+from batchgen.outputs.checks import sha256_file
 from batchgen.outputs.index import INDEX_FIELDS, METADATA
 
 WORDS = ("lighthouse", "fox", "tram", "glacier", "tea house")

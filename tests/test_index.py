@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from batchgen import __version__
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.outputs.index import (
     FAILURES,
     INDEX_FIELDS,

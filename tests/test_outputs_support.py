@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.outputs.index import METADATA, failure_row, index_row
 from batchgen.outputs.rebuild import CompletedJob
 from batchgen.planning.jobs import JobSpec, job_id

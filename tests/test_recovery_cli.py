@@ -53,6 +53,20 @@ def fal_stand_in() -> contextlib.AbstractContextManager[str]:
 # -- a rehearsal never becomes the dataset ---------------------------------------------------
 
 
+def real_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, Path, str]:
+    """A folder holding 3 jobs run for real (on a fal stand-in, now gone): the manifest, the
+    folder and the server's URL; what the run printed is cleared."""
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    with fal_stand_in() as url:
+        assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    return m, out, url
+
+
 def test_a_real_run_after_a_rehearsal_makes_every_image_for_real(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -94,13 +108,8 @@ def test_a_rehearsal_stopped_halfway_never_mixes_with_real_images(
 def test_a_rehearsal_into_real_work_is_refused_and_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = write_manifest(tmp_path, 3)
-    out = tmp_path / "out"
-    monkeypatch.setenv("FAL_KEY", "test-key")
-    with fal_stand_in() as url:
-        assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 0
+    m, out, url = real_work(tmp_path, monkeypatch, capsys)
     before = (out / "metadata.jsonl").read_bytes()
-    capsys.readouterr()
     assert rehearse(m, out) == 2
     err = capsys.readouterr().err
     assert f"{out} holds real work (3 jobs run on {url})" in err
@@ -249,13 +258,8 @@ def test_a_standalone_emulator_rehearsal_is_a_rehearsal_too(
 def test_a_standalone_emulator_into_real_work_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = write_manifest(tmp_path, 3)
-    out = tmp_path / "out"
-    monkeypatch.setenv("FAL_KEY", "test-key")
-    with fal_stand_in() as real:
-        assert main(["run", str(m), "--endpoint", real, "--out", str(out), "--quiet"]) == 0
+    m, out, _ = real_work(tmp_path, monkeypatch, capsys)
     before = (out / "metadata.jsonl").read_bytes()
-    capsys.readouterr()
     with emulator_thread(time_scale=0) as url:
         assert main(["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]) == 2
         assert stats(url)["submits_accepted"] == 0

@@ -38,16 +38,11 @@ from pathlib import Path
 import httpx
 
 from batchgen.errors import DownloadError
-from batchgen.outputs.checks import FORMATS as FORMATS
-from batchgen.outputs.checks import READ_BLOCK, Checked, check_file
-from batchgen.outputs.checks import inspect_image as inspect_image
-from batchgen.outputs.checks import mime_of as mime_of
-from batchgen.outputs.checks import sha256_file as sha256_file
+from batchgen.outputs.checks import FORMATS, Checked, check_file, mime_of
 from batchgen.outputs.workers import CheckPool
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
-WRITE_BLOCK = READ_BLOCK  # files are hashed in blocks this big
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Headers that identify us to fal; an image host never needs them.
 _PRIVATE_HEADERS = ("authorization", "cookie", "proxy-authorization")

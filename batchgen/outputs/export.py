@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import UsageError
-from batchgen.outputs.download import sha256_file
+from batchgen.outputs.checks import sha256_file
 from batchgen.outputs.index import INDEX_FIELDS
 from batchgen.outputs.scan import iter_index
 

@@ -45,6 +45,7 @@ from batchgen.outputs.gallery_data import (
 )
 from batchgen.outputs.gallery_page import PageFacts, render_page, write_failures
 from batchgen.outputs.index import METADATA
+from batchgen.outputs.scan import parse_row
 from batchgen.outputs.thumbs import THUMBS as THUMBS  # re-exported: where the page looks
 from batchgen.outputs.thumbs import make_thumbnail, thumb_name
 
@@ -155,7 +156,7 @@ def _read(
         st = os.fstat(f.fileno())
         end = scan.complete_end(f)
         for off, raw in scan.lines(f, start.offset, end):
-            row = None if off in skip else scan.parse(raw, "file_name")
+            row = None if off in skip else parse_row(raw, "file_name")
             if row is None:
                 continue
             batch.append(row)

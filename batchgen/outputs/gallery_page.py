@@ -31,6 +31,7 @@ from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.outputs import gallery_scan as scan
 from batchgen.outputs.gallery_data import Totals, chunk_name, failure_record, write_script
 from batchgen.outputs.index import FAILURES, METADATA, input_value
+from batchgen.outputs.scan import parse_row
 from batchgen.planning.paths import size_label
 
 _e = html.escape  # quote=True by default: safe in text and in double-quoted attributes
@@ -182,12 +183,12 @@ def write_failures(out_dir: Path, chunk_rows: int) -> tuple[int, int]:
         end = scan.complete_end(f)
         keys = scan.Keys()
         for off, raw in scan.lines(f, 0, end):
-            if (row := scan.parse(raw, "job_id")) is not None:
+            if (row := parse_row(raw, "job_id")) is not None:
                 keys.add(row["job_id"], row["job_id"], off)
         skip = keys.superseded(f, "job_id")
         batch: list[list[Any]] = []
         for off, raw in scan.lines(f, 0, end):
-            row = None if off in skip else scan.parse(raw, "job_id")
+            row = None if off in skip else parse_row(raw, "job_id")
             if row is None:
                 continue
             batch.append(failure_record(row, *_size_quality(reader, row["job_id"])))

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
+
+from batchgen.outputs.scan import parse_row
 
 _BLOCK = 1 << 16
 
@@ -56,17 +57,6 @@ def lines(f: BinaryIO, start: int, end: int) -> Iterator[tuple[int, bytes]]:
             return  # the file was truncated under us: what is gone is gone
         yield pos, raw
         pos += len(raw)
-
-
-def parse(raw: bytes, key: str) -> dict[str, Any] | None:
-    """One row, or None for a blank or torn line or a row without a text ``key``."""
-    if not raw.strip():
-        return None
-    try:
-        row = json.loads(raw)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and isinstance(row.get(key), str) else None
 
 
 class Keys:
@@ -126,7 +116,7 @@ class Keys:
         seen: list[tuple[str, int]] = []
         for off in sorted(offsets):
             f.seek(off)
-            row = parse(f.readline(), key)
+            row = parse_row(f.readline(), key)
             if row is not None:
                 last[row[key]] = off
                 seen.append((row[key], off))

@@ -29,7 +29,8 @@ from batchgen.errors import DownloadError, UsageError
 from batchgen.journal.query import JournalReader
 from batchgen.journal.schema import JobRow
 from batchgen.journal.writer import JOURNAL_NAME, Journal, writer_pid
-from batchgen.outputs.download import Downloaded, inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.download import Downloaded
 from batchgen.outputs.index import (
     FAILURES,
     METADATA,

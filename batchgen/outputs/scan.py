@@ -61,16 +61,16 @@ class _Bloom:
         return seen
 
 
-def _row(raw: bytes) -> dict[str, Any] | None:
-    """A line as an index row (an object with a text ``file_name``), else None (a blank or
-    torn line, or one that is not a row): what ``read_index`` keeps."""
+def parse_row(raw: bytes, key: str = "file_name") -> dict[str, Any] | None:
+    """A line as a row (an object with a text ``key``), else None (a blank or torn line, or
+    one that is not a row). With the default key, what ``read_index`` keeps."""
     if not raw.strip():
         return None
     try:
         row = json.loads(raw)
     except ValueError:
         return None
-    return row if isinstance(row, dict) and isinstance(row.get("file_name"), str) else None
+    return row if isinstance(row, dict) and isinstance(row.get(key), str) else None
 
 
 def _key(raw: bytes) -> bytes | None:
@@ -79,7 +79,7 @@ def _key(raw: bytes) -> bytes | None:
     m = _NAME.match(raw)
     if m is not None and b"\\" not in m.group(1):
         return m.group(1)
-    row = _row(raw)
+    row = parse_row(raw)
     return None if row is None else str(row["file_name"]).encode("utf-8", "surrogatepass")
 
 
@@ -106,7 +106,7 @@ def _candidates(f: IO[bytes], size: int) -> tuple[dict[bytes, int], int]:
             continue
         if key in last or bloom.add(key):
             # A line that names the file but is torn must not stand in for its row.
-            row = _row(raw)
+            row = parse_row(raw)
             if row is not None and str(row["file_name"]).encode("utf-8", "surrogatepass") == key:
                 last[key] = at
     return last, end
@@ -125,7 +125,7 @@ def iter_index(out_dir: Path) -> Iterator[dict[str, Any]]:
         f.seek(0)
         done: set[bytes] = set()
         for _, raw in _lines(f, end):
-            row = _row(raw)
+            row = parse_row(raw)
             if row is None:
                 continue
             key = str(row["file_name"]).encode("utf-8", "surrogatepass")
@@ -135,5 +135,5 @@ def iter_index(out_dir: Path) -> Iterator[dict[str, Any]]:
                     continue
                 done.add(key)
                 lookup.seek(at)
-                row = _row(lookup.readline()) or row
+                row = parse_row(lookup.readline()) or row
             yield row
