@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import DownloadError
-from batchgen.outputs.thumbs import make_thumbnail, thumb_name
+from batchgen.outputs.thumbs import plan_decode, save_thumbnail, thumb_name, thumbnail_of
 
 READ_BLOCK = 1024 * 1024
 
@@ -68,6 +68,25 @@ def inspect_image(path: Path | str, expected_format: str | None = None) -> tuple
     every byte: PNG checks the CRC of every chunk through IEND; JPEG decodes at 1/8 scale
     (the whole entropy-coded stream, a fraction of the pixels); WebP decodes.
     """
+    width, height, fmt, _ = _inspect(path, expected_format, thumbnail=False)
+    return width, height, fmt
+
+
+def inspect_and_thumbnail(
+    path: Path | str, expected_format: str | None = None
+) -> tuple[int, int, str, Image.Image]:
+    """:func:`inspect_image` and the gallery's thumbnail, from one decode where the format
+    allows: the thumbnail's scaled JPEG decode, or WebP's full one, is the check itself. A
+    PNG's chunk CRCs are checked first, then it is decoded for the thumbnail."""
+    width, height, fmt, thumb = _inspect(path, expected_format, thumbnail=True)
+    assert thumb is not None
+    return width, height, fmt, thumb
+
+
+def _inspect(
+    path: Path | str, expected_format: str | None, *, thumbnail: bool
+) -> tuple[int, int, str, Image.Image | None]:
+    thumb = None
     try:
         with Image.open(path, formats=list(MIME)) as im:
             fmt = str(im.format)
@@ -80,18 +99,24 @@ def inspect_image(path: Path | str, expected_format: str | None = None) -> tuple
                     f"asked for {expected_format}, got a {fmt} image", reason="wrong_format"
                 )
             if fmt == "PNG":
-                im.verify()
+                im.verify()  # leaves ``im`` unusable: a thumbnail opens the file again
+            elif thumbnail:
+                plan_decode(im)
+                thumb = thumbnail_of(im)
             else:
                 if fmt == "JPEG":
                     im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 im.load()
+        if fmt == "PNG" and thumbnail:
+            with Image.open(path, formats=["PNG"]) as im:
+                thumb = thumbnail_of(im)
     except DownloadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DownloadError("refusing a decompression bomb", reason="too_large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DownloadError(f"not a valid image: {exc}"[:300], reason="not_image") from None
-    return width, height, fmt
+    return width, height, fmt, thumb
 
 
 def check_file(
@@ -113,12 +138,14 @@ def check_file(
         raise DownloadError(message, reason="unreadable") from None
     if expected_sha256 is not None and digest != expected_sha256:
         raise DownloadError("the file on disk has another checksum", reason="checksum")
-    width, height, fmt = inspect_image(path, expected_format)
-    made = False
-    if thumbs is not None:
-        dest = Path(thumbs) / thumb_name(digest)
-        # The gallery makes only the thumbnails it lacks: one made here is one it skips.
-        made = not dest.is_file() and make_thumbnail(Path(path), dest)
+    # The gallery makes only the thumbnails it lacks: one made here is one it skips.
+    dest = None if thumbs is None else Path(thumbs) / thumb_name(digest)
+    made = dest is not None and not dest.is_file()
+    if dest is not None and made:
+        width, height, fmt, thumb = inspect_and_thumbnail(path, expected_format)
+        save_thumbnail(thumb, dest)
+    else:
+        width, height, fmt = inspect_image(path, expected_format)
     if durable:
         # Without this, a power cut after the rename can leave an empty file under the final
         # name: exactly the partial file the download promises never to leave.

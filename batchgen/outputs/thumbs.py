@@ -3,6 +3,16 @@
 Kept apart from :mod:`gallery` so that a worker process can make a thumbnail the moment an
 image lands (:mod:`checks`) by importing Pillow and this, not the gallery's page, data and
 journal modules.
+
+A thumbnail fits in ``THUMB_SIDE``×``THUMB_SIDE`` and its longest side is at least
+``THUMB_MIN`` (or the image's own, if smaller). The range is what makes thumbnails cheap
+(issue 12): within it, whatever integer scale is free is kept as it is: a JPEG decoded at
+1/2, 1/4 or 1/8 of its size by its own IDCT (a 1024 px image at 1/4 is 256 px), a PNG or
+WebP averaged down by an integer factor (Pillow's ``reduce``, a box filter). Only an image
+that no integer scale brings into range is resampled, from at most twice the target. Pillow's
+bilinear resize of a 512 px decode to 320 px cost three times the decode itself on the
+benchmark machine. The gallery's cards are 220 px wide or more, shown square; any thumbnail
+in the range fills one at a 1:1 pixel ratio.
 """
 
 from __future__ import annotations
@@ -13,27 +23,60 @@ from pathlib import Path
 from PIL import Image
 
 THUMBS = ".thumbs"
-THUMB_SIDE = 320
+THUMB_SIDE = 320  # the longest side at most ...
+THUMB_MIN = 240  # ... and at least this, when the image is bigger
 THUMB_QUALITY = 80
+# Modes whose pixels average meaningfully as they are; others are converted first (a palette
+# image would otherwise be resampled by nearest neighbour).
+_AVERAGEABLE = frozenset({"RGB", "RGBA", "L", "LA"})
 
 
 def thumb_name(sha256: str) -> str:
     return f"{THUMBS}/{sha256[:2]}/{sha256}.jpg"
 
 
-def make_thumbnail(src: Path, dest: Path, side: int = THUMB_SIDE) -> bool:
-    """Write a JPEG of ``src`` fitting in ``side``×``side``; False if ``src`` is unreadable."""
-    try:
-        with Image.open(src, formats=["PNG", "JPEG", "WEBP"]) as im:
-            im.draft("RGB", (side, side))  # JPEG: decode at reduced scale, much faster
-            # Bilinear, not Pillow's default bicubic: a third less CPU for a 320 px card
-            # image (decoded by the draft at no more than twice that) that looks the same.
-            im.thumbnail((side, side), resample=Image.Resampling.BILINEAR, reducing_gap=2.0)
-            rgb = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+def plan_decode(im: Image.Image) -> None:
+    """Before ``im`` is loaded: ask a JPEG for the smallest IDCT scale (1/2, 1/4, 1/8) that
+    keeps its longest side at least ``THUMB_MIN``. The scaled decode still reads the whole
+    entropy-coded stream, so it checks the file as well as a full decode would. Other formats
+    ignore it."""
+    w, h = im.size
+    k = max(w, h) // THUMB_MIN
+    if k >= 2:
+        # draft() picks the largest power of two within min(w // rw, h // rh) of the box asked.
+        im.draft("RGB", (max(1, w // k), max(1, h // k)))
+
+
+def thumbnail_of(im: Image.Image) -> Image.Image:
+    """The RGB thumbnail of ``im`` (opened, :func:`plan_decode` already applied); decodes it."""
+    im.load()
+    if im.mode not in _AVERAGEABLE:
+        transparent = im.mode in ("P", "PA") and "transparency" in im.info
+        im = im.convert("RGBA" if transparent or im.mode == "PA" else "RGB")
+    k = max(im.size) // THUMB_MIN
+    if k >= 2:
+        im = im.reduce(k)
+    if max(im.size) > THUMB_SIDE:
+        im.thumbnail((THUMB_SIDE, THUMB_SIDE), resample=Image.Resampling.BILINEAR,
+                     reducing_gap=None)  # fmt: skip
+    return im.convert("RGB")
+
+
+def save_thumbnail(thumb: Image.Image, dest: Path) -> None:
+    """Write ``thumb`` at ``dest`` by a rename, so a reader never sees half a JPEG."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    rgb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=True)
+    thumb.save(tmp, "JPEG", quality=THUMB_QUALITY)
     os.replace(tmp, dest)
+
+
+def make_thumbnail(src: Path, dest: Path) -> bool:
+    """Write the thumbnail of ``src`` at ``dest``; False if ``src`` is unreadable."""
+    try:
+        with Image.open(src, formats=["PNG", "JPEG", "WEBP"]) as im:
+            plan_decode(im)
+            thumb = thumbnail_of(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    save_thumbnail(thumb, dest)
     return True
