@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, ParamSpec
 
-from batchgen.config import build_settings
+from batchgen.config import DOWNLOAD_CONCURRENCY, build_settings
 from batchgen.errors import UsageError
 from batchgen.fal.byok import manifest_wants_key
 from batchgen.manifest import Manifest
@@ -83,7 +83,7 @@ async def run(
     max_attempts: int = 3,
     deadline: float = 1200.0,
     watch: Literal["stream", "poll"] = "stream",
-    download_concurrency: int = 8,
+    download_concurrency: int = DOWNLOAD_CONCURRENCY,
     max_image_bytes: int = 50_000_000,
     retry_failed: bool = False,
     reuse_folder: bool = False,

@@ -55,6 +55,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from batchgen.config import DOWNLOAD_CONCURRENCY
 from batchgen.emulator.latency import BASE_RUN_S
 
 # Square sides in px whose √megapixels (the latency model's size factor) spread evenly from
@@ -203,7 +204,7 @@ def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
     manifest = load_manifest(Path(cfg["manifest"]))
     flags = {"manifest": cfg["manifest"], "endpoint": cfg["url"], "out": cfg["out"],
              "concurrency": cfg["concurrency"], "watch": cfg["watch"], "quiet": True,
-             "download_concurrency": cfg.get("download_concurrency", 8)}  # fmt: skip
+             "download_concurrency": cfg.get("download_concurrency", DOWNLOAD_CONCURRENCY)}
     settings = build_settings(flags, {}, manifest_name=manifest.name)
     err = io.StringIO()
     timers = instrument(gallery, Journal)
@@ -604,7 +605,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000, help="throughput jobs (default 2000)")
     ap.add_argument("--rounds", type=int, default=2, help="throughput runs per client")
     ap.add_argument(
-        "--download-concurrency", type=int, default=8, help="batchgen's (its default: 8)"
+        "--download-concurrency", type=int, default=DOWNLOAD_CONCURRENCY,
+        help=f"batchgen's (its default: {DOWNLOAD_CONCURRENCY})",
     )
     ap.add_argument("--status-jobs", type=int, default=200)
     ap.add_argument("--util-jobs", type=int, default=800)

@@ -36,7 +36,7 @@ def test_defaults_against_real_fal() -> None:
     assert s.max_attempts == 3
     assert s.deadline == 1200.0
     assert s.watch is WatchMode.STREAM
-    assert s.download_concurrency == 8
+    assert s.download_concurrency == 32
     assert s.key.reveal() == SECRET
 
 

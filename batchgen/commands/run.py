@@ -22,7 +22,7 @@ from batchgen.commands.confirm import DEFAULT_CONFIRM_OVER, approval
 from batchgen.commands.helptext import FAULTS_HELP
 from batchgen.commands.progress import LOG_EVERY_S, Progress
 from batchgen.commands.runjson import result_json
-from batchgen.config import EMULATE_TIME_SCALE, Settings, build_settings
+from batchgen.config import DOWNLOAD_CONCURRENCY, EMULATE_TIME_SCALE, Settings, build_settings
 from batchgen.fal.byok import manifest_wants_key
 from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
@@ -107,7 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " --webhook-listen (required against fal; default elsewhere: the listen address)",
     )
     p.add_argument(
-        "--download-concurrency", type=int, default=8, metavar="N", help="images downloaded at once"
+        "--download-concurrency", type=int, default=DOWNLOAD_CONCURRENCY, metavar="N",
+        help=f"images downloaded at once (default {DOWNLOAD_CONCURRENCY})",
     )
     p.add_argument(
         "--max-image-bytes",

@@ -61,6 +61,7 @@ class DownloadPool:
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         checks: CheckPool | None = None,
+        index_sync: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._journal = journal
         self._media = media
@@ -75,6 +76,9 @@ class DownloadPool:
         # and the end of the run only writes the page (gallery.py makes what is missing).
         self._checks = checks
         self._thumbs = out_dir if checks is not None else None
+        # Index rows are written at once and fsynced by this, shared by the downloads that
+        # finish together (the scheduler's group commit); without it, one fsync per job.
+        self._index_sync = index_sync
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.backlog = 0  # queued or being downloaded
@@ -192,10 +196,15 @@ class DownloadPool:
             ))  # fmt: skip
             files.append({"file_name": relative_name(self._out, d.path),
                           "sha256": d.sha256, "bytes": d.bytes})  # fmt: skip
-        # Index rows first: a crash before the journal commit downloads again and appends the
-        # same rows, which readers de-duplicate by file name; the other order could lose them.
-        # append_rows fsyncs: off the event loop, so a slow disk never stalls the watchers.
-        await asyncio.to_thread(append_rows, self._out, rows)
+        # Index rows first, on disk: a crash before the journal commit downloads again and
+        # appends the same rows, which readers de-duplicate by file name; the other order
+        # could lose them. The fsync is off the event loop, so a slow disk never stalls the
+        # watchers; the write (a line of page cache) is not worth a thread's hand-off.
+        if self._index_sync is None:
+            await asyncio.to_thread(append_rows, self._out, rows)
+        else:
+            append_rows(self._out, rows, sync=False)
+            await self._index_sync()
         self._journal.mark_downloaded(row.job_id, files)
         self._on_saved(row.job_id, len(files))
 

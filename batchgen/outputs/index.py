@@ -245,7 +245,7 @@ _lock = threading.Lock()
 _left_at: dict[Path, tuple[int, int]] = {}
 
 
-def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+def _append(path: Path, rows: Iterable[Mapping[str, Any]], *, sync: bool = True) -> None:
     # Serialise first: a bad row must not leave half a batch. One write for the batch.
     data = b"".join(_line(r) for r in rows)
     if not data:
@@ -261,7 +261,8 @@ def _append(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
             written = 0
             while written < len(data):  # short only on a full disk or a signal: finish it
                 written += os.write(fd, data[written:])
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
             st = os.fstat(fd)
             _left_at[path] = (st.st_ino, st.st_size)
         finally:
@@ -277,9 +278,21 @@ def ensure_index(out_dir: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
 
 
-def append_rows(out_dir: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Append index rows to ``out_dir/metadata.jsonl`` (one write per row, one fsync)."""
-    _append(out_dir / METADATA, rows)
+def append_rows(out_dir: Path, rows: Iterable[Mapping[str, Any]], *, sync: bool = True) -> None:
+    """Append index rows to ``out_dir/metadata.jsonl`` (one write for all, one fsync).
+
+    ``sync=False`` leaves the fsync to the caller: :func:`sync_index` later covers every
+    append made before it, so concurrent downloads can share one (group commit)."""
+    _append(out_dir / METADATA, rows, sync=sync)
+
+
+def sync_index(out_dir: Path) -> None:
+    """fsync ``metadata.jsonl``: every append that returned before this call is on disk."""
+    fd = os.open(out_dir / METADATA, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def append_failure(out_dir: Path, row: Mapping[str, Any]) -> None:

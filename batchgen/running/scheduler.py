@@ -32,6 +32,7 @@ from batchgen.fal.uploads import Uploads
 from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool
+from batchgen.outputs.index import sync_index
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.running import clock as stop_clock
@@ -93,7 +94,7 @@ class Scheduler:
             on_idle=self._wake.set, sleep=sleep, rng=rng,
             refetch=lambda row: client.result(Handle.from_json(row.handle or {})),
             on_lost=lambda row, msg: self._record.resubmit(row, "expired", msg, lost=True),
-            checks=checks,
+            checks=checks, index_sync=GroupSync(lambda: sync_index(settings.out_dir)).wait,
         )  # fmt: skip
         # Whether the server answers, from what every request sees; submits wait for it.
         self.reach = Watch(clock, self._emit, back=self._wake.set)

@@ -17,11 +17,10 @@ from batchgen.fal import QueueClient
 from batchgen.fal.webhook import Verifier
 from batchgen.journal.writer import Journal
 from batchgen.outputs.gallery import refresh_gallery
+from batchgen.running.pools import ShardedTransport, shards_for
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.webhooks import Inbox, receive
 from batchgen.running.window import WatchMode
-
-KEEPALIVE = 20  # idle connections kept per client (httpx's default)
 
 
 @contextlib.asynccontextmanager
@@ -48,14 +47,19 @@ async def clients(
     # One open stream per request in flight, plus polls and results: the pool must hold the
     # whole window or watchers would queue behind each other for a connection.
     n = max(settings.concurrency or settings.max_window, 1) * 2 + 16
-    # Few idle connections kept: httpcore scans every pooled connection on every request,
-    # and a pool of a hundred idle sockets costs more CPU than reconnecting on loopback.
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=KEEPALIVE)
+    # Every connection may stay open for the next request: in shards of a few (pools.py),
+    # the idle ones cost less than reconnecting, which a job in flight would otherwise do.
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     timeout = httpx.Timeout(60.0, connect=15.0)
-    media_limits = httpx.Limits(max_connections=settings.download_concurrency * 2 + 4)
+    m = settings.download_concurrency * 2 + 4
+    media_limits = httpx.Limits(max_connections=m, max_keepalive_connections=m)
+    # Small pools behind each client (pools.py): one big httpcore pool costs CPU per request
+    # in proportion to its size, which made every extra download slot a loss.
+    http_pools = ShardedTransport(shards_for(n // 2), limits)
+    media_pools = ShardedTransport(shards_for(settings.download_concurrency), media_limits)
     async with (
-        httpx.AsyncClient(limits=limits, timeout=timeout) as http,
-        httpx.AsyncClient(limits=media_limits, timeout=timeout) as media,
+        httpx.AsyncClient(transport=http_pools, timeout=timeout) as http,
+        httpx.AsyncClient(transport=media_pools, timeout=timeout) as media,
     ):
         yield http, media
 
