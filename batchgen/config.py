@@ -189,7 +189,9 @@ def build_settings(
         deadline=_positive_float("--deadline", flags.get("deadline", 1200.0)),
         watch=WatchMode(flags.get("watch") or "stream"),
         download_concurrency=_positive_int(
-            "--download-concurrency", flags.get("download_concurrency", DOWNLOAD_CONCURRENCY)
+            "--download-concurrency",
+            flags.get("download_concurrency", DOWNLOAD_CONCURRENCY),
+            most=MAX_CONCURRENCY,
         ),
         max_image_bytes=_positive_int(
             "--max-image-bytes", flags.get("max_image_bytes", 50_000_000)
@@ -273,11 +275,14 @@ def _positive_float(flag: str, value: object) -> float:
     return x
 
 
-def _positive_int(flag: str, value: object) -> int:
+def _positive_int(flag: str, value: object, *, most: int | None = None) -> int:
     try:
         n = int(str(value))
     except ValueError:
         raise UsageError(f"{flag} must be a whole number, got {value!r}") from None
     if n < 1:
         raise UsageError(f"{flag} must be at least 1, got {n}")
+    # More than the open files and connections a machine gives one process is a typo.
+    if most is not None and n > most:
+        raise UsageError(f"{flag} must be at most {most}, got {n}")
     return n

@@ -107,6 +107,7 @@ def test_emulate_wins_over_environment_endpoint() -> None:
         ({"max_cost": -1}, "--max-cost"),
         ({"max_cost": "nan"}, "--max-cost"),
         ({"download_concurrency": 0}, "--download-concurrency"),
+        ({"download_concurrency": 100_000}, "--download-concurrency must be at most"),
         ({"faults": "flaky"}, "--emulate"),
         ({"time_scale": 0.1}, "--emulate"),
     ],
