@@ -11,13 +11,16 @@ import asyncio
 from collections import Counter
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from batchgen.config import Settings, build_settings
 from batchgen.emulator.server import serve_asgi
 from batchgen.running.pools import CONNECTIONS_PER_SHARD, ShardedTransport, shards_for
+from batchgen.running.setup import clients
 
 
 def recording_app(
@@ -95,3 +98,39 @@ def test_shards_hold_a_few_connections_each() -> None:
     assert shards_for(CONNECTIONS_PER_SHARD) == 1
     assert shards_for(CONNECTIONS_PER_SHARD + 1) == 2
     assert shards_for(72) == -(-72 // CONNECTIONS_PER_SHARD)
+
+
+def run_settings() -> Settings:
+    return build_settings({"manifest": "m.yaml", "emulate": True}, {}, manifest_name="m")
+
+
+async def test_the_run_clients_reuse_connections_over_the_shards() -> None:
+    seen: Counter[tuple[str, int]] = Counter()
+    async with (
+        serve_asgi(recording_app(seen, asyncio.Event())) as url,
+        clients(run_settings()) as (http, media),
+    ):
+        for client in (http, media):
+            for n in range(30):
+                assert (await client.get(f"{url}/hello", params={"n": n})).json() == {"n": n}
+    assert sum(seen.values()) == 60 and len(seen) <= 2 * 8  # at most one per shard, kept
+
+
+async def test_the_run_clients_go_through_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sharded pools are a transport of our own, for which httpx ignores HTTP(S)_PROXY: behind
+    a proxy the run must still use it. A proxy that is not there proves the request went to
+    it (loopback included: NO_PROXY is unset)."""
+    seen: Counter[tuple[str, int]] = Counter()
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    async with (
+        serve_asgi(recording_app(seen, asyncio.Event())) as url,
+        clients(run_settings()) as (http, media),
+    ):
+        for client in (http, media):
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"{url}/hello")
+    assert not seen

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from batchgen.running.pools import ShardedTransport, shards_for
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.webhooks import Inbox, receive
 from batchgen.running.window import WatchMode
+
+_PROXY_SCHEMES = frozenset({"http", "https", "all"})
 
 
 @contextlib.asynccontextmanager
@@ -53,16 +57,27 @@ async def clients(
     timeout = httpx.Timeout(60.0, connect=15.0)
     m = settings.download_concurrency * 2 + 4
     media_limits = httpx.Limits(max_connections=m, max_keepalive_connections=m)
-    # Small pools behind each client (pools.py): one big httpcore pool costs CPU per request
-    # in proportion to its size, which made every extra download slot a loss.
     tls = httpx.create_ssl_context()  # the CA bundle loaded once (50 ms), for both clients
-    http_pools = ShardedTransport(shards_for(n // 2), limits, verify=tls)
-    media_pools = ShardedTransport(shards_for(settings.download_concurrency), media_limits, tls)
     async with (
-        httpx.AsyncClient(transport=http_pools, timeout=timeout) as http,
-        httpx.AsyncClient(transport=media_pools, timeout=timeout) as media,
+        _client(limits, shards_for(n // 2), tls, timeout) as http,
+        _client(media_limits, shards_for(settings.download_concurrency), tls, timeout) as media,
     ):
         yield http, media
+
+
+def _client(
+    limits: httpx.Limits, shards: int, tls: ssl.SSLContext, timeout: httpx.Timeout
+) -> httpx.AsyncClient:
+    """Small pools behind the client (pools.py): one big httpcore pool costs CPU per request
+    in proportion to its size, which made every extra download slot a loss. Behind a proxy
+    from the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ...), a plain client: httpx honours
+    those, and ``NO_PROXY``, only for a client that builds its own transports."""
+    if _PROXY_SCHEMES & {scheme.lower() for scheme in urllib.request.getproxies()}:
+        # One pool per proxy, walked on every request: few idle connections kept (httpx's
+        # default), as before the shards.
+        keep = httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=20)
+        return httpx.AsyncClient(limits=keep, timeout=timeout, verify=tls)
+    return httpx.AsyncClient(transport=ShardedTransport(shards, limits, tls), timeout=timeout)
 
 
 @contextlib.contextmanager
