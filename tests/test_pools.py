@@ -100,15 +100,15 @@ def test_shards_hold_a_few_connections_each() -> None:
     assert shards_for(72) == -(-72 // CONNECTIONS_PER_SHARD)
 
 
-def run_settings() -> Settings:
-    return build_settings({"manifest": "m.yaml", "emulate": True}, {}, manifest_name="m")
+def run_settings(**flags: object) -> Settings:
+    return build_settings({"manifest": "m.yaml", **flags}, {}, manifest_name="m")
 
 
 async def test_the_run_clients_reuse_connections_over_the_shards() -> None:
     seen: Counter[tuple[str, int]] = Counter()
     async with (
         serve_asgi(recording_app(seen, asyncio.Event())) as url,
-        clients(run_settings()) as (http, media),
+        clients(run_settings(emulate=True)) as (http, media),
     ):
         for client in (http, media):
             for n in range(30):
@@ -116,21 +116,29 @@ async def test_the_run_clients_reuse_connections_over_the_shards() -> None:
     assert sum(seen.values()) == 60 and len(seen) <= 2 * 8  # at most one per shard, kept
 
 
+def no_proxy_but(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    for name in ("NO_PROXY", "ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv(var, value)
+
+
 async def test_the_run_clients_go_through_a_proxy_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Sharded pools are a transport of our own, for which httpx ignores HTTP(S)_PROXY: behind
-    a proxy the run must still use it. A proxy that is not there proves the request went to
-    it (loopback included: NO_PROXY is unset)."""
+    a proxy a run against a server must still use it. A proxy that is not there proves the
+    request went to it (loopback included: NO_PROXY is unset)."""
     seen: Counter[tuple[str, int]] = Counter()
-    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    async with (
-        serve_asgi(recording_app(seen, asyncio.Event())) as url,
-        clients(run_settings()) as (http, media),
-    ):
-        for client in (http, media):
-            with pytest.raises(httpx.ConnectError):
-                await client.get(f"{url}/hello")
-    assert not seen
+    no_proxy_but(monkeypatch, "HTTP_PROXY", "http://127.0.0.1:9")
+    async with serve_asgi(recording_app(seen, asyncio.Event())) as url:
+        async with clients(run_settings(endpoint=url)) as (http, media):
+            for client in (http, media):
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"{url}/hello")
+        # The in-process emulator is on loopback: --emulate never sends its requests to a
+        # proxy, which could only fail to reach it.
+        async with clients(run_settings(emulate=True)) as (http, media):
+            for client in (http, media):
+                assert (await client.get(f"{url}/hello")).status_code == 200
+    assert sum(seen.values()) == 2

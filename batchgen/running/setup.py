@@ -58,21 +58,35 @@ async def clients(
     m = settings.download_concurrency * 2 + 4
     media_limits = httpx.Limits(max_connections=m, max_keepalive_connections=m)
     tls = httpx.create_ssl_context()  # the CA bundle loaded once (50 ms), for both clients
+    # The in-process emulator listens on loopback: a proxy from the environment can only
+    # fail to reach it (a first run behind a corporate proxy would wait on SERVER UNREACHABLE).
+    proxied = settings.target is not Target.EMULATE and _env_proxy()
+    downloads = shards_for(settings.download_concurrency)
     async with (
-        _client(limits, shards_for(n // 2), tls, timeout) as http,
-        _client(media_limits, shards_for(settings.download_concurrency), tls, timeout) as media,
+        _client(limits, shards_for(n // 2), tls, timeout, proxied=proxied) as http,
+        _client(media_limits, downloads, tls, timeout, proxied=proxied) as media,
     ):
         yield http, media
 
 
+def _env_proxy() -> bool:
+    """Whether the environment names a proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``)."""
+    return bool(_PROXY_SCHEMES & {scheme.lower() for scheme in urllib.request.getproxies()})
+
+
 def _client(
-    limits: httpx.Limits, shards: int, tls: ssl.SSLContext, timeout: httpx.Timeout
+    limits: httpx.Limits,
+    shards: int,
+    tls: ssl.SSLContext,
+    timeout: httpx.Timeout,
+    *,
+    proxied: bool,
 ) -> httpx.AsyncClient:
     """Small pools behind the client (pools.py): one big httpcore pool costs CPU per request
-    in proportion to its size, which made every extra download slot a loss. Behind a proxy
-    from the environment (``HTTPS_PROXY``, ``ALL_PROXY``, ...), a plain client: httpx honours
-    those, and ``NO_PROXY``, only for a client that builds its own transports."""
-    if _PROXY_SCHEMES & {scheme.lower() for scheme in urllib.request.getproxies()}:
+    in proportion to its size, which made every extra download slot a loss. ``proxied``: a
+    plain client instead, because httpx honours a proxy from the environment (and
+    ``NO_PROXY``) only for a client that builds its own transports."""
+    if proxied:
         # One pool per proxy, walked on every request: few idle connections kept (httpx's
         # default), as before the shards.
         keep = httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=20)
