@@ -33,8 +33,8 @@ from pathlib import Path
 # the download's image check.
 CONTEXT: tuple[tuple[str, str], ...] = (
     ("start-up (imports)", r"<frozen importlib|_find_and_load"),
-    ("thumbnails", r"make_thumbnail|thumbnail_of|save_thumbnail"),
-    ("verification (Pillow)", r"inspect_image"),
+    ("thumbnails", r"make_thumbnail|thumbnail_of|save_thumbnail|shrink"),
+    ("verification (Pillow)", r"inspect_image|_inspect"),
 )
 RULES: tuple[tuple[str, str], ...] = (
     ("verification (Pillow)", r"PIL/|Imaging|libjpeg|libpng|libz\.|inflate"),

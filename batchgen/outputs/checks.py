@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import DownloadError
-from batchgen.outputs.thumbs import plan_decode, save_thumbnail, thumb_name, thumbnail_of
+from batchgen.outputs.thumbs import plan_decode, save_thumbnail, shrink, thumb_name
 
 READ_BLOCK = 1024 * 1024
 
@@ -74,13 +74,13 @@ def inspect_image(path: Path | str, expected_format: str | None = None) -> tuple
 
 def inspect_and_thumbnail(
     path: Path | str, expected_format: str | None = None
-) -> tuple[int, int, str, Image.Image]:
+) -> tuple[int, int, str, Image.Image | None]:
     """:func:`inspect_image` and the gallery's thumbnail, from one decode where the format
     allows: the thumbnail's scaled JPEG decode, or WebP's full one, is the check itself. A
-    PNG's chunk CRCs are checked first, then it is decoded for the thumbnail."""
-    width, height, fmt, thumb = _inspect(path, expected_format, thumbnail=True)
-    assert thumb is not None
-    return width, height, fmt, thumb
+    PNG's chunk CRCs are checked first, then it is decoded for the thumbnail. A decode that
+    fails fails the check; a whole image that cannot be made small (an unusual mode) only
+    goes without a thumbnail (None), as it always has."""
+    return _inspect(path, expected_format, thumbnail=True)
 
 
 def _inspect(
@@ -102,14 +102,16 @@ def _inspect(
                 im.verify()  # leaves ``im`` unusable: a thumbnail opens the file again
             elif thumbnail:
                 plan_decode(im)
-                thumb = thumbnail_of(im)
+                im.load()
+                thumb = _shrunk(im)
             else:
                 if fmt == "JPEG":
                     im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 im.load()
         if fmt == "PNG" and thumbnail:
             with Image.open(path, formats=["PNG"]) as im:
-                thumb = thumbnail_of(im)
+                im.load()
+                thumb = _shrunk(im)
     except DownloadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -117,6 +119,13 @@ def _inspect(
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DownloadError(f"not a valid image: {exc}"[:300], reason="not_image") from None
     return width, height, fmt, thumb
+
+
+def _shrunk(im: Image.Image) -> Image.Image | None:
+    try:
+        return shrink(im)
+    except (OSError, ValueError, MemoryError):
+        return None
 
 
 def check_file(
@@ -140,10 +149,12 @@ def check_file(
         raise DownloadError("the file on disk has another checksum", reason="checksum")
     # The gallery makes only the thumbnails it lacks: one made here is one it skips.
     dest = None if thumbs is None else Path(thumbs) / thumb_name(digest)
-    made = dest is not None and not dest.is_file()
-    if dest is not None and made:
+    made = False
+    if dest is not None and not dest.is_file():
         width, height, fmt, thumb = inspect_and_thumbnail(path, expected_format)
-        save_thumbnail(thumb, dest)
+        if thumb is not None:
+            save_thumbnail(thumb, dest)
+            made = True
     else:
         width, height, fmt = inspect_image(path, expected_format)
     if durable:

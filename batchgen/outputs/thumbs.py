@@ -50,6 +50,11 @@ def plan_decode(im: Image.Image) -> None:
 def thumbnail_of(im: Image.Image) -> Image.Image:
     """The RGB thumbnail of ``im`` (opened, :func:`plan_decode` already applied); decodes it."""
     im.load()
+    return shrink(im)
+
+
+def shrink(im: Image.Image) -> Image.Image:
+    """The RGB thumbnail of a loaded image."""
     if im.mode not in _AVERAGEABLE:
         transparent = im.mode in ("P", "PA") and "transparency" in im.info
         im = im.convert("RGBA" if transparent or im.mode == "PA" else "RGB")
