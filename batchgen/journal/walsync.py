@@ -37,11 +37,11 @@ class WalSync:
                 try:
                     self._fd = os.open(self._wal, os.O_RDONLY)
                 except FileNotFoundError:  # no WAL now: the commits are in the main file
-                    _fsync_path(self._db)
+                    fsync_path(self._db)
                     return
             os.fsync(self._fd)
             if not self._folder_synced:
-                _fsync_path(self._db.parent)
+                fsync_path(self._db.parent)
                 self._folder_synced = True
 
     def close(self) -> None:
@@ -51,7 +51,8 @@ class WalSync:
                 self._fd = None
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path | str) -> None:
+    """fsync the file (or folder) at ``path``: its data written so far is on disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -14,13 +14,13 @@ the event loop as it arrived was cheap for small images but cost the loop's core
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import DownloadError
+from batchgen.journal.walsync import fsync_path
 from batchgen.outputs.thumbs import plan_decode, save_thumbnail, shrink, thumb_name
 
 READ_BLOCK = 1024 * 1024
@@ -160,9 +160,5 @@ def check_file(
     if durable:
         # Without this, a power cut after the rename can leave an empty file under the final
         # name: exactly the partial file the download promises never to leave.
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
     return Checked(size, digest, width, height, fmt, made)

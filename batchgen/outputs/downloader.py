@@ -60,8 +60,8 @@ class DownloadPool:
         on_lost: Callable[[JobRow, str], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        index_sync: Callable[[], Awaitable[None]],
         checks: CheckPool | None = None,
-        index_sync: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._journal = journal
         self._media = media
@@ -77,7 +77,7 @@ class DownloadPool:
         self._checks = checks
         self._thumbs = out_dir if checks is not None else None
         # Index rows are written at once and fsynced by this, shared by the downloads that
-        # finish together (the scheduler's group commit); without it, one fsync per job.
+        # finish together (the scheduler's group commit over ``index.sync_index``).
         self._index_sync = index_sync
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
@@ -200,11 +200,8 @@ class DownloadPool:
         # appends the same rows, which readers de-duplicate by file name; the other order
         # could lose them. The fsync is off the event loop, so a slow disk never stalls the
         # watchers; the write (a line of page cache) is not worth a thread's hand-off.
-        if self._index_sync is None:
-            await asyncio.to_thread(append_rows, self._out, rows)
-        else:
-            append_rows(self._out, rows, sync=False)
-            await self._index_sync()
+        append_rows(self._out, rows, sync=False)
+        await self._index_sync()
         self._journal.mark_downloaded(row.job_id, files)
         self._on_saved(row.job_id, len(files))
 

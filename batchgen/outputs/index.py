@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen._version import __version__
+from batchgen.journal.walsync import fsync_path
 from batchgen.outputs.download import Downloaded
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec, tags_json
@@ -288,11 +289,7 @@ def append_rows(out_dir: Path, rows: Iterable[Mapping[str, Any]], *, sync: bool 
 
 def sync_index(out_dir: Path) -> None:
     """fsync ``metadata.jsonl``: every append that returned before this call is on disk."""
-    fd = os.open(out_dir / METADATA, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(out_dir / METADATA)
 
 
 def append_failure(out_dir: Path, row: Mapping[str, Any]) -> None:

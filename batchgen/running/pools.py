@@ -41,10 +41,6 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._shards = [httpx.AsyncHTTPTransport(limits=each, verify=verify) for _ in range(shards)]
         self._next = 0
 
-    @property
-    def shards(self) -> int:
-        return len(self._shards)
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._next = (self._next + 1) % len(self._shards)
         return await self._shards[self._next].handle_async_request(request)
