@@ -47,11 +47,10 @@ class Submitter:
         answered: Callable[[], None],
         sleep: Sleep,
         rng: Callable[[], float],
-        durable: Callable[[], Awaitable[None]] | None = None,
+        durable: Callable[[], Awaitable[None]],
     ) -> None:
         self._journal, self._client, self._uploads = journal, client, uploads
-        # Waits until the request ids committed so far are fsynced (durable.GroupSync); None:
-        # each set_submitted fsyncs on its own.
+        # Waits until the request ids committed so far are fsynced (durable.GroupSync).
         self._durable = durable
         self._s, self._record, self._emit = settings, record, emit
         self._abandon, self._fatal, self._failed, self._answered = abandon, fatal, failed, answered
@@ -129,10 +128,8 @@ class Submitter:
             self.saw_emulator |= made_at is not None
             # The request id, before all else: committed, then fsynced (in a thread, one fsync
             # for the jobs committed meanwhile) before this job goes further.
-            grouped = self._durable is not None
-            self._journal.set_submitted(job, handle.to_json(), origin=made_at, sync=not grouped)
-            if self._durable is not None:
-                await self._durable()
+            self._journal.set_submitted(job, handle.to_json(), origin=made_at, sync=False)
+            await self._durable()
             self.unknown.discard(job)
             if made_at and self.no_emulator:  # free, and dropped by the next real run
                 self._fatal(UsageError(self.no_emulator))
