@@ -20,6 +20,7 @@ from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
 from batchgen.outputs.download import Downloaded
 from batchgen.outputs.gallery import THUMBS, build_gallery
 from batchgen.outputs.index import append_failure, append_rows, failure_row, index_row
+from batchgen.outputs.thumbs import THUMB_SIDE
 from batchgen.planning.jobs import JobSpec, job_id
 from batchgen.planning.paths import image_path, template_fields
 
@@ -132,7 +133,7 @@ def test_thumbnails_are_small_jpegs_made_once(gallery: Path) -> None:
     assert len(thumbs) == 4
     for t in thumbs:
         with Image.open(t) as im:
-            assert im.format == "JPEG" and max(im.size) <= 320
+            assert im.format == "JPEG" and max(im.size) <= THUMB_SIDE
     again = build_gallery(gallery)
     assert again.thumbnails_made == 0
 

@@ -59,6 +59,9 @@ def test_a_thumbnail_fits_the_card_and_looks_like_its_image(
     assert t.format == "JPEG" and t.mode == "RGB"
     assert THUMB_MIN <= max(t.size) <= THUMB_SIDE
     assert abs(t.width / t.height - w / h) < 0.02  # the shape is kept
+    # Never resampled: the image shrinks by a whole factor (the decoder's or reduce()'s).
+    k = round(max(w, h) / max(t.size))
+    assert k >= 1 and abs(max(w, h) / k - max(t.size)) <= 1, (k, t.size)
     # Same picture: each quarter's mean colour within a few levels of the source's.
     for box in [(0, 0, 0.25, 0.25), (0.75, 0.75, 1, 1), (0, 0.5, 0.5, 1), (0.5, 0, 1, 0.3)]:
         a = ImageStat.Stat(src.crop(scaled(box, w, h)))

@@ -6,13 +6,14 @@ journal modules.
 
 A thumbnail fits in ``THUMB_SIDE``×``THUMB_SIDE`` and its longest side is at least
 ``THUMB_MIN`` (or the image's own, if smaller). The range is what makes thumbnails cheap
-(issue 12): within it, whatever integer scale is free is kept as it is: a JPEG decoded at
-1/2, 1/4 or 1/8 of its size by its own IDCT (a 1024 px image at 1/4 is 256 px), a PNG or
-WebP averaged down by an integer factor (Pillow's ``reduce``, a box filter). Only an image
-that no integer scale brings into range is resampled, from at most twice the target. Pillow's
-bilinear resize of a 512 px decode to 320 px cost three times the decode itself on the
-benchmark machine. The gallery's cards are 220 px wide or more, shown square; any thumbnail
-in the range fills one at a 1:1 pixel ratio.
+(issue 12): it spans a factor of two, so every image of ``THUMB_MIN`` px or more has a free
+integer scale that lands in it, and none is ever resampled. A JPEG is decoded at 1/2, 1/4 or
+1/8 of its size by its own IDCT (1024 px at 1/4 is 256 px, 1536 px at 1/4 is 384 px); a PNG
+or WebP is averaged down by an integer factor (Pillow's ``reduce``, a box filter). With the
+earlier 240-320 px range, most sizes still needed a bilinear resize after the scaled decode,
+and on the benchmark machine that resize cost as much as the decode itself
+(``bench/thumbs.py``). The gallery's cards are 220 px wide or more, shown square: a thumbnail
+in the range fills one at a 1:1 pixel ratio, and up to 2:1 on a high-density screen.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from PIL import Image
 
 THUMBS = ".thumbs"
-THUMB_SIDE = 320  # the longest side at most ...
-THUMB_MIN = 240  # ... and at least this, when the image is bigger
+THUMB_SIDE = 480  # the longest side at most ...
+THUMB_MIN = THUMB_SIDE // 2  # ... and at least this, when the image is bigger
 THUMB_QUALITY = 80
 # Modes whose pixels average meaningfully as they are; others are converted first (a palette
 # image would otherwise be resampled by nearest neighbour).
@@ -58,12 +59,11 @@ def shrink(im: Image.Image) -> Image.Image:
     if im.mode not in _AVERAGEABLE:
         transparent = im.mode in ("P", "PA") and "transparency" in im.info
         im = im.convert("RGBA" if transparent or im.mode == "PA" else "RGB")
+    # k = floor(side / THUMB_MIN) leaves side / k in [THUMB_MIN, 2 * THUMB_MIN): within the
+    # range, since THUMB_SIDE is twice THUMB_MIN. No resampling is ever needed.
     k = max(im.size) // THUMB_MIN
     if k >= 2:
         im = im.reduce(k)
-    if max(im.size) > THUMB_SIDE:
-        im.thumbnail((THUMB_SIDE, THUMB_SIDE), resample=Image.Resampling.BILINEAR,
-                     reducing_gap=None)  # fmt: skip
     return im.convert("RGB")
 
 

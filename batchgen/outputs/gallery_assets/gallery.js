@@ -193,7 +193,7 @@
       img.loading = "lazy";
       img.decoding = "async";
       img.alt = prompt.slice(0, 200);
-      const scale = 320 / Math.max(w || 1, h || 1, 1);
+      const scale = 480 / Math.max(w || 1, h || 1, 1);
       img.width = Math.round((w || 1) * scale);
       img.height = Math.round((h || 1) * scale);
       a.append(img);
