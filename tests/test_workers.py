@@ -30,7 +30,7 @@ from batchgen.manifest import plan
 from batchgen.outputs.checks import check_file
 from batchgen.outputs.index import read_failures, read_index
 from batchgen.outputs.thumbs import THUMBS, thumb_name
-from batchgen.outputs.workers import CheckPool
+from batchgen.outputs.workers import GROW_AT, CheckPool
 from batchgen.planning.jobs import JobState
 
 S = JobState
@@ -139,11 +139,25 @@ async def test_workers_answer_as_the_thread_does_and_make_thumbnails(tmp_path: P
     assert not half_written(tmp_path)
 
 
+async def test_a_second_worker_starts_only_for_a_backlog(tmp_path: Path) -> None:
+    # A run that downloads a few images a second must not pay ~70 ms of CPU for a worker
+    # it leaves idle; a burst must still spread over the machine's cores.
+    (tmp_path / "a.jpg").write_bytes(jpeg(1))
+    async with CheckPool(2) as pool:
+        for _ in range(GROW_AT + 2):
+            await pool.check(tmp_path / "a.jpg", "jpeg", durable=False)
+        assert pool.started == 1
+        burst = [pool.check(tmp_path / "a.jpg", "jpeg", durable=False) for _ in range(12)]
+        await asyncio.gather(*burst)
+        assert pool.started == 2
+
+
 @linux_only
 async def test_a_normal_close_ends_and_reaps_every_worker(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(jpeg(1))
     pool = CheckPool(2)
-    await asyncio.gather(*(pool.check(tmp_path / "a.jpg", None, durable=False) for _ in range(4)))
+    # More checks at once than one worker queues (GROW_AT) before a second one starts.
+    await asyncio.gather(*(pool.check(tmp_path / "a.jpg", None, durable=False) for _ in range(8)))
     pids = pool.pids
     assert len(pids) == 2 and all(alive(p) for p in pids)
     await pool.close()
@@ -196,17 +210,20 @@ def test_kill_9_of_the_parent_ends_its_workers_even_busy_ones(tmp_path: Path) ->
         import asyncio, sys
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from batchgen.outputs.workers import CheckPool
+        from batchgen.outputs.workers import GROW_AT, CheckPool
 
         async def main():
             pool = CheckPool(2, command={fake("hang", "hang")!r})
-            hanging = asyncio.ensure_future(
-                pool.check(Path({str(tmp_path / "hang.jpg")!r}), None, durable=False))
-            await asyncio.sleep(0)  # the first worker is busy: the next check starts another
-            await pool.check(Path({str(tmp_path / "idle.jpg")!r}), None, durable=False)
+            hang, idle = Path({str(tmp_path / "hang.jpg")!r}), Path({str(tmp_path / "idle.jpg")!r})
+            # GROW_AT checks wait in the first worker, behind one that hangs: the next check
+            # starts another worker
+            hanging = [asyncio.ensure_future(pool.check(p, None, durable=False))
+                       for p in [hang] + [idle] * (GROW_AT - 1)]
+            await asyncio.sleep(0)
+            await pool.check(idle, None, durable=False)
             await asyncio.sleep(0.3)
             print(" ".join(map(str, pool.pids)), flush=True)
-            await hanging
+            await asyncio.gather(*hanging)
 
         asyncio.run(main())
         """
