@@ -8,6 +8,7 @@ connections than requests in flight.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import Counter
 
 import httpx
@@ -91,6 +92,33 @@ async def test_one_shard_behaves_as_a_plain_client() -> None:
         for n in range(20):
             assert (await c.get("/hello", params={"n": n})).json() == {"n": n}
     assert len(seen) == 1  # one connection, kept alive
+
+
+async def test_plain_http_never_loads_the_ca_bundle_and_https_verifies_with_it() -> None:
+    """Loading certifi's CA bundle costs 30-50 ms of a short run's start-up: a run over plain
+    HTTP (the emulator) must not pay it; the first https request makes the context, once."""
+    made: list[ssl.SSLContext] = []
+
+    def tls() -> ssl.SSLContext:
+        made.append(ssl.create_default_context())  # verifies, as httpx's does
+        return made[-1]
+
+    seen: Counter[tuple[str, int]] = Counter()
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    async with (
+        serve_asgi(recording_app(seen, asyncio.Event())) as url,
+        httpx.AsyncClient(transport=ShardedTransport(2, limits, tls)) as client,
+    ):
+        for n in range(6):
+            assert (await client.get(f"{url}/hello", params={"n": n})).json() == {"n": n}
+        assert made == []
+        # The same server spoken to over TLS: the handshake fails (it talks plain HTTP), after
+        # the context was made once for both https requests.
+        for _ in range(2):
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url.replace("http://", "https://", 1) + "/hello")
+        assert len(made) == 1
+    assert sum(seen.values()) == 6
 
 
 def test_shards_hold_a_few_connections_each() -> None:

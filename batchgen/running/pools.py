@@ -13,11 +13,19 @@ Requests take the shards in turn. Each shard may open the whole limit of connect
 unlucky shard that holds more long streams than its share never makes a request queue; the
 total stays bounded by the requests the run has in flight. The idle connections kept are
 shared out, so the sum is the limit asked for.
+
+Plain ``http://`` and ``https://`` requests get shards of their own, each set made at its
+first request. A run against the emulator (loopback, plain HTTP) so never loads the CA
+bundle: ``httpx.create_ssl_context()`` costs 30-50 ms of CPU, a tenth of a short run's
+start-up. The plain shards hold an SSL context that trusts no certificate at all: they never
+open TLS, and if one somehow did, it would fail closed, never unverified.
 """
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Callable
 
 import httpx
 
@@ -25,29 +33,58 @@ CONNECTIONS_PER_SHARD = 8  # a walk over ~8 connections costs less than the requ
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    """``shards`` :class:`httpx.AsyncHTTPTransport` pools behind one transport."""
+    """``shards`` :class:`httpx.AsyncHTTPTransport` pools per scheme behind one transport.
 
-    def __init__(self, shards: int, limits: httpx.Limits, verify: ssl.SSLContext | bool = True):
+    ``tls`` gives the context for ``https://`` (called once, at the first such request;
+    share one :func:`tls_context` between clients)."""
+
+    def __init__(
+        self,
+        shards: int,
+        limits: httpx.Limits,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
         if shards < 1:
             raise ValueError("at least one shard")
         keep = limits.max_keepalive_connections
-        each = httpx.Limits(
+        self._limits = httpx.Limits(
             max_connections=limits.max_connections,
             max_keepalive_connections=None if keep is None else max(1, -(-keep // shards)),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        if verify is True and shards > 1:
-            verify = httpx.create_ssl_context()  # one CA bundle loaded, not one per shard
-        self._shards = [httpx.AsyncHTTPTransport(limits=each, verify=verify) for _ in range(shards)]
+        self._count = shards
+        self._tls = tls or tls_context
+        self._groups: dict[bool, list[httpx.AsyncHTTPTransport]] = {}  # secure? -> shards
         self._next = 0
 
+    def _shards(self, secure: bool) -> list[httpx.AsyncHTTPTransport]:
+        group = self._groups.get(secure)
+        if group is None:
+            context = self._tls() if secure else _TRUSTS_NOTHING
+            group = [httpx.AsyncHTTPTransport(limits=self._limits, verify=context)
+                     for _ in range(self._count)]  # fmt: skip
+            self._groups[secure] = group
+        return group
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._next = (self._next + 1) % len(self._shards)
-        return await self._shards[self._next].handle_async_request(request)
+        self._next = (self._next + 1) % self._count
+        shards = self._shards(request.url.scheme != "http")
+        return await shards[self._next].handle_async_request(request)
 
     async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
+        for group in self._groups.values():
+            for shard in group:
+                await shard.aclose()
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context (certifi's CA bundle), made once per process."""
+    return httpx.create_ssl_context()
+
+
+# For the plain-HTTP shards, which never open TLS: verifies everything, trusts no CA.
+_TRUSTS_NOTHING = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def shards_for(connections: int) -> int:

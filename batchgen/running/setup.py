@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from batchgen.fal import QueueClient
 from batchgen.fal.webhook import Verifier
 from batchgen.journal.writer import Journal
 from batchgen.outputs.gallery import refresh_gallery
-from batchgen.running.pools import ShardedTransport, shards_for
+from batchgen.running.pools import ShardedTransport, shards_for, tls_context
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.webhooks import Inbox, receive
 from batchgen.running.window import WatchMode
@@ -57,14 +56,13 @@ async def clients(
     timeout = httpx.Timeout(60.0, connect=15.0)
     m = settings.download_concurrency * 2 + 4
     media_limits = httpx.Limits(max_connections=m, max_keepalive_connections=m)
-    tls = httpx.create_ssl_context()  # the CA bundle loaded once (50 ms), for both clients
     # The in-process emulator listens on loopback: a proxy from the environment can only
     # fail to reach it (a first run behind a corporate proxy would wait on SERVER UNREACHABLE).
     proxied = settings.target is not Target.EMULATE and _env_proxy()
     downloads = shards_for(settings.download_concurrency)
     async with (
-        _client(limits, shards_for(n // 2), tls, timeout, proxied=proxied) as http,
-        _client(media_limits, downloads, tls, timeout, proxied=proxied) as media,
+        _client(limits, shards_for(n // 2), timeout, proxied=proxied) as http,
+        _client(media_limits, downloads, timeout, proxied=proxied) as media,
     ):
         yield http, media
 
@@ -77,7 +75,6 @@ def _env_proxy() -> bool:
 def _client(
     limits: httpx.Limits,
     shards: int,
-    tls: ssl.SSLContext,
     timeout: httpx.Timeout,
     *,
     proxied: bool,
@@ -90,8 +87,9 @@ def _client(
         # One pool per proxy, walked on every request: few idle connections kept (httpx's
         # default), as before the shards.
         keep = httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=20)
-        return httpx.AsyncClient(limits=keep, timeout=timeout, verify=tls)
-    return httpx.AsyncClient(transport=ShardedTransport(shards, limits, tls), timeout=timeout)
+        return httpx.AsyncClient(limits=keep, timeout=timeout, verify=tls_context())
+    # The CA bundle is loaded at the first https request, once for both clients (pools.py).
+    return httpx.AsyncClient(transport=ShardedTransport(shards, limits), timeout=timeout)
 
 
 @contextlib.contextmanager
