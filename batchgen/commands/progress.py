@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs shipped
-
 from batchgen.running.events import Event, Failed, Saved
 from batchgen.running.runner import Snapshot as Snapshot  # re-exported: callers build them
 
@@ -124,6 +122,9 @@ class Progress:
         first = snapshot()
         self._bar: Any = None
         if bar:
+            # Imported here: a run without a terminal (a log file, a CI job) never loads it.
+            from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs shipped
+
             ncols = self._width()
             self._bar = tqdm(
                 total=total,

@@ -20,7 +20,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -44,8 +44,10 @@ from batchgen.running.recorder import Recorder
 from batchgen.running.recovery import Recovery, recover
 from batchgen.running.submitter import Submitter
 from batchgen.running.watcher import DeadlineExceeded, cancel, watch
-from batchgen.running.webhooks import Inbox
 from batchgen.running.window import Observation, RunTimes, Window, budget_allows
+
+if TYPE_CHECKING:  # the webhook stack is imported by webhook runs only (running/setup.py)
+    from batchgen.running.webhooks import Inbox
 
 S = JobState
 CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
