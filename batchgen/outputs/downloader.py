@@ -32,7 +32,7 @@ from batchgen.outputs.index import METADATA, answered_by_of, append_rows, index_
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec, JobState
-from batchgen.planning.paths import image_path, relative_name, template_fields
+from batchgen.planning.paths import image_path, template_fields
 from batchgen.planning.pricing import parse_usage, token_cost, usage_of
 
 FORMATS = ("png", "jpeg", "webp")
@@ -66,6 +66,9 @@ class DownloadPool:
         self._journal = journal
         self._media = media
         self._out = out_dir
+        # image_path gives resolved paths inside the folder: their names need no more lookups
+        # (resolving a path reads every component's link, twice per name before).
+        self._root = out_dir.resolve()
         self._sha = manifest_sha256
         self._max_bytes = max_image_bytes
         self._n = workers
@@ -98,7 +101,7 @@ class DownloadPool:
             for n in range(len(images) if isinstance(images, list) else 0):
                 dest = self._dest(row.spec, n)
                 if dest.is_file():
-                    on_disk.add(relative_name(self._out, dest))
+                    on_disk.add(self._name(dest))
             self.put(row.job_id)
         if on_disk:  # rare: one pass over the index, keeping only these names
             for r in read_rows(self._out / METADATA):
@@ -180,22 +183,21 @@ class DownloadPool:
             if not isinstance(url, str):
                 raise DownloadError(f"image {n} has no url", reason="no_url")
             dest = self._dest(row.spec, n)
+            name = self._name(dest)
             d = await download_image(
                 self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
-                sleep=self._sleep, rng=self._rng,
-                expected_sha256=self._known.pop(relative_name(self._out, dest), None),
+                sleep=self._sleep, rng=self._rng, expected_sha256=self._known.pop(name, None),
                 checks=self._checks, thumbs=self._thumbs,
             )  # fmt: skip
             rows.append(index_row(
-                row.spec, n, d, out_dir=self._out, manifest_sha256=self._sha,
+                row.spec, n, d, out_dir=self._out, file_name=name, manifest_sha256=self._sha,
                 request_id=row.request_id, submitted_at=row.submitted_at,
                 completed_at=row.updated_at, inference_time=inference_time,
                 cost_estimate=row.cost / len(images), usage=usage,
                 cost_actual=actual / len(images) if actual is not None else None,
                 origin=row.origin, answered_by=answered_by_of(result),
             ))  # fmt: skip
-            files.append({"file_name": relative_name(self._out, d.path),
-                          "sha256": d.sha256, "bytes": d.bytes})  # fmt: skip
+            files.append({"file_name": name, "sha256": d.sha256, "bytes": d.bytes})
         # Index rows first, on disk: a crash before the journal commit downloads again and
         # appends the same rows, which readers de-duplicate by file name; the other order
         # could lose them. The fsync is off the event loop, so a slow disk never stalls the
@@ -205,6 +207,10 @@ class DownloadPool:
         self._journal.mark_downloaded(row.job_id, files)
         self._on_saved(row.job_id, len(files))
 
+
+    def _name(self, dest: Path) -> str:
+        """``dest`` (from :meth:`_dest`) relative to the output folder: its index name."""
+        return dest.relative_to(self._root).as_posix()
 
     def _dest(self, spec: JobSpec, n: int) -> Path:
         fields = template_fields(spec, n, _output_format(spec))
