@@ -29,11 +29,14 @@ from collections.abc import Callable
 
 import httpx
 
+from batchgen.running.netio import Transport
+
 CONNECTIONS_PER_SHARD = 8  # a walk over ~8 connections costs less than the request itself
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    """``shards`` :class:`httpx.AsyncHTTPTransport` pools per scheme behind one transport.
+    """``shards`` connection pools per scheme behind one transport, each httpx's transport on
+    asyncio's own sockets (:mod:`netio`).
 
     ``tls`` gives the context for ``https://`` (called once, at the first such request;
     share one :func:`tls_context` between clients)."""
@@ -54,15 +57,14 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         )
         self._count = shards
         self._tls = tls or tls_context
-        self._groups: dict[bool, list[httpx.AsyncHTTPTransport]] = {}  # secure? -> shards
+        self._groups: dict[bool, list[Transport]] = {}  # secure? -> shards
         self._next = 0
 
-    def _shards(self, secure: bool) -> list[httpx.AsyncHTTPTransport]:
+    def _shards(self, secure: bool) -> list[Transport]:
         group = self._groups.get(secure)
         if group is None:
             context = self._tls() if secure else _TRUSTS_NOTHING
-            group = [httpx.AsyncHTTPTransport(limits=self._limits, verify=context)
-                     for _ in range(self._count)]  # fmt: skip
+            group = [Transport(limits=self._limits, verify=context) for _ in range(self._count)]
             self._groups[secure] = group
         return group
 

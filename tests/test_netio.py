@@ -1,0 +1,238 @@
+"""The run's sockets on asyncio's own transports (running/netio.py), over real loopback sockets.
+
+Each server here is a few lines of asyncio that answer exactly as a test needs: slowly, not at
+all, with a 408 on an idle connection, over TLS with a certificate made for the test. What is
+asserted is what the run depends on: every byte arrives, timeouts and refusals surface as
+httpx's own errors (which the retry rules classify), a connection the server closed is never
+reused, and a certificate that does not verify is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from batchgen.running.netio import HIGH_WATER, Stream
+from batchgen.running.pools import ShardedTransport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+
+
+@asynccontextmanager
+async def server(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """A loopback server running ``handler`` per connection; its base URL."""
+    conns: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    finally:
+        srv.close()
+        for w in conns:
+            w.close()
+        await srv.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's head (these tests send no bodies); b"" at end of input."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return b""
+
+
+def answer(body: bytes, *, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n"
+    return (head + ("connection: close\r\n" if close else "") + "\r\n").encode() + body
+
+
+def client(**kw: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=ShardedTransport(1, LIMITS), **kw)  # type: ignore[arg-type]
+
+
+async def test_requests_go_over_asyncio_streams_and_keep_their_connection() -> None:
+    """If httpx ever stops using the pool netio gives it, this is where it shows."""
+    conns = 0
+
+    async def keepalive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        while await read_request(reader):
+            writer.write(answer(b"hello"))
+            await writer.drain()
+
+    async with server(keepalive) as url, client() as c:
+        for _ in range(5):
+            r = await c.get(url)
+            assert r.content == b"hello"
+            assert isinstance(r.extensions["network_stream"], Stream)
+    assert conns == 1
+
+
+async def test_a_large_body_arrives_whole_when_read_slowly() -> None:
+    """More than the buffer's high-water mark, read in small steps with pauses: reading the
+    socket pauses and resumes, and no byte is lost or reordered."""
+    body = bytes(range(256)) * (HIGH_WATER * 3 // 256 + 7)
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(body))
+        await writer.drain()
+
+    got = bytearray()
+    async with server(big) as url, client() as c, c.stream("GET", url) as r:
+        async for chunk in r.aiter_raw(chunk_size=16 * 1024):
+            got += chunk
+            await asyncio.sleep(0)
+    assert bytes(got) == body
+
+
+async def test_an_idle_connection_the_server_closed_or_wrote_to_is_not_reused() -> None:
+    """A server may close an idle keep-alive connection, some after writing a 408: the next
+    request must go over a new connection and get its own answer, not the stale 408."""
+    conns = 0
+
+    async def one_then_408(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        await read_request(reader)
+        writer.write(answer(b"first"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if conns == 1:  # a 408 on the idle connection, which stays open a while
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(1)
+        # then close (the server's finally): the second connection right after its answer
+
+    async with server(one_then_408) as url, client() as c:
+        assert (await c.get(url)).content == b"first"
+        await asyncio.sleep(0.3)  # the 408 and the close reach the idle connection
+        r = await c.get(url)
+        assert (r.status_code, r.content) == (200, b"first")
+        await asyncio.sleep(0.3)
+        assert (await c.get(url)).content == b"first"
+    assert conns == 3
+
+
+async def test_silence_is_a_read_timeout_and_a_closed_port_a_connect_error() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(10)
+
+    async with server(silent) as url, client(timeout=httpx.Timeout(5.0, read=0.2)) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get(url)
+    async with server(silent) as url:
+        pass  # now nothing listens on that port
+    async with client() as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.get(url)
+
+
+async def test_a_connection_cut_mid_body_is_an_error_not_a_short_answer() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+
+    async with server(cut) as url, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get(url)
+
+
+async def test_a_request_cancelled_while_waiting_leaves_no_open_socket() -> None:
+    """Cancelled (Ctrl-C twice, a deadline) while the server is silent: the socket is closed
+    (this suite turns an unclosed socket's ResourceWarning into an error)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(10)
+
+    async with server(silent) as url, client() as c:
+        task = asyncio.create_task(c.get(url))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def self_signed(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "batchgen test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp / "cert.pem").write_bytes(pem)
+    (tmp / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    srv = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    srv.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    trusting = ssl.create_default_context(cadata=pem.decode())
+    return srv, trusting
+
+
+async def test_tls_verifies_the_server_and_refuses_a_certificate_it_cannot(
+    tmp_path: Path,
+) -> None:
+    srv_ctx, trusting = self_signed(tmp_path)
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader):
+            writer.write(answer(b"secret hello"))
+            await writer.drain()
+
+    async with server(hello, tls=srv_ctx) as url:
+        transport = ShardedTransport(1, LIMITS, lambda: trusting)
+        async with httpx.AsyncClient(transport=transport) as c:
+            for _ in range(3):
+                r = await c.get(url)
+                assert r.content == b"secret hello"
+                assert r.extensions["network_stream"].get_extra_info("ssl_object") is not None
+        # The default context (certifi's CAs) does not know this certificate: refused.
+        async with client() as c:
+            with pytest.raises(httpx.ConnectError):
+                await c.get(url)
