@@ -43,6 +43,10 @@ import httpx
 
 HIGH_WATER = 256 * 1024  # buffered bytes at which reading the socket pauses ...
 LOW_WATER = 64 * 1024  # ... and below which it resumes
+# A host with IPv6 and IPv4 addresses: the next address is tried this long after the first
+# (RFC 8305), as anyio does, so a machine whose IPv6 route is broken does not wait out a
+# connect timeout on every new connection.
+HAPPY_EYEBALLS_S = 0.25
 # How long closing may wait for the other side (a TLS close_notify) before the socket is
 # dropped: a server that never answers must not hold up the end of a run.
 CLOSE_WAIT_S = 2.0
@@ -247,8 +251,9 @@ class Backend(httpcore.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):
                 transport, conn = await loop.create_connection(
-                    _Connection, host, port, local_addr=local
-                )
+                    _Connection, host, port, local_addr=local,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_S,
+                )  # fmt: skip
         except TimeoutError:
             message = f"no connection to {host}:{port} in {timeout:g} s"
             raise httpcore.ConnectTimeout(message) from None
