@@ -6,10 +6,12 @@ script serves noise images of realistic size instead). Both clients fetch the sa
 the same concurrency, in alternating passes, in the same run:
 
 - ``plain``: ``client.stream("GET")`` and ``open(path, "wb").write(chunk)`` — no checks at all;
-- ``batchgen``: ``download_image`` as a run calls it — scheme and redirect checks, status,
+- ``batchgen``: ``download_image`` as a run calls it, over the run's own HTTP transport
+  (``running/pools.py`` on ``running/netio.py``) — scheme and redirect checks, status,
   type, length and cap checks while streaming, then the sha256 of the file, Pillow
   verification and fsync in the run's worker processes (``CheckPool``), atomic rename;
-- ``thread``: the same checks in a worker thread of this process (no pool: a library caller);
+- ``thread``: the same checks in a worker thread of this process, over a plain httpx client
+  (no pool, no transport of ours: a library caller);
 - ``no-fsync``: ``batchgen`` with ``durable=False``. Plain writes only reach the page cache,
   while an fsync waits for the disk: this line shows how much of the gap is the disk.
 
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batchgen.outputs.download import download_image
 from batchgen.outputs.workers import CheckPool, machine_cores
+from batchgen.running.pools import ShardedTransport, shards_for
 
 
 def make_images(folder: Path, distinct: int) -> list[int]:
@@ -118,8 +121,11 @@ async def verified_no_fsync(http: httpx.AsyncClient, url: str, dest: Path) -> in
     return d.bytes
 
 
+RUN_TRANSPORT = {"batchgen", "no-fsync"}  # the methods that fetch as a run does
+
+
 async def one_pass(
-    fetch: Fetch, base: str, out: Path, count: int, concurrency: int
+    fetch: Fetch, base: str, out: Path, count: int, concurrency: int, *, run_transport: bool
 ) -> tuple[int, float, float]:
     """(bytes, wall seconds, client CPU seconds) for ``count`` downloads into ``out``."""
     todo: asyncio.Queue[int] = asyncio.Queue()
@@ -135,7 +141,8 @@ async def one_pass(
             total += n  # not `total += await ...`: that reads total before the await
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+    transport = ShardedTransport(shards_for(concurrency), limits) if run_transport else None
+    async with httpx.AsyncClient(limits=limits, timeout=60, transport=transport) as http:
         cpu0, t0 = cpu_with_workers(), time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - t0, cpu_with_workers() - cpu0
@@ -155,10 +162,12 @@ def cpu_with_workers() -> float:
 
 
 def run_pass(
-    fetch: Fetch, base: str, out: Path, count: int, concurrency: int
+    fetch: Fetch, base: str, out: Path, count: int, concurrency: int, *, run_transport: bool
 ) -> tuple[int, float, float]:
     out.mkdir(parents=True)
-    result = LOOP.run_until_complete(one_pass(fetch, base, out, count, concurrency))
+    result = LOOP.run_until_complete(
+        one_pass(fetch, base, out, count, concurrency, run_transport=run_transport)
+    )
     assert len(list(out.iterdir())) == count  # every file landed (and no .part left)
     shutil.rmtree(out)
     return result
@@ -212,7 +221,8 @@ def main() -> None:
             for r in range(args.rounds):
                 for name, fetch in methods if r % 2 == 0 else methods[::-1]:
                     out = scratch / f"out-{name}-{r}"
-                    results[name].append(run_pass(fetch, base, out, per_pass, args.concurrency))
+                    results[name].append(run_pass(fetch, base, out, per_pass, args.concurrency,
+                                                  run_transport=name in RUN_TRANSPORT))
         finally:
             LOOP.run_until_complete(POOL[0].close())
             LOOP.close()

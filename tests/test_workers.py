@@ -27,7 +27,7 @@ from test_scheduler_support import Rig
 
 from batchgen.errors import DownloadError
 from batchgen.manifest import plan
-from batchgen.outputs.checks import check_file
+from batchgen.outputs.checks import Checked, check_file
 from batchgen.outputs.index import read_failures, read_index
 from batchgen.outputs.thumbs import THUMBS, thumb_name
 from batchgen.outputs.workers import GROW_AT, CheckPool
@@ -37,10 +37,11 @@ S = JobState
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 
 # A worker that behaves like the real one, except on files whose path holds the marker given
-# as its first argument: there it dies by SIGKILL ("crash") or sleeps a minute ("hang").
+# as its first argument: there it dies by SIGKILL ("crash"), sleeps a minute ("hang"), or
+# answers under another task's id ("swap": what frames out of order would look like).
 FAKE = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import os, pickle, signal, sys, time, types
     action, marker = sys.argv.pop(1), sys.argv.pop(1)
     sys.path.insert(0, sys.argv[2])
     from batchgen.outputs import checks, checkworker
@@ -49,9 +50,18 @@ FAKE = textwrap.dedent(
         if marker in path:
             if action == "crash":
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(60)
+            if action == "hang":
+                time.sleep(60)
         return checks.check_file(path, *args, **kwargs)
 
+    def loads(body):
+        task_id, name, args, kwargs = pickle.loads(body)
+        if action == "swap" and marker in args[0]:
+            task_id += 1000
+        return task_id, name, args, kwargs
+
+    checkworker.pickle = types.SimpleNamespace(
+        loads=loads, dumps=pickle.dumps, HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL)
     checkworker.TASKS["check"] = check
     checkworker.main()
     """
@@ -137,6 +147,47 @@ async def test_workers_answer_as_the_thread_does_and_make_thumbnails(tmp_path: P
         assert c.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
         assert (tmp_path / thumb_name(c.sha256)).is_file() and c.thumbnail
     assert not half_written(tmp_path)
+
+
+async def test_each_check_gets_its_own_answer_even_sent_while_a_worker_starts(
+    tmp_path: Path,
+) -> None:
+    """Answers are matched to checks by the order of the frames on the worker's pipe. Checks
+    sent one loop turn apart while the worker is still connecting (a run's first downloads)
+    must reach it in the order they were queued, or one image would be recorded with another
+    image's checksum and size."""
+    files = []
+    for i in range(24):
+        p = tmp_path / f"{i}.jpg"
+        p.write_bytes(jpeg(i, size=(64 + i, 48)))
+        files.append(p)
+    async with CheckPool(1) as pool:
+        pending = []
+        for p in files:
+            pending.append(asyncio.ensure_future(pool.check(p, "jpeg", durable=False)))
+            await asyncio.sleep(0)  # one turn of the loop: the worker's pipes connect meanwhile
+        got = await asyncio.gather(*pending)
+    for p, c in zip(files, got, strict=True):
+        assert c.sha256 == hashlib.sha256(p.read_bytes()).hexdigest(), p.name
+
+
+async def test_an_answer_for_another_task_is_never_taken(tmp_path: Path) -> None:
+    """Whatever the cause, an answer that names another task ends that worker: the check it
+    answered for fails for a recorded reason, and the others are answered by a new worker."""
+    names = ["a.jpg", "swapped.jpg", "c.jpg", "d.jpg"]
+    for i, n in enumerate(names):
+        (tmp_path / n).write_bytes(jpeg(i))
+    async with CheckPool(1, command=fake("swap", "swapped")) as pool:
+        got = await asyncio.gather(
+            *(pool.check(tmp_path / n, "jpeg", durable=False) for n in names),
+            return_exceptions=True,
+        )
+        assert pool.crashes == 1
+    assert isinstance(got[1], DownloadError) and got[1].reason == "check_crashed"
+    for n, c in zip(names, got, strict=True):
+        if n != "swapped.jpg":
+            assert isinstance(c, Checked), c
+            assert c.sha256 == hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()
 
 
 async def test_a_second_worker_starts_only_for_a_backlog(tmp_path: Path) -> None:

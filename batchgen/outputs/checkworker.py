@@ -66,14 +66,15 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         if len(head) < HEADER.size:
             return  # the parent closed the pipe, or died
         body = inp.read(HEADER.unpack(head)[0])
-        name, args, kwargs = pickle.loads(body)
+        task_id, name, args, kwargs = pickle.loads(body)
         answer: tuple[Any, ...]
         try:
-            answer = ("ok", TASKS[name](*args, **kwargs))
+            answer = (task_id, "ok", TASKS[name](*args, **kwargs))
         except DownloadError as exc:
-            answer = ("error", exc.reason, str(exc), exc.retryable)
+            answer = (task_id, "error", exc.reason, str(exc), exc.retryable)
         except Exception as exc:  # a bug or an OS error: that task's failure, not the worker's
-            answer = ("error", "check_error", f"{type(exc).__name__}: {exc}"[:300], False)
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            answer = (task_id, "error", "check_error", message, False)
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         out.write(HEADER.pack(len(data)) + data)
         out.flush()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import pickle
 import signal
@@ -71,6 +72,9 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
+_task_ids = itertools.count(1)
+
+
 @dataclass
 class _Task:
     name: str
@@ -78,9 +82,12 @@ class _Task:
     kwargs: dict[str, Any]
     future: asyncio.Future[Any]
     frame: bytes = field(init=False)
+    # Echoed in the answer: an answer is only ever taken for the task it names, whatever
+    # happened to the order of the frames (see _Worker.data_received).
+    id: int = field(init=False, default_factory=lambda: next(_task_ids))
 
     def __post_init__(self) -> None:
-        body = pickle.dumps((self.name, self.args, self.kwargs), pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps((self.id, self.name, self.args, self.kwargs), pickle.HIGHEST_PROTOCOL)
         self.frame = HEADER.pack(len(body)) + body
 
 
@@ -200,19 +207,25 @@ class _Worker(asyncio.Protocol):
         self.connecting: asyncio.Task[None] | None = None
         self._unsent: list[bytes] = []
         self._closing = False
+        self._broken = False  # an answer named another task: nothing more is read from it
         self._buf = bytearray()
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
-        await loop.connect_read_pipe(lambda: self, self.proc.stdout)
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
+        # Answers are matched to tasks by the order of their frames on the pipe: the frames
+        # queued while connecting go first, and only then may send() write directly (no await
+        # in between). Sharing the writer before the read pipe was connected let a task sent
+        # meanwhile overtake them, and take another image's answer.
         for frame in self._unsent:
-            self.writer.write(frame)
+            writer.write(frame)
         self._unsent = []
+        self.writer = writer
+        await loop.connect_read_pipe(lambda: self, self.proc.stdout)
         if self._closing:
-            self.writer.close()
+            writer.close()
 
     def send(self, task: _Task) -> None:
         self.pending.append(task)
@@ -222,14 +235,23 @@ class _Worker(asyncio.Protocol):
             self.writer.write(task.frame)
 
     def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
         self._buf += data
         while len(self._buf) >= HEADER.size:
             (n,) = HEADER.unpack_from(self._buf)
             if len(self._buf) < HEADER.size + n:
                 return
-            answer = pickle.loads(self._buf[HEADER.size : HEADER.size + n])
+            task_id, *answer = pickle.loads(self._buf[HEADER.size : HEADER.size + n])
             del self._buf[: HEADER.size + n]
             task = self.pending.popleft()
+            if task_id != task.id:
+                # Never give an image another image's checksum: end this worker, which fails
+                # the task at the head of its queue and sends the rest elsewhere (_crashed).
+                self._broken = True
+                self.pending.appendleft(task)
+                self.proc.kill()
+                return
             if task.future.done():  # its download was cancelled meanwhile
                 continue
             if answer[0] == "ok":
