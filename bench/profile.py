@@ -50,7 +50,8 @@ RULES: tuple[tuple[str, str], ...] = (
     ("gallery (not thumbnails)", r"outputs/gallery"),
     ("index rows (metadata.jsonl)", r"outputs/index\.py"),
     ("worker pool (pickling, pipes)", r"batchgen/outputs/workers|multiprocessing/|pickle"),
-    ("HTTP (httpx, httpcore, h11, SSE)", r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio"),
+    ("HTTP (httpx, httpcore, h11, SSE)", r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio"
+     r"|running/netio\.py|running/pools\.py"),
     ("sockets and the event loop", r"asyncio/|selectors|uvloop|epoll|socket|sock_|recv|send"),
     ("download (the rest)", r"outputs/download"),
     ("scheduler, watcher, submitter", r"batchgen/running/"),

@@ -32,6 +32,10 @@ Design, and why:
   queue is the one it died on: that one fails with ``reason='check_crashed'`` (recorded like
   any download failure), the tasks queued behind it go to another worker, and a new worker is
   started when needed.
+* **An answer names its task.** Each task carries an id that its answer echoes; an answer
+  for any other task than the one at the head of the queue is never taken (that worker is
+  ended, as for a crash). Order alone had once been wrong: frames queued while a worker
+  started could be overtaken on the pipe, and a check took another image's checksum.
 """
 
 from __future__ import annotations
