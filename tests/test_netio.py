@@ -236,3 +236,20 @@ async def test_tls_verifies_the_server_and_refuses_a_certificate_it_cannot(
         async with client() as c:
             with pytest.raises(httpx.ConnectError):
                 await c.get(url)
+
+
+def test_it_also_runs_on_uvloop_for_a_library_caller() -> None:
+    """batchgen's API may be called inside someone else's loop; uvloop's create_connection
+    takes fewer arguments than asyncio's."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader):
+            writer.write(answer(b"hello"))
+            await writer.drain()
+
+    async def main() -> bytes:
+        async with server(hello) as url, client() as c:
+            return (await c.get(url)).content
+
+    assert uvloop.run(main()) == b"hello"

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -69,8 +69,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not always a subclass of asyncio.Transport (uvloop's).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -235,6 +235,13 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _eyeballs(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    # asyncio's own loops take the delay; others need not (uvloop, which a library caller
+    # may run batchgen on, refuses the argument), and connect one address after another.
+    return {"happy_eyeballs_delay": HAPPY_EYEBALLS_S} if isinstance(
+        loop, asyncio.BaseEventLoop) else {}  # fmt: skip
+
+
 class Backend(httpcore.AsyncNetworkBackend):
     """Connections for httpcore's pool, on the running asyncio loop."""
 
@@ -251,9 +258,8 @@ class Backend(httpcore.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):
                 transport, conn = await loop.create_connection(
-                    _Connection, host, port, local_addr=local,
-                    happy_eyeballs_delay=HAPPY_EYEBALLS_S,
-                )  # fmt: skip
+                    _Connection, host, port, local_addr=local, **_eyeballs(loop)
+                )
         except TimeoutError:
             message = f"no connection to {host}:{port} in {timeout:g} s"
             raise httpcore.ConnectTimeout(message) from None
