@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from batchgen.running.netio import HIGH_WATER, Stream
+from batchgen.running.netio import CLOSE_WAIT_S, HIGH_WATER, Stream
 from batchgen.running.pools import ShardedTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -108,6 +108,39 @@ async def test_a_large_body_arrives_whole_when_read_slowly() -> None:
             got += chunk
             await asyncio.sleep(0)
     assert bytes(got) == body
+
+
+async def test_a_large_upload_waits_for_a_slow_reader_and_arrives_whole() -> None:
+    """An edit's reference images are uploaded as request bodies of megabytes: the transport
+    pushes back while the server reads slowly, and the write waits instead of failing."""
+    body = bytes(range(256)) * (5 * 1024 * 1024 // 256)  # 5 MB
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        got = bytearray()
+        while len(got) < length:
+            got += await reader.read(64 * 1024)
+            await asyncio.sleep(0.001)
+        digest = str(hash(bytes(got))).encode()
+        writer.write(answer(digest))
+        await writer.drain()
+
+    async with server(slow) as url, client() as c:
+        r = await c.post(url, content=body)
+    assert r.content == str(hash(body)).encode()
+
+    # A server that reads nothing: the write waits on the full transport (its memory stays
+    # bounded) until the write timeout, rather than queueing all of it and then waiting for
+    # an answer; and the connection is dropped at once, not closed gracefully after a wait
+    # (CLOSE_WAIT_S) for a peer that will never read the rest.
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+
+    async with server(deaf) as url, client(timeout=httpx.Timeout(5.0, write=0.3)) as c:
+        with pytest.raises(httpx.WriteTimeout):
+            async with asyncio.timeout(CLOSE_WAIT_S - 0.5):
+                await c.post(url, content=body)
 
 
 async def test_an_idle_connection_the_server_closed_or_wrote_to_is_not_reused() -> None:

@@ -144,7 +144,12 @@ class _Connection(asyncio.Protocol):
     async def close(self) -> None:
         if self.transport is None:
             return
-        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            # Bytes still unsent on a connection being dropped (a write that timed out): the
+            # exchange is over, and a graceful close would wait for a peer that is not reading.
+            self.transport.abort()
+        else:
+            self.transport.close()
         try:
             async with asyncio.timeout(CLOSE_WAIT_S):
                 await asyncio.shield(self._lost)
