@@ -144,9 +144,14 @@ class _Connection(asyncio.Protocol):
     async def close(self) -> None:
         if self.transport is None:
             return
-        if self.transport.get_write_buffer_size():
-            # Bytes still unsent on a connection being dropped (a write that timed out): the
-            # exchange is over, and a graceful close would wait for a peer that is not reading.
+        tls = self.transport.get_extra_info("ssl_object") is not None
+        if tls or self.transport.get_write_buffer_size():
+            # Nothing is owed to the peer when httpcore drops a connection: each HTTP/1.1
+            # message is framed by its own length, so a TLS close_notify proves nothing. A
+            # graceful TLS close waits a round trip for the server's close_notify (or, from a
+            # server that never answers, until CLOSE_WAIT_S), one connection after another
+            # when a pool closes: seconds at the end of a run. anyio, as httpcore uses it,
+            # does not wait either. Bytes still unsent (a write that timed out) are moot too.
             self.transport.abort()
         else:
             self.transport.close()
