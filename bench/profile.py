@@ -33,7 +33,7 @@ from pathlib import Path
 # the download's image check.
 CONTEXT: tuple[tuple[str, str], ...] = (
     ("start-up (imports)", r"<frozen importlib|_find_and_load"),
-    ("thumbnails", r"make_thumbnail|thumbnail_of|save_thumbnail|shrink"),
+    ("thumbnails", r"make_thumbnail|save_thumbnail|shrink"),
     ("verification (Pillow)", r"inspect_image|_inspect"),
 )
 RULES: tuple[tuple[str, str], ...] = (

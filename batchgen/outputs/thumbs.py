@@ -48,12 +48,6 @@ def plan_decode(im: Image.Image) -> None:
         im.draft("RGB", (max(1, w // k), max(1, h // k)))
 
 
-def thumbnail_of(im: Image.Image) -> Image.Image:
-    """The RGB thumbnail of ``im`` (opened, :func:`plan_decode` already applied); decodes it."""
-    im.load()
-    return shrink(im)
-
-
 def shrink(im: Image.Image) -> Image.Image:
     """The RGB thumbnail of a loaded image."""
     if im.mode not in _AVERAGEABLE:
@@ -80,7 +74,8 @@ def make_thumbnail(src: Path, dest: Path) -> bool:
     try:
         with Image.open(src, formats=["PNG", "JPEG", "WEBP"]) as im:
             plan_decode(im)
-            thumb = thumbnail_of(im)
+            im.load()
+            thumb = shrink(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
     save_thumbnail(thumb, dest)

@@ -248,14 +248,13 @@ class _Worker(asyncio.Protocol):
                 return
             task_id, *answer = pickle.loads(self._buf[HEADER.size : HEADER.size + n])
             del self._buf[: HEADER.size + n]
-            task = self.pending.popleft()
-            if task_id != task.id:
+            if task_id != self.pending[0].id:
                 # Never give an image another image's checksum: end this worker, which fails
                 # the task at the head of its queue and sends the rest elsewhere (_crashed).
                 self._broken = True
-                self.pending.appendleft(task)
                 self.proc.kill()
                 return
+            task = self.pending.popleft()
             if task.future.done():  # its download was cancelled meanwhile
                 continue
             if answer[0] == "ok":

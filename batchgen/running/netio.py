@@ -47,9 +47,12 @@ LOW_WATER = 64 * 1024  # ... and below which it resumes
 # (RFC 8305), as anyio does, so a machine whose IPv6 route is broken does not wait out a
 # connect timeout on every new connection.
 HAPPY_EYEBALLS_S = 0.25
-# How long closing may wait for the other side (a TLS close_notify) before the socket is
-# dropped: a server that never answers must not hold up the end of a run.
+# How long closing a plain connection may wait for asyncio to report it closed (a turn of the
+# loop, normally) before the socket is dropped; TLS connections are dropped at once (close()).
 CLOSE_WAIT_S = 2.0
+# get_extra_info's names, httpcore's -> the transport's.
+_EXTRA = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername",
+          "socket": "socket"}  # fmt: skip
 
 
 class _Connection(asyncio.Protocol):
@@ -59,7 +62,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._eof = False
-        self._error: Exception | None = None  # why the connection was lost, if it broke
+        self._error: OSError | None = None  # why the connection was lost, if it broke
         self._paused = False  # reading paused: the buffer is over HIGH_WATER
         self._pushback = False  # the transport's write buffer is full
         self._data: asyncio.Future[None] | None = None  # a read waiting for bytes
@@ -86,7 +89,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        self._error = self._error or exc
+        # Kept as an OSError, which Stream maps to httpcore's ReadError and WriteError.
+        if exc is not None:
+            self._error = exc if isinstance(exc, OSError) else ConnectionResetError(_message(exc))
         _wake(self._data)
         _wake(self._drained)
         _wake(self._lost)
@@ -118,10 +123,8 @@ class _Connection(asyncio.Protocol):
                 self._paused = False
                 self.transport.resume_reading()
             return data
-        if isinstance(self._error, OSError):
-            raise self._error
         if self._error is not None:
-            raise ConnectionResetError(_message(self._error))
+            raise self._error
         return b""  # the server closed the connection: httpcore's end of stream
 
     async def write(self, data: bytes) -> None:
@@ -139,7 +142,7 @@ class _Connection(asyncio.Protocol):
 
     def idle_but_readable(self) -> bool:
         """Whether the server closed the connection or sent bytes nobody asked for."""
-        return self._eof or bool(self._buffer) or self._lost.done()
+        return self._eof or bool(self._buffer)  # a lost connection has reached its end too
 
     async def close(self) -> None:
         if self.transport is None:
@@ -234,11 +237,8 @@ class Stream(httpcore.AsyncNetworkStream):
         transport = self._conn.transport
         if info == "is_readable":
             return self._conn.idle_but_readable()
-        if transport is None:
-            return None
-        name = {"ssl_object": "ssl_object", "client_addr": "sockname",
-                "server_addr": "peername", "socket": "socket"}.get(info)  # fmt: skip
-        return None if name is None else transport.get_extra_info(name)
+        name = _EXTRA.get(info)
+        return None if transport is None or name is None else transport.get_extra_info(name)
 
 
 def _message(exc: BaseException) -> str:

@@ -2,12 +2,12 @@
 behind one httpx transport (issue 12).
 
 Why: httpcore's pool does work proportional to its size on every request and every response
-closed. It walks every connection, asks each idle one whether the server closed it (a
-``select`` on its socket, through anyio's typed attributes), and counts the idle ones again
-for each idle one it meets. At 64 jobs in flight (a stream each) and 64 downloads, that walk
-cost more CPU per job than the download's own request (py-spy, ``bench/run.py --profile``), and
-it is why more download slots made a run slower, not faster. Split into shards of a few
-connections, the walk is short.
+closed. It walks every connection, asks each idle one whether the server closed it (on anyio a
+``select`` on its socket; on :mod:`netio`, which the shards use, a look at its state), and
+counts the idle ones again for each idle one it meets. At 64 jobs in flight (a stream each) and
+64 downloads, that walk cost more CPU per job than the download's own request (py-spy,
+``bench/run.py --profile``), and it is why more download slots made a run slower, not faster.
+Split into shards of a few connections, the walk is short.
 
 Requests take the shards in turn. Each shard may open the whole limit of connections, so an
 unlucky shard that holds more long streams than its share never makes a request queue; the
