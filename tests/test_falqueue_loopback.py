@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import pytest
 
-from batchgen.emulator import EmulatorConfig, serve
+from batchgen.emulator import EmulatorConfig, create_app, serve
+from batchgen.emulator.server import serve_asgi
 from batchgen.errors import StatusStreamError, UnknownOutcome
 from batchgen.fal import Completed, Endpoints, InProgress, QueueClient, Queued
 from batchgen.fal.retry import Action, ZeroWait, classify
@@ -50,6 +52,28 @@ async def test_stream_follows_a_request_from_queue_to_completion() -> None:
     assert isinstance(seen[-1], Completed) and seen[-1].ok
     assert stats["stream_connections"] == 1
     assert stats["status_polls"] == 0  # the stream replaced polling entirely
+
+
+async def test_the_stream_connection_carries_the_next_request() -> None:
+    # fal ends the stream after COMPLETED: read to that end, its connection is reused for the
+    # result fetch instead of a new TCP connection per job. The server sees the client port.
+    ports: list[int] = []
+    app = create_app(EmulatorConfig(time_scale=0.05, keepalive_s=0.05))
+
+    async def seen(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            ports.append(scope["client"][1])
+        await app(scope, receive, send)
+
+    limits = httpx.Limits(max_connections=1)
+    async with serve_asgi(seen) as url, httpx.AsyncClient(limits=limits) as http:
+        q = client(http, url)
+        h = await q.submit(T2I, LOW)
+        async for st in q.stream_status(h, inactivity_timeout=2.0):
+            if isinstance(st, Completed):
+                break  # as the watcher does: no read after COMPLETED
+        assert (await q.result(h))["images"]
+    assert len(ports) == 3 and len(set(ports)) == 1  # submit, stream, result: one connection
 
 
 async def test_keepalives_hold_the_stream_open_past_the_inactivity_timeout() -> None:

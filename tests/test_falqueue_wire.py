@@ -3,8 +3,10 @@ bodies, timeouts mid-request): an ``httpx.MockTransport`` plays the server, scri
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -30,6 +32,7 @@ from batchgen.fal import (
 )
 from batchgen.fal.retry import Action, RetryPolicy, ZeroWait, classify
 from batchgen.fal.statuses import parse_status
+from batchgen.fal.stream import END_WAIT_S
 from batchgen.fal.transport import http_error
 
 BASE = "http://fal.test"
@@ -312,6 +315,35 @@ async def test_stream_yields_until_completed_and_skips_comments() -> None:
     assert r.url.params["logs"] == "1"
     assert r.headers["accept"] == "text/event-stream"
     assert r.headers["authorization"] == "Key k-secret"
+
+
+class AfterDone(httpx.AsyncByteStream):
+    """A stream that sends COMPLETED, then hangs (``hang``) or breaks instead of ending."""
+
+    def __init__(self, *, hang: bool) -> None:
+        self.hang = hang
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield (RUNNING + DONE).encode()
+        if self.hang:
+            await asyncio.sleep(60)
+        raise httpx.ReadError("reset after the last event")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("hang", [True, False])
+async def test_a_stream_that_does_not_end_after_completed_still_completes(hang: bool) -> None:
+    # Read to its end after COMPLETED (so its connection can be reused), but never wait on a
+    # server that holds it open, nor fail the status on an error past it.
+    body = AfterDone(hang=hang)
+    s = Script(httpx.Response(200, stream=body, headers={"content-type": "text/event-stream"}))
+    start = time.monotonic()
+    assert await collect(s) == [InProgress(None), Completed()]
+    assert time.monotonic() - start < END_WAIT_S + 1.0
+    assert body.closed
 
 
 @pytest.mark.parametrize(

@@ -66,9 +66,11 @@ async def stream_statuses(
                 async with watch.guard():
                     sse = await anext(events)
                 status = parse_status(json_or_none(sse.data))
-                yield status
                 if isinstance(status, Completed):
+                    await _finish(events)
+                    yield status
                     return
+                yield status
         except StopAsyncIteration:
             raise StatusStreamError("status stream closed before COMPLETED") from None
         except TimeoutError:
@@ -76,6 +78,27 @@ async def stream_statuses(
             raise StatusStreamError(f"status {what} for {inactivity_timeout:g} s") from None
         except (httpx.TransportError, SSEError, ProtocolError) as exc:
             raise StatusStreamError(f"status stream broke: {exc_line(exc)}") from exc
+
+
+# How long to wait for the stream's end after COMPLETED. fal ends it right after that event,
+# so its last bytes are usually read already; a server that holds the stream open costs a
+# job this much, once, and its connection.
+END_WAIT_S = 0.1
+
+
+async def _finish(events: AsyncIterator[object]) -> None:
+    """Read the stream to its end after COMPLETED, so its connection goes back to the pool.
+
+    A response closed before its end cannot be reused: the connection is dropped, and the
+    next request opens another (a TCP handshake, and a socket to set up and tear down, per
+    job: about 200 of the run's 217 connections in ``bench/run.py --only status``). Best
+    effort: on silence or an error the stream is closed as before, with the status kept."""
+    try:
+        async with asyncio.timeout(END_WAIT_S):
+            async for _ in events:  # nothing is due after COMPLETED; skipped if sent
+                pass
+    except (TimeoutError, httpx.TransportError, SSEError):
+        pass
 
 
 class _Watch:
