@@ -42,7 +42,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("fsync, rename, file writes", r"fsync|os_replace|rename|BufferedWriter|_io_FileIO_write"
      r"|write \(libc|__libc_pwrite|unlink"),
     ("JSON", r"json/|orjson|_json\.|encoder\.py|decoder\.py"),
-    # bench/run.py's timer around a journal write: innermost only while SQLite's C code runs
+    # bench/clients.py's timer around a journal write: innermost only while SQLite's C code runs
     ("journal (SQLite)", r"instrument\.<locals>\.timed"),
     ("journal (SQLite)", r"batchgen/journal/|sqlite3|libsqlite"),
     ("events, progress, run.log", r"running/events\.py|running/runlog\.py|commands/progress"
