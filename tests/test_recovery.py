@@ -29,6 +29,7 @@ from batchgen.running.events import (
     Reachable,
     Requeued,
     Resumed,
+    Retrying,
     Unreachable,
 )
 
@@ -224,6 +225,33 @@ async def test_a_long_outage_never_fails_a_job_for_it(tmp_path: Path) -> None:
     transport = Outage(httpx.ASGITransport(app=rig.app), refusals=40)
     run = await rig.run(concurrency=2, transport=transport, clock=t.clock, sleep=t.sleep)
     assert rig.states() == {S.DOWNLOADED: 2} and not run.of(Failed)
+
+
+
+async def test_a_stop_during_an_outage_ends_at_once_with_every_claim_given_back(
+    tmp_path: Path,
+) -> None:
+    # Ctrl-C while the server refuses every connection: the submit waiting out its backoff
+    # gives its job back now (nothing was sent), rather than after a backoff that may last
+    # many seconds. This sleep never ends on its own: without the stop's wake-up, no end.
+    rig = Rig(tmp_path, 3)
+    transport = Outage(httpx.ASGITransport(app=rig.app), refusals=10**6)
+    waits: list[float] = []
+
+    async def endless(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.Event().wait()
+
+    def control(sched: Any, event: object) -> None:
+        if isinstance(event, Retrying) and not waits:  # the first Ctrl-C, while they wait
+            asyncio.get_running_loop().call_later(0.1, sched.stop)
+
+    run = await asyncio.wait_for(
+        rig.run(concurrency=3, transport=transport, sleep=endless, control=control), 10
+    )
+    assert len(waits) == 3  # each was waiting out a backoff when the stop came
+    assert rig.states() == {S.PENDING: 3}  # nothing sent, nothing failed, nothing unknown
+    assert not run.of(Failed) and run.error is None
 
 
 # -- one writer per index file ---------------------------------------------------------------

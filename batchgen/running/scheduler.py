@@ -118,7 +118,7 @@ class Scheduler:
         self.durable = GroupSync(journal.sync_wal)  # request ids fsynced off the loop
         self._submitter = Submitter(
             journal, client, self._uploads, settings=settings, record=self._record, emit=self._emit,
-            abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
+            abandon=self._abandons,
             fatal=self._fatal_stop, failed=self.reach.failed, answered=self.reach.answered,
             sleep=sleep, rng=rng, durable=self.durable.wait,
         )  # fmt: skip
@@ -153,7 +153,14 @@ class Scheduler:
                 task.cancel()
         elif first:
             self._emit(ev.Stopping(now=False, reason=str(reason)))
+        if self._abandons():
+            self._submitter.stop()
         self._wake.set()
+
+    def _abandons(self) -> bool:
+        """Whether claims not yet sent are given back: any stop but the budget's, which lets
+        the claims that passed its check go out."""
+        return self._stopping and self.stop_reason is not ev.StopReason.BUDGET
 
     def on_client_retry(self, retry: RetryEvent) -> None:
         """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""

@@ -65,6 +65,13 @@ class Submitter:
         self.saw_emulator = False  # the server answered as an emulator: this is a rehearsal
         self.webhook: str | None = None  # --watch webhook: the URL fal POSTs the result to
         self.busy = 0  # submits under way (a POST, its uploads or its backoff)
+        self._stopped = asyncio.Event()  # set by stop(): a backoff waits no longer
+
+    def stop(self) -> None:
+        """The run abandons its claims (Ctrl-C, a refused key): a submit waiting out a backoff
+        gives its job back now. Nothing was sent for it, and the server may stay unreachable
+        for the rest of a capped backoff, which the user would wait through for nothing."""
+        self._stopped.set()
 
     async def submit(self, row: JobRow) -> Handle | None:
         self.busy += 1
@@ -114,7 +121,7 @@ class Submitter:
                     delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
                     self._record.retrying(job, "submit", o, delay, attempt)
                     try:
-                        await self._sleep(delay)
+                        await self._backoff(delay)
                     except asyncio.CancelledError:
                         self._journal.transition(job, S.PENDING)  # refused: nothing exists
                         raise
@@ -136,6 +143,18 @@ class Submitter:
                 return None
             self._emit(ev.Submitted(job, handle.request_id, dup))
             return handle
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay``, or until :meth:`stop`; the loop's next turn then gives the job back."""
+        if self._stopped.is_set():
+            return
+        waits = [asyncio.ensure_future(self._sleep(delay)),
+                 asyncio.ensure_future(self._stopped.wait())]  # fmt: skip
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def _after_refusal(self, row: JobRow, o: Outcome, exc: BaseException) -> None:
         job = row.job_id
