@@ -29,6 +29,7 @@ process the journal's writes and the gallery build are wrapped by timers, not ch
     python bench/run.py                                   # all of it (~10 min, ~1 GB disk)
     python bench/run.py --jobs 500 --util-jobs 400 --resume-jobs 100000     # quicker
     python bench/run.py --only status
+    python bench/run.py --only status --tls      # over HTTPS, as fal is served
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def serve_main(cfg: dict[str, Any]) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        if cfg.get("tls"):
+            await serve_tls(bench_app, cfg["tls"], stop)
+            return
         async with serve_asgi(bench_app, "127.0.0.1", 0) as url:
             print(f"listening on {url}", flush=True)
             await stop.wait()
@@ -149,9 +153,70 @@ def serve_main(cfg: dict[str, Any]) -> None:
     asyncio.run(main())
 
 
+async def serve_tls(app: Any, pair: list[str], stop: asyncio.Event) -> None:
+    """``app`` over HTTPS (``--tls``), as fal serves it: plain uvicorn with the bench's
+    certificate; the emulator's own server speaks plain HTTP only."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, ssl_certfile=pair[0], ssl_keyfile=pair[1], log_config=None,
+                            log_level="warning", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():  # it could not start: say why
+            task.result()
+            raise SystemExit("the TLS emulator stopped during startup")
+        await asyncio.sleep(0.01)
+    print(f"listening on https://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    await stop.wait()
+    server.should_exit = True
+    await task
+
+
+def make_certificate(folder: Path) -> list[str]:
+    """A self-signed certificate for 127.0.0.1 and its key (``--tls``): [cert, key] paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    paths = [folder / "bench-cert.pem", folder / "bench-key.pem"]
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return [str(x) for x in paths]
+
+
+TLS: list[str] | None = None  # --tls: [certificate, key] the emulator serves with
+
+
 class Emulator:
     def __init__(self, *, time_scale: float, limit: int, render_cache: int = 0) -> None:
-        cfg = json.dumps({"time_scale": time_scale, "limit": limit, "render_cache": render_cache})
+        cfg = json.dumps({"time_scale": time_scale, "limit": limit, "render_cache": render_cache,
+                          "tls": TLS})  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", cfg], stdout=subprocess.PIPE, text=True
         )
@@ -500,6 +565,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a tmp dir)")
     ap.add_argument("--profile", type=Path, default=None, help="run each client under py-spy "
                     "(pip install py-spy), keep its stacks here and print where the CPU went")
+    ap.add_argument("--tls", action="store_true", help="serve the emulator over HTTPS, as fal "
+                    "is served (a self-signed certificate every client trusts through "
+                    "SSL_CERT_FILE)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -526,6 +594,13 @@ def main() -> None:
           if cache else "stock, 128 images"), flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-run-", dir=a.dir) as d:
         scratch = Path(d)
+        if a.tls:
+            global TLS
+            TLS = make_certificate(scratch)
+            # Trusted by every client process (httpx, so fal-client and batchgen, reads it)
+            # and by this one's own requests to the emulator.
+            os.environ["SSL_CERT_FILE"] = TLS[0]
+            print("emulator over HTTPS (a self-signed ECDSA certificate)", flush=True)
         if "throughput" in only:
             print(
                 "\n".join(
