@@ -118,7 +118,7 @@ class Scheduler:
         self.durable = GroupSync(journal.sync_wal)  # request ids fsynced off the loop
         self._submitter = Submitter(
             journal, client, self._uploads, settings=settings, record=self._record, emit=self._emit,
-            abandon=self._abandons,
+            abandon=lambda: self._stopping and self.stop_reason is not ev.StopReason.BUDGET,
             fatal=self._fatal_stop, failed=self.reach.failed, answered=self.reach.answered,
             sleep=sleep, rng=rng, durable=self.durable.wait,
         )  # fmt: skip
@@ -153,14 +153,9 @@ class Scheduler:
                 task.cancel()
         elif first:
             self._emit(ev.Stopping(now=False, reason=str(reason)))
-        if self._abandons():
-            self._submitter.stop()
+        if self.stop_reason is not ev.StopReason.BUDGET:  # its checked claims still go out
+            self._submitter.stop()  # a backoff gives its job back now
         self._wake.set()
-
-    def _abandons(self) -> bool:
-        """Whether claims not yet sent are given back: any stop but the budget's, which lets
-        the claims that passed its check go out."""
-        return self._stopping and self.stop_reason is not ev.StopReason.BUDGET
 
     def on_client_retry(self, retry: RetryEvent) -> None:
         """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
