@@ -11,12 +11,16 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_netio import self_signed
 from test_run_signals import REPO, env, wait_for_in_flight
 from test_run_support import emulator_thread, states, stats, write_manifest
 
@@ -233,6 +237,54 @@ def test_an_unreachable_server_shows_in_the_terminal_within_seconds(tmp_path: Pa
     # nothing failed for the outage, nothing is left half-submitted: the next run resumes
     assert states(out) == {S.PENDING: 3}
     assert read_failures(out) == []
+
+
+
+@contextlib.contextmanager
+def untrusted_https(tmp: Path) -> Iterator[str]:
+    """An HTTPS listener whose certificate nobody trusts: every client handshake fails."""
+    server_ctx, _ = self_signed(tmp)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        with server_ctx.wrap_socket(listener, server_side=True) as tls:
+            while True:
+                try:
+                    conn, _ = tls.accept()  # the handshake: the client refuses it
+                    conn.close()
+                except ssl.SSLError:
+                    continue
+                except OSError:  # closed: the test is over
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.slow
+def test_an_untrusted_certificate_says_how_to_trust_it(tmp_path: Path) -> None:
+    # Behind a proxy that inspects TLS, fal's certificate fails to verify: retried like an
+    # outage (nothing is lost), and the user is told which variable names the right CA.
+    m = write_manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    with untrusted_https(tmp_path) as url:
+        cmd = [sys.executable, "-m", "batchgen", "run", str(m), "--endpoint", url, "--out",
+               str(out)]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        started, said = time.monotonic(), ""
+        while time.monotonic() - started < 20 and "SSL_CERT_FILE" not in said:
+            said += proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+    assert "CERTIFICATE_VERIFY_FAILED" in said and "point SSL_CERT_FILE" in said, said
+    assert proc.returncode == 130, said + rest
+    assert states(out) == {S.PENDING: 2}
 
 
 # -- a rehearsal against `batchgen emulator` (an --endpoint that says it is the emulator) ------

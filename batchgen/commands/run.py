@@ -267,6 +267,14 @@ async def run_manifest(
     return result.exit_code
 
 
+# Retried like any outage (a captive portal on a laptop's Wi-Fi passes), but said once: behind
+# a proxy that inspects TLS it never passes on its own. httpx reads both variables.
+UNTRUSTED = (
+    "the server's certificate is not trusted here; behind a proxy that inspects TLS, point"
+    " SSL_CERT_FILE (or SSL_CERT_DIR) at the CA bundle that trusts it"
+)
+
+
 class _View:
     """The terminal side of a run: the progress bar (or lines) and the stop notice.
 
@@ -329,7 +337,7 @@ class _View:
                 return [
                     f"{self._where} unreachable for {s:.0f} s: {msg}; retrying (nothing is"
                     " lost; Ctrl-C stops safely and the same command resumes)"
-                ]
+                ] + ([UNTRUSTED] if "CERTIFICATE_VERIFY_FAILED" in msg else [])
             case Reachable(seconds=s):
                 return [f"{self._where} answers again, after {s:.0f} s"]
             case Stopping(now=False, reason=StopReason.STOP_AT):
