@@ -153,8 +153,8 @@ class Scheduler:
                 task.cancel()
         elif first:
             self._emit(ev.Stopping(now=False, reason=str(reason)))
-        if self.stop_reason is not ev.StopReason.BUDGET:  # its checked claims still go out
-            self._submitter.stop()  # a backoff gives its job back now
+        if self.stop_reason is not ev.StopReason.BUDGET:  # (a budget stop sends what it let by)
+            self._submitter.stop()  # a submit in its backoff gives its job back now
         self._wake.set()
 
     def on_client_retry(self, retry: RetryEvent) -> None:
