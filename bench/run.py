@@ -143,38 +143,12 @@ def serve_main(cfg: dict[str, Any]) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        if cfg.get("tls"):
-            await serve_tls(bench_app, cfg["tls"], stop)
-            return
-        async with serve_asgi(bench_app, "127.0.0.1", 0) as url:
+        tls = (cfg["tls"][0], cfg["tls"][1]) if cfg.get("tls") else None
+        async with serve_asgi(bench_app, "127.0.0.1", 0, tls=tls) as url:
             print(f"listening on {url}", flush=True)
             await stop.wait()
 
     asyncio.run(main())
-
-
-async def serve_tls(app: Any, pair: list[str], stop: asyncio.Event) -> None:
-    """``app`` over HTTPS (``--tls``), as fal serves it: plain uvicorn with the bench's
-    certificate; the emulator's own server speaks plain HTTP only."""
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, ssl_certfile=pair[0], ssl_keyfile=pair[1], log_config=None,
-                            log_level="warning", access_log=False)  # fmt: skip
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():  # it could not start: say why
-            task.result()
-            raise SystemExit("the TLS emulator stopped during startup")
-        await asyncio.sleep(0.01)
-    print(f"listening on https://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    await stop.wait()
-    server.should_exit = True
-    await task
 
 
 def make_certificate(folder: Path) -> list[str]:

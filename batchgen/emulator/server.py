@@ -69,9 +69,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, *, tls: bool = False) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 @contextlib.asynccontextmanager
@@ -90,9 +90,15 @@ async def serve(
 
 @contextlib.asynccontextmanager
 async def serve_asgi(
-    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+    tls: tuple[str, str] | None = None,
 ) -> AsyncIterator[str]:
-    """Serve any ASGI app on loopback in this event loop (tests use it for webhook receivers)."""
+    """Serve any ASGI app on loopback in this event loop (tests use it for webhook receivers).
+    ``tls``: (certificate, key) files, to serve HTTPS as fal does (``bench/run.py --tls``)."""
     try:
         sock = bind_socket(host, port)
     except OSError as exc:
@@ -108,6 +114,8 @@ async def serve_asgi(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = _QuietServer(uv_config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -117,7 +125,7 @@ async def serve_asgi(
                 task.result()  # startup failed: raise its error
                 raise RuntimeError("server stopped during startup")
             await asyncio.sleep(0.01)
-        yield url_for(host, port)
+        yield url_for(host, port, tls=tls is not None)
     finally:
         server.should_exit = True
         try:
