@@ -170,11 +170,13 @@ def build_settings(
     out = flags.get("out")
     out_dir = Path(out) if out else Path("outputs") / manifest_name
     controls = control_settings(
-        flags, environ, deadline=_positive_float("--deadline", flags.get("deadline", 1200.0)),
+        flags,
+        environ,
+        deadline=_positive_float("--deadline", flags.get("deadline", 1200.0)),
         now=time.time() if now is None else now,
         manifest_priority=manifest.priority if manifest else None,
         manifest_allows_fallbacks=manifest.allow_fallbacks if manifest else False,
-    )  # fmt: skip
+    )
     return Settings(
         manifest_path=Path(flags["manifest"]),
         manifest_name=manifest_name,

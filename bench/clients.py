@@ -34,9 +34,15 @@ def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
     from batchgen.planning.jobs import JobState
 
     manifest = load_manifest(Path(cfg["manifest"]))
-    flags = {"manifest": cfg["manifest"], "endpoint": cfg["url"], "out": cfg["out"],
-             "concurrency": cfg["concurrency"], "watch": cfg["watch"], "quiet": True,
-             "download_concurrency": cfg.get("download_concurrency", DOWNLOAD_CONCURRENCY)}
+    flags = {
+        "manifest": cfg["manifest"],
+        "endpoint": cfg["url"],
+        "out": cfg["out"],
+        "concurrency": cfg["concurrency"],
+        "watch": cfg["watch"],
+        "quiet": True,
+        "download_concurrency": cfg.get("download_concurrency", DOWNLOAD_CONCURRENCY),
+    }
     settings = build_settings(flags, {}, manifest_name=manifest.name)
     err = io.StringIO()
     timers = instrument(gallery, Journal)
@@ -46,14 +52,30 @@ def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     with Journal.open_readonly(Path(cfg["out"]) / JOURNAL_NAME) as j:
         counts = j.counts()
-    return {"exit": code, "wall": wall, "cpu": cpu, "done": counts[JobState.DOWNLOADED],
-            "failed": counts[JobState.FAILED], "log": err.getvalue().splitlines()[-3:],
-            "start": start, "timers": timers}  # fmt: skip
+    return {
+        "exit": code,
+        "wall": wall,
+        "cpu": cpu,
+        "done": counts[JobState.DOWNLOADED],
+        "failed": counts[JobState.FAILED],
+        "log": err.getvalue().splitlines()[-3:],
+        "start": start,
+        "timers": timers,
+    }
 
 
 # The journal's writes: synchronous calls on the event loop's thread (see journal/writer.py).
-JOURNAL_WRITES = ("add_jobs", "claim", "set_submitted", "transition", "set_result",
-                  "mark_downloaded", "requeue", "fail", "event")  # fmt: skip
+JOURNAL_WRITES = (
+    "add_jobs",
+    "claim",
+    "set_submitted",
+    "transition",
+    "set_result",
+    "mark_downloaded",
+    "requeue",
+    "fail",
+    "event",
+)
 
 
 def instrument(gallery: Any, journal_cls: Any) -> dict[str, list[float]]:
@@ -117,9 +139,15 @@ async def falclient_run(cfg: dict[str, Any], jobs: list[tuple[str, Any]]) -> dic
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await (await client._client).aclose()  # an async cached property in fal-client
     failed = [r for r in results if isinstance(r, BaseException)]
-    return {"exit": 0 if not failed else 1, "wall": wall, "cpu": cpu,
-            "done": len(jobs) - len(failed), "failed": len(failed), "start": start,
-            "log": sorted({f"{type(e).__name__}: {e}"[:120] for e in failed})[:3]}  # fmt: skip
+    return {
+        "exit": 0 if not failed else 1,
+        "wall": wall,
+        "cpu": cpu,
+        "done": len(jobs) - len(failed),
+        "failed": len(failed),
+        "start": start,
+        "log": sorted({f"{type(e).__name__}: {e}"[:120] for e in failed})[:3],
+    }
 
 
 def falclient_main(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -137,8 +165,9 @@ def client_main(cfg: dict[str, Any]) -> None:
     # CPU of every child it has reaped (worker processes), so work moved out is still counted.
     import resource
 
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     res["proc_cpu"] = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
     res["proc_child_cpu"] = kids.ru_utime + kids.ru_stime

@@ -115,9 +115,14 @@ async def verified_thread(http: httpx.AsyncClient, url: str, dest: Path) -> int:
 
 async def verified_no_fsync(http: httpx.AsyncClient, url: str, dest: Path) -> int:
     d = await download_image(
-        http, url, dest, max_bytes=50 << 20, expected_format="png", durable=False,
+        http,
+        url,
+        dest,
+        max_bytes=50 << 20,
+        expected_format="png",
+        durable=False,
         checks=POOL[0],
-    )  # fmt: skip
+    )
     return d.bytes
 
 
@@ -221,8 +226,16 @@ def main() -> None:
             for r in range(args.rounds):
                 for name, fetch in methods if r % 2 == 0 else methods[::-1]:
                     out = scratch / f"out-{name}-{r}"
-                    results[name].append(run_pass(fetch, base, out, per_pass, args.concurrency,
-                                                  run_transport=name in RUN_TRANSPORT))
+                    results[name].append(
+                        run_pass(
+                            fetch,
+                            base,
+                            out,
+                            per_pass,
+                            args.concurrency,
+                            run_transport=name in RUN_TRANSPORT,
+                        )
+                    )
         finally:
             LOOP.run_until_complete(POOL[0].close())
             LOOP.close()

@@ -53,20 +53,33 @@ def row(i: int, sha: str, size: int) -> dict[str, Any]:
     r: dict[str, Any] = dict.fromkeys(INDEX_FIELDS)
     r.update(
         file_name=f"images/p{p % 5000:04d}/{i:016x}_{i % 4}.png",
-        job_id=f"{p:064x}", image_index=i % 4, variant=0, prompt_id=f"prompt-{p}",
+        job_id=f"{p:064x}",
+        image_index=i % 4,
+        variant=0,
+        prompt_id=f"prompt-{p}",
         prompt=f"{SUBJECTS[p % 5]} at dawn, seen from a low angle, soft film grain, muted "
-               f"colours, wide lens, variation {p}",
-        vars={"subject": SUBJECTS[p % 5]}, tags={"set": "ABCD"[p % 4], "batch": str(p % 30)},
-        endpoint="openai/gpt-image-2", origin="fal",
-        requested_size=("1024x1024", "1536x1024", "1024x1536")[p % 3], width=64, height=48,
-        quality=("low", "medium", "high")[p % 3], output_format="png",
-        content_type="image/png", bytes=size, sha256=sha, request_id=f"req-{p}",
+        f"colours, wide lens, variation {p}",
+        vars={"subject": SUBJECTS[p % 5]},
+        tags={"set": "ABCD"[p % 4], "batch": str(p % 30)},
+        endpoint="openai/gpt-image-2",
+        origin="fal",
+        requested_size=("1024x1024", "1536x1024", "1024x1536")[p % 3],
+        width=64,
+        height=48,
+        quality=("low", "medium", "high")[p % 3],
+        output_format="png",
+        content_type="image/png",
+        bytes=size,
+        sha256=sha,
+        request_id=f"req-{p}",
         submitted_at="2026-11-30T01:00:00.000Z",
         completed_at=f"2026-11-30T{p // 3600 % 24:02d}:{p // 60 % 60:02d}:{p % 60:02d}.000Z",
-        downloaded_at="2026-11-30T02:00:00.000Z", inference_time=12.5,
-        cost_estimate=round(0.01 + (p % 17) / 100, 4), manifest_sha256="m" * 64,
+        downloaded_at="2026-11-30T02:00:00.000Z",
+        inference_time=12.5,
+        cost_estimate=round(0.01 + (p % 17) / 100, 4),
+        manifest_sha256="m" * 64,
         batchgen_version="bench",
-    )  # fmt: skip
+    )
     return r
 
 
@@ -113,17 +126,28 @@ def child(mode: str, out: Path) -> None:
                 f.write(json.dumps(r, separators=(",", ":")) + "\n")
         t0, c0 = time.perf_counter(), time.process_time()
         report = refresh_gallery(out)
-    print(json.dumps({
-        "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "images": report.images, "rows_read": report.rows_read, "refreshed": report.refreshed,
-        "index_html_bytes": report.path.stat().st_size,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "wall": time.perf_counter() - t0,
+                "cpu": time.process_time() - c0,
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "images": report.images,
+                "rows_read": report.rows_read,
+                "refreshed": report.refreshed,
+                "index_html_bytes": report.path.stat().st_size,
+            }
+        )
+    )
 
 
 def run_child(mode: str, out: Path) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, str(out)],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -135,15 +159,26 @@ def first_screen(out: Path, budget_s: float, view: str = "") -> dict[str, float 
     if browser is None:
         return {"first_ms": None, "complete_ms": None, "wall_s": None}
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-first-run", f"--user-data-dir={profile}", f"--timeout={int(budget_s * 1000)}",
-               "--dump-dom", (out / "index.html").resolve().as_uri() + view]  # fmt: skip
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            f"--timeout={int(budget_s * 1000)}",
+            "--dump-dom",
+            (out / "index.html").resolve().as_uri() + view,
+        ]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_s + 60)
         wall = time.perf_counter() - t0
-    found = {k: re.search(rf'data-{k}="(\d+)"', done.stdout)
-             for k in ("first-screen", "complete-ms")}  # fmt: skip
+    found = {
+        k: re.search(rf'data-{k}="(\d+)"', done.stdout) for k in ("first-screen", "complete-ms")
+    }
     return {
         "first_ms": float(m[1]) if (m := found["first-screen"]) else None,
         "complete_ms": float(m[1]) if (m := found["complete-ms"]) else None,
@@ -163,9 +198,21 @@ def main() -> None:
         child(args.child[0], Path(args.child[1]))
         return
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-gallery-"))
-    head = ("rows", "setup s", "build s", "build CPU s", "build peak RSS MB", "index.html KB",
-            "chunks MB", "refresh +1,000 rows s", "refresh RSS MB", "first screen ms",
-            "all rows loaded ms", "browser wall s", "search + sort, all rows ms")  # fmt: skip
+    head = (
+        "rows",
+        "setup s",
+        "build s",
+        "build CPU s",
+        "build peak RSS MB",
+        "index.html KB",
+        "chunks MB",
+        "refresh +1,000 rows s",
+        "refresh RSS MB",
+        "first screen ms",
+        "all rows loaded ms",
+        "browser wall s",
+        "search + sort, all rows ms",
+    )
     print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head), flush=True)
     try:
         for n in args.sizes:
@@ -186,11 +233,21 @@ def main() -> None:
                 print(f"  {n:,} rows, first screen of each load, ms: {each}", file=sys.stderr)
             v = first_screen(out, args.budget, VIEW)
             fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
-            cells = [f"{n:,}", f"{setup:.0f}", f"{b['wall']:.1f}", f"{b['cpu']:.1f}",
-                     f"{b['rss_mb']:.0f}", f"{b['index_html_bytes'] / 1e3:.0f}", f"{chunks:.0f}",
-                     f"{r['wall']:.2f}", f"{r['rss_mb']:.0f}", fmt(s["first_ms"], ".0f"),
-                     fmt(s["complete_ms"], ",.0f"), fmt(s["wall_s"], ".1f"),
-                     fmt(v["complete_ms"], ",.0f")]  # fmt: skip
+            cells = [
+                f"{n:,}",
+                f"{setup:.0f}",
+                f"{b['wall']:.1f}",
+                f"{b['cpu']:.1f}",
+                f"{b['rss_mb']:.0f}",
+                f"{b['index_html_bytes'] / 1e3:.0f}",
+                f"{chunks:.0f}",
+                f"{r['wall']:.2f}",
+                f"{r['rss_mb']:.0f}",
+                fmt(s["first_ms"], ".0f"),
+                fmt(s["complete_ms"], ",.0f"),
+                fmt(s["wall_s"], ".1f"),
+                fmt(v["complete_ms"], ",.0f"),
+            ]
             print("| " + " | ".join(cells) + " |", flush=True)
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)

@@ -37,8 +37,13 @@ def specs(n: int) -> Iterator[JobSpec]:
             f"{SUBJECTS[i % 5]} at dawn, seen from a low angle, soft film grain, "
             f"muted colours, wide lens, variation {i}"
         )
-        inp = {"prompt": prompt, "image_size": "1024x1024", "quality": "medium",
-               "output_format": "png", "num_images": 1}  # fmt: skip
+        inp = {
+            "prompt": prompt,
+            "image_size": "1024x1024",
+            "quality": "medium",
+            "output_format": "png",
+            "num_images": 1,
+        }
         yield JobSpec(job_id(ENDPOINT, inp, 0), ENDPOINT, inp, 0, f"p{i % 1000}", prompt)
 
 
@@ -47,8 +52,9 @@ def peak_rss_mb() -> float:
 
 
 def open_journal(path: Path, durable: bool = True) -> Journal:
-    return Journal.open(path, manifest_sha256=SHA, version="bench", settings={},
-                        durable_submits=durable)  # fmt: skip
+    return Journal.open(
+        path, manifest_sha256=SHA, version="bench", settings={}, durable_submits=durable
+    )
 
 
 def phase_generate(path: Path, n: int) -> dict[str, Any]:
@@ -65,8 +71,14 @@ def phase_add(path: Path, n: int) -> dict[str, Any]:
         report = j.add_jobs(specs(n), cost_of=lambda s: 0.04)
     dt = time.perf_counter() - t
     size = sum(f.stat().st_size for f in path.parent.glob("journal.sqlite*"))
-    return {"jobs": report.new, "seconds": dt, "jobs_per_s": n / dt,
-            "rss_before_mb": base, "peak_rss_mb": peak_rss_mb(), "db_mb": size / 1e6}  # fmt: skip
+    return {
+        "jobs": report.new,
+        "seconds": dt,
+        "jobs_per_s": n / dt,
+        "rss_before_mb": base,
+        "peak_rss_mb": peak_rss_mb(),
+        "db_mb": size / 1e6,
+    }
 
 
 def phase_replan(path: Path, n: int) -> dict[str, Any]:
@@ -90,8 +102,12 @@ def phase_resume(path: Path, n: int) -> dict[str, Any]:
     for r in first:  # give them back so later phases start from the same state
         j.transition(r.job_id, r.state.PENDING)
     j.close()
-    return {"open_s": t_open, "to_first_claim_s": t_claim, "claimed": len(first),
-            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return {
+        "open_s": t_open,
+        "to_first_claim_s": t_claim,
+        "claimed": len(first),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def phase_flow(path: Path, n: int, durable: bool) -> dict[str, Any]:
@@ -109,8 +125,13 @@ def phase_flow(path: Path, n: int, durable: bool) -> dict[str, Any]:
             done += len(rows)
     dt = time.perf_counter() - t
     per = dt / (4 * done)
-    return {"jobs": done, "seconds": dt, "jobs_per_s": done / dt,
-            "transitions_per_s": 1 / per, "us_per_transition": per * 1e6}  # fmt: skip
+    return {
+        "jobs": done,
+        "seconds": dt,
+        "jobs_per_s": done / dt,
+        "transitions_per_s": 1 / per,
+        "us_per_transition": per * 1e6,
+    }
 
 
 def phase_commits(path: Path, n: int) -> dict[str, Any]:
@@ -130,8 +151,14 @@ def phase_status(path: Path, n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}
 
 
-PHASES = {"generate": phase_generate, "add": phase_add, "replan": phase_replan,
-          "resume": phase_resume, "commits": phase_commits, "status": phase_status}  # fmt: skip
+PHASES = {
+    "generate": phase_generate,
+    "add": phase_add,
+    "replan": phase_replan,
+    "resume": phase_resume,
+    "commits": phase_commits,
+    "status": phase_status,
+}
 
 
 def run_phase(name: str, path: Path, n: int, durable: bool = True) -> dict[str, Any]:
@@ -161,24 +188,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "outputs") as d:
         big = Path(d) / "big" / "journal.sqlite"
         rows = [
-            ("generate", f"build {a.jobs:,} JobSpecs only (no journal)",
-             run_phase("generate", big, a.jobs)),
+            (
+                "generate",
+                f"build {a.jobs:,} JobSpecs only (no journal)",
+                run_phase("generate", big, a.jobs),
+            ),
             ("add", f"add_jobs({a.jobs:,}) into a new journal", run_phase("add", big, a.jobs)),
             ("resume", "reopen, re-attach, first claim(64)", run_phase("resume", big, a.jobs)),
             ("status", "batchgen status report", run_phase("status", big, a.jobs)),
-            ("replan", f"re-plan the same {a.jobs:,} (edited manifest)",
-             run_phase("replan", big, a.jobs)),
-        ]  # fmt: skip
+            (
+                "replan",
+                f"re-plan the same {a.jobs:,} (edited manifest)",
+                run_phase("replan", big, a.jobs),
+            ),
+        ]
         small = Path(d) / "small" / "journal.sqlite"
         run_phase("add", small, a.flow)
-        rows.append(("flow", f"{a.flow:,} jobs through 4 commits each, FULL on submit",
-                     run_phase("flow", small, a.flow)))  # fmt: skip
+        rows.append(
+            (
+                "flow",
+                f"{a.flow:,} jobs through 4 commits each, FULL on submit",
+                run_phase("flow", small, a.flow),
+            )
+        )
         small2 = Path(d) / "small2" / "journal.sqlite"
         run_phase("add", small2, a.flow)
-        rows.append(("flow", f"{a.flow:,} jobs through 4 commits each, all NORMAL",
-                     run_phase("flow", small2, a.flow, durable=False)))  # fmt: skip
-        rows.append(("commits", "20,000 bare commits (event rows)",
-                     run_phase("commits", small, 20_000)))  # fmt: skip
+        rows.append(
+            (
+                "flow",
+                f"{a.flow:,} jobs through 4 commits each, all NORMAL",
+                run_phase("flow", small2, a.flow, durable=False),
+            )
+        )
+        rows.append(
+            ("commits", "20,000 bare commits (event rows)", run_phase("commits", small, 20_000))
+        )
     print(f"{'phase':8} {'what':52} figures")
     for name, what, res in rows:
         figs = ", ".join(

@@ -42,8 +42,10 @@ def serve(port_out: multiprocessing.connection.Connection) -> None:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 body = BIG if b" /big " in head.split(b"\r\n", 1)[0] + b" " else SMALL
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                             b"content-length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body) + body
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -118,8 +120,10 @@ def main() -> None:
     proc.start()
     port = parent.recv()
     limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
-    print(f"bench/netio.py: client CPU µs per request, {a.requests} requests x {a.rounds} "
-          "rounds, 8 at once over 8 connections, keep-alive, loopback; median (all rounds)")
+    print(
+        f"bench/netio.py: client CPU µs per request, {a.requests} requests x {a.rounds} "
+        "rounds, 8 at once over 8 connections, keep-alive, loopback; median (all rounds)"
+    )
     try:
         for kind in ("small", "big"):
             url = f"http://127.0.0.1:{port}/{kind}"
@@ -132,10 +136,12 @@ def main() -> None:
                 got["anyio"].append(asyncio.run(one_round(url, theirs, a.requests)))
             med = {k: statistics.median(v) for k, v in got.items()}
             body = len(SMALL) if kind == "small" else len(BIG)
-            print(f"  {kind} ({body} B): netio {med['netio']:.0f}, anyio {med['anyio']:.0f}, "
-                  f"ratio {med['netio'] / med['anyio']:.2f}  "
-                  f"({', '.join(f'{x:.0f}' for x in got['netio'])} | "
-                  f"{', '.join(f'{x:.0f}' for x in got['anyio'])})")
+            print(
+                f"  {kind} ({body} B): netio {med['netio']:.0f}, anyio {med['anyio']:.0f}, "
+                f"ratio {med['netio'] / med['anyio']:.2f}  "
+                f"({', '.join(f'{x:.0f}' for x in got['netio'])} | "
+                f"{', '.join(f'{x:.0f}' for x in got['anyio'])})"
+            )
         # What each layer above the sockets costs: where a request's CPU goes.
         url = f"http://127.0.0.1:{port}/small"
         got_l: dict[str, list[float]] = {"client": [], "transport": [], "httpcore": []}
@@ -143,9 +149,11 @@ def main() -> None:
             for k, v in asyncio.run(layers_round(url, limits, a.requests)).items():
                 got_l[k].append(v)
         med = {k: statistics.median(v) for k, v in got_l.items()}
-        print(f"  small GET on netio, entered at: httpx's client {med['client']:.0f}, its "
-              f"transport {med['transport']:.0f}, httpcore's pool {med['httpcore']:.0f} µs "
-              f"(client layer {1 - med['transport'] / med['client']:.0%} of a request)")
+        print(
+            f"  small GET on netio, entered at: httpx's client {med['client']:.0f}, its "
+            f"transport {med['transport']:.0f}, httpcore's pool {med['httpcore']:.0f} µs "
+            f"(client layer {1 - med['transport'] / med['client']:.0%} of a request)"
+        )
     finally:
         proc.terminate()
         proc.join()

@@ -62,10 +62,23 @@ def spec(i: int) -> JobSpec:
         f"{SUBJECTS[i % 5]} at dawn, seen from a low angle, soft film grain, "
         f"muted colours, wide lens, variation {i}"
     )
-    inp = {"prompt": prompt, "image_size": "1024x1024", "quality": "medium",
-           "output_format": "png", "num_images": 1}  # fmt: skip
-    return JobSpec(job_id(ENDPOINT, inp, 0), ENDPOINT, inp, 0, f"p{i % 1000}", prompt,
-                   vars={"subject": SUBJECTS[i % 5]}, tags=["dawn", f"set{i % 10}"])  # fmt: skip
+    inp = {
+        "prompt": prompt,
+        "image_size": "1024x1024",
+        "quality": "medium",
+        "output_format": "png",
+        "num_images": 1,
+    }
+    return JobSpec(
+        job_id(ENDPOINT, inp, 0),
+        ENDPOINT,
+        inp,
+        0,
+        f"p{i % 1000}",
+        prompt,
+        vars={"subject": SUBJECTS[i % 5]},
+        tags=["dawn", f"set{i % 10}"],
+    )
 
 
 def line(row: dict[str, Any]) -> bytes:
@@ -99,19 +112,33 @@ def build(out: Path, n: int) -> None:
                     made.add(s.prompt_id)
                 dest = folder / f"{s.short_id}_0.png"
                 os.link(src.path, dest)
-                d = Downloaded(dest, src.sha256, src.bytes, src.width, src.height,
-                               src.content_type)  # fmt: skip
-                row = index_row(s, 0, d, out_dir=out, manifest_sha256=SHA, request_id=f"req-{i}",
-                                submitted_at=T0 + i, completed_at=T0 + i + 20,
-                                downloaded_at=T0 + i + 22, inference_time=18.5,
-                                cost_estimate=0.04, origin="fal")  # fmt: skip
+                d = Downloaded(dest, src.sha256, src.bytes, src.width, src.height, src.content_type)
+                row = index_row(
+                    s,
+                    0,
+                    d,
+                    out_dir=out,
+                    manifest_sha256=SHA,
+                    request_id=f"req-{i}",
+                    submitted_at=T0 + i,
+                    completed_at=T0 + i + 20,
+                    downloaded_at=T0 + i + 22,
+                    inference_time=18.5,
+                    cost_estimate=0.04,
+                    origin="fal",
+                )
                 index.write(line(row))
                 if i % 1000 == 999:  # a crash re-download writes the row again, later
                     again.append(line(dict(row, downloaded_at="2027-02-01T00:00:00.000Z")))
                 yield s
 
-        with Journal.open(out / JOURNAL_NAME, manifest_sha256=SHA, version=__version__,
-                          settings={}, manifest_path="/data/bench.yaml") as j:  # fmt: skip
+        with Journal.open(
+            out / JOURNAL_NAME,
+            manifest_sha256=SHA,
+            version=__version__,
+            settings={},
+            manifest_path="/data/bench.yaml",
+        ) as j:
             j.add_jobs(specs(), cost_of=lambda s: 0.04)
         index.writelines(again)
     finish_journal(out / JOURNAL_NAME, sources[0])
@@ -120,15 +147,17 @@ def build(out: Path, n: int) -> None:
 def finish_journal(path: Path, src: Downloaded) -> None:
     """Every job DOWNLOADED with its file recorded, as the downloader leaves them (in SQL: the
     journal's own calls commit once per job, an hour at a million), then 1% failed, 1% running."""
-    files = ("json_array(json_object('file_name', 'images/' || json_extract(spec, '$.prompt_id')"
-             " || '/' || substr(job_id, 1, 16) || '_0.png', 'sha256', ?, 'bytes', ?))")  # fmt: skip
+    files = (
+        "json_array(json_object('file_name', 'images/' || json_extract(spec, '$.prompt_id')"
+        " || '/' || substr(job_id, 1, 16) || '_0.png', 'sha256', ?, 'bytes', ?))"
+    )
     conn = sqlite3.connect(path, isolation_level=None)
     with conn:
         conn.execute("BEGIN")
         conn.execute(
             "UPDATE jobs SET state = 'DOWNLOADED', request_id = 'req-' || seq, billed = 1,"
             " origin = 'fal', submitted_at = ? + seq, updated_at = ? + seq + 22,"
-            " result = '{\"images\":[{\"url\":\"https://v3.fal.media/x.png\"}]}',"
+            ' result = \'{"images":[{"url":"https://v3.fal.media/x.png"}]}\','
             f" files = {files}",
             (T0, T0, src.sha256, src.bytes),
         )
@@ -185,9 +214,17 @@ def bench(n: int, root: Path, only: list[str]) -> list[dict[str, Any]]:
         shutil.copyfile(saved, out / METADATA)
         shutil.rmtree(out / "exports", ignore_errors=True)
         seconds, cpu, rss, code, tail = measure([a.format(out=out) for a in COMMANDS[name]])
-        results.append({"rows": n, "command": name, "seconds": round(seconds, 2),
-                         "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss), "exit": code,
-                         "cpu_us_per_row": round(cpu / n * 1e6, 1)})  # fmt: skip
+        results.append(
+            {
+                "rows": n,
+                "command": name,
+                "seconds": round(seconds, 2),
+                "cpu_s": round(cpu, 2),
+                "peak_rss_mb": round(rss),
+                "exit": code,
+                "cpu_us_per_row": round(cpu / n * 1e6, 1),
+            }
+        )
         print(json.dumps(results[-1]) + (f"  {tail}" if code else ""), file=sys.stderr)
     shutil.rmtree(out / "exports", ignore_errors=True)
     return results
@@ -216,8 +253,10 @@ def main() -> None:
     print("| rows | command | wall s | CPU s | CPU µs per row | peak RSS MB | exit |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['rows']:,} | `{r['command']}` | {r['seconds']:.1f} | {r['cpu_s']:.1f}"
-              f" | {r['cpu_us_per_row']:.0f} | {r['peak_rss_mb']} | {r['exit']} |")  # fmt: skip
+        print(
+            f"| {r['rows']:,} | `{r['command']}` | {r['seconds']:.1f} | {r['cpu_s']:.1f}"
+            f" | {r['cpu_us_per_row']:.0f} | {r['peak_rss_mb']} | {r['exit']} |"
+        )
 
 
 if __name__ == "__main__":

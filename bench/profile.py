@@ -39,19 +39,28 @@ CONTEXT: tuple[tuple[str, str], ...] = (
 RULES: tuple[tuple[str, str], ...] = (
     ("verification (Pillow)", r"PIL/|Imaging|libjpeg|libpng|libz\.|inflate"),
     ("hashing (sha256)", r"hashlib|sha256|SHA256|EVP_|libcrypto"),
-    ("fsync, rename, file writes", r"fsync|os_replace|rename|BufferedWriter|_io_FileIO_write"
-     r"|write \(libc|__libc_pwrite|unlink"),
+    (
+        "fsync, rename, file writes",
+        r"fsync|os_replace|rename|BufferedWriter|_io_FileIO_write"
+        r"|write \(libc|__libc_pwrite|unlink",
+    ),
     ("JSON", r"json/|orjson|_json\.|encoder\.py|decoder\.py"),
     # bench/clients.py's timer around a journal write: innermost only while SQLite's C code runs
     ("journal (SQLite)", r"instrument\.<locals>\.timed"),
     ("journal (SQLite)", r"batchgen/journal/|sqlite3|libsqlite"),
-    ("events, progress, run.log", r"running/events\.py|running/runlog\.py|commands/progress"
-     r"|_Delivery|_emit"),
+    (
+        "events, progress, run.log",
+        r"running/events\.py|running/runlog\.py|commands/progress"
+        r"|_Delivery|_emit",
+    ),
     ("gallery (not thumbnails)", r"outputs/gallery"),
     ("index rows (metadata.jsonl)", r"outputs/index\.py"),
     ("worker pool (pickling, pipes)", r"batchgen/outputs/workers|multiprocessing/|pickle"),
-    ("HTTP (httpx, httpcore, h11, SSE)", r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio"
-     r"|running/netio\.py|running/pools\.py"),
+    (
+        "HTTP (httpx, httpcore, h11, SSE)",
+        r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio"
+        r"|running/netio\.py|running/pools\.py",
+    ),
     ("sockets and the event loop", r"asyncio/|selectors|uvloop|epoll|socket|sock_|recv|send"),
     ("download (the rest)", r"outputs/download"),
     ("scheduler, watcher, submitter", r"batchgen/running/"),
@@ -148,8 +157,10 @@ def table(path: Path, *, jobs: int | None, cpu_ms: float | None) -> list[str]:
         n = main[cat] + workers[cat]
         ms = f"{cpu_ms * n / total:>7.2f}" if per_job and cpu_ms is not None else f"{'-':>7}"
         out.append(f"   {cat:<34} {n / total:>6.1%} {ms} {workers[cat] / total:>11.1%}")
-    out.append(f"   {'all':<34} {1:>6.0%} {cpu_ms if per_job else '-':>7} "
-               f"{sum(workers.values()) / total:>11.1%}")  # fmt: skip
+    out.append(
+        f"   {'all':<34} {1:>6.0%} {cpu_ms if per_job else '-':>7} "
+        f"{sum(workers.values()) / total:>11.1%}"
+    )
     if leaves:
         top = ", ".join(f"{leaf} {n / total:.1%}" for leaf, n in leaves.most_common(4))
         out.append(f"   ('other', innermost frames: {top})")

@@ -165,8 +165,11 @@ def make_certificate(folder: Path) -> list[str]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=7))
         .add_extension(
@@ -175,12 +178,16 @@ def make_certificate(folder: Path) -> list[str]:
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     paths = [folder / "bench-cert.pem", folder / "bench-key.pem"]
     paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+    paths[1].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return [str(x) for x in paths]
 
 
@@ -189,8 +196,9 @@ TLS: list[str] | None = None  # --tls: [certificate, key] the emulator serves wi
 
 class Emulator:
     def __init__(self, *, time_scale: float, limit: int, render_cache: int = 0) -> None:
-        cfg = json.dumps({"time_scale": time_scale, "limit": limit, "render_cache": render_cache,
-                          "tls": TLS})  # fmt: skip
+        cfg = json.dumps(
+            {"time_scale": time_scale, "limit": limit, "render_cache": render_cache, "tls": TLS}
+        )
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", cfg], stdout=subprocess.PIPE, text=True
         )
@@ -234,13 +242,27 @@ def emulator(*, time_scale: float, limit: int, render_cache: int = 0) -> Iterato
 PROFILE: Path | None = None  # --profile: where py-spy's stacks of each client run go
 
 
-def run_client(client: str, manifest: Path, emu: Emulator, out: Path, *, concurrency: str,
-               watch: str = "stream", downloads: int = 8) -> dict[str, Any]:  # fmt: skip
+def run_client(
+    client: str,
+    manifest: Path,
+    emu: Emulator,
+    out: Path,
+    *,
+    concurrency: str,
+    watch: str = "stream",
+    downloads: int = 8,
+) -> dict[str, Any]:
     """Run one client in a fresh process against ``emu``; add what the server saw."""
     cpu0 = emu.timeline(first=True)["cpu"]
-    cfg = {"client": client, "manifest": str(manifest), "url": emu.url, "out": str(out),
-           "concurrency": concurrency if client == "batchgen" else int(concurrency),
-           "watch": watch, "download_concurrency": downloads}  # fmt: skip
+    cfg = {
+        "client": client,
+        "manifest": str(manifest),
+        "url": emu.url,
+        "out": str(out),
+        "concurrency": concurrency if client == "batchgen" else int(concurrency),
+        "watch": watch,
+        "download_concurrency": downloads,
+    }
     if client == "falclient":  # its job list, planned here: its process never parses YAML
         jobs = out.parent / f"{manifest.stem}.jobs.json"
         if not jobs.exists():
@@ -253,8 +275,20 @@ def run_client(client: str, manifest: Path, emu: Emulator, out: Path, *, concurr
         PROFILE.mkdir(parents=True, exist_ok=True)
         raw = PROFILE / f"{client}-{out.name}.txt"
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        cmd = [spy, "record", "--subprocesses", "--nonblocking", "--rate", "200", "--format",
-               "raw", "--output", str(raw), "--", *cmd]  # fmt: skip
+        cmd = [
+            spy,
+            "record",
+            "--subprocesses",
+            "--nonblocking",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--",
+            *cmd,
+        ]
     launched = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -420,9 +454,11 @@ def scenario_status(scratch: Path, jobs: int, mean_s: float, cache: bool) -> lis
             f"{res['cpu'] * 1000 / n:>7.1f}  {run_times(res['timeline'])}"
             + ("" if res["failed"] == 0 else f"  ({res['failed']} failed)")
         )
-    lines.append("   busy: as in 3 (settled = all 40 running; until the last start). CPU ms/job: "
-                 "the whole client process, start-up and reaped children included; in run: "
-                 "this process during the run only")
+    lines.append(
+        "   busy: as in 3 (settled = all 40 running; until the last start). CPU ms/job: "
+        "the whole client process, start-up and reaped children included; in run: "
+        "this process during the run only"
+    )
     if PROFILE is not None:
         for label, res in profiled:
             lines.append(f"   {label}:")
@@ -477,16 +513,21 @@ def scenario_resume(scratch: Path, jobs: int, run_s: float) -> list[str]:
         # The first run plans every job into the journal, then stops at the budget of $0
         # before its first submit: a journal of n pending jobs, as a crash early on leaves it.
         t = time.perf_counter()
-        built = subprocess.run([*base, "--endpoint", emu.url, "--max-cost", "0"],
-                               capture_output=True, text=True, check=False)  # fmt: skip
+        built = subprocess.run(
+            [*base, "--endpoint", emu.url, "--max-cost", "0"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         build_s = time.perf_counter() - t
         if built.returncode != 3:
             raise SystemExit(f"building the journal failed ({built.returncode}): {built.stderr}")
         db_mb = sum(f.stat().st_size for f in out.glob("journal.sqlite*")) / 1e6
         with (scratch / "resume.stderr").open("w") as log:
             t0 = time.monotonic()  # CLOCK_MONOTONIC is system-wide: the emulator's clock too
-            proc = subprocess.Popen([*base, "--endpoint", emu.url], stderr=log,
-                                    stdout=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.Popen(
+                [*base, "--endpoint", emu.url], stderr=log, stdout=subprocess.DEVNULL
+            )
             first: float | None = None
             ended = None
             while first is None and ended is None and time.monotonic() - t0 < 600:
@@ -521,7 +562,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000, help="throughput jobs (default 2000)")
     ap.add_argument("--rounds", type=int, default=2, help="throughput runs per client")
     ap.add_argument(
-        "--download-concurrency", type=int, default=DOWNLOAD_CONCURRENCY,
+        "--download-concurrency",
+        type=int,
+        default=DOWNLOAD_CONCURRENCY,
         help=f"batchgen's (its default: {DOWNLOAD_CONCURRENCY})",
     )
     ap.add_argument("--status-jobs", type=int, default=200)
@@ -537,11 +580,20 @@ def main() -> None:
         "than 128 results after each makes it render every image twice)",
     )
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a tmp dir)")
-    ap.add_argument("--profile", type=Path, default=None, help="run each client under py-spy "
-                    "(pip install py-spy), keep its stacks here and print where the CPU went")
-    ap.add_argument("--tls", action="store_true", help="serve the emulator over HTTPS, as fal "
-                    "is served (a self-signed certificate every client trusts through "
-                    "SSL_CERT_FILE)")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run each client under py-spy "
+        "(pip install py-spy), keep its stacks here and print where the CPU went",
+    )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve the emulator over HTTPS, as fal "
+        "is served (a self-signed certificate every client trusts through "
+        "SSL_CERT_FILE)",
+    )
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -552,20 +604,29 @@ def main() -> None:
         versions += f", httpx {metadata.version('httpx')}, sniffio {metadata.version('sniffio')}"
     except metadata.PackageNotFoundError as exc:
         raise SystemExit(f"install the test extra (fal-client and sniffio): {exc}") from None
-    print(f"bench/run.py: emulator and each client in separate processes on loopback; "
-          f"{os.cpu_count()} cores; {versions}", flush=True)  # fmt: skip
+    print(
+        f"bench/run.py: emulator and each client in separate processes on loopback; "
+        f"{os.cpu_count()} cores; {versions}",
+        flush=True,
+    )
     global PROFILE
     PROFILE = a.profile
     # Like an installed package, batchgen gets its bytecode cache: pip compiled fal-client's
     # and httpx's at install, but an editable checkout under PYTHONDONTWRITEBYTECODE=1 (as on
     # the benchmark machine) would compile its ~100 modules in every process (0.16 s CPU).
     compileall.compile_dir(Path(__file__).resolve().parents[1] / "batchgen", quiet=1)
-    print("bytecode: batchgen's compiled ahead, as pip does for an installed package",
-          flush=True)  # fmt: skip
+    print("bytecode: batchgen's compiled ahead, as pip does for an installed package", flush=True)
     only = set(a.only.split(","))
     cache = not a.stock_render_cache
-    print("emulator render cache: " + ("holds every image of the run (fal's CDN stores files)"
-          if cache else "stock, 128 images"), flush=True)  # fmt: skip
+    print(
+        "emulator render cache: "
+        + (
+            "holds every image of the run (fal's CDN stores files)"
+            if cache
+            else "stock, 128 images"
+        ),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-run-", dir=a.dir) as d:
         scratch = Path(d)
         if a.tls:

@@ -45,7 +45,7 @@ def write_manifest(folder: Path, jobs: int) -> Path:
         "name: soak\n"
         "defaults: {quality: low, image_size: landscape_4_3, output_format: jpeg}\n"
         f"vars:\n  i: [{values}]\n"
-        "prompts:\n  - id: soak\n    prompt: \"soak test picture number {i}\"\n"
+        'prompts:\n  - id: soak\n    prompt: "soak test picture number {i}"\n'
         "    tags: [soak]\n"
     )
     return path
@@ -100,10 +100,23 @@ def main() -> None:
     emu, url = start_emulator(*flags, stderr=subprocess.DEVNULL)
     try:
         run = measured(
-            [PY, "-m", "batchgen", "run", str(manifest), "--endpoint", url, "--out", str(out),
-             "--quiet", "--yes", "--concurrency", str(args.concurrency)],
+            [
+                PY,
+                "-m",
+                "batchgen",
+                "run",
+                str(manifest),
+                "--endpoint",
+                url,
+                "--out",
+                str(out),
+                "--quiet",
+                "--yes",
+                "--concurrency",
+                str(args.concurrency),
+            ],
             sample=True,
-        )  # fmt: skip
+        )
     finally:
         emu.terminate()
         emu.wait(30)
@@ -111,12 +124,16 @@ def main() -> None:
         counts = Counter({str(s): n for s, n in j.counts().items() if n})
     accounted = counts.get("DOWNLOADED", 0) + counts.get("FAILED", 0)
     mbs = [mb for _, mb in run["samples"]]
-    print(f"bench/soak.py: {args.jobs:,} jobs, concurrency {args.concurrency}, faults "
-          f"{args.faults}, emulator at zero model time in its own process")  # fmt: skip
-    print(f"run: exit {run['code']} in {run['seconds']:.0f} s, "
-          f"{args.jobs / run['seconds']:.1f} jobs/s; runner peak RSS {run['peak_mb']:.0f} MB "
-          f"(sampled: median {sorted(mbs)[len(mbs) // 2] if mbs else 0:.0f} MB, "
-          f"last {mbs[-1] if mbs else 0:.0f} MB)")  # fmt: skip
+    print(
+        f"bench/soak.py: {args.jobs:,} jobs, concurrency {args.concurrency}, faults "
+        f"{args.faults}, emulator at zero model time in its own process"
+    )
+    print(
+        f"run: exit {run['code']} in {run['seconds']:.0f} s, "
+        f"{args.jobs / run['seconds']:.1f} jobs/s; runner peak RSS {run['peak_mb']:.0f} MB "
+        f"(sampled: median {sorted(mbs)[len(mbs) // 2] if mbs else 0:.0f} MB, "
+        f"last {mbs[-1] if mbs else 0:.0f} MB)"
+    )
     print(f"journal: {dict(counts)}; accounted for {accounted:,} of {args.jobs:,}")
     if run["code"] not in (0, 1):
         print(run["stderr"])

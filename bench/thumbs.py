@@ -33,8 +33,15 @@ from batchgen.emulator.images import ImageSpec, render
 from batchgen.outputs import checks
 from batchgen.outputs.thumbs import THUMB_MIN, shrink, thumb_name
 
-SIZES = [(1024, 1024), (1536, 1024), (1024, 1536), (816, 816), (1312, 1312), (1472, 1472),
-         (3840, 2160)]  # fmt: skip
+SIZES = [
+    (1024, 1024),
+    (1536, 1024),
+    (1024, 1536),
+    (816, 816),
+    (1312, 1312),
+    (1472, 1472),
+    (3840, 2160),
+]
 PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
@@ -68,7 +75,9 @@ def encode(im: Image.Image, fmt: str) -> bytes:
 def measure(files: list[Path], fmt: str, folder: Path) -> dict[str, tuple[float, float]]:
     """{variant: (median CPU ms per image, mean thumbnail KB)}, alternating the variants."""
     variants: dict[str, Callable[[Image.Image], Image.Image]] = {
-        "now": shrink, "earlier": earlier_shrink}  # fmt: skip
+        "now": shrink,
+        "earlier": earlier_shrink,
+    }
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     size: dict[str, list[int]] = {v: [] for v in variants}
     for i, path in enumerate(files):
@@ -80,8 +89,9 @@ def measure(files: list[Path], fmt: str, folder: Path) -> dict[str, tuple[float,
             cpu[name].append(time.thread_time() - t0)
             size[name].append((thumbs / thumb_name(got.sha256)).stat().st_size)
     checks.shrink = shrink
-    return {v: (statistics.median(cpu[v]) * 1e3, statistics.fmean(size[v]) / 1024)
-            for v in variants}  # fmt: skip
+    return {
+        v: (statistics.median(cpu[v]) * 1e3, statistics.fmean(size[v]) / 1024) for v in variants
+    }
 
 
 def main() -> None:
@@ -89,10 +99,14 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=40, help="images per size, format and kind")
     ap.add_argument("--formats", nargs="+", default=["jpeg", "png", "webp"])
     a = ap.parse_args()
-    print(f"bench/thumbs.py: check_file with a thumbnail, {a.count} images each; CPU ms per "
-          "image (median) and thumbnail KB (mean), the range in use vs the earlier 240-320 px")
-    print(f"{'picture':<10} {'size':>10} {'format':>6} {'ms now':>7} {'earlier':>8} "
-          f"{'ratio':>6} {'KB now':>7} {'earlier':>8}")
+    print(
+        f"bench/thumbs.py: check_file with a thumbnail, {a.count} images each; CPU ms per "
+        "image (median) and thumbnail KB (mean), the range in use vs the earlier 240-320 px"
+    )
+    print(
+        f"{'picture':<10} {'size':>10} {'format':>6} {'ms now':>7} {'earlier':>8} "
+        f"{'ratio':>6} {'KB now':>7} {'earlier':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for kind in ("photo", "emulator"):
@@ -109,8 +123,11 @@ def main() -> None:
                         files.append(path)
                     got = measure(files, fmt, folder)
                     (now, kb), (old, kb_old) = got["now"], got["earlier"]
-                    print(f"{kind:<10} {f'{w}x{h}':>10} {fmt:>6} {now:>7.2f} {old:>8.2f} "
-                          f"{now / old:>6.2f} {kb:>7.1f} {kb_old:>8.1f}", flush=True)
+                    print(
+                        f"{kind:<10} {f'{w}x{h}':>10} {fmt:>6} {now:>7.2f} {old:>8.2f} "
+                        f"{now / old:>6.2f} {kb:>7.1f} {kb_old:>8.1f}",
+                        flush=True,
+                    )
                     for path in files:
                         path.unlink()
 

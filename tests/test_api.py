@@ -34,16 +34,45 @@ NO_KEY: dict[str, str] = {}  # an injected environment: the tests never read os.
 
 PUBLIC = {
     # run a manifest
-    "load_manifest", "plan", "run", "run_sync", "read_index", "iter_index", "read_failures",
+    "load_manifest",
+    "plan",
+    "run",
+    "run_sync",
+    "read_index",
+    "iter_index",
+    "read_failures",
     # what they return
-    "Manifest", "PlanSummary", "RunResult", "StopReason", "__version__",
+    "Manifest",
+    "PlanSummary",
+    "RunResult",
+    "StopReason",
+    "__version__",
     # what on_event receives
-    "RunEvent", "Snapshot", "Planned", "Resumed", "Submitted", "Started", "Finished", "Saved",
-    "Retrying", "Requeued", "Failed", "WindowChanged", "BudgetReached", "Stopping",
-    "Unreachable", "Reachable", "Ready",
+    "RunEvent",
+    "Snapshot",
+    "Planned",
+    "Resumed",
+    "Submitted",
+    "Started",
+    "Finished",
+    "Saved",
+    "Retrying",
+    "Requeued",
+    "Failed",
+    "WindowChanged",
+    "BudgetReached",
+    "Stopping",
+    "Unreachable",
+    "Reachable",
+    "Ready",
     # what they raise
-    "BatchgenError", "UsageError", "ManifestError", "Problem", "JournalError", "AuthError",
-}  # fmt: skip
+    "BatchgenError",
+    "UsageError",
+    "ManifestError",
+    "Problem",
+    "JournalError",
+    "AuthError",
+}
 
 
 def test_public_surface_is_pinned() -> None:
@@ -51,16 +80,22 @@ def test_public_surface_is_pinned() -> None:
     assert len(batchgen.__all__) == len(PUBLIC)  # no name listed twice
     for name in batchgen.__all__:
         assert getattr(batchgen, name) is not None
-    for fn in (batchgen.load_manifest, batchgen.plan, batchgen.run, batchgen.run_sync,
-               batchgen.read_index, batchgen.iter_index, batchgen.read_failures):  # fmt: skip
+    for fn in (
+        batchgen.load_manifest,
+        batchgen.plan,
+        batchgen.run,
+        batchgen.run_sync,
+        batchgen.read_index,
+        batchgen.iter_index,
+        batchgen.read_failures,
+    ):
         assert fn.__doc__, fn.__name__
 
 
 def test_importing_one_module_does_not_load_the_runner() -> None:
     """Every module reads batchgen.__version__; the API loads on first use, not with them."""
     code = (
-        "import sys, batchgen.planning.jobs; "
-        "print(sorted(m for m in sys.modules if 'runner' in m))"
+        "import sys, batchgen.planning.jobs; print(sorted(m for m in sys.modules if 'runner' in m))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
@@ -85,17 +120,35 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
     asked: list[Any] = []
     later = time.strftime("%H:%M", time.localtime(time.time() + 7200))  # never reached here
     kwargs: dict[str, Any] = {
-        "out": out, "emulate": True, "endpoint": None, "concurrency": 1, "max_cost": 5.0,
-        "max_attempts": 4, "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
-        "max_image_bytes": 9_000_000, "retry_failed": True, "reuse_folder": True,
+        "out": out,
+        "emulate": True,
+        "endpoint": None,
+        "concurrency": 1,
+        "max_cost": 5.0,
+        "max_attempts": 4,
+        "deadline": 77.0,
+        "watch": "poll",
+        "download_concurrency": 3,
+        "max_image_bytes": 9_000_000,
+        "retry_failed": True,
+        "reuse_folder": True,
         "inline_uploads": True,
-        "faults": "content_policy=1", "time_scale": 0.0, "on_event": events.append,
+        "faults": "content_policy=1",
+        "time_scale": 0.0,
+        "on_event": events.append,
         "approve": lambda ready: asked.append(ready) or True,
-        "progress_every": None, "handle_signals": False, "environ": NO_KEY,
-        "priority": "low", "start_timeout": 30.0, "media_expiry": 900,
-        "allow_fallbacks": True, "no_store_io": True, "stop_at": later,
-        "notify": "http://127.0.0.1:9/hook/secret-token-1234", "on_exit": "true",
-    }  # fmt: skip
+        "progress_every": None,
+        "handle_signals": False,
+        "environ": NO_KEY,
+        "priority": "low",
+        "start_timeout": 30.0,
+        "media_expiry": 900,
+        "allow_fallbacks": True,
+        "no_store_io": True,
+        "stop_at": later,
+        "notify": "http://127.0.0.1:9/hook/secret-token-1234",
+        "on_exit": "true",
+    }
     # Every keyword run has, read from run itself, so a new option of run is covered here.
     assert set(kwargs) == set(inspect.signature(batchgen.run).parameters) - {"manifest"}
     result = batchgen.run_sync(m, **kwargs)
@@ -106,19 +159,49 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
     assert sum(isinstance(e, batchgen.Snapshot) for e in events) == 2
     with Journal.open_readonly(out / JOURNAL_NAME) as j:
         (run,) = j.runs()
-    recorded = {k: run.settings[k] for k in (
-        "target", "concurrency", "max_cost", "max_attempts", "deadline", "watch",
-        "download_concurrency", "max_image_bytes", "faults", "time_scale", "reuse_folder",
-        "priority", "start_timeout", "media_expiry", "allow_fallbacks", "store_io", "notify",
-        "on_exit",
-    )}  # fmt: skip
+    recorded = {
+        k: run.settings[k]
+        for k in (
+            "target",
+            "concurrency",
+            "max_cost",
+            "max_attempts",
+            "deadline",
+            "watch",
+            "download_concurrency",
+            "max_image_bytes",
+            "faults",
+            "time_scale",
+            "reuse_folder",
+            "priority",
+            "start_timeout",
+            "media_expiry",
+            "allow_fallbacks",
+            "store_io",
+            "notify",
+            "on_exit",
+        )
+    }
     assert recorded == {
-        "target": "emulate", "concurrency": 1, "max_cost": 5.0, "max_attempts": 4,
-        "deadline": 77.0, "watch": "poll", "download_concurrency": 3,
-        "max_image_bytes": 9_000_000, "faults": "content_policy=1", "time_scale": 0.0,
-        "reuse_folder": True, "priority": "low", "start_timeout": 30.0, "media_expiry": 900,
-        "allow_fallbacks": True, "store_io": False, "notify": True, "on_exit": True,
-    }  # fmt: skip
+        "target": "emulate",
+        "concurrency": 1,
+        "max_cost": 5.0,
+        "max_attempts": 4,
+        "deadline": 77.0,
+        "watch": "poll",
+        "download_concurrency": 3,
+        "max_image_bytes": 9_000_000,
+        "faults": "content_policy=1",
+        "time_scale": 0.0,
+        "reuse_folder": True,
+        "priority": "low",
+        "start_timeout": 30.0,
+        "media_expiry": 900,
+        "allow_fallbacks": True,
+        "store_io": False,
+        "notify": True,
+        "on_exit": True,
+    }
     assert run.settings["stop_at"]  # the resolved local time, for the record
     assert "secret-token" not in json.dumps(run.settings)
 
@@ -165,8 +248,10 @@ async def test_notebook_load_plan_run_read(tmp_path: Path) -> None:
     first, last = events[2], events[-1]
     assert isinstance(first, batchgen.Snapshot) and (first.total, first.done) == (12, 0)
     assert isinstance(last, batchgen.Snapshot) and (last.done, last.pending, last.in_flight) == (
-        12, 0, 0,
-    )  # fmt: skip
+        12,
+        0,
+        0,
+    )
     order: dict[str, list[str]] = {}
     for e in events:
         match e:  # what a callback does: match on the event types
@@ -246,8 +331,15 @@ async def test_signal_handlers_only_when_asked(tmp_path: Path) -> None:
                 seen[asked] = signal.getsignal(signal.SIGINT)
 
         out = tmp_path / f"out-{asked}"
-        result = await batchgen.run(m, out=out, emulate=True, time_scale=0, on_event=during,
-                                    handle_signals=asked, environ=NO_KEY)  # fmt: skip
+        result = await batchgen.run(
+            m,
+            out=out,
+            emulate=True,
+            time_scale=0,
+            on_event=during,
+            handle_signals=asked,
+            environ=NO_KEY,
+        )
         assert result.ok
     assert seen[False] is before
     assert seen[True] is not before

@@ -78,8 +78,20 @@ def test_the_end_is_posted_and_the_token_stays_secret(
     on_exit = f"{sys.executable} -c 'import sys; open(sys.argv[1], \"w\").write(sys.stdin.read())'"
     with receiver() as (url, got):
         hook = f"{url}/hooks/services/{TOKEN}"
-        code = main(["run", str(m), "--emulate", "--out", str(out), "--quiet",
-                     "--notify", hook, "--on-exit", f"{on_exit} {piped}"])  # fmt: skip
+        code = main(
+            [
+                "run",
+                str(m),
+                "--emulate",
+                "--out",
+                str(out),
+                "--quiet",
+                "--notify",
+                hook,
+                "--on-exit",
+                f"{on_exit} {piped}",
+            ]
+        )
     assert code == 0
     (post,) = got
     assert post["path"] == f"/hooks/services/{TOKEN}"

@@ -80,8 +80,10 @@ def test_edit_manifest_uploads_each_file_once_across_runs(tmp_path: Path) -> Non
         assert rows["scandi2"]["references"] == [room, swatch]
         assert rows["scandi1"]["references"] == [room] and rows["scandi1"]["mask"] is None
         assert rows["masked1"]["mask"] == {
-            "path": "refs/mask.png", "url": None, "sha256": sha(folder / "refs/mask.png"),
-        }  # fmt: skip
+            "path": "refs/mask.png",
+            "url": None,
+            "sha256": sha(folder / "refs/mask.png"),
+        }
         with Image.open(folder / "refs/room.png") as ref:
             expected_size = auto_size(*ref.size)  # image_size: auto takes the room's aspect
         assert {(r["width"], r["height"]) for r in rows.values()} == {expected_size}

@@ -289,8 +289,10 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
     report = build_gallery(out, chunk_rows=40)
     assert (report.images, report.thumbnails_made) == (100, 1)  # one shared image, one thumbnail
     assert sorted(p.name for p in (out / ".gallery").glob("s-*.js")) == [
-        "s-000000.js", "s-000001.js", "s-000002.js"
-    ]  # fmt: skip
+        "s-000000.js",
+        "s-000001.js",
+        "s-000002.js",
+    ]
     page = (out / "index.html").resolve().as_uri()
     files = [r["file_name"] for r in rows]
 

@@ -100,8 +100,11 @@ def test_a_rebuilt_index_means_a_full_build_and_no_stale_chunks(tmp_path: Path) 
     report = refresh_gallery(out, chunk_rows=4)
     assert (report.images, report.refreshed) == (5, False)
     assert sorted(p.name for p in (out / ".gallery").glob("[rs]-*.js")) == [
-        "r-000000.js", "r-000001.js", "s-000000.js", "s-000001.js"
-    ]  # fmt: skip
+        "r-000000.js",
+        "r-000001.js",
+        "s-000000.js",
+        "s-000001.js",
+    ]
     assert refresh_gallery(out, chunk_rows=3).refreshed is False  # another chunk size
 
 

@@ -60,8 +60,20 @@ def test_a_hostile_file_name_never_places_a_file(tmp_path: Path) -> None:
     m = write_manifest(tmp_path, 4)
     out = tmp_path / "a" / "b" / "c" / "out"
     etc_x = stat_or_none(ETC_X)
-    code = main(["run", str(m), "--emulate", "--faults", "evil_name=1", "--time-scale", "0",
-                 "--out", str(out), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(m),
+            "--emulate",
+            "--faults",
+            "evil_name=1",
+            "--time-scale",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     # First what matters most: no file went anywhere but the output folder.
     assert not list(tmp_path.rglob("evil.png"))
     assert stray_files(tmp_path, out) == set()

@@ -82,9 +82,11 @@ def test_rebuild_refuses_while_a_run_writes(
     out = _run(tmp_path, 2)
     index_before = (out / METADATA).read_bytes()
     with Journal.open(
-        out / JOURNAL_NAME, manifest_sha256=read_index(out)[0]["manifest_sha256"],
-        version="0.1.0", settings={},
-    ):  # fmt: skip
+        out / JOURNAL_NAME,
+        manifest_sha256=read_index(out)[0]["manifest_sha256"],
+        version="0.1.0",
+        settings={},
+    ):
         assert main(["index", str(out), "--rebuild"]) == 2
     assert f"(pid {os.getpid()}) is writing" in capsys.readouterr().err
     assert (out / METADATA).read_bytes() == index_before

@@ -180,8 +180,13 @@ def test_the_public_api_other_modules_build_on() -> None:
     assert params(Journal.set_submitted) == ["self", "job_id", "handle", "origin=", "sync="]
     assert params(Journal.sync_wal) == ["self"]
     assert params(Journal.transition) == [
-        "self", "job_id", "new", "error_class=", "error=", "bump_attempts="
-    ]  # fmt: skip
+        "self",
+        "job_id",
+        "new",
+        "error_class=",
+        "error=",
+        "bump_attempts=",
+    ]
     assert params(Journal.requeue) == ["self", "job_id", "reason", "lost="]
     assert params(Journal.fail) == ["self", "job_id", "error_class", "message"]
     assert params(Journal.event) == ["self", "job_id", "kind", "detail"]

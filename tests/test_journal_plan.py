@@ -83,13 +83,24 @@ def test_costs_are_stored_per_job(path: Path) -> None:
 OPS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["claim", "submit", "run", "result", "download", "fail", "requeue", "lost", "unknown",
-             "retry_failed", "interrupted"]
+            [
+                "claim",
+                "submit",
+                "run",
+                "result",
+                "download",
+                "fail",
+                "requeue",
+                "lost",
+                "unknown",
+                "retry_failed",
+                "interrupted",
+            ]
         ),
         st.integers(0, 2),
     ),
     max_size=40,
-)  # fmt: skip
+)
 
 
 def _apply(j: Journal, op: str, i: int) -> None:

@@ -65,10 +65,13 @@ def test_a_pattern_makes_one_job_per_file_sorted(tmp_path: Path) -> None:
     m = load_manifest(path)
     jobs = list(plan(m))
     assert [(s.input["image_urls"], s.variant) for s in jobs] == [
-        (["shots/a.png"], 0), (["shots/a.png"], 1),
-        (["shots/b.png"], 0), (["shots/b.png"], 1),
-        (["shots/c.png"], 0), (["shots/c.png"], 1),
-    ]  # fmt: skip
+        (["shots/a.png"], 0),
+        (["shots/a.png"], 1),
+        (["shots/b.png"], 0),
+        (["shots/b.png"], 1),
+        (["shots/c.png"], 0),
+        (["shots/c.png"], 1),
+    ]
     assert m.job_count() == len(jobs) == 6
     assert m.globs == {"shots/*.png": ("shots/a.png", "shots/b.png", "shots/c.png")}
     assert any("shots/*.png matches 3 files" in n for n in m.notices)
@@ -127,8 +130,10 @@ def test_products_example_is_one_job_per_product() -> None:
     jobs = list(plan(m))
     assert len(jobs) == m.job_count() == 6
     assert {s.input["image_urls"][0] for s in jobs} == {
-        "products/lamp.png", "products/mug.png", "products/vase.png",
-    }  # fmt: skip
+        "products/lamp.png",
+        "products/mug.png",
+        "products/vase.png",
+    }
     assert all(s.files[s.input["image_urls"][0]] for s in jobs)
 
 

@@ -72,8 +72,9 @@ def test_parquet(
     assert groups == (1 if row_group is None else -(-result.rows // row_group))
     table = pq.read_table(result.paths[0])
     lines = [table.schema.to_string(show_schema_metadata=False), f"rows: {result.rows}"]
-    lines += [json.dumps(r, default=str, ensure_ascii=False, sort_keys=True)
-              for r in table.to_pylist()]  # fmt: skip
+    lines += [
+        json.dumps(r, default=str, ensure_ascii=False, sort_keys=True) for r in table.to_pylist()
+    ]
     check(f"{kind}/parquet.txt", "\n".join(lines).encode() + b"\n")
 
 
@@ -101,8 +102,13 @@ def test_rebuild(tmp_path: Path) -> None:
     report = rebuild_from_rows(
         out, iter(jobs), iter(failures), manifest_sha256=MANIFEST_SHA, version=VERSION
     )
-    summary = {"rows": report.rows, "failures": report.failures, "missing": report.missing,
-               "changed": report.changed, "invalid": report.invalid}  # fmt: skip
+    summary = {
+        "rows": report.rows,
+        "failures": report.failures,
+        "missing": report.missing,
+        "changed": report.changed,
+        "invalid": report.invalid,
+    }
     check("lists/rebuild-report.json", json.dumps(summary, indent=1).encode() + b"\n")
     check("lists/rebuild-metadata.jsonl", (out / METADATA).read_bytes())
     check("lists/rebuild-failures.jsonl", (out / FAILURES).read_bytes())

@@ -99,8 +99,9 @@ def test_rebuild(folders: dict[int, Path]) -> None:
 
     def run(n: int) -> None:
         jobs = synthetic_jobs(folders[n], n)
-        reports[n] = rebuild_from_rows(folders[n], jobs, manifest_sha256=MANIFEST_SHA,
-                                       version=VERSION)  # fmt: skip
+        reports[n] = rebuild_from_rows(
+            folders[n], jobs, manifest_sha256=MANIFEST_SHA, version=VERSION
+        )
 
     assert_flat(peak(lambda: run(SMALL), warm=True), peak(lambda: run(BIG)), slack=3 << 20)
     assert reports[BIG].rows == BIG and reports[BIG].ok
@@ -115,13 +116,14 @@ def journals(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     made = {}
     for n in (SMALL * 3, BIG * 3):
         out = tmp_path_factory.mktemp(f"journal{n}")
-        with Journal.open(out / JOURNAL_NAME, manifest_sha256=MANIFEST_SHA, version=VERSION,
-                          settings={}) as j:  # fmt: skip
+        with Journal.open(
+            out / JOURNAL_NAME, manifest_sha256=MANIFEST_SHA, version=VERSION, settings={}
+        ) as j:
             j.add_jobs((synthetic_spec(i) for i in range(n)), cost_of=lambda s: 0.04)
         with sqlite3.connect(out / JOURNAL_NAME) as db:
             db.execute(
                 "UPDATE jobs SET state = 'RUNNING', request_id = 'req-' || seq, submitted_at ="
-                " seq, billed = 1, result = '{\"usage\": {\"input_tokens\": 5}}'"
+                ' seq, billed = 1, result = \'{"usage": {"input_tokens": 5}}\''
             )
             db.execute(
                 "UPDATE jobs SET state = 'FAILED', error_class = 'c' || (seq % 7), error = 'no'"

@@ -52,8 +52,7 @@ PROMPTS = [
 def golden_spec(i: int, *, tags: Any = None, **extra: Any) -> JobSpec:
     fmt = "webp" if i % 3 == 2 else "png"
     prompt = PROMPTS[i % len(PROMPTS)] + (f", take {i}" if i >= len(PROMPTS) else "")
-    inp: dict[str, Any] = {"prompt": prompt, "quality": "low",
-                           "output_format": fmt, **extra}  # fmt: skip
+    inp: dict[str, Any] = {"prompt": prompt, "quality": "low", "output_format": fmt, **extra}
     return JobSpec(
         job_id=job_id(EP, inp, 0),
         endpoint=EP,
@@ -76,10 +75,21 @@ def place(out: Path, spec: JobSpec, n: int, kind: str | None = None) -> Download
 
 
 def row_of(out: Path, spec: JobSpec, n: int, d: Downloaded, k: int, **kw: Any) -> dict[str, Any]:
-    return index_row(spec, n, d, out_dir=out, manifest_sha256=MANIFEST_SHA, version=VERSION,
-                     request_id=f"req-{k}", submitted_at=T0 + k, completed_at=T0 + k + 5,
-                     downloaded_at=T0 + k + 7, inference_time=1.5 + k, cost_estimate=0.01,
-                     **kw)  # fmt: skip
+    return index_row(
+        spec,
+        n,
+        d,
+        out_dir=out,
+        manifest_sha256=MANIFEST_SHA,
+        version=VERSION,
+        request_id=f"req-{k}",
+        submitted_at=T0 + k,
+        completed_at=T0 + k + 5,
+        downloaded_at=T0 + k + 7,
+        inference_time=1.5 + k,
+        cost_estimate=0.01,
+        **kw,
+    )
 
 
 def golden_specs() -> list[JobSpec]:
@@ -147,26 +157,47 @@ def golden_rebuild_input(out: Path, specs: list[JobSpec]) -> tuple[list[Complete
     for i, spec in enumerate(specs):
         sha = {}
         if i % 2 == 0:
-            sha = {n: sha256_file(place_path(out, spec, n))[1] for n in range(spec.num_images)
-                   if place_path(out, spec, n).is_file()}  # fmt: skip
+            sha = {
+                n: sha256_file(place_path(out, spec, n))[1]
+                for n in range(spec.num_images)
+                if place_path(out, spec, n).is_file()
+            }
         if i == 5:
             sha = {0: sha256_of(IMAGES["png"])}  # the checksum recorded at download
-        jobs.append(CompletedJob(
-            spec=spec, num_images=spec.num_images, request_id=f"req-j{i}", submitted_at=T0 + i,
-            completed_at=T0 + 100 + i if i % 3 == 0 else None, cost_estimate=0.02,
-            usage={"input_tokens": 10, "output_tokens": 100} if i == 1 else None,
-            sha256=sha, origin="emulator" if i == 2 else "fal",
-        ))  # fmt: skip
+        jobs.append(
+            CompletedJob(
+                spec=spec,
+                num_images=spec.num_images,
+                request_id=f"req-j{i}",
+                submitted_at=T0 + i,
+                completed_at=T0 + 100 + i if i % 3 == 0 else None,
+                cost_estimate=0.02,
+                usage={"input_tokens": 10, "output_tokens": 100} if i == 1 else None,
+                sha256=sha,
+                origin="emulator" if i == 2 else "fal",
+            )
+        )
     fresh = golden_spec(7)  # downloaded, but its row never reached the index
     place(out, fresh, 0)
     os.utime(place_path(out, fresh, 0), (T0 + 2000, T0 + 2000))
     jobs.append(CompletedJob(spec=fresh, num_images=1, request_id="req-fresh"))
     failures = [
-        failure_row(golden_spec(8), error_class="content_policy_violation", message="no",
-                    attempts=1, request_id="r8", failed_at=T0),
-        failure_row(golden_spec(9), error_class="http_422", message="bad\nsize", attempts=3,
-                    failed_at=T0 + 1),
-    ]  # fmt: skip
+        failure_row(
+            golden_spec(8),
+            error_class="content_policy_violation",
+            message="no",
+            attempts=1,
+            request_id="r8",
+            failed_at=T0,
+        ),
+        failure_row(
+            golden_spec(9),
+            error_class="http_422",
+            message="bad\nsize",
+            attempts=3,
+            failed_at=T0 + 1,
+        ),
+    ]
     return jobs, failures
 
 
@@ -201,8 +232,9 @@ def synthetic_jobs(out: Path, n: int) -> Iterator[CompletedJob]:
     the old index, so a rebuild writes the same rows again)."""
     for i in range(n):
         spec = synthetic_spec(i)
-        yield CompletedJob(spec=spec, num_images=1, request_id=f"req-{i}", submitted_at=T0 + i,
-                           cost_estimate=0.01)  # fmt: skip
+        yield CompletedJob(
+            spec=spec, num_images=1, request_id=f"req-{i}", submitted_at=T0 + i, cost_estimate=0.01
+        )
 
 
 def synthetic_rows(out: Path, n: int, *, shared: int = 4) -> Iterator[dict[str, Any]]:

@@ -144,7 +144,10 @@ def test_a_closed_pipe_ends_quietly() -> None:
     with os.fdopen(write, "wb") as out:
         done = subprocess.run(
             [sys.executable, "-m", "batchgen", "plan", str(manifest), "--json"],
-            stdout=out, stderr=subprocess.PIPE, timeout=60, check=False,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
     assert done.returncode == 141
     assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr

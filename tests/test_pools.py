@@ -62,8 +62,9 @@ async def test_requests_spread_over_small_pools_and_reuse_their_connections() ->
         httpx.AsyncClient(transport=transport, base_url=url) as client,
     ):
         # 32 requests held open at once: each needs its own connection, all answered.
-        held = [asyncio.create_task(client.get("/hello", params={"n": i, "wait": 1}))
-                for i in range(32)]  # fmt: skip
+        held = [
+            asyncio.create_task(client.get("/hello", params={"n": i, "wait": 1})) for i in range(32)
+        ]
         await asyncio.wait_for(all_held.wait(), 10)
         gate.set()
         answers = await asyncio.gather(*held)

@@ -227,7 +227,6 @@ async def test_a_long_outage_never_fails_a_job_for_it(tmp_path: Path) -> None:
     assert rig.states() == {S.DOWNLOADED: 2} and not run.of(Failed)
 
 
-
 async def test_a_stop_during_an_outage_ends_at_once_with_every_claim_given_back(
     tmp_path: Path,
 ) -> None:

@@ -41,8 +41,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def rehearse(m: Path, out: Path, *extra: str) -> int:
-    return main(["run", str(m), "--emulate", "--out", str(out), "--quiet", "--time-scale", "0",
-                 *extra])  # fmt: skip
+    return main(
+        ["run", str(m), "--emulate", "--out", str(out), "--quiet", "--time-scale", "0", *extra]
+    )
 
 
 def origins(out: Path) -> set[object]:
@@ -143,8 +144,23 @@ def test_a_rehearsal_stopped_hard_resumes_within_seconds(
 ) -> None:
     m = write_manifest(tmp_path, 20)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "batchgen", "run", str(m), "--emulate", "--out", str(out),
-           "--quiet", "--time-scale", "0.05", "--faults", "slow_media=0.3", "--concurrency", "6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "batchgen",
+        "run",
+        str(m),
+        "--emulate",
+        "--out",
+        str(out),
+        "--quiet",
+        "--time-scale",
+        "0.05",
+        "--faults",
+        "slow_media=0.3",
+        "--concurrency",
+        "6",
+    ]
     proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.DEVNULL)
     wait_for_in_flight(out, proc, 3)
     time.sleep(random.Random(how).uniform(0.0, 0.4))
@@ -178,9 +194,17 @@ async def test_a_cancelled_api_rehearsal_resumes_without_waiting(tmp_path: Path)
         if isinstance(event, batchgen.Started):
             running.set()
 
-    task = asyncio.create_task(batchgen.run(
-        m, out=out, emulate=True, time_scale=0.05, concurrency=4, environ=NO_KEY, on_event=note,
-    ))  # fmt: skip
+    task = asyncio.create_task(
+        batchgen.run(
+            m,
+            out=out,
+            emulate=True,
+            time_scale=0.05,
+            concurrency=4,
+            environ=NO_KEY,
+            on_event=note,
+        )
+    )
     await running.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -239,7 +263,6 @@ def test_an_unreachable_server_shows_in_the_terminal_within_seconds(tmp_path: Pa
     assert read_failures(out) == []
 
 
-
 @contextlib.contextmanager
 def untrusted_https(tmp: Path) -> Iterator[str]:
     """An HTTPS listener whose certificate nobody trusts: every client handshake fails."""
@@ -273,8 +296,17 @@ def test_an_untrusted_certificate_says_how_to_trust_it(tmp_path: Path) -> None:
     m = write_manifest(tmp_path, 2)
     out = tmp_path / "out"
     with untrusted_https(tmp_path) as url:
-        cmd = [sys.executable, "-m", "batchgen", "run", str(m), "--endpoint", url, "--out",
-               str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(m),
+            "--endpoint",
+            url,
+            "--out",
+            str(out),
+        ]
         proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         started, said = time.monotonic(), ""

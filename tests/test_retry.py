@@ -169,14 +169,16 @@ def test_x_fal_retryable_is_honoured(op: str, exc: QueueHTTPError, action: Actio
     ("op", "exc"),
     [
         ("result", http(422, detail=CPV, retryable=True)),
-        ("result", http(422, detail="refused", error_type="content_policy_violation",
-                        retryable=True)),
+        (
+            "result",
+            http(422, detail="refused", error_type="content_policy_violation", retryable=True),
+        ),
         ("status", http(422, detail=CPV, retryable=True)),
         ("submit", http(422, detail=CPV, retryable=True)),
         ("result", http(400, error_type="content_policy_violation", retryable=True)),
         ("result", http(422, detail=[*BAD, *CPV], retryable=True)),
     ],
-)  # fmt: skip
+)
 def test_content_policy_is_final_whatever_the_headers_say(op: str, exc: QueueHTTPError) -> None:
     # The same input would be paid for again and refused again: no header may turn the
     # refusal into a resubmit (result) or a retry (submit).

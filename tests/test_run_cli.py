@@ -91,8 +91,20 @@ def test_budget_exit_3_then_continue(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_flaky_emulate_ends_with_recorded_failures(tmp_path: Path) -> None:
     m = write_manifest(tmp_path, 30)
     out = tmp_path / "out"
-    code = main(["run", str(m), "--emulate", "--faults", "flaky,content_policy=0.2",
-                 "--out", str(out), "--quiet", "--time-scale", "0.01"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(m),
+            "--emulate",
+            "--faults",
+            "flaky,content_policy=0.2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--time-scale",
+            "0.01",
+        ]
+    )
     st = states(out)
     assert set(st) <= {S.DOWNLOADED, S.FAILED}
     assert st[S.FAILED] >= 1

@@ -49,9 +49,7 @@ def test_quiet_prints_no_progress_lines_but_the_summary(
     assert captured.out == ""
 
 
-def test_quiet_draws_no_bar_on_a_terminal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_quiet_draws_no_bar_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     assert _run(tmp_path, 4, "--quiet")[0] == 0
@@ -118,8 +116,9 @@ def test_the_bar_keeps_the_spend_at_80_columns(
 
 
 def test_a_note_wipes_the_whole_line_then_redraws_the_bar() -> None:
-    snap = Snapshot(spent=0.5, pending=5, queued=1, running=2, in_flight=3, done=10, failed=1,
-                    window=3)  # fmt: skip
+    snap = Snapshot(
+        spent=0.5, pending=5, queued=1, running=2, in_flight=3, done=10, failed=1, window=3
+    )
     term = Terminal()
     p = Progress(lambda: snap, total=16, stream=term, bar=True, columns=lambda: 80)
     p.note("batchgen: stopping")

@@ -22,8 +22,19 @@ pytestmark = pytest.mark.slow
 
 
 def command(manifest: Path, url: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "batchgen", "run", str(manifest), "--endpoint", url,
-            "--out", str(out), "--quiet", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "batchgen",
+        "run",
+        str(manifest),
+        "--endpoint",
+        url,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:

@@ -91,8 +91,19 @@ def test_a_run_over_the_threshold_asks_on_the_terminal(
     m = write_manifest(tmp_path, 3)
     out = tmp_path / "out"
     with emulator_thread(time_scale=0, announce=False) as url:
-        cmd = [sys.executable, "-m", "batchgen", "run", str(m), "--endpoint", url,
-               "--out", str(out), "--confirm-over", "0.02"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(m),
+            "--endpoint",
+            url,
+            "--out",
+            str(out),
+            "--confirm-over",
+            "0.02",
+        ]
         leader, follower = pty.openpty()  # the run's stdin is a terminal
         e = env() | {"FAL_KEY": "test-key"}
         proc = subprocess.Popen(cmd, env=e, cwd=REPO, stdin=follower, stderr=subprocess.PIPE)

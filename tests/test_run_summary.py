@@ -127,8 +127,15 @@ def test_describe_covers_retries_budget_and_stops() -> None:
 
 
 def snap(**kw: int) -> Snapshot:
-    base = {"pending": 5, "queued": 1, "running": 2, "in_flight": 3, "done": 10, "failed": 1,
-            "window": 3}  # fmt: skip
+    base = {
+        "pending": 5,
+        "queued": 1,
+        "running": 2,
+        "in_flight": 3,
+        "done": 10,
+        "failed": 1,
+        "window": 3,
+    }
     base.update(kw)
     return Snapshot(spent=0.5, **base)
 

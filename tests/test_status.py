@@ -168,22 +168,38 @@ def test_a_killed_run_reads_as_interrupted(
         ({"target": "endpoint", "endpoint": "http://h:8080"}, " --endpoint http://h:8080"),
         ({"target": "fal", "concurrency": 8, "max_cost": 5.0}, " --concurrency 8 --max-cost 5"),
         (  # how the requests asked fal; the stop time, the URL and the command are not kept
-            {"target": "fal", "priority": "low", "start_timeout": 30.0, "media_expiry": 900,
-             "allow_fallbacks": True, "store_io": False, "stop_at": "2026-05-02 07:00 +0200",
-             "notify": True, "on_exit": True},
-            " --priority low --start-timeout 30 --media-expiry 900 --allow-fallbacks"
-            " --no-store-io",
+            {
+                "target": "fal",
+                "priority": "low",
+                "start_timeout": 30.0,
+                "media_expiry": 900,
+                "allow_fallbacks": True,
+                "store_io": False,
+                "stop_at": "2026-05-02 07:00 +0200",
+                "notify": True,
+                "on_exit": True,
+            },
+            " --priority low --start-timeout 30 --media-expiry 900 --allow-fallbacks --no-store-io",
         ),
         ({"target": "fal", "watch": "stream", "webhook_url": None}, ""),
         ({"target": "fal", "watch": "poll"}, " --watch poll"),
         (  # the receiver's default address is not repeated; a fixed one and the URL are
-            {"target": "endpoint", "endpoint": "http://h:1", "watch": "webhook",
-             "webhook_listen": "127.0.0.1:0", "webhook_url": None},
+            {
+                "target": "endpoint",
+                "endpoint": "http://h:1",
+                "watch": "webhook",
+                "webhook_listen": "127.0.0.1:0",
+                "webhook_url": None,
+            },
             " --endpoint http://h:1 --watch webhook",
         ),
         (
-            {"target": "fal", "watch": "webhook", "webhook_listen": "0.0.0.0:8787",
-             "webhook_url": "https://hooks.example.com/"},
+            {
+                "target": "fal",
+                "watch": "webhook",
+                "webhook_listen": "0.0.0.0:8787",
+                "webhook_url": "https://hooks.example.com/",
+            },
             " --watch webhook --webhook-listen 0.0.0.0:8787"
             " --webhook-url https://hooks.example.com/",
         ),

@@ -61,9 +61,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as http:
         client = QueueClient(
-            http, endpoints=Endpoints.single(BASE), key="k", sleep=ZeroWait(),
+            http,
+            endpoints=Endpoints.single(BASE),
+            key="k",
+            sleep=ZeroWait(),
             retry=RetryPolicy(rng=lambda: 0.0),
-        )  # fmt: skip
+        )
         try:
             yield World(tmp_path, app, journal, client, http)
         finally:
@@ -163,8 +166,9 @@ async def test_a_file_changed_or_gone_since_planning_fails_the_job(world: World)
 
 async def test_a_failed_upload_is_an_upload_outcome_never_a_submit_one(tmp_path: Path) -> None:
     app = create_app(EmulatorConfig(time_scale=0, faults="upload500=1"))
-    journal = Journal.open(tmp_path / JOURNAL_NAME, manifest_sha256="0" * 64, version="t",
-                           settings={})  # fmt: skip
+    journal = Journal.open(
+        tmp_path / JOURNAL_NAME, manifest_sha256="0" * 64, version="t", settings={}
+    )
     png(tmp_path / "a.png", (1, 1, 1))
     (tmp_path / "m.yaml").write_text(
         f"model: {EDIT}\nprompts: [{{prompt: x, image_urls: [a.png]}}]\n"
@@ -172,8 +176,13 @@ async def test_a_failed_upload_is_an_upload_outcome_never_a_submit_one(tmp_path:
     (spec,) = plan(load_manifest(tmp_path / "m.yaml"))
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
-            client = QueueClient(http, endpoints=Endpoints.single(BASE), key="k",
-                                 sleep=ZeroWait(), retry=RetryPolicy(rng=lambda: 0.0))  # fmt: skip
+            client = QueueClient(
+                http,
+                endpoints=Endpoints.single(BASE),
+                key="k",
+                sleep=ZeroWait(),
+                retry=RetryPolicy(rng=lambda: 0.0),
+            )
             with pytest.raises(UploadError) as info:
                 await Uploads(journal, client, folder=tmp_path).resolve(spec)
     finally:

@@ -24,9 +24,7 @@ S = JobState
 BODY = json.dumps({"request_id": "r-1", "status": "OK", "payload": {"images": []}}).encode()
 
 
-def fetching(
-    *docs: dict[str, Any], clock: Any = time.time
-) -> tuple[Verifier, list[int]]:
+def fetching(*docs: dict[str, Any], clock: Any = time.time) -> tuple[Verifier, list[int]]:
     """A verifier whose JWKS fetches return ``docs`` in turn; the list counts the fetches."""
     fetched: list[int] = []
 
@@ -83,11 +81,22 @@ async def test_a_rotated_key_is_fetched_again_but_not_for_every_stranger() -> No
 
 
 def test_an_error_delivery_reads_as_the_result_would() -> None:
-    raw = json.dumps({
-        "request_id": "r-9", "status": "ERROR", "error": "Invalid status code: 422",
-        "payload": {"detail": [{"loc": ["body", "prompt"], "msg": "refused",
-                                "type": "content_policy_violation"}]},
-    }).encode()  # fmt: skip
+    raw = json.dumps(
+        {
+            "request_id": "r-9",
+            "status": "ERROR",
+            "error": "Invalid status code: 422",
+            "payload": {
+                "detail": [
+                    {
+                        "loc": ["body", "prompt"],
+                        "msg": "refused",
+                        "type": "content_policy_violation",
+                    }
+                ]
+            },
+        }
+    ).encode()
     d = parse_delivery(raw)
     assert not d.ok and d.failure().status == 422
     assert d.failure().detail[0]["type"] == "content_policy_violation"
@@ -104,9 +113,24 @@ def test_a_webhook_run_through_lost_repeated_late_and_forged_deliveries(
     m = write_manifest(tmp_path, 24)
     out = tmp_path / "out"
     faults = "webhook_lost=0.25,webhook_dup=0.25,webhook_delay=0.25,webhook_forged=0.25"
-    code = main(["run", str(m), "--emulate", "--watch", "webhook", "--concurrency", "8",
-                 "--time-scale", "0", "--faults", faults, "--out", str(out),
-                 "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(m),
+            "--emulate",
+            "--watch",
+            "webhook",
+            "--concurrency",
+            "8",
+            "--time-scale",
+            "0",
+            "--faults",
+            faults,
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert states(out) == {S.DOWNLOADED: 24} and len(read_index(out)) == 24
     err = capsys.readouterr().err

@@ -107,7 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " --webhook-listen (required against fal; default elsewhere: the listen address)",
     )
     p.add_argument(
-        "--download-concurrency", type=int, default=DOWNLOAD_CONCURRENCY, metavar="N",
+        "--download-concurrency",
+        type=int,
+        default=DOWNLOAD_CONCURRENCY,
+        metavar="N",
         help=f"images downloaded at once (default {DOWNLOAD_CONCURRENCY})",
     )
     p.add_argument(
@@ -218,9 +221,12 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
     settings = build_settings(
-        vars(args), os.environ, manifest_name=manifest.name, byok=manifest_wants_key(manifest),
+        vars(args),
+        os.environ,
+        manifest_name=manifest.name,
+        byok=manifest_wants_key(manifest),
         manifest=manifest,
-    )  # fmt: skip
+    )
     approve = approval(over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
     json_out = sys.stdout if args.json else None
     return asyncio.run(
@@ -324,15 +330,24 @@ class _View:
                 return [
                     text
                     for n, text in (
-                        (replaced, f"{self._out} held a rehearsal: its {replaced} jobs are made"
-                                   " for real now (its placeholder images are removed)"),
-                        (dropped, f"{dropped} requests of a stopped emulator are submitted again"
-                                  " (they cost nothing)"),
-                        (redownload, f"{redownload} paid images that failed to download are"
-                                     " fetched again from their results (no new submit)"),
+                        (
+                            replaced,
+                            f"{self._out} held a rehearsal: its {replaced} jobs are made"
+                            " for real now (its placeholder images are removed)",
+                        ),
+                        (
+                            dropped,
+                            f"{dropped} requests of a stopped emulator are submitted again"
+                            " (they cost nothing)",
+                        ),
+                        (
+                            redownload,
+                            f"{redownload} paid images that failed to download are"
+                            " fetched again from their results (no new submit)",
+                        ),
                     )
                     if n
-                ]  # fmt: skip
+                ]
             case Unreachable(seconds=s, message=msg):
                 return [
                     f"{self._where} unreachable for {s:.0f} s: {msg}; retrying (nothing is"

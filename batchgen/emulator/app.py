@@ -128,17 +128,28 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
     if endpoint == gptimage.EDIT:
         # Decoding a reference costs milliseconds per megapixel: not on the event loop.
         problems, reference = await run_in_threadpool(
-            check_references, body, base=base, files=request.app.state.files,
+            check_references,
+            body,
+            base=base,
+            files=request.app.state.files,
             media=request.app.state.media,
-        )  # fmt: skip
+        )
         model.counters["references_refused"] += len(problems)
     ctl = read_controls(request.headers)  # priority, start timeout, media expiry, fallbacks
     count(request.headers, model.control_headers)
     req = model.submit(
-        app_id, endpoint, body, now, webhook=webhook, start_timeout=ctl.start_timeout,
-        input_problems=problems, reference=reference, priority=ctl.priority,
-        media_expiry=ctl.media_expiry, fallbacks=ctl.fallbacks,
-    )  # fmt: skip
+        app_id,
+        endpoint,
+        body,
+        now,
+        webhook=webhook,
+        start_timeout=ctl.start_timeout,
+        input_problems=problems,
+        reference=reference,
+        priority=ctl.priority,
+        media_expiry=ctl.media_expiry,
+        fallbacks=ctl.fallbacks,
+    )
     if webhook:
         request.app.state.webhooks.watch(req, base)
     # The job now exists (and will be billed); dropping here is what makes naive clients pay

@@ -206,9 +206,7 @@ def migrate(conn: sqlite3.Connection, have: int) -> None:
     with transaction(conn) as c:
         for v in range(have, SCHEMA_VERSION):
             MIGRATIONS[v](c)
-        c.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-        )
+        c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         c.execute(
             "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, NULL, 'migrate', ?)",
             (time.time(), f"journal schema {have} -> {SCHEMA_VERSION}"),

@@ -202,10 +202,14 @@ class JournalReader:
     def to_submit(self) -> tuple[int, int, float]:
         """(jobs, images, estimated USD) a run would submit now: the manifest's PENDING jobs and
         its UNKNOWN ones (resubmitted). One pass over those rows."""
-        jobs, images, cost = self._db().execute(
-            "SELECT count(*), total(coalesce(json_extract(spec, '$.input.num_images'), 1)),"
-            " total(cost) FROM jobs WHERE state IN ('PENDING', 'UNKNOWN') AND in_manifest = 1"
-        ).fetchone()
+        jobs, images, cost = (
+            self._db()
+            .execute(
+                "SELECT count(*), total(coalesce(json_extract(spec, '$.input.num_images'), 1)),"
+                " total(cost) FROM jobs WHERE state IN ('PENDING', 'UNKNOWN') AND in_manifest = 1"
+            )
+            .fetchone()
+        )
         return int(jobs), int(images), float(cost)
 
     def usages(self) -> Iterator[tuple[dict[str, Any], int]]:

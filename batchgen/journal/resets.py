@@ -24,9 +24,14 @@ _DOWNLOAD_ONLY = "error_class LIKE 'download%' AND result IS NOT NULL"
 
 
 def _apply(
-    conn: sqlite3.Connection, now: float, where: str, params: tuple[object, ...], sets: str,
-    new: str, note: str,
-) -> int:  # fmt: skip
+    conn: sqlite3.Connection,
+    now: float,
+    where: str,
+    params: tuple[object, ...],
+    sets: str,
+    new: str,
+    note: str,
+) -> int:
     with transaction(conn) as c:
         c.execute(
             "INSERT INTO events (ts, job_id, kind, detail)"
@@ -45,12 +50,15 @@ def replace_rehearsal(conn: sqlite3.Connection, now: float, keep: str | None) ->
     PENDING as if never run: no request, no charge, no attempt (an emulator bills nothing,
     and its images are placeholders)."""
     return _apply(
-        conn, now, "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state != 'PENDING'"
+        conn,
+        now,
+        "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state != 'PENDING'"
         " OR billed > 0 OR possible_duplicates > 0 OR attempts > 0)",
         (EMULATOR, EMULATOR + ":%", keep),
-        f"{_FORGET}, origin = NULL, attempts = 0, lost = 0, billed = 0,"
-        " possible_duplicates = 0", "PENDING", "rehearsal replaced by real work",
-    )  # fmt: skip
+        f"{_FORGET}, origin = NULL, attempts = 0, lost = 0, billed = 0, possible_duplicates = 0",
+        "PENDING",
+        "rehearsal replaced by real work",
+    )
 
 
 def drop_emulator_requests(conn: sqlite3.Connection, now: float, keep: str | None) -> int:
@@ -60,12 +68,16 @@ def drop_emulator_requests(conn: sqlite3.Connection, now: float, keep: str | Non
     charges are forgotten too: a rehearsal's "on fal" figure counts each job once). A
     download that failed against one is retried the same way: its URLs died too."""
     return _apply(
-        conn, now, "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state IN"
+        conn,
+        now,
+        "(origin = ? OR origin LIKE ?) AND origin IS NOT ? AND (state IN"
         " ('SUBMITTING', 'UNKNOWN', 'QUEUED', 'RUNNING', 'COMPLETED') OR (state = 'FAILED'"
-        f" AND {_DOWNLOAD_ONLY}))", (EMULATOR, EMULATOR + ":%", keep),
-        f"{_FORGET}, billed = 0, possible_duplicates = 0, lost = 0", "PENDING",
+        f" AND {_DOWNLOAD_ONLY}))",
+        (EMULATOR, EMULATOR + ":%", keep),
+        f"{_FORGET}, billed = 0, possible_duplicates = 0, lost = 0",
+        "PENDING",
         "emulator gone: resubmitted",
-    )  # fmt: skip
+    )
 
 
 def redownload_failed(conn: sqlite3.Connection, now: float, origins: tuple[str, str]) -> int:
@@ -73,17 +85,25 @@ def redownload_failed(conn: sqlite3.Connection, now: float, origins: tuple[str, 
     go back to COMPLETED: the image is paid for and the result is kept, so it is fetched
     again, never resubmitted."""
     return _apply(
-        conn, now, f"state = 'FAILED' AND in_manifest = 1 AND {_DOWNLOAD_ONLY}"
-        " AND origin IN (?, ?)", origins,
-        "error_class = NULL, error = NULL, attempts = 0", "COMPLETED",
+        conn,
+        now,
+        f"state = 'FAILED' AND in_manifest = 1 AND {_DOWNLOAD_ONLY} AND origin IN (?, ?)",
+        origins,
+        "error_class = NULL, error = NULL, attempts = 0",
+        "COMPLETED",
         "download retried from the stored result",
-    )  # fmt: skip
+    )
 
 
 def retry_failed(conn: sqlite3.Connection, now: float) -> int:
     """``--retry-failed``: every other final failure of the manifest back to PENDING with a
     fresh count of attempts and no request (a new one is made)."""
     return _apply(
-        conn, now, "state = 'FAILED' AND in_manifest = 1", (), f"{_FORGET}, attempts = 0",
-        "PENDING", "retry-failed",
-    )  # fmt: skip
+        conn,
+        now,
+        "state = 'FAILED' AND in_manifest = 1",
+        (),
+        f"{_FORGET}, attempts = 0",
+        "PENDING",
+        "retry-failed",
+    )

@@ -132,8 +132,10 @@ class LocalFiles:
         if not matches:
             return [f"{short(pattern)} matches no file (patterns are relative to the manifest)"]
         if len(matches) > MAX_GLOB_MATCHES:
-            return [f"{short(pattern)} matches {len(matches):,} files; at most "
-                    f"{MAX_GLOB_MATCHES:,} per pattern"]  # fmt: skip
+            return [
+                f"{short(pattern)} matches {len(matches):,} files; at most "
+                f"{MAX_GLOB_MATCHES:,} per pattern"
+            ]
         problems: list[str] = []
         for m in matches:  # a match is a file, even when its name looks like a pattern
             if m not in self._seen:

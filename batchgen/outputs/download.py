@@ -137,8 +137,9 @@ async def download_image(
             if c.size != size:  # not what was written: something else touched the .part
                 raise DownloadError(
                     f"{part.name} changed on disk ({c.size} of {size} bytes)",
-                    retryable=True, reason="changed",
-                )  # fmt: skip
+                    retryable=True,
+                    reason="changed",
+                )
             os.replace(part, dest)
             return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt))
         except DownloadError as exc:
@@ -161,10 +162,12 @@ async def _check(
     """:func:`checks.check_file` in a worker process, or without a pool in a worker thread
     (thumbnails there would take the GIL from the event loop: the gallery makes them)."""
     if checks is not None:
-        return await checks.check(path, expected_format, durable=durable, thumbs=thumbs,
-                                  expected_sha256=expected_sha256)  # fmt: skip
-    return await asyncio.to_thread(check_file, str(path), expected_format, durable=durable,
-                                   expected_sha256=expected_sha256)  # fmt: skip
+        return await checks.check(
+            path, expected_format, durable=durable, thumbs=thumbs, expected_sha256=expected_sha256
+        )
+    return await asyncio.to_thread(
+        check_file, str(path), expected_format, durable=durable, expected_sha256=expected_sha256
+    )
 
 
 def _scheme(url: str) -> str:
@@ -204,9 +207,7 @@ def _check_type(declared: str, expected_format: str | None, url: str) -> None:
         )
 
 
-async def _write_data_uri(
-    url: str, part: Path, max_bytes: int, expected_format: str | None
-) -> int:
+async def _write_data_uri(url: str, part: Path, max_bytes: int, expected_format: str | None) -> int:
     """Decode a ``data:`` URI (fal's ``sync_mode``) to ``part``; returns its size."""
     header, comma, payload = url[5:].partition(",")
     if not comma:

@@ -185,18 +185,36 @@ class DownloadPool:
             dest = self._dest(row.spec, n)
             name = self._name(dest)
             d = await download_image(
-                self._media, url, dest, max_bytes=self._max_bytes, expected_format=fmt,
-                sleep=self._sleep, rng=self._rng, expected_sha256=self._known.pop(name, None),
-                checks=self._checks, thumbs=self._thumbs,
-            )  # fmt: skip
-            rows.append(index_row(
-                row.spec, n, d, out_dir=self._out, file_name=name, manifest_sha256=self._sha,
-                request_id=row.request_id, submitted_at=row.submitted_at,
-                completed_at=row.updated_at, inference_time=inference_time,
-                cost_estimate=row.cost / len(images), usage=usage,
-                cost_actual=actual / len(images) if actual is not None else None,
-                origin=row.origin, answered_by=answered_by_of(result),
-            ))  # fmt: skip
+                self._media,
+                url,
+                dest,
+                max_bytes=self._max_bytes,
+                expected_format=fmt,
+                sleep=self._sleep,
+                rng=self._rng,
+                expected_sha256=self._known.pop(name, None),
+                checks=self._checks,
+                thumbs=self._thumbs,
+            )
+            rows.append(
+                index_row(
+                    row.spec,
+                    n,
+                    d,
+                    out_dir=self._out,
+                    file_name=name,
+                    manifest_sha256=self._sha,
+                    request_id=row.request_id,
+                    submitted_at=row.submitted_at,
+                    completed_at=row.updated_at,
+                    inference_time=inference_time,
+                    cost_estimate=row.cost / len(images),
+                    usage=usage,
+                    cost_actual=actual / len(images) if actual is not None else None,
+                    origin=row.origin,
+                    answered_by=answered_by_of(result),
+                )
+            )
             files.append({"file_name": name, "sha256": d.sha256, "bytes": d.bytes})
         # Index rows first, on disk: a crash before the journal commit downloads again and
         # appends the same rows, which readers de-duplicate by file name; the other order
@@ -206,7 +224,6 @@ class DownloadPool:
         await self._index_sync()
         self._journal.mark_downloaded(row.job_id, files)
         self._on_saved(row.job_id, len(files))
-
 
     def _name(self, dest: Path) -> str:
         """``dest`` (from :meth:`_dest`) relative to the output folder: its index name."""

@@ -86,9 +86,12 @@ def journal_spend(out_dir: Path) -> tuple[float, float] | None:
 
 
 def _chunk(
-    out_dir: Path, k: int, rows: Sequence[Mapping[str, Any]], totals: Totals,
+    out_dir: Path,
+    k: int,
+    rows: Sequence[Mapping[str, Any]],
+    totals: Totals,
     pool: ThreadPoolExecutor,
-) -> int:  # fmt: skip
+) -> int:
     """Thumbnails, totals and both script files of chunk ``k``; returns thumbnails made."""
     todo: dict[str, Path] = {}
     present: list[bool] = []
@@ -105,8 +108,9 @@ def _chunk(
         if ok and sha not in todo and not os.path.isfile(os.path.join(base, thumb_name(sha))):
             todo[sha] = Path(src)
     # In threads: Pillow decodes without the GIL.
-    made = pool.map(lambda kv: (kv[0], make_thumbnail(kv[1], out_dir / thumb_name(kv[0]))),
-                    todo.items())  # fmt: skip
+    made = pool.map(
+        lambda kv: (kv[0], make_thumbnail(kv[1], out_dir / thumb_name(kv[0]))), todo.items()
+    )
     failed = {sha for sha, ok in made if not ok}
     records = [record(r, None if t in failed else t) for r, t in zip(rows, thumbs, strict=True)]
     for r, rec, here in zip(rows, records, present, strict=True):
@@ -179,10 +183,13 @@ def _read(
 def _save_state(out_dir: Path, p: _Pass, chunk_rows: int) -> None:
     (out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
     state = {
-        "format": STATE_FORMAT, "batchgen_version": __version__, "chunk_rows": chunk_rows,
-        "metadata": p.metadata_id, "end": p.end,
+        "format": STATE_FORMAT,
+        "batchgen_version": __version__,
+        "chunk_rows": chunk_rows,
+        "metadata": p.metadata_id,
+        "end": p.end,
         "resume": {"offset": p.resume.offset, "totals": p.resume.totals.to_json()},
-    }  # fmt: skip
+    }
     p.keys.write(out_dir / KEYS)
     dest = out_dir / STATE  # last: it names the keys and chunks now on disk
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
@@ -198,10 +205,12 @@ def _load_resume(out_dir: Path, chunk_rows: int) -> _Resume | None:
         keys = scan.Keys.from_bytes((out_dir / KEYS).read_bytes())
         st = (out_dir / METADATA).stat()
         same = (
-            state["format"] == STATE_FORMAT and state["batchgen_version"] == __version__
-            and state["chunk_rows"] == chunk_rows and state["metadata"] == [st.st_dev, st.st_ino]
+            state["format"] == STATE_FORMAT
+            and state["batchgen_version"] == __version__
+            and state["chunk_rows"] == chunk_rows
+            and state["metadata"] == [st.st_dev, st.st_ino]
             and st.st_size >= state["end"]
-        )  # fmt: skip
+        )
         totals = Totals.from_json(state["resume"]["totals"])
         offset = int(state["resume"]["offset"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -239,9 +248,12 @@ def refresh_gallery(
 
 
 def _build(
-    out_dir: Path, resume: _Resume | None, title: str | None, workers: int | None,
+    out_dir: Path,
+    resume: _Resume | None,
+    title: str | None,
+    workers: int | None,
     chunk_rows: int,
-) -> GalleryReport:  # fmt: skip
+) -> GalleryReport:
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
     fresh = _Resume(0, Totals(), scan.Keys())
@@ -256,17 +268,23 @@ def _build(
     script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
     (out_dir / SCRIPT).write_text(script.read_text("utf-8"), encoding="utf-8")
     facts = PageFacts(
-        title=title or out_dir.resolve().name, totals=p.totals, jobs=p.keys.distinct_jobs(),
-        failures=failures, failure_chunks=failure_chunks, spend=journal_spend(out_dir),
-        chunk_rows=chunk_rows, script=SCRIPT,
-    )  # fmt: skip
+        title=title or out_dir.resolve().name,
+        totals=p.totals,
+        jobs=p.keys.distinct_jobs(),
+        failures=failures,
+        failure_chunks=failure_chunks,
+        spend=journal_spend(out_dir),
+        chunk_rows=chunk_rows,
+        script=SCRIPT,
+    )
     dest = out_dir / GALLERY
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     tmp.write_text(render_page(facts), encoding="utf-8")
     os.replace(tmp, dest)
     _remove_stale(out_dir, -(-p.totals.rows // chunk_rows), failure_chunks)
-    return GalleryReport(dest, p.totals.rows, p.made, p.totals.missing, failures,
-                         p.rows_read, resume is not None)  # fmt: skip
+    return GalleryReport(
+        dest, p.totals.rows, p.made, p.totals.missing, failures, p.rows_read, resume is not None
+    )
 
 
 def _remove_stale(out_dir: Path, chunks: int, failure_chunks: int) -> None:

@@ -105,11 +105,19 @@ def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
     index, quality, size, tags, cost, references]. The order is gallery.js's ``R`` table."""
     return [
-        str(r["file_name"]), thumb, _int(r.get("width")), _int(r.get("height")),
-        str(r.get("prompt") or ""), str(r.get("prompt_id") or ""), _int(r.get("image_index")),
-        str(r.get("quality") or ""), size_of(r), tags_of(r), _number(r.get("cost_estimate")),
+        str(r["file_name"]),
+        thumb,
+        _int(r.get("width")),
+        _int(r.get("height")),
+        str(r.get("prompt") or ""),
+        str(r.get("prompt_id") or ""),
+        _int(r.get("image_index")),
+        str(r.get("quality") or ""),
+        size_of(r),
+        tags_of(r),
+        _number(r.get("cost_estimate")),
         references(r),
-    ]  # fmt: skip
+    ]
 
 
 def search_text(r: Mapping[str, Any], rec: Sequence[Any]) -> str:
@@ -189,18 +197,24 @@ class Totals:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "rows": self.rows, "bytes": self.bytes, "cost": self.cost, "missing": self.missing,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "cost": self.cost,
+            "missing": self.missing,
             "facets": {k: dict(v) for k, v in self.facets.items()},
             "unlisted": dict(self.unlisted),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Totals:
         return cls(
-            int(d["rows"]), int(d["bytes"]), float(d["cost"]), int(d["missing"]),
+            int(d["rows"]),
+            int(d["bytes"]),
+            float(d["cost"]),
+            int(d["missing"]),
             {f: {str(k): int(n) for k, n in d["facets"][f].items()} for f in FACETS},
             {f: int(d["unlisted"][f]) for f in FACETS},
-        )  # fmt: skip
+        )
 
 
 # ---- failures ----------------------------------------------------------------------------
@@ -209,7 +223,12 @@ class Totals:
 def failure_record(f: Mapping[str, Any], size: str, quality: str) -> list[Any]:
     """[prompt id, prompt, size, quality, class, message, attempts, job id (16)]."""
     return [
-        str(f.get("prompt_id") or ""), str(f.get("prompt") or ""), size, quality,
-        str(f.get("class") or ""), str(f.get("message") or ""), _int(f.get("attempts")),
+        str(f.get("prompt_id") or ""),
+        str(f.get("prompt") or ""),
+        size,
+        quality,
+        str(f.get("class") or ""),
+        str(f.get("message") or ""),
+        _int(f.get("attempts")),
         str(f.get("job_id") or "")[:16],
-    ]  # fmt: skip
+    ]

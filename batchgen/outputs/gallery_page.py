@@ -121,9 +121,7 @@ def render_page(facts: PageFacts) -> str:
         '<span>showing <b id="shown">…</b></span><span id="status"></span>',
     ]
     labels = {"prompt": "prompt", "size": "size", "quality": "quality", "tag": "tag"}
-    filters = [
-        _options(f"f-{f}", label, t.facets[f], t.unlisted[f]) for f, label in labels.items()
-    ]
+    filters = [_options(f"f-{f}", label, t.facets[f], t.unlisted[f]) for f, label in labels.items()]
     sorts = "".join(f'<option value="{v}">{_e(label)}</option>' for v, label in SORTS)
     filters += [
         '<input id="q" type="search" placeholder="search prompts" aria-label="search">',
@@ -193,12 +191,14 @@ def write_failures(out_dir: Path, chunk_rows: int) -> tuple[int, int]:
                 continue
             batch.append(failure_record(row, *_size_quality(reader, row["job_id"])))
             if len(batch) == chunk_rows:
-                write_script(out_dir, chunk_name("f", chunks), "batchgenGallery.failures",
-                             chunks, batch)  # fmt: skip
+                write_script(
+                    out_dir, chunk_name("f", chunks), "batchgenGallery.failures", chunks, batch
+                )
                 count, chunks, batch = count + len(batch), chunks + 1, []
         if batch:
-            write_script(out_dir, chunk_name("f", chunks), "batchgenGallery.failures",
-                         chunks, batch)  # fmt: skip
+            write_script(
+                out_dir, chunk_name("f", chunks), "batchgenGallery.failures", chunks, batch
+            )
             count, chunks = count + len(batch), chunks + 1
     return count, chunks
 

@@ -70,8 +70,10 @@ def build_job_report(reader: JournalReader, job: str) -> JobReport:
     with reader.snapshot():
         found = reader.find(text)
         if not found:
-            raise UsageError(f"no job {text!r} in {reader.path.parent} (a job id, a prefix of"
-                             " one, or a request id)")  # fmt: skip
+            raise UsageError(
+                f"no job {text!r} in {reader.path.parent} (a job id, a prefix of"
+                " one, or a request id)"
+            )
         if len(found) > 1:
             raise UsageError(f"--job {text!r} matches more than one job; give more of the id")
         row = found[0]

@@ -91,8 +91,11 @@ def run_command(
     # How the requests asked fal (issue 13): a resume that dropped --media-expiry would leave
     # the rest of the images on fal's CDN for days. (--stop-at, --notify and --on-exit are
     # not repeated: a time of day, and two values the journal does not keep.)
-    for flag, key in (("--priority", "priority"), ("--start-timeout", "start_timeout"),
-                      ("--media-expiry", "media_expiry")):  # fmt: skip
+    for flag, key in (
+        ("--priority", "priority"),
+        ("--start-timeout", "start_timeout"),
+        ("--media-expiry", "media_expiry"),
+    ):
         if s.get(key) is not None:
             args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
     # How results are watched: a webhook run resumed without --watch webhook still finishes
@@ -133,9 +136,7 @@ def build_report(
         ],
         # The listing is capped; the count comes from the tallies (jobs the manifest no
         # longer names included, as the listing has them).
-        in_flight_total=sum(
-            t.counts[s] + t.not_in_manifest[s] for s in (S.QUEUED, S.RUNNING)
-        ),
+        in_flight_total=sum(t.counts[s] + t.not_in_manifest[s] for s in (S.QUEUED, S.RUNNING)),
         not_in_manifest={str(s): n for s, n in t.not_in_manifest.items() if n},
         lost=t.lost,
         possible_duplicates=t.possible_duplicates,
@@ -144,7 +145,7 @@ def build_report(
         resume_command=resume_command(out_dir, last),
         actual=actual if actual.jobs else None,
         rehearsal_usd=round(t.rehearsal, 4),
-    )  # fmt: skip
+    )
 
 
 def _since(ts: float | None, now: float) -> float:
@@ -169,9 +170,7 @@ def render_text(rep: StatusReport) -> str:
         f" still to submit ~${rep.remaining_usd:.2f} (estimates)"
     )
     if rep.rehearsal_usd:
-        lines.append(
-            f"  rehearsal (--emulate), nothing billed: ~${rep.rehearsal_usd:.2f} on fal"
-        )
+        lines.append(f"  rehearsal (--emulate), nothing billed: ~${rep.rehearsal_usd:.2f} on fal")
     if rep.actual is not None:
         lines.append(
             f"  actual cost from usage ${rep.actual.usd:.2f}"

@@ -131,8 +131,11 @@ class CheckPool:
         expected_sha256: str | None = None,
     ) -> Checked:
         """``checks.check_file`` on ``path`` in a worker process; its DownloadError here."""
-        kwargs = {"durable": durable, "thumbs": None if thumbs is None else str(thumbs),
-                  "expected_sha256": expected_sha256}  # fmt: skip
+        kwargs = {
+            "durable": durable,
+            "thumbs": None if thumbs is None else str(thumbs),
+            "expected_sha256": expected_sha256,
+        }
         result: Checked = await self._run("check", (str(path), expected_format), kwargs)
         return result
 
@@ -155,8 +158,11 @@ class CheckPool:
         # first Ctrl-C must leave the workers to check the paid downloads.
         proc = subprocess.Popen(
             [*self._command, str(os.getpid()), PACKAGE_DIR],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, process_group=0,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            process_group=0,
+        )
         worker = _Worker(proc, self)
         self._workers.append(worker)
         self.started += 1
@@ -177,9 +183,12 @@ class CheckPool:
         self.crashes += 1
         if tasks:
             how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
-            _fail(tasks.popleft(), DownloadError(
-                f"the process checking this image died ({how})", reason="check_crashed"
-            ))  # fmt: skip
+            _fail(
+                tasks.popleft(),
+                DownloadError(
+                    f"the process checking this image died ({how})", reason="check_crashed"
+                ),
+            )
         for t in tasks:
             if not t.future.done():
                 self._dispatch(t)

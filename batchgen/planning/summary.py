@@ -34,6 +34,7 @@ class Planned(Protocol):
     @property
     def pricing(self) -> PriceTable: ...
 
+
 ESTIMATE_NOTE = "an estimate from fal's published per-image prices; fal bills per token"
 
 

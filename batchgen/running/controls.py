@@ -106,8 +106,10 @@ def _start_timeout(value: object, deadline: float) -> float | None:
         return None
     s = _number("--start-timeout", value)
     if s <= MIN_START_TIMEOUT:
-        raise UsageError(f"--start-timeout must be more than {MIN_START_TIMEOUT:g} s (fal's"
-                         f" minimum), got {value}")  # fmt: skip
+        raise UsageError(
+            f"--start-timeout must be more than {MIN_START_TIMEOUT:g} s (fal's"
+            f" minimum), got {value}"
+        )
     if s >= deadline:
         # The deadline (submit to result) would cancel the request before fal's start timeout
         # could ever answer: the flag would do nothing.

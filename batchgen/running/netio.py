@@ -51,8 +51,12 @@ HAPPY_EYEBALLS_S = 0.25
 # loop, normally) before the socket is dropped; TLS connections are dropped at once (close()).
 CLOSE_WAIT_S = 2.0
 # get_extra_info's names, httpcore's -> the transport's.
-_EXTRA = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername",
-          "socket": "socket"}  # fmt: skip
+_EXTRA = {
+    "ssl_object": "ssl_object",
+    "client_addr": "sockname",
+    "server_addr": "peername",
+    "socket": "socket",
+}
 
 
 class _Connection(asyncio.Protocol):
@@ -248,8 +252,11 @@ def _message(exc: BaseException) -> str:
 def _eyeballs(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     # asyncio's own loops take the delay; others need not (uvloop, which a library caller
     # may run batchgen on, refuses the argument), and connect one address after another.
-    return {"happy_eyeballs_delay": HAPPY_EYEBALLS_S} if isinstance(
-        loop, asyncio.BaseEventLoop) else {}  # fmt: skip
+    return (
+        {"happy_eyeballs_delay": HAPPY_EYEBALLS_S}
+        if isinstance(loop, asyncio.BaseEventLoop)
+        else {}
+    )
 
 
 class Backend(httpcore.AsyncNetworkBackend):

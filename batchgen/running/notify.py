@@ -110,9 +110,7 @@ _OUTCOME = {
 }
 
 
-def end_message(
-    summary: Summary, *, name: str, images: int, exit_code: int
-) -> dict[str, Any]:
+def end_message(summary: Summary, *, name: str, images: int, exit_code: int) -> dict[str, Any]:
     """The JSON sent at the end of a run; ``text`` is the one line a person reads."""
     failed = sum(summary.failed.values())
     if summary.stop is not None:

@@ -149,9 +149,12 @@ async def execute(
             f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
             f"({settings.target}{', ' + settings.endpoint if settings.endpoint else ''})"
         )
-        log.write("controls: " + describe_controls(
-            settings.controls, settings.stop_at, settings.notify, settings.on_exit
-        ))  # fmt: skip
+        log.write(
+            "controls: "
+            + describe_controls(
+                settings.controls, settings.stop_at, settings.notify, settings.on_exit
+            )
+        )
         # Local files can change while the manifest does not: re-plan (cheap, incremental).
         notices = manifest.notices
         if journal.needs_plan or manifest.files:
@@ -167,9 +170,15 @@ async def execute(
             log.write(f"resume: removed {removed} partial downloads left by a crash")
         try:
             result = await _execute(
-                journal, manifest, settings, deliver, progress_every, handle_signals,
-                approve, notices,
-            )  # fmt: skip
+                journal,
+                manifest,
+                settings,
+                deliver,
+                progress_every,
+                handle_signals,
+                approve,
+                notices,
+            )
         except BatchgenError as exc:  # refused before submitting (recovery): say so in runs
             code = exc.exit_code
             raise

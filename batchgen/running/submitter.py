@@ -148,8 +148,10 @@ class Submitter:
         """Sleep ``delay``, or until :meth:`stop`; the loop's next turn then gives the job back."""
         if self._stopped.is_set():
             return
-        waits = [asyncio.ensure_future(self._sleep(delay)),
-                 asyncio.ensure_future(self._stopped.wait())]  # fmt: skip
+        waits = [
+            asyncio.ensure_future(self._sleep(delay)),
+            asyncio.ensure_future(self._stopped.wait()),
+        ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -163,8 +165,9 @@ class Submitter:
             if row.attempts + 1 >= self._s.max_attempts:
                 self._record.fail(row, o.reason, o.message)
             else:
-                self._journal.transition(job, S.UNKNOWN, error_class=o.reason,
-                                         error=o.message, bump_attempts=True)  # fmt: skip
+                self._journal.transition(
+                    job, S.UNKNOWN, error_class=o.reason, error=o.message, bump_attempts=True
+                )
                 self._emit(ev.Requeued(job, o.reason, o.message, lost=False))
         elif o.action is Action.FATAL:
             self._journal.transition(job, S.PENDING)  # refused: nothing was created

@@ -82,7 +82,8 @@ class Summary:
             f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
             f" in {duration_text(self.wall_seconds)}; {self.spend_text()}",
             f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
-            f" lost results {self.lost} (resubmitted)" + "".join(
+            f" lost results {self.lost} (resubmitted)"
+            + "".join(
                 f", {text} {n}"
                 for text, n in (
                     ("fetched again without a new submit", self.stats.redownloaded),

@@ -51,8 +51,12 @@ class Inbox:
         self.checks = 0  # status GETs asked because a delivery was late
 
     def counts(self) -> dict[str, int]:
-        return {"delivered": self.delivered, "duplicates": self.duplicates,
-                "refused": self.refused, "checked": self.checks}  # fmt: skip
+        return {
+            "delivered": self.delivered,
+            "duplicates": self.duplicates,
+            "refused": self.refused,
+            "checked": self.checks,
+        }
 
     def put(self, d: Delivery) -> None:
         if d.request_id in self._got or d.request_id in self._used:
@@ -120,9 +124,7 @@ async def _first(*waits: Any) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def receiver_app(
-    inbox: Inbox, verifier: Verifier, on_refused: Callable[[str], None]
-) -> Starlette:
+def receiver_app(inbox: Inbox, verifier: Verifier, on_refused: Callable[[str], None]) -> Starlette:
     async def deliver(request: Request) -> Response:
         raw = await request.body()
         try:
@@ -140,9 +142,12 @@ def receiver_app(
 
 @contextlib.asynccontextmanager
 async def receive(
-    listen: str, public_url: str | None, inbox: Inbox, verifier: Verifier,
+    listen: str,
+    public_url: str | None,
+    inbox: Inbox,
+    verifier: Verifier,
     on_refused: Callable[[str], None],
-) -> AsyncIterator[str]:  # fmt: skip
+) -> AsyncIterator[str]:
     """Serve the receiver on ``listen`` (HOST:PORT, port 0 for any free one); yield the URL
     fal is given: ``public_url`` when set, else the address it listens on."""
     from batchgen.emulator.server import serve_asgi  # uvicorn on loopback, in this loop
