@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, ParamSpec
+from typing import Any, ParamSpec
 
-from batchgen.config import DOWNLOAD_CONCURRENCY, build_settings
+from batchgen.config import build_settings
 from batchgen.errors import UsageError
-from batchgen.fal.byok import manifest_wants_key
 from batchgen.manifest import Manifest
 from batchgen.manifest import load_manifest as _load
 from batchgen.manifest import plan as plan_jobs
+from batchgen.options import RunOptions
 from batchgen.outputs import index, scan
 from batchgen.planning.summary import PlanSummary, summarize
 from batchgen.running.runner import Approve, OnEvent, RunResult, execute
@@ -75,43 +76,23 @@ def plan(manifest: ManifestLike) -> PlanSummary:
 async def run(
     manifest: ManifestLike,
     *,
-    out: PathLike | None = None,
-    emulate: bool = False,
-    endpoint: str | None = None,
-    concurrency: int | Literal["auto"] = "auto",
-    max_cost: float | None = None,
-    max_attempts: int = 3,
-    deadline: float = 1200.0,
-    watch: Literal["stream", "poll"] = "stream",
-    download_concurrency: int = DOWNLOAD_CONCURRENCY,
-    max_image_bytes: int = 50_000_000,
-    retry_failed: bool = False,
-    reuse_folder: bool = False,
-    inline_uploads: bool = False,
-    faults: str | None = None,
-    time_scale: float | None = None,
     on_event: OnEvent | None = None,
     approve: Approve | None = None,
     progress_every: float | None = 5.0,
     handle_signals: bool = False,
     environ: Mapping[str, str] | None = None,
-    priority: Literal["low", "normal"] | None = None,
-    start_timeout: float | None = None,
-    media_expiry: int | None = None,
-    allow_fallbacks: bool = False,
-    no_store_io: bool = False,
-    stop_at: str | None = None,
-    notify: str | None = None,
-    on_exit: str | None = None,
+    **options: Any,
 ) -> RunResult:
     """Run ``manifest`` (a ``Manifest`` or a path) to the end, resuming its output folder.
 
-    The options are ``batchgen run``'s flags, with the same defaults: ``out`` (default
-    ``outputs/<manifest name>``), ``emulate`` (the built-in emulator, no key, no network) or
-    ``endpoint`` (a fal-compatible server), ``concurrency`` (a number, or ``"auto"`` to find
-    the account's limit), ``max_cost`` (stop submitting before this estimate in USD), and so
-    on. The fal key comes from ``environ`` (default ``os.environ``): ``FAL_KEY``, or
-    ``FAL_KEY_ID`` and ``FAL_KEY_SECRET``; it is never written anywhere.
+    The options are ``batchgen run``'s flags as keywords, with the same names, defaults and
+    rules (each listed below): ``out`` (default ``outputs/<manifest name>``), ``emulate`` (the
+    built-in emulator, no key, no network) or ``endpoint`` (a fal-compatible server),
+    ``concurrency`` (a number, or ``"auto"`` to find the account's limit), ``max_cost`` (stop
+    submitting before this estimate in USD), and so on. An unknown keyword or a bad value is
+    a ``UsageError`` naming it, before anything is written. The fal key comes from
+    ``environ`` (default ``os.environ``): ``FAL_KEY``, or ``FAL_KEY_ID`` and
+    ``FAL_KEY_SECRET``; it is never written anywhere.
 
     ``on_event`` receives every event as it happens (``Submitted``, ``Started``,
     ``Finished``, ``Saved``, ``Failed``, ``Retrying``, ...) and a ``Snapshot`` of the counts
@@ -121,53 +102,17 @@ async def run(
     notices) and, when ``approve`` is given, calls it with that ``Ready``: a False answer (or
     an awaitable of one) submits nothing new, and the run ends with ``stop`` ``declined``.
 
-    Returns a ``RunResult`` (``exit_code`` is what the CLI would exit with: 0 all done, 1 some
-    jobs failed, 2 the key was refused, 3 stopped at the budget, 130 interrupted). Raises
-    ``ManifestError``, ``UsageError`` (bad option, no key) before anything is written.
-    ``handle_signals=True`` makes the first Ctrl-C stop submitting and finish what is paid
-    for, the second stop at once; without it, cancelling the task stops at once. Either
-    way the same call resumes.
-
-    fal's own controls (see ``batchgen run --help``): ``priority`` (``"low"`` yields to the
-    account's interactive traffic), ``start_timeout`` (seconds before fal gives up on a
-    request no runner started; not billed, sent again), ``media_expiry`` (seconds fal's CDN
-    keeps the images, at least 600), ``allow_fallbacks`` (let fal answer from an
-    "equivalent" endpoint), ``no_store_io`` (fal keeps no payloads), ``stop_at`` ("HH:MM",
-    local: stop submitting then), ``notify`` (a URL that gets the JSON summary at the end,
-    kept secret) and ``on_exit`` (a command line run with that summary on stdin).
+    Returns a ``RunResult``; its ``exit_code`` is what the CLI would exit with: 0 all done,
+    1 some jobs failed for good, 2 stopped by a fatal error (fal refused the key or the
+    account; ``fatal`` says why), 3 stopped at the budget, 4 stopped at ``stop_at`` with
+    jobs left, 130 interrupted or not approved. Raises ``ManifestError``, ``UsageError``
+    (bad option, no key) before anything is written. ``handle_signals=True`` makes the
+    first Ctrl-C stop submitting and finish what is paid for, the second stop at once;
+    without it, cancelling the task stops at once. Either way the same call resumes.
     """
     m = _manifest(manifest)
-    flags: dict[str, Any] = {
-        "manifest": m.path,
-        "out": os.fspath(out) if out is not None else None,
-        "emulate": emulate,
-        "endpoint": endpoint,
-        "concurrency": concurrency,
-        "max_cost": max_cost,
-        "max_attempts": max_attempts,
-        "deadline": deadline,
-        "watch": watch,
-        "download_concurrency": download_concurrency,
-        "max_image_bytes": max_image_bytes,
-        "retry_failed": retry_failed,
-        "reuse_folder": reuse_folder,
-        "inline_uploads": inline_uploads,
-        "faults": faults,
-        "time_scale": time_scale,
-        "quiet": True,
-        "priority": priority,
-        "start_timeout": start_timeout,
-        "media_expiry": media_expiry,
-        "allow_fallbacks": allow_fallbacks,
-        "no_store_io": no_store_io,
-        "stop_at": stop_at,
-        "notify": notify,
-        "on_exit": on_exit,
-    }
     env = os.environ if environ is None else environ
-    settings = build_settings(
-        flags, env, manifest_name=m.name, byok=manifest_wants_key(m), manifest=m
-    )
+    settings = build_settings(RunOptions.parse(options), env, m)
     return await execute(
         m,
         settings,
@@ -176,6 +121,34 @@ async def run(
         handle_signals=handle_signals,
         approve=approve,
     )
+
+
+def _options_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature with ``**options`` spelled out as one keyword per ``RunOptions``
+    field (its default and type), so ``help()`` and editors show what ``run`` takes."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    for name, info, _ in RunOptions.flags():
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=info.default,
+                annotation=info.annotation,
+            )
+        )
+    return sig.replace(parameters=params)
+
+
+def _options_doc() -> str:
+    lines = ["\n    Options (each also a flag of ``batchgen run``):\n"]
+    for name, info, _ in RunOptions.flags():
+        lines.append(f"    ``{name}`` (default ``{info.default!r}``): {info.description}")
+    return "\n".join(lines) + "\n"
+
+
+run.__signature__ = _options_signature(run)  # type: ignore[attr-defined]
+run.__doc__ = (run.__doc__ or "") + _options_doc()
 
 
 def _blocking(

@@ -27,28 +27,27 @@ BENCH_KEY = "bench-key"  # not a secret: the emulator accepts any key
 def batchgen_main(cfg: dict[str, Any]) -> dict[str, Any]:
     """``run_manifest`` exactly as ``batchgen run --endpoint`` calls it, timed in-process."""
     from batchgen.commands.run import run_manifest
-    from batchgen.config import DOWNLOAD_CONCURRENCY, build_settings
+    from batchgen.config import build_settings
     from batchgen.journal.writer import JOURNAL_NAME, Journal
     from batchgen.manifest import load_manifest
+    from batchgen.options import DOWNLOAD_CONCURRENCY
     from batchgen.outputs import gallery
     from batchgen.planning.jobs import JobState
 
     manifest = load_manifest(Path(cfg["manifest"]))
     flags = {
-        "manifest": cfg["manifest"],
         "endpoint": cfg["url"],
         "out": cfg["out"],
         "concurrency": cfg["concurrency"],
         "watch": cfg["watch"],
-        "quiet": True,
         "download_concurrency": cfg.get("download_concurrency", DOWNLOAD_CONCURRENCY),
     }
-    settings = build_settings(flags, {}, manifest_name=manifest.name)
+    settings = build_settings(flags, {}, manifest)
     err = io.StringIO()
     timers = instrument(gallery, Journal)
     start = time.monotonic()
     cpu0, t0 = time.process_time(), time.perf_counter()
-    code = asyncio.run(run_manifest(manifest, settings, stderr=err, signals=False))
+    code = asyncio.run(run_manifest(manifest, settings, stderr=err, signals=False, quiet=True))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     with Journal.open_readonly(Path(cfg["out"]) / JOURNAL_NAME) as j:
         counts = j.counts()

@@ -56,9 +56,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchgen.config import DOWNLOAD_CONCURRENCY
 from batchgen.emulator.latency import BASE_RUN_S
 from batchgen.manifest import load_manifest, plan
+from batchgen.options import DOWNLOAD_CONCURRENCY
 
 # Square sides in px whose √megapixels (the latency model's size factor) spread evenly from
 # 0.80 to 1.44; with the model's own ±25 % jitter, run times span about ±50 % of the mean.

@@ -23,6 +23,7 @@ from test_run_support import emulator_thread, states, stats, write_manifest
 import batchgen
 from batchgen.cli import build_parser
 from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.options import RunOptions
 from batchgen.planning.gptimage import PRESETS
 from batchgen.planning.jobs import JobState
 
@@ -101,14 +102,24 @@ def test_importing_one_module_does_not_load_the_runner() -> None:
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
-def test_run_options_have_the_cli_defaults() -> None:
-    """`batchgen.run(m)` and `batchgen run M` decide the same settings."""
+def test_every_option_is_a_flag_and_a_keyword_with_one_default() -> None:
+    """`batchgen.run(m)` and `batchgen run M` take the same options (one declaration,
+    options.RunOptions), and `help(batchgen.run)` lists them."""
     args = vars(build_parser().parse_args(["run", "m.yaml"]))
     params = inspect.signature(batchgen.run).parameters
-    shared = [name for name in params if name in args and name != "manifest"]
-    assert len(shared) >= 14
-    for name in shared:
-        assert params[name].default == args[name], name
+    for name, info, _ in RunOptions.flags():
+        assert params[name].default == info.default == args[name], name
+        assert f"``{name}``" in (batchgen.run.__doc__ or "")
+    assert inspect.signature(batchgen.run_sync).parameters.keys() == params.keys()
+
+
+async def test_a_wrong_keyword_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path, 1)
+    with pytest.raises(batchgen.UsageError, match="'max_cots' \\(did you mean max_cost\\?\\)"):
+        await batchgen.run(m, emulate=True, out=tmp_path / "o", max_cots=5)
+    with pytest.raises(batchgen.UsageError, match="--max-attempts must be at least 1, got 0"):
+        await batchgen.run(m, emulate=True, out=tmp_path / "o", max_attempts=0)
+    assert not (tmp_path / "o").exists()
 
 
 def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) -> None:
@@ -150,7 +161,9 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
         "on_exit": "true",
     }
     # Every keyword run has, read from run itself, so a new option of run is covered here.
-    assert set(kwargs) == set(inspect.signature(batchgen.run).parameters) - {"manifest"}
+    # (webhook_listen and webhook_url apply with watch="webhook": tests/test_webhooks.py)
+    webhook = {"webhook_listen", "webhook_url"}
+    assert set(kwargs) == set(inspect.signature(batchgen.run).parameters) - {"manifest", *webhook}
     result = batchgen.run_sync(m, **kwargs)
     assert result.out_dir == out and result.failed == {"content_policy_violation": 2}
     assert [(r.to_submit, r.images, r.rehearsal) for r in asked] == [(2, 2, True)]

@@ -108,23 +108,26 @@ def test_openai_key_is_read_from_the_given_environ_and_never_shows() -> None:
     assert "sk-a" not in str(err.value)
 
 
-def settings(env: dict[str, str], byok: bool) -> Any:
+def settings(env: dict[str, str], byok: bool, folder: Path) -> Any:
     # --endpoint: the fal key from the environment is used (--emulate would swap in a dummy)
-    flags = {"manifest": "m.yaml", "endpoint": "http://127.0.0.1:9"}
-    return build_settings(flags, env, manifest_name="m", byok=byok)
+    path = folder / "m.yaml"
+    path.write_text(f"byok: {'true' if byok else 'false'}\nprompts: [a red fox]\n")
+    return build_settings({"endpoint": "http://127.0.0.1:9"}, env, load_manifest(path))
 
 
-def test_a_byok_manifest_needs_the_key_before_anything_else() -> None:
+def test_a_byok_manifest_needs_the_key_before_anything_else(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
-        settings({}, byok=True)
+        settings({}, byok=True, folder=tmp_path)
     assert err.value.exit_code == 2
     assert str(err.value).count("\n") == 0 and "OPENAI_API_KEY is not set" in str(err.value)
     # not BYOK: the key is not even read
-    assert settings({"OPENAI_API_KEY": KEY}, byok=False).openai_key is None
+    assert settings({"OPENAI_API_KEY": KEY}, byok=False, folder=tmp_path).openai_key is None
 
 
-def test_settings_hold_the_key_redacted_and_public_leaves_it_out() -> None:
-    s = settings({"OPENAI_API_KEY": KEY, "FAL_KEY": "fal-abc:0123456789"}, byok=True)
+def test_settings_hold_the_key_redacted_and_public_leaves_it_out(tmp_path: Path) -> None:
+    s = settings(
+        {"OPENAI_API_KEY": KEY, "FAL_KEY": "fal-abc:0123456789"}, byok=True, folder=tmp_path
+    )
     assert s.openai_key == OpenAIKey(KEY)
     assert KEY not in repr(s) and "SECRET" not in str(s.public())
     assert s.redact(f"{KEY} and {s.key.reveal()}") == "*** and ***"
@@ -182,7 +185,9 @@ def test_actual_cost_sums_jobs_and_images_with_usage() -> None:
 
 
 def test_the_run_log_masks_both_keys(tmp_path: Path) -> None:
-    s = settings({"OPENAI_API_KEY": KEY, "FAL_KEY": "fal-abc:0123456789"}, byok=True)
+    s = settings(
+        {"OPENAI_API_KEY": KEY, "FAL_KEY": "fal-abc:0123456789"}, byok=True, folder=tmp_path
+    )
     log = RunLog(tmp_path, redact=s.redact)
     log.write(f"failed: server said {KEY} / Key fal-abc:0123456789")
     log.close()

@@ -7,8 +7,7 @@ import argparse
 
 import pytest
 
-from batchgen import cli
-from batchgen.commands import helptext
+from batchgen import cli, option_rules
 from batchgen.emulator.faults import FAULT_NAMES, PROFILES
 
 
@@ -63,9 +62,9 @@ def test_faults_help_names_every_profile_and_fault(name: str) -> None:
 
 
 def test_the_help_lists_match_the_emulator() -> None:
-    # helptext spells them out so that `batchgen --help` does not import the emulator.
-    assert tuple(PROFILES) == helptext.FAULT_PROFILES
-    assert helptext.FAULT_NAMES == FAULT_NAMES
+    # option_rules spells them out so that `batchgen --help` does not import the emulator.
+    assert tuple(PROFILES) == option_rules.FAULT_PROFILES
+    assert option_rules.FAULT_NAMES == FAULT_NAMES
 
 
 @pytest.mark.parametrize("name", [None, *cli.COMMANDS])

@@ -16,15 +16,25 @@ from batchgen.config import (
     build_settings,
 )
 from batchgen.errors import AuthError, UsageError
+from batchgen.manifest import Manifest, load_manifest
 from batchgen.running.window import WatchMode
 
 SECRET = "key-id-123:very-secret-value-456"
 
 
+@pytest.fixture(autouse=True)
+def _manifest(tmp_path: Path) -> None:
+    global MANIFEST
+    path = tmp_path / "demo.yaml"
+    path.write_text("prompts: [a red fox]\n")
+    MANIFEST = load_manifest(path)
+
+
+MANIFEST: Manifest
+
+
 def settings(env: dict[str, str] | None = None, **flags: Any) -> Settings:
-    base: dict[str, Any] = {"manifest": "m/demo.yaml"}
-    base.update(flags)
-    return build_settings(base, env or {}, manifest_name="demo")
+    return build_settings(flags, env or {}, MANIFEST)
 
 
 def test_defaults_against_real_fal() -> None:
@@ -32,11 +42,12 @@ def test_defaults_against_real_fal() -> None:
     assert s.target is Target.FAL
     assert s.endpoint is None
     assert s.out_dir == Path("outputs/demo")
-    assert s.concurrency is None  # auto
-    assert s.max_attempts == 3
-    assert s.deadline == 1200.0
-    assert s.watch is WatchMode.STREAM
-    assert s.download_concurrency == 32
+    o = s.options
+    assert o.concurrency is None  # auto
+    assert o.max_attempts == 3
+    assert o.deadline == 1200.0
+    assert o.watch is WatchMode.STREAM
+    assert o.download_concurrency == 32
     assert s.key.reveal() == SECRET
 
 
@@ -125,9 +136,9 @@ def test_numbers_and_out() -> None:
         out="/tmp/x",
         watch="poll",
         retry_failed=True,
-        quiet=True,
     )
-    assert (s.concurrency, s.max_cost, s.out_dir, s.watch) == (7, 2.5, Path("/tmp/x"), "poll")
-    assert s.retry_failed and s.quiet
+    o = s.options
+    assert (o.concurrency, o.max_cost, s.out_dir, o.watch) == (7, 2.5, Path("/tmp/x"), "poll")
+    assert o.retry_failed
     assert s.public()["concurrency"] == 7
-    assert settings({"FAL_KEY": SECRET}, concurrency="AUTO").concurrency is None
+    assert settings({"FAL_KEY": SECRET}, concurrency="AUTO").options.concurrency is None

@@ -158,10 +158,10 @@ def test_manifest_keys_set_priority_and_fallbacks_flags_win(tmp_path: Path) -> N
     path = tmp_path / "m.yaml"
     path.write_text("priority: low\nallow_fallbacks: true\nprompts: [a fox]\n")
     m = load_manifest(path)
-    flags: dict[str, Any] = {"manifest": str(path), "emulate": True}
-    s = build_settings(flags, {}, manifest_name=m.name, manifest=m)
+    flags: dict[str, Any] = {"emulate": True}
+    s = build_settings(flags, {}, m)
     assert (s.controls.priority, s.controls.allow_fallbacks) == ("low", True)
-    s = build_settings({**flags, "priority": "normal"}, {}, manifest_name=m.name, manifest=m)
+    s = build_settings({**flags, "priority": "normal"}, {}, m)
     assert s.controls.priority == "normal"
     path.write_text("priority: urgent\nprompts: [a fox]\n")
     with pytest.raises(ManifestError, match="priority: must be 'low' or 'normal'"):

@@ -26,7 +26,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("outputs",),
     ("fal",),
     ("emulator",),
-    ("running", "config"),  # Settings: what a run is told, built by api and commands
+    ("running", "config", "options", "option_rules"),  # RunOptions, Settings: what a run is told
     ("api",),
     ("commands", "cli", "__main__", "__init__"),
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 from batchgen.config import Settings, build_settings
 from batchgen.emulator.server import serve_asgi
+from batchgen.manifest import load_manifest
 from batchgen.running.pools import CONNECTIONS_PER_SHARD, ShardedTransport, shards_for
 from batchgen.running.setup import clients
 
@@ -130,7 +132,8 @@ def test_shards_hold_a_few_connections_each() -> None:
 
 
 def run_settings(**flags: object) -> Settings:
-    return build_settings({"manifest": "m.yaml", **flags}, {}, manifest_name="m")
+    demo = load_manifest(Path(__file__).resolve().parents[1] / "manifests" / "demo.yaml")
+    return build_settings(flags, {}, demo)
 
 
 async def test_the_run_clients_reuse_connections_over_the_shards() -> None:

@@ -121,13 +121,7 @@ class Rig:
         self.app = create_app(EmulatorConfig(**kw))
 
     def settings(self, **flags: Any) -> Settings:
-        flags = {
-            "manifest": str(self.manifest.path),
-            "out": str(self.out),
-            "endpoint": BASE,
-            **flags,
-        }
-        return build_settings(flags, {}, manifest_name=self.manifest.name)
+        return build_settings({"out": self.out, "endpoint": BASE, **flags}, {}, self.manifest)
 
     async def run(
         self,
@@ -178,7 +172,7 @@ class Rig:
                     client,
                     http,
                     settings=settings,
-                    window=window or make_window(settings.concurrency),
+                    window=window or make_window(settings.options.concurrency),
                     manifest_sha256=self.manifest.sha256,
                     on_event=on_event,
                     sleep=sleep,

@@ -154,65 +154,74 @@ def test_a_killed_run_reads_as_interrupted(
 
 
 @pytest.mark.parametrize(
-    ("settings", "flags"),
+    ("options", "env", "flags"),
     [
-        ({"target": "fal", "concurrency": "auto"}, ""),
+        ({}, {"FAL_KEY": "k"}, ""),
+        ({"emulate": True}, {}, " --emulate"),  # the rehearsal's own pace is not repeated
         (
-            {"target": "emulate", "time_scale": 0.02, "faults": "none"},
-            " --emulate --time-scale 0.02",
+            {"emulate": True, "time_scale": 1.0, "faults": "flaky,truncate=0.5"},
+            {},
+            " --emulate --faults flaky,truncate=0.5 --time-scale 1",
         ),
-        (
-            {"target": "emulate", "time_scale": 1.0, "faults": "flaky,truncate=0.5"},
-            " --emulate --time-scale 1 --faults flaky,truncate=0.5",
-        ),
-        ({"target": "endpoint", "endpoint": "http://h:8080"}, " --endpoint http://h:8080"),
-        ({"target": "fal", "concurrency": 8, "max_cost": 5.0}, " --concurrency 8 --max-cost 5"),
+        ({"endpoint": "http://h:8080"}, {}, " --endpoint http://h:8080"),
+        ({}, {"BATCHGEN_ENDPOINT": "http://h:1"}, " --endpoint http://h:1"),
+        ({"concurrency": "8", "max_cost": "5"}, {"FAL_KEY": "k"}, " --concurrency 8 --max-cost 5"),
         (  # how the requests asked fal; the stop time, the URL and the command are not kept
             {
-                "target": "fal",
                 "priority": "low",
                 "start_timeout": 30.0,
                 "media_expiry": 900,
                 "allow_fallbacks": True,
-                "store_io": False,
-                "stop_at": "2026-05-02 07:00 +0200",
-                "notify": True,
-                "on_exit": True,
+                "no_store_io": True,
+                "stop_at": "07:00",
+                "notify": "https://hooks.example.com/T0KEN-123",
+                "on_exit": "true",
             },
+            {"FAL_KEY": "k"},
             " --priority low --start-timeout 30 --media-expiry 900 --allow-fallbacks --no-store-io",
         ),
-        ({"target": "fal", "watch": "stream", "webhook_url": None}, ""),
-        ({"target": "fal", "watch": "poll"}, " --watch poll"),
+        ({"watch": "poll"}, {"FAL_KEY": "k"}, " --watch poll"),
         (  # the receiver's default address is not repeated; a fixed one and the URL are
-            {
-                "target": "endpoint",
-                "endpoint": "http://h:1",
-                "watch": "webhook",
-                "webhook_listen": "127.0.0.1:0",
-                "webhook_url": None,
-            },
+            {"endpoint": "http://h:1", "watch": "webhook"},
+            {},
             " --endpoint http://h:1 --watch webhook",
         ),
         (
             {
-                "target": "fal",
                 "watch": "webhook",
                 "webhook_listen": "0.0.0.0:8787",
                 "webhook_url": "https://hooks.example.com/",
             },
-            " --watch webhook --webhook-listen 0.0.0.0:8787"
-            " --webhook-url https://hooks.example.com/",
+            {"FAL_KEY": "k"},
+            " --watch webhook --webhook-listen 0.0.0.0:8787 --webhook-url https://hooks.example.com",
         ),
     ],
 )
 def test_the_resume_command_keeps_the_flags_that_decide_where_and_how_much(
-    settings: dict[str, object], flags: str
+    tmp_path: Path, options: dict[str, object], env: dict[str, str], flags: str
 ) -> None:
-    """Resumed without --emulate a rehearsal would run for real; without --max-cost, uncapped."""
+    """Resumed without --emulate a rehearsal would run for real; without --max-cost, uncapped.
+    The flags come from the run's options as the journal recorded them."""
+    from batchgen.config import build_settings
     from batchgen.journal.schema import RunInfo
+    from batchgen.manifest import load_manifest
     from batchgen.outputs.status import resume_command
 
-    run = RunInfo(1, "0" * 64, "/m.yaml", "t", settings, 0.0, 0.0, None, None)
+    path = tmp_path / "m.yaml"
+    path.write_text("prompts: [a red fox]\n")
+    recorded = build_settings(options, env, load_manifest(path)).public()
+    assert "T0KEN" not in json.dumps(recorded)
+    run = RunInfo(1, "0" * 64, "/m.yaml", "t", recorded, 0.0, 0.0, None, None)
     assert resume_command(Path("/o"), run) == f"batchgen run /m.yaml --out /o{flags}"
     capped = resume_command(Path("/o"), run, max_cost=False)
     assert "--max-cost" not in capped and capped.startswith("batchgen run /m.yaml --out /o")
+
+
+def test_a_folder_from_before_the_recorded_flags_still_resumes_where_it_ran() -> None:
+    from batchgen.journal.schema import RunInfo
+    from batchgen.outputs.status import resume_command
+
+    old = {"target": "emulate", "time_scale": 0.02, "concurrency": 8, "max_cost": 5.0}
+    run = RunInfo(1, "0" * 64, "/m.yaml", "t", old, 0.0, 0.0, None, None)
+    expected = "batchgen run /m.yaml --out /o --emulate --concurrency 8 --max-cost 5"
+    assert resume_command(Path("/o"), run) == expected

@@ -7,8 +7,8 @@ import asyncio
 import signal
 import sys
 
-from batchgen.commands.helptext import FAULTS_HELP
 from batchgen.errors import UsageError
+from batchgen.option_rules import FAULTS_HELP
 
 EXAMPLES = """\
 examples:

@@ -19,11 +19,10 @@ from typing import IO
 
 from batchgen.api import execute
 from batchgen.commands.confirm import DEFAULT_CONFIRM_OVER, approval
-from batchgen.commands.helptext import FAULTS_HELP
+from batchgen.commands.flags import add_option_flags, options_from
 from batchgen.commands.progress import LOG_EVERY_S, Progress
 from batchgen.commands.runjson import result_json
-from batchgen.config import DOWNLOAD_CONCURRENCY, EMULATE_TIME_SCALE, Settings, build_settings
-from batchgen.fal.byok import manifest_wants_key
+from batchgen.config import Settings, build_settings
 from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
 from batchgen.running.events import (
@@ -53,105 +52,21 @@ Run the same command again to resume after a stop, a crash or Ctrl-C: nothing is
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="a YAML, CSV or JSONL manifest")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<manifest name>)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--emulate",
-        action="store_true",
-        help="run against the built-in emulator: no key, no network",
-    )
-    where.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="base URL of a fal-compatible server, e.g. one started by 'batchgen emulator'"
-        " (default: $BATCHGEN_ENDPOINT, else fal itself)",
-    )
-    p.add_argument(
-        "--concurrency",
-        default="auto",
-        metavar="N|auto",
-        help="requests in flight at once: N, or auto to find the account's limit",
-    )
-    p.add_argument(
-        "--max-cost",
-        type=float,
-        metavar="USD",
-        help="stop submitting before the folder's estimated spend passes USD; raise it and run"
-        " again to continue (default: no limit)",
-    )
-    p.add_argument("--max-attempts", type=int, default=3, metavar="N", help="attempts per job")
-    p.add_argument(
-        "--deadline",
-        type=float,
-        default=1200.0,
-        metavar="SECONDS",
-        help="seconds from submit to result before a request is cancelled and sent again",
-    )
-    p.add_argument(
-        "--watch",
-        choices=["stream", "poll", "webhook"],
-        default="stream",
-        help="how to follow a request: fal's status stream (polling when it breaks), polling,"
-        " or webhook: fal POSTs each result to --webhook-url (docs/webhooks.md)",
-    )
-    p.add_argument(
-        "--webhook-listen",
-        metavar="HOST:PORT",
-        help="with --watch webhook: where the receiver listens (default: 127.0.0.1:0, any free"
-        " port on loopback)",
-    )
-    p.add_argument(
-        "--webhook-url",
-        metavar="URL",
-        help="with --watch webhook: the public URL fal POSTs to, a tunnel or reverse proxy to"
-        " --webhook-listen (required against fal; default elsewhere: the listen address)",
-    )
-    p.add_argument(
-        "--download-concurrency",
-        type=int,
-        default=DOWNLOAD_CONCURRENCY,
-        metavar="N",
-        help=f"images downloaded at once (default {DOWNLOAD_CONCURRENCY})",
-    )
-    p.add_argument(
-        "--max-image-bytes",
-        type=int,
-        default=50_000_000,
-        metavar="N",
-        help="refuse an image larger than N bytes; its job fails as too_large",
-    )
-    p.add_argument("--retry-failed", action="store_true", help="put failed jobs back in the queue")
-    p.add_argument(
-        "--reuse-folder",
-        action="store_true",
-        help="build on an output folder another manifest file ran in: the jobs both manifests"
-        " share are kept, new ones added",
-    )
-    p.add_argument(
-        "--inline-uploads",
-        action="store_true",
-        help="send local reference files as data URIs instead of uploading them to fal storage",
-    )
-    p.add_argument("--faults", metavar="SPEC", help=f"with --emulate: {FAULTS_HELP}")
-    p.add_argument(
-        "--time-scale",
-        type=float,
-        metavar="X",
-        help="with --emulate: the emulator's pace, 1 as fal's, 0 with no model time"
-        f" (default: {EMULATE_TIME_SCALE:g})",
-    )
-    p.add_argument(
+    add_option_flags(p)  # every run option, from options.RunOptions
+    # How this command talks to the terminal: not options of the run itself.
+    here = p.add_argument_group("this command's output")
+    here.add_argument(
         "--json",
         action="store_true",
         help="print the run's summary as one JSON object on stdout, instead of the summary"
         " lines on stderr",
     )
-    p.add_argument(
+    here.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar or progress lines; errors, notices and the summary only",
     )
-    p.add_argument(
+    here.add_argument(
         "--confirm-over",
         type=float,
         default=DEFAULT_CONFIRM_OVER,
@@ -159,78 +74,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ask on the terminal before submitting more than this estimate (never in a"
         " rehearsal, with --yes, or without a terminal)",
     )
-    p.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
-    _control_arguments(p)
-
-
-def _control_arguments(p: argparse.ArgumentParser) -> None:
-    """fal's own controls for overnight runs (issue 13; running/controls.py, fal/headers.py)."""
-    p.add_argument(
-        "--priority",
-        choices=["low", "normal"],
-        help="fal's queue priority: low waits behind every normal request to the endpoint, so"
-        " a bulk run yields to interactive traffic (default: the manifest's priority, else"
-        " fal's, normal)",
-    )
-    p.add_argument(
-        "--start-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="fal fails a request no runner has started SECONDS after its submit (not billed);"
-        " it is sent again, up to --max-attempts (default: none)",
-    )
-    p.add_argument(
-        "--media-expiry",
-        type=int,
-        metavar="SECONDS",
-        help="fal's CDN deletes the generated images SECONDS after they are made, at least 600"
-        " (default: fal's retention, 7 days or more)",
-    )
-    p.add_argument(
-        "--allow-fallbacks",
-        action="store_true",
-        help="let fal answer from an 'equivalent' endpoint after repeated failures (by default"
-        " each request says x-fal-disable-fallbacks; also the manifest key allow_fallbacks)",
-    )
-    p.add_argument(
-        "--no-store-io",
-        action="store_true",
-        help="ask fal not to keep the requests' input and output payloads (X-Fal-Store-IO: 0)",
-    )
-    p.add_argument(
-        "--stop-at",
-        metavar="HH:MM",
-        help="stop submitting at this local time (the next one) and finish what is paid for;"
-        " exit 4 when jobs are left",
-    )
-    p.add_argument(
-        "--notify",
-        metavar="URL",
-        help="POST a JSON summary when the run ends (its 'text' suits Slack-style incoming"
-        " webhooks); kept secret, never logged (default: $BATCHGEN_NOTIFY_URL)",
-    )
-    p.add_argument(
-        "--on-exit",
-        metavar="CMD",
-        help="run CMD when the run ends, the JSON summary on its stdin; split like a shell"
-        " line but run without a shell (for pipes: sh -c '...')",
-    )
+    here.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
 
 
 def run(args: argparse.Namespace) -> int:
+    options = options_from(args)  # every bad flag at once, before the manifest is read
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
-    settings = build_settings(
-        vars(args),
-        os.environ,
-        manifest_name=manifest.name,
-        byok=manifest_wants_key(manifest),
-        manifest=manifest,
-    )
+    settings = build_settings(options, os.environ, manifest)
     approve = approval(over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
     json_out = sys.stdout if args.json else None
     return asyncio.run(
-        run_manifest(manifest, settings, stderr=sys.stderr, json_out=json_out, approve=approve)
+        run_manifest(
+            manifest,
+            settings,
+            stderr=sys.stderr,
+            json_out=json_out,
+            approve=approve,
+            quiet=args.quiet,
+        )
     )
 
 
@@ -242,12 +104,13 @@ async def run_manifest(
     signals: bool = True,
     approve: Approve | None = None,
     json_out: IO[str] | None = None,
+    quiet: bool = False,
 ) -> int:
     """Run and report: the summary lines on ``stderr``, or, given ``json_out``, one JSON
     object there instead (stdout stays clean for the script reading it)."""
-    bar = not settings.quiet and stderr.isatty()
+    bar = not quiet and stderr.isatty()
     view = _View(
-        stderr, bar=bar, quiet=settings.quiet, where=describe(settings.origin), out=settings.out_dir
+        stderr, bar=bar, quiet=quiet, where=describe(settings.origin), out=settings.out_dir
     )
     try:
         result = await execute(
@@ -255,7 +118,7 @@ async def run_manifest(
             settings,
             on_event=view.on_event,
             # --quiet draws nothing from the timed snapshots, so it asks for none.
-            progress_every=None if settings.quiet else 0.5 if bar else LOG_EVERY_S,
+            progress_every=None if quiet else 0.5 if bar else LOG_EVERY_S,
             handle_signals=signals,
             approve=approve,
         )

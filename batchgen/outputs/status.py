@@ -72,44 +72,33 @@ def resume_command(out_dir: Path, run: RunInfo | None, *, max_cost: bool = True)
 def run_command(
     out_dir: Path, manifest: str | None, s: Mapping[str, Any], *, max_cost: bool = True
 ) -> str:
-    """``batchgen run`` for ``manifest`` into ``out_dir`` with the flags, from the run's
-    recorded settings ``s``, that decide where the requests go and what they may spend
-    (resumed without ``--emulate`` a rehearsal would run for real; without ``--max-cost``,
-    past its cap)."""
+    """``batchgen run`` for ``manifest`` into ``out_dir`` with the flags that continue the run,
+    as its recorded settings ``s`` keep them (``resume``: decided from the run's options when
+    it started, see ``options.RunOptions.resume_flags``). ``max_cost=False`` leaves out
+    ``--max-cost``, for the hint to raise it."""
     args = ["batchgen", "run", manifest or "MANIFEST", "--out", str(out_dir)]
+    flags = s.get("resume")
+    if not isinstance(flags, list):
+        flags = _flags_before_resume(s)
+    rest = [str(f) for f in flags]
+    if not max_cost and "--max-cost" in rest:
+        i = rest.index("--max-cost")
+        del rest[i : i + 2]
+    return shlex.join(args + rest)
+
+
+def _flags_before_resume(s: Mapping[str, Any]) -> list[str]:
+    """A folder whose runs predate the recorded ``resume`` flags: the flags that decide where
+    requests go and what they may spend, from the settings those runs did record."""
+    args: list[str] = []
     if s.get("target") == "emulate":
         args.append("--emulate")
-        if s.get("time_scale") is not None:
-            args += ["--time-scale", f"{s['time_scale']:g}"]
-        if s.get("faults") not in (None, "none"):
-            args += ["--faults", str(s["faults"])]
     elif s.get("target") == "endpoint" and s.get("endpoint"):
         args += ["--endpoint", str(s["endpoint"])]
     for flag, key in (("--concurrency", "concurrency"), ("--max-cost", "max_cost")):
-        if s.get(key) not in (None, "auto") and (max_cost or key != "max_cost"):
+        if s.get(key) not in (None, "auto"):
             args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
-    # How the requests asked fal (issue 13): a resume that dropped --media-expiry would leave
-    # the rest of the images on fal's CDN for days. (--stop-at, --notify and --on-exit are
-    # not repeated: a time of day, and two values the journal does not keep.)
-    for flag, key in (
-        ("--priority", "priority"),
-        ("--start-timeout", "start_timeout"),
-        ("--media-expiry", "media_expiry"),
-    ):
-        if s.get(key) is not None:
-            args += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
-    # How results are watched: a webhook run resumed without --watch webhook still finishes
-    # (by the stream), but behind a tunnel the user set up for it and with its addresses lost.
-    if s.get("watch") in ("poll", "webhook"):
-        args += ["--watch", str(s["watch"])]
-    if s.get("watch") == "webhook":
-        if s.get("webhook_listen") not in (None, "127.0.0.1:0"):
-            args += ["--webhook-listen", str(s["webhook_listen"])]
-        if s.get("webhook_url"):
-            args += ["--webhook-url", str(s["webhook_url"])]
-    args += ["--allow-fallbacks"] if s.get("allow_fallbacks") else []
-    args += ["--no-store-io"] if s.get("store_io") is False else []
-    return shlex.join(args)
+    return args
 
 
 def build_report(

@@ -136,7 +136,7 @@ async def execute(
             version=__version__,
             settings=settings.public(),
             manifest_path=str(manifest.path),
-            allow_manifest_change=settings.reuse_folder,
+            allow_manifest_change=settings.options.reuse_folder,
         )
     except BaseException:  # another manifest's folder, or in use: a notebook goes on, so close
         log.close()
@@ -152,7 +152,7 @@ async def execute(
         log.write(
             "controls: "
             + describe_controls(
-                settings.controls, settings.stop_at, settings.notify, settings.on_exit
+                settings.controls, settings.stop_at, settings.notify, settings.options.on_exit
             )
         )
         # Local files can change while the manifest does not: re-plan (cheap, incremental).
@@ -190,12 +190,12 @@ async def execute(
             log.write(line)
         refresh_view(out, log.write)
         code = result.exit_code
-        if settings.notify is not None or settings.on_exit:  # logged, never raised
+        if settings.notify is not None or settings.options.on_exit:  # logged, never raised
             message = end_message(
                 result.summary, name=settings.manifest_name, images=result.images, exit_code=code
             )
             await tell_the_end(
-                message, notify=settings.notify, on_exit=settings.on_exit, log=log.write
+                message, notify=settings.notify, on_exit=settings.options.on_exit, log=log.write
             )
     finally:
         journal.close(code)
@@ -246,7 +246,7 @@ async def _execute(
         target(settings) as base,
         clients(settings) as (http, media),
         # Worker processes for hashing, checks and thumbnails: the other cores (workers.py)
-        CheckPool(min(machine_cores(), settings.download_concurrency)) as checks,
+        CheckPool(min(machine_cores(), settings.options.download_concurrency)) as checks,
         contextlib.AsyncExitStack() as webhooks,
     ):
         client = QueueClient(
@@ -261,7 +261,7 @@ async def _execute(
             client,
             media,
             settings=settings,
-            window=make_window(settings.concurrency, hi=settings.max_window),
+            window=make_window(settings.options.concurrency),
             manifest_sha256=manifest.sha256,
             on_event=deliver,
             checks=checks,

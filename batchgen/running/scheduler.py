@@ -75,7 +75,7 @@ class Scheduler:
         self._media = media
         self._s = settings
         self.window = window
-        self._sha = manifest_sha256
+        o = settings.options
         self._emit_to = on_event
         self._clock, self._wall, self._sleep, self._rng = clock, wall, sleep, rng
         self._wake = asyncio.Event()
@@ -86,12 +86,12 @@ class Scheduler:
         self._stopping = self._stop_now = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._record = Recorder(
-            journal, out_dir=settings.out_dir, max_attempts=settings.max_attempts,
+            journal, out_dir=settings.out_dir, max_attempts=settings.options.max_attempts,
             emit=self._emit, fatal=self._fatal_stop,
         )  # fmt: skip
         self._pool = DownloadPool(
             journal, media, out_dir=settings.out_dir, manifest_sha256=manifest_sha256,
-            max_image_bytes=settings.max_image_bytes, workers=settings.download_concurrency,
+            max_image_bytes=o.max_image_bytes, workers=o.download_concurrency,
             on_saved=lambda job, n: self._emit(ev.Saved(job, n)), on_failed=self._record.fail,
             on_idle=self._wake.set, sleep=sleep, rng=rng,
             refetch=lambda row: client.result(Handle.from_json(row.handle or {})),
@@ -113,7 +113,7 @@ class Scheduler:
         # Local files -> URLs. The in-process emulator forgets its storage when the run ends:
         # URLs from an earlier run are reused only on fal and --endpoint servers.
         self._uploads = Uploads(journal, client, folder=settings.manifest_path.parent,
-                                inline=settings.inline_uploads, reuse=not self.rehearsal,
+                                inline=settings.options.inline_uploads, reuse=not self.rehearsal,
                                 origin=self.origin)  # fmt: skip
         self.durable = GroupSync(journal.sync_wal)  # request ids fsynced off the loop
         self._submitter = Submitter(
@@ -175,7 +175,7 @@ class Scheduler:
         self._journal.interrupted_submits()
         self._recovery = rec = recover(
             self._journal, self._s.out_dir, origin=self.origin, endpoint=self._s.endpoint,
-            retry_failed=self._s.retry_failed,
+            retry_failed=self._s.options.retry_failed,
         )  # fmt: skip
         self._submitter.no_emulator = rec.real_work
         self.spent_at_start = self._journal.spent_estimate(), self._journal.rehearsal_estimate()
@@ -223,7 +223,7 @@ class Scheduler:
             self._journal.event(None, "resume", repr(resumed))
 
     async def _submit_loop(self) -> None:
-        cap = self._s.max_cost
+        cap = self._s.options.max_cost
         while not self._stopping:
             if stop_clock.due(self._s.stop_at, self._wall):  # nothing is sent after --stop-at
                 self.stop(reason=ev.StopReason.STOP_AT)
@@ -298,7 +298,7 @@ class Scheduler:
     ) -> None:
         """Watch until completed, fetch and commit the result; on failure requeue or fail."""
         job = row.job_id
-        deadline_at = submitted_at + self._s.deadline
+        deadline_at = submitted_at + self._s.options.deadline
         started = row.state is S.RUNNING
         first = True
 
@@ -337,9 +337,10 @@ class Scheduler:
                     )  # fmt: skip
                     break
                 done = await watch(
-                    self._client, handle, mode=self._s.watch, expected=self.runtimes.expected(),
-                    prompt=prompt, submitted_at=submitted_at, deadline_at=deadline_at,
-                    note=note, on_stream_broken=lambda msg: self._record.retrying(
+                    self._client, handle, mode=self._s.options.watch,
+                    expected=self.runtimes.expected(),
+                    prompt=prompt, submitted_at=submitted_at, deadline_at=deadline_at, note=note,
+                    on_stream_broken=lambda msg: self._record.retrying(
                         job, "status", Outcome(Action.RETRY, "stream_broken", msg), 0.0, 1
                     ),
                     clock=self._clock, sleep=self._sleep,
@@ -351,7 +352,7 @@ class Scheduler:
                 break
             except (DeadlineExceeded, TimeoutError):
                 self._journal.event(job, "cancel", await cancel(self._client, handle))
-                msg = f"no result within --deadline {self._s.deadline:g} s; cancelled"
+                msg = f"no result within --deadline {self._s.options.deadline:g} s; cancelled"
                 self._record.resubmit(row, "deadline", msg, lost=False)
                 return
             except Exception as exc:

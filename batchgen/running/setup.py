@@ -19,7 +19,7 @@ from batchgen.journal.writer import Journal
 from batchgen.outputs.gallery import refresh_gallery
 from batchgen.running.pools import ShardedTransport, shards_for, tls_context
 from batchgen.running.scheduler import Scheduler
-from batchgen.running.window import WatchMode
+from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
 if TYPE_CHECKING:
     from batchgen.running.webhooks import Inbox
@@ -38,7 +38,7 @@ async def target(settings: Settings) -> AsyncIterator[str | None]:
     config = EmulatorConfig(
         time_scale=settings.time_scale if settings.time_scale is not None else 1.0,
         faults=settings.faults or "none",
-        seed=settings.seed,
+        seed=0,  # the same faults every time: a rehearsal is repeatable
     )
     async with serve(config, host="127.0.0.1", port=0) as url:
         yield url
@@ -50,17 +50,17 @@ async def clients(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     # One open stream per request in flight, plus polls and results: the pool must hold the
     # whole window or watchers would queue behind each other for a connection.
-    n = max(settings.concurrency or settings.max_window, 1) * 2 + 16
+    n = max(settings.options.concurrency or DEFAULT_MAX_WINDOW, 1) * 2 + 16
     # Every connection may stay open for the next request: in shards of a few (pools.py),
     # the idle ones cost less than reconnecting, which a job in flight would otherwise do.
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     timeout = httpx.Timeout(60.0, connect=15.0)
-    m = settings.download_concurrency * 2 + 4
+    m = settings.options.download_concurrency * 2 + 4
     media_limits = httpx.Limits(max_connections=m, max_keepalive_connections=m)
     # The in-process emulator listens on loopback: a proxy from the environment can only
     # fail to reach it (a first run behind a corporate proxy would wait on SERVER UNREACHABLE).
     proxied = settings.target is not Target.EMULATE and _env_proxy()
-    downloads = shards_for(settings.download_concurrency)
+    downloads = shards_for(settings.options.download_concurrency)
     async with (
         _client(limits, shards_for(n // 2), timeout, proxied=proxied) as http,
         _client(media_limits, downloads, timeout, proxied=proxied) as media,
@@ -137,7 +137,7 @@ async def receiver(
     """``--watch webhook``: fal's deliveries received on ``--webhook-listen`` (their signature
     checked against the JWKS of the server the run talks to), and the scheduler told where
     they land and what URL to give fal. Nothing for the other ways of watching."""
-    if settings.watch is not WatchMode.WEBHOOK or settings.webhook_listen is None:
+    if settings.options.watch is not WatchMode.WEBHOOK or settings.webhook_listen is None:
         yield None
         return
     # Imported here: starlette, uvicorn and cryptography are for webhook runs only (~30 ms of

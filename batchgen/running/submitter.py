@@ -162,7 +162,7 @@ class Submitter:
         job = row.job_id
         if o.action is Action.UNKNOWN:
             self.unknown.add(job)
-            if row.attempts + 1 >= self._s.max_attempts:
+            if row.attempts + 1 >= self._s.options.max_attempts:
                 self._record.fail(row, o.reason, o.message)
             else:
                 self._journal.transition(
