@@ -2,27 +2,32 @@
 
 Over real loopback sockets, because what matters is what a server sees: connections reused
 rather than opened per request, a stream per request in flight without the polls waiting
-behind them, a proxy from the environment used (except for the in-process emulator), and a
-certificate checked against certifi's CAs or the bundle SSL_CERT_FILE names.
+behind them, a proxy from the environment used (except for the in-process emulator), a
+certificate checked against certifi's CAs or the bundle SSL_CERT_FILE names, and an image's
+redirects followed no further than download_image's rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from test_tls_support import self_signed
 
 from batchgen.config import Settings, build_settings
 from batchgen.emulator.server import serve_asgi
+from batchgen.errors import DownloadError
+from batchgen.outputs.download import MAX_REDIRECTS, download_image
 from batchgen.running.setup import clients
 
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there: a request sent to it fails
@@ -162,3 +167,59 @@ async def test_tls_refuses_an_untrusted_certificate_and_trusts_ssl_cert_file(
             for client in (http, media):
                 assert (await client.get(f"{url}/hello")).status_code == 200
     assert sum(seen.values()) == 4
+
+
+def redirecting_app(seen: Counter[str]) -> Starlette:
+    """``/hop/N`` redirects N more times before the image; ``/to-file`` to a local file."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+
+    async def hop(request: Request) -> Response:
+        seen[request.url.path] += 1
+        n = request.path_params["n"]
+        return RedirectResponse(f"/hop/{n - 1}" if n > 0 else "/image.png")
+
+    async def image(request: Request) -> Response:
+        seen[request.url.path] += 1
+        return Response(buf.getvalue(), media_type="image/png")
+
+    return Starlette(
+        routes=[
+            Route("/hop/{n:int}", hop),
+            Route("/image.png", image),
+            Route("/to-file", lambda r: RedirectResponse("file:///etc/passwd")),
+        ]
+    )
+
+
+async def test_the_media_client_follows_an_images_redirects_within_the_limit(
+    tmp_path: Path,
+) -> None:
+    seen: Counter[str] = Counter()
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def fetch(media: httpx.AsyncClient, url: str) -> Path:
+        dest = tmp_path / "images" / "x.png"
+        await download_image(media, url, dest, expected_format="png", sleep=sleep)
+        return dest
+
+    async with (
+        serve_asgi(redirecting_app(seen)) as url,
+        clients(run_settings(emulate=True)) as (_, media),
+    ):
+        assert (await fetch(media, f"{url}/hop/{MAX_REDIRECTS - 1}")).is_file()
+        assert seen["/image.png"] == 1
+        seen.clear()
+        # One redirect too many: the client stops at its limit, never fetching the image.
+        with pytest.raises(DownloadError) as info:
+            await fetch(media, f"{url}/hop/{MAX_REDIRECTS}")
+        assert info.value.reason == "too_many_redirects"
+        assert sum(seen.values()) == MAX_REDIRECTS + 1 and seen["/image.png"] == 0
+        # A redirect to a local file is refused, once, not retried.
+        with pytest.raises(DownloadError) as info:
+            await fetch(media, f"{url}/to-file")
+        assert info.value.reason == "bad_redirect" and not info.value.retryable
+    assert sleeps == []

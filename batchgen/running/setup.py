@@ -15,6 +15,7 @@ import httpx
 from batchgen.config import Settings, Target
 from batchgen.fal import QueueClient
 from batchgen.journal.writer import Journal
+from batchgen.outputs.download import MAX_REDIRECTS
 from batchgen.outputs.gallery import refresh_gallery
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.window import WatchMode
@@ -68,8 +69,14 @@ async def clients(
         httpx.AsyncClient(
             limits=limits, timeout=timeout, verify=verify, trust_env=trust_env
         ) as http,
+        # No hop past download_image's limit is fetched (it refuses more from any client,
+        # but only once that client has followed them).
         httpx.AsyncClient(
-            limits=media_limits, timeout=timeout, verify=verify, trust_env=trust_env
+            limits=media_limits,
+            timeout=timeout,
+            verify=verify,
+            trust_env=trust_env,
+            max_redirects=MAX_REDIRECTS,
         ) as media,
     ):
         yield http, media
