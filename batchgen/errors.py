@@ -158,7 +158,7 @@ class DownloadError(BatchgenError):
     """An image could not be fetched or verified.
 
     ``reason`` is a short class for grouping failures (``truncated``, ``too_large``,
-    ``not_image``, ``redirect_loop``, ...); ``retryable`` says whether trying again later could
+    ``not_image``, ``bad_redirect``, ...); ``retryable`` says whether trying again later could
     help (a transport error or truncation may pass, a ``file://`` URL never will).
     """
 

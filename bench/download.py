@@ -6,12 +6,13 @@ script serves noise images of realistic size instead). Both clients fetch the sa
 the same concurrency, in alternating passes, in the same run:
 
 - ``plain``: ``client.stream("GET")`` and ``open(path, "wb").write(chunk)`` — no checks at all;
-- ``batchgen``: ``download_image`` as a run calls it, over the run's own HTTP transport
-  (``running/pools.py`` on ``running/netio.py``) — scheme and redirect checks, status,
-  type, length and cap checks while streaming, then the sha256 of the file, Pillow
-  verification and fsync in the run's worker processes (``CheckPool``), atomic rename;
+- ``batchgen``: ``download_image`` as a run calls it, over the run's own media client
+  (``running/setup.py``: ``clients``, stock httpx sized to the download workers) — scheme and
+  redirect checks, status, type, length and cap checks while streaming, then the sha256 of
+  the file, Pillow verification and fsync in the run's worker processes (``CheckPool``),
+  atomic rename;
 - ``thread``: the same checks in a worker thread of this process, over a plain httpx client
-  (no pool, no transport of ours: a library caller);
+  sized to the concurrency (a library caller);
 - ``no-fsync``: ``batchgen`` with ``durable=False``. Plain writes only reach the page cache,
   while an fsync waits for the disk: this line shows how much of the gap is the disk.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import multiprocessing
 import os
@@ -35,16 +37,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from batchgen.config import build_settings
 from batchgen.outputs.download import download_image
 from batchgen.outputs.workers import CheckPool, machine_cores
-from batchgen.running.pools import ShardedTransport, shards_for
+from batchgen.running.setup import clients
 
 
 def make_images(folder: Path, distinct: int) -> list[int]:
@@ -126,11 +129,11 @@ async def verified_no_fsync(http: httpx.AsyncClient, url: str, dest: Path) -> in
     return d.bytes
 
 
-RUN_TRANSPORT = {"batchgen", "no-fsync"}  # the methods that fetch as a run does
+RUN_CLIENT = {"batchgen", "no-fsync"}  # the methods that fetch as a run does
 
 
 async def one_pass(
-    fetch: Fetch, base: str, out: Path, count: int, concurrency: int, *, run_transport: bool
+    fetch: Fetch, base: str, out: Path, count: int, concurrency: int, *, run_client: bool
 ) -> tuple[int, float, float]:
     """(bytes, wall seconds, client CPU seconds) for ``count`` downloads into ``out``."""
     todo: asyncio.Queue[int] = asyncio.Queue()
@@ -145,13 +148,26 @@ async def one_pass(
             n = await fetch(http, f"{base}/img/{i}.png", out / f"{i:05d}.png")
             total += n  # not `total += await ...`: that reads total before the await
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    transport = ShardedTransport(shards_for(concurrency), limits) if run_transport else None
-    async with httpx.AsyncClient(limits=limits, timeout=60, transport=transport) as http:
+    async with media_client(base, concurrency, run_client=run_client) as http:
         cpu0, t0 = cpu_with_workers(), time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - t0, cpu_with_workers() - cpu0
     return total, wall, cpu
+
+
+@contextlib.asynccontextmanager
+async def media_client(
+    base: str, concurrency: int, *, run_client: bool
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The run's media client (as ``batchgen run --endpoint BASE`` builds it), or a plain one."""
+    if not run_client:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            yield http
+        return
+    flags = {"manifest": "bench.yaml", "endpoint": base, "download_concurrency": concurrency}
+    async with clients(build_settings(flags, {}, manifest_name="bench")) as (_, media):
+        yield media
 
 
 def cpu_with_workers() -> float:
@@ -167,11 +183,11 @@ def cpu_with_workers() -> float:
 
 
 def run_pass(
-    fetch: Fetch, base: str, out: Path, count: int, concurrency: int, *, run_transport: bool
+    fetch: Fetch, base: str, out: Path, count: int, concurrency: int, *, run_client: bool
 ) -> tuple[int, float, float]:
     out.mkdir(parents=True)
     result = LOOP.run_until_complete(
-        one_pass(fetch, base, out, count, concurrency, run_transport=run_transport)
+        one_pass(fetch, base, out, count, concurrency, run_client=run_client)
     )
     assert len(list(out.iterdir())) == count  # every file landed (and no .part left)
     shutil.rmtree(out)
@@ -233,7 +249,7 @@ def main() -> None:
                             out,
                             per_pass,
                             args.concurrency,
-                            run_transport=name in RUN_TRANSPORT,
+                            run_client=name in RUN_CLIENT,
                         )
                     )
         finally:

@@ -58,8 +58,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("worker pool (pickling, pipes)", r"batchgen/outputs/workers|multiprocessing/|pickle"),
     (
         "HTTP (httpx, httpcore, h11, SSE)",
-        r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio"
-        r"|running/netio\.py|running/pools\.py",
+        r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio",
     ),
     ("sockets and the event loop", r"asyncio/|selectors|uvloop|epoll|socket|sock_|recv|send"),
     ("download (the rest)", r"outputs/download"),

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_netio import self_signed
 from test_run_signals import REPO, env, wait_for_in_flight
 from test_run_support import emulator_thread, states, stats, write_manifest
+from test_tls_support import self_signed
 
 import batchgen
 from batchgen.cli import main

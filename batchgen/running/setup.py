@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,15 +15,13 @@ import httpx
 from batchgen.config import Settings, Target
 from batchgen.fal import QueueClient
 from batchgen.journal.writer import Journal
+from batchgen.outputs.download import MAX_REDIRECTS
 from batchgen.outputs.gallery import refresh_gallery
-from batchgen.running.pools import ShardedTransport, shards_for, tls_context
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
 if TYPE_CHECKING:
     from batchgen.running.webhooks import Inbox
-
-_PROXY_SCHEMES = frozenset({"http", "https", "all"})
 
 
 @contextlib.asynccontextmanager
@@ -48,49 +45,41 @@ async def target(settings: Settings) -> AsyncIterator[str | None]:
 async def clients(
     settings: Settings,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """The run's two HTTP clients, stock httpx: the queue client (submits, streams, polls,
+    results, uploads) and the media client (image downloads), each sized to the run."""
     # One open stream per request in flight, plus polls and results: the pool must hold the
     # whole window or watchers would queue behind each other for a connection.
     n = max(settings.options.concurrency or DEFAULT_MAX_WINDOW, 1) * 2 + 16
-    # Every connection may stay open for the next request: in shards of a few (pools.py),
-    # the idle ones cost less than reconnecting, which a job in flight would otherwise do.
+    # Every connection may stay open for the next request: a job's result, read after its
+    # stream ends, would otherwise open a new connection (a TLS handshake with fal).
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    # One connection per download worker: each fetches one image at a time.
+    d = settings.options.download_concurrency
+    media_limits = httpx.Limits(max_connections=d, max_keepalive_connections=d)
     timeout = httpx.Timeout(60.0, connect=15.0)
-    m = settings.options.download_concurrency * 2 + 4
-    media_limits = httpx.Limits(max_connections=m, max_keepalive_connections=m)
-    # The in-process emulator listens on loopback: a proxy from the environment can only
-    # fail to reach it (a first run behind a corporate proxy would wait on SERVER UNREACHABLE).
-    proxied = settings.target is not Target.EMULATE and _env_proxy()
-    downloads = shards_for(settings.options.download_concurrency)
+    # httpx reads HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE / SSL_CERT_DIR itself (trust_env).
+    # Not for the in-process emulator: it listens on loopback, where a proxy from the
+    # environment could only fail to reach it (a first run behind a corporate proxy would
+    # wait on SERVER UNREACHABLE); and plain HTTP on loopback needs no CA bundle.
+    trust_env = settings.target is not Target.EMULATE
+    # httpx's own default context (certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR), loaded
+    # once for both clients rather than once per transport (each proxy has one): ~20 ms each.
+    verify = httpx.create_ssl_context(trust_env=trust_env)
     async with (
-        _client(limits, shards_for(n // 2), timeout, proxied=proxied) as http,
-        _client(media_limits, downloads, timeout, proxied=proxied) as media,
+        httpx.AsyncClient(
+            limits=limits, timeout=timeout, verify=verify, trust_env=trust_env
+        ) as http,
+        # No hop past download_image's limit is fetched (it refuses more from any client,
+        # but only once that client has followed them).
+        httpx.AsyncClient(
+            limits=media_limits,
+            timeout=timeout,
+            verify=verify,
+            trust_env=trust_env,
+            max_redirects=MAX_REDIRECTS,
+        ) as media,
     ):
         yield http, media
-
-
-def _env_proxy() -> bool:
-    """Whether the environment names a proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``)."""
-    return bool(_PROXY_SCHEMES & {scheme.lower() for scheme in urllib.request.getproxies()})
-
-
-def _client(
-    limits: httpx.Limits,
-    shards: int,
-    timeout: httpx.Timeout,
-    *,
-    proxied: bool,
-) -> httpx.AsyncClient:
-    """Small pools behind the client (pools.py): one big httpcore pool costs CPU per request
-    in proportion to its size, which made every extra download slot a loss. ``proxied``: a
-    plain client instead, because httpx honours a proxy from the environment (and
-    ``NO_PROXY``) only for a client that builds its own transports."""
-    if proxied:
-        # One pool per proxy, walked on every request: few idle connections kept (httpx's
-        # default), as before the shards.
-        keep = httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=20)
-        return httpx.AsyncClient(limits=keep, timeout=timeout, verify=tls_context())
-    # The CA bundle is loaded at the first https request, once for both clients (pools.py).
-    return httpx.AsyncClient(transport=ShardedTransport(shards, limits), timeout=timeout)
 
 
 @contextlib.contextmanager
