@@ -84,6 +84,30 @@ def test_first_signal_finishes_paid_work_then_resume(tmp_path: Path, sig: signal
     assert "interrupted" in (out / "run.log").read_text()
 
 
+def test_first_ctrl_c_of_an_emulated_run_stops_it_gracefully(tmp_path: Path) -> None:
+    """With --emulate the emulator is served in the run's own process: the first Ctrl-C is
+    still the run's graceful stop (not the emulator's shutdown), and the resume finishes."""
+    m = write_manifest(tmp_path, 24)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "batchgen", "run", str(m), "--emulate", "--time-scale", "0.1",
+        "--concurrency", "4", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE)
+    wait_for_in_flight(out, proc, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err.decode()
+    assert b"run the same command again to resume" in err
+    assert b"Traceback" not in err
+    st = states(out)
+    assert set(st) <= {S.DOWNLOADED, S.PENDING}  # what was paid for was finished
+    assert st[S.DOWNLOADED] >= 2 and st[S.PENDING] > 0
+    done = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert states(out) == {S.DOWNLOADED: 24}
+
+
 def test_second_signal_stops_at_once_then_resume(tmp_path: Path) -> None:
     m = write_manifest(tmp_path, 16)
     out = tmp_path / "out"

@@ -2,16 +2,19 @@
 the deliberately broken responses that fault injection needs (a dropped connection, a body
 shorter than its Content-Length, a trickle).
 
-Breaking a connection is transport-specific. Over a real socket, ``server.py`` runs uvicorn
-with a protocol that puts a ``batchgen.drop`` callable in the ASGI scope's extensions; calling
-it aborts the TCP connection. In-process (``httpx.ASGITransport``) there is no socket, so a
-drop raises ``httpx.RemoteProtocolError`` out of the app: ASGITransport passes it through, and
-the client sees the same transport-level failure a socket reset would give it.
+An ASGI app cannot close its connection, but it can fail: after ``http.response.start`` (and
+perhaps part of the body), it raises :class:`ConnectionDropped`. Over a socket, uvicorn then
+closes the connection without answering further (``server.py`` serves with ``http="h11"`` and
+keeps that deliberate exception out of the log); the client sees a reply cut short, the
+transport-level failure a reset gives it. In-process (``httpx.ASGITransport``) there is no
+socket: the exception, an ``httpx.RemoteProtocolError``, reaches the client unchanged. A
+truncated body in-process is simply short (it ends before its Content-Length), which is what
+a client reading it sees over a socket too; ``serve_asgi`` marks the scopes it serves with the
+``batchgen.drop`` extension so the app knows which way applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +25,8 @@ from starlette.types import Receive, Scope, Send
 from batchgen.emulator.config import EmulatorConfig, Sleep
 from batchgen.emulator.model import QueueModel
 
+# In the scope of every request ``serve_asgi`` serves: raising ConnectionDropped after the
+# response started closes the connection (in-process there is no such promise).
 DROP_EXTENSION = "batchgen.drop"
 NGINX_503 = (
     "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
@@ -66,23 +71,30 @@ def nginx_503() -> Response:
     return Response(NGINX_503, status_code=503, media_type="text/html")
 
 
-def _drop_of(scope: Scope) -> Callable[[], None] | None:
-    ext: dict[str, Any] = scope.get("extensions") or {}
-    drop: Callable[[], None] | None = ext.get(DROP_EXTENSION)
-    return drop
+class ConnectionDropped(httpx.RemoteProtocolError):
+    """Raised by the app to hang up without a (complete) answer; see the module docstring."""
+
+
+def over_socket(scope: Scope) -> bool:
+    """Whether this request came over a socket served by ``serve_asgi``, where raising after
+    the response started closes the connection."""
+    extensions: dict[str, Any] = scope.get("extensions") or {}
+    return DROP_EXTENSION in extensions
 
 
 class DropConnection(Response):
-    """Close the connection without answering."""
+    """Close the connection without answering: the job may exist, its id never reaches the
+    client."""
 
     def __init__(self) -> None:
-        super().__init__(status_code=500)
+        super().__init__(status_code=200)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        drop = _drop_of(scope)
-        if drop is None:
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-        drop()
+        # Over a socket the status line goes out (an app cannot fail before it without
+        # uvicorn answering 500 instead); no header names the request and no body byte
+        # follows, so the client still has nothing it can read.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ConnectionDropped("Server disconnected without sending a response.")
 
 
 class TruncatedResponse(Response):
@@ -96,12 +108,12 @@ class TruncatedResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        drop = _drop_of(scope)
+        socket = over_socket(scope)
         await send(
-            {"type": "http.response.body", "body": self.body[: self.keep], "more_body": bool(drop)}
+            {"type": "http.response.body", "body": self.body[: self.keep], "more_body": socket}
         )
-        if drop is not None:
-            drop()
+        if socket:
+            raise ConnectionDropped(f"truncated after {self.keep} of {len(self.body)} bytes")
 
 
 class TrickleResponse(Response):

@@ -9,47 +9,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Generator
-from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchgen.emulator.app import create_app
 from batchgen.emulator.config import EmulatorConfig
-from batchgen.emulator.http import DROP_EXTENSION
+from batchgen.emulator.http import DROP_EXTENSION, ConnectionDropped
 from batchgen.errors import UsageError
 
 SHUTDOWN_GRACE_S = 1
 
 
-class _DroppingH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus a ``batchgen.drop`` extension in each request's scope that
-    aborts the TCP connection: the only way an ASGI app can hang up without answering."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        inner = self.app
-
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            scope.setdefault("extensions", {})[DROP_EXTENSION] = self._drop
-            await inner(scope, receive, send)
-
-        self.app = app
-
-    def _drop(self) -> None:
-        if self.cycle is not None:
-            # Mark the cycle first, so uvicorn does not try to answer 500 on a dead socket.
-            self.cycle.disconnected = True
-        self.transport.abort()
-
-
 class _QuietServer(uvicorn.Server):
+    # uvicorn has no option to leave signals alone: Server.serve always enters
+    # capture_signals, which on the main thread replaces the SIGINT/SIGTERM handlers with its
+    # own shutdown (and re-raises them when it stops). Putting the caller's back after start
+    # would leave a window, and serving from another thread would take the emulator out of
+    # the run's event loop. The run's first Ctrl-C must mean "stop submitting, finish what is
+    # paid for", not "stop the emulator", so this one method is overridden
+    # (tests/emulator/test_emulator_loopback.py checks the handlers stay the caller's).
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        yield  # leave SIGINT/SIGTERM to the caller
+        yield
+
+
+class _NotTheDeliberateDrops(logging.Filter):
+    """Keep uvicorn's "Exception in ASGI application" out of the log for ConnectionDropped
+    (a fault the emulator injected on purpose); every other error is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionDropped))
+
+
+_DROPS_FILTER = _NotTheDeliberateDrops()
+
+
+def _with_drop_extension(app: ASGIApp) -> ASGIApp:
+    """Tell the app that raising after its response started hangs up (``emulator/http.py``)."""
+
+    async def marked(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            extensions = {**(scope.get("extensions") or {}), DROP_EXTENSION: {}}
+            scope = {**scope, "extensions": extensions}
+        await app(scope, receive, send)
+
+    return marked
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -104,9 +112,13 @@ async def serve_asgi(
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     port = sock.getsockname()[1]
+    # Added once, never removed: several servers may share the process's uvicorn logger.
+    logging.getLogger("uvicorn.error").addFilter(_DROPS_FILTER)
     uv_config = uvicorn.Config(
-        app,
-        http=_DroppingH11Protocol,
+        _with_drop_extension(app),
+        # h11, named rather than left to uvicorn's choice: its behaviour on an exception after
+        # the response started (close the connection) is what the drops rely on.
+        http="h11",
         lifespan="on",
         log_level=log_level,
         # No dictConfig of the host process's logging (we may run inside `batchgen run`);

@@ -20,19 +20,23 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import filelock
 
 from batchgen.errors import JournalError
 from batchgen.journal.origin import of_target
 from batchgen.journal.schema import DDL, SCHEMA_VERSION, dumps, redact_settings
 
-try:  # POSIX; elsewhere the single-writer guard is skipped.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+# A `status` probe holds the writer lock for microseconds: a starting run waits this long for
+# it before saying the folder is in use, and a probe waits as long for another probe.
+LOCK_WAIT_S = 0.3
+PROBE_WAIT_S = 0.05
+POLL_S = 0.01
 
 
 class ManifestChanged(JournalError):
@@ -118,35 +122,73 @@ def start_run(
     return cur.lastrowid, needs_plan
 
 
-def lock_folder(path: Path) -> IO[bytes] | None:
-    """Take the folder's writer lock, or explain who holds it. Released by the OS on kill -9."""
-    if fcntl is None:  # pragma: no cover
-        return None
-    f = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (held until close)
-    for delay in (0.01, 0.05, 0.2, None):  # a `status` probe holds it for microseconds
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if delay is not None:
-                time.sleep(delay)
+def _writer_lock(path: Path) -> filelock.BaseFileLock:
+    """The folder's writer lock on ``journal.sqlite.lock``: ``flock`` on POSIX, ``LockFileEx``
+    on Windows. Both belong to an open file, so the OS drops them when the process dies, kill -9
+    included (filelock's SoftFileLock, a file that exists, would outlive a crash and lock the
+    folder for good). Elsewhere a run is refused: without the lock two runs would each submit,
+    and pay for, every job."""
+    if sys.platform == "win32":
+        kind: type[filelock.BaseFileLock] = filelock.WindowsFileLock
+    elif filelock.has_fcntl:
+        kind = filelock.UnixFileLock
     else:
-        f.seek(0)
-        pid = f.read().decode(errors="replace").strip() or "?"
-        f.close()
         raise JournalError(
-            f"another batchgen process (pid {pid}) is running in {path.parent}; "
+            f"cannot lock {path.parent} against a second run on this platform ({sys.platform}), "
+            "which has neither flock nor Windows' file locking"
+        )
+    return kind(
+        path.with_name(path.name + ".lock"),
+        thread_local=False,  # taken and released by the Journal, from whichever thread
+        fallback_to_soft=False,  # a filesystem without flock is refused, not soft-locked
+        # Never unlinked (Windows would on release): a probe's release must not remove the
+        # name of the file a starting run is locking.
+        preserve_lock_file=True,
+    )
+
+
+def _pid_file(path: Path) -> Path:
+    return path.with_name(path.name + ".pid")
+
+
+def _holder(path: Path) -> int | None:
+    """The pid the lock's holder wrote (a separate file: Windows bars reads of a locked range)."""
+    try:
+        text = _pid_file(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_folder(path: Path) -> filelock.BaseFileLock:
+    """Take the folder's writer lock, or explain who holds it. Released by the OS on kill -9."""
+    lock = _writer_lock(path)
+    try:
+        lock.acquire(timeout=LOCK_WAIT_S, poll_interval=POLL_S)
+    except filelock.Timeout:
+        pid = _holder(path)
+        raise JournalError(
+            f"another batchgen process (pid {pid or '?'}) is running in {path.parent}; "
             "wait for it or stop it before resuming"
         ) from None
-    f.truncate(0)
-    f.write(str(os.getpid()).encode())
-    f.flush()
-    return f
+    except OSError as exc:  # e.g. a network filesystem without locks
+        raise JournalError(
+            f"cannot lock {path.parent} against a second run ({exc.strerror or exc}); "
+            "use a folder on a local disk for --out"
+        ) from None
+    try:
+        _pid_file(path).write_text(str(os.getpid()))
+    except OSError as exc:
+        lock.release()
+        raise JournalError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+    return lock
 
 
-def unlock_folder(lock: IO[bytes] | None) -> None:
+def unlock_folder(lock: filelock.BaseFileLock | None, path: Path) -> None:
     if lock is not None:
-        lock.close()  # closing the file drops the flock
+        # The pid goes first, while the lock is still ours: a run taking it next writes its own.
+        _pid_file(path).unlink(missing_ok=True)
+        lock.release()
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -214,22 +256,30 @@ def migrate(conn: sqlite3.Connection, have: int) -> None:
 
 
 def writer_pid(path: Path) -> int | None:
-    """The pid of the process running in the journal's folder, or None when none is.
+    """The pid of the process running in the journal's folder (-1 when it wrote none), or None
+    when none is.
 
-    Probes the writer lock with a shared lock held for microseconds; ``lock_folder`` retries
-    briefly so this probe never makes a starting run fail.
+    Tries the writer lock without waiting (beyond ``PROBE_WAIT_S``, for another probe) and lets
+    it go at once. That cannot disturb a run holding it: the lock belongs to the run's own open
+    file, and the probe opens and closes a file of its own (in the run's process too; POSIX
+    record locks, unlike flock, would be dropped by that close), never removing it; a run
+    starting in the probe's microseconds waits ``LOCK_WAIT_S`` for it.
     """
-    lock_path = path.with_name(path.name + ".lock")
-    if fcntl is None or not lock_path.exists():
+    if not path.with_name(path.name + ".lock").exists():
         return None
-    with open(lock_path, "rb") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            text = f.read().decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return None
+    try:
+        lock = _writer_lock(path)
+    except JournalError:
+        return None  # no batchgen can run here, so none is running
+    try:
+        lock.acquire(timeout=PROBE_WAIT_S, poll_interval=POLL_S)
+    except filelock.Timeout:
+        pid = _holder(path)
+        return -1 if pid is None else pid
+    except OSError:
+        return None  # a lock file we may not open (another user's folder): nothing to tell
+    lock.release()
+    return None
 
 
 @contextlib.contextmanager

@@ -10,11 +10,12 @@ Rules (DESIGN.md, "The journal and the job states"):
   scheduler instead fsyncs the WAL off the event loop, once for many (``walsync.py``).
   bench/journal.py (shared 2-core VM, load 5-7): a job's four commits 0.3-0.6 ms, ~1.4 ms with
   the fsync: a ceiling of ~700 jobs/s, well above the queue API's ~150, so it is cheap.
-* Concurrency: one writer process, guarded by an ``flock`` on ``journal.sqlite.lock`` (a second
-  ``batchgen run`` on the same folder would submit every job twice). The writer is used from
-  one asyncio thread with short synchronous transactions: at tens of microseconds per commit,
-  blocking the loop is cheaper than a thread hop. Readers (``batchgen status``) open the file
-  read-only and see committed state while a run writes (WAL).
+* Concurrency: one writer process, guarded by a lock on ``journal.sqlite.lock``
+  (``opening.py``; a second ``batchgen run`` on the same folder would submit every job twice).
+  The writer is used from one asyncio thread with short synchronous transactions: at tens of
+  microseconds per commit, blocking the loop is cheaper than a thread hop. Readers
+  (``batchgen status``) open the file read-only and see committed state while a run writes
+  (WAL).
 * Tallies (counts by state, spend) are kept in memory by the writer and updated after each
   commit, so the scheduler can ask before every submit without scanning a million rows.
 """
@@ -27,7 +28,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import filelock
 
 from batchgen.errors import JournalError
 from batchgen.journal import resets
@@ -79,7 +82,7 @@ class Journal(JournalReader):
         path: Path,
         *,
         run_id: int,
-        lock: IO[bytes] | None,
+        lock: filelock.BaseFileLock | None,
         clock: Callable[[], float],
         durable_submits: bool,
         needs_plan: bool,
@@ -120,7 +123,7 @@ class Journal(JournalReader):
         try:
             conn = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            unlock_folder(lock)
+            unlock_folder(lock, path)
             raise JournalError(f"cannot open the journal {path}: {exc}") from exc
         try:
             run_id, needs_plan = start_run(
@@ -131,7 +134,7 @@ class Journal(JournalReader):
                        durable_submits=durable_submits, needs_plan=needs_plan)  # fmt: skip
         except BaseException:
             conn.close()
-            unlock_folder(lock)
+            unlock_folder(lock, path)
             raise
 
     @staticmethod
@@ -151,7 +154,7 @@ class Journal(JournalReader):
         finally:
             self._wal.close()
             super().close()
-            unlock_folder(self._lock)
+            unlock_folder(self._lock, self.path)
             self._lock = None
 
     # ---- planning -----------------------------------------------------------------------

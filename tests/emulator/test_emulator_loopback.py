@@ -33,10 +33,15 @@ async def test_submitdrop_closes_the_socket_without_an_answer(
         serve(EmulatorConfig(time_scale=0, faults="submitdrop=1")) as url,
         httpx.AsyncClient(base_url=url, headers=AUTH) as client,
     ):
-        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+        with pytest.raises(httpx.RemoteProtocolError, match="peer closed connection"):
             await client.post(T2I, json=LOW)
+        # A status line may go out, but nothing that names the request, and no body.
+        async with client.stream("POST", T2I, json=LOW) as r:
+            assert "x-fal-request-id" not in r.headers
+            with pytest.raises(httpx.RemoteProtocolError):
+                await r.aread()
         s = (await client.get("/_emulator/stats")).json()
-        assert (s["submits_accepted"], s["submits_dropped"]) == (1, 1)
+        assert (s["submits_accepted"], s["submits_dropped"]) == (2, 2)
     # uvicorn neither answered 500 nor logged the deliberate drop as an application error.
     assert "Exception in ASGI application" not in caplog.text
     assert "without starting response" not in caplog.text
@@ -54,6 +59,43 @@ async def test_truncated_media_breaks_mid_body(caplog: pytest.LogCaptureFixture)
         # The server is fine afterwards.
         assert (await client.get("/_emulator/stats")).json()["media_truncated"] == 1
     assert "Exception in ASGI application" not in caplog.text
+
+
+async def test_a_real_application_error_is_still_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a real bug")
+
+    app = Starlette(routes=[Route("/", broken)])
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/")).status_code == 500
+    assert "Exception in ASGI application" in caplog.text
+    assert "a real bug" in caplog.text
+
+
+async def test_serving_leaves_the_callers_signal_handlers_alone() -> None:
+    """uvicorn would put its own SIGINT/SIGTERM handlers in (a Ctrl-C would stop the
+    emulator instead of the run's graceful stop); they stay the caller's, and a signal reaches
+    the caller while the server keeps serving."""
+    got: list[int] = []
+
+    def mine(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    caught = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, mine) for sig in caught}
+    try:
+        async with (
+            serve(EmulatorConfig(time_scale=0)) as url,
+            httpx.AsyncClient(base_url=url, headers=AUTH) as client,
+        ):
+            assert all(signal.getsignal(sig) is mine for sig in caught)
+            signal.raise_signal(signal.SIGINT)
+            assert (await client.post(T2I, json=LOW)).status_code == 200  # still serving
+        assert got == [signal.SIGINT]
+        assert all(signal.getsignal(sig) is mine for sig in caught)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def test_serve_reports_a_busy_port_as_a_usage_error() -> None:
