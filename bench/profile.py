@@ -62,7 +62,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ),
     ("sockets and the event loop", r"asyncio/|selectors|uvloop|epoll|socket|sock_|recv|send"),
     ("download (the rest)", r"outputs/download"),
-    ("scheduler, watcher, submitter", r"batchgen/running/"),
+    ("scheduler, watching, submitter", r"batchgen/running/"),
     ("fal client", r"batchgen/fal/|fal_client/"),
 )
 _COMPILED = [(name, re.compile(p)) for name, p in RULES]

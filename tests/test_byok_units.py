@@ -21,10 +21,10 @@ from batchgen.fal.byok import (
     manifest_wants_key,
     submit_input,
 )
-from batchgen.fal.retry import classify
 from batchgen.manifest import load_manifest
 from batchgen.planning.jobs import JobSpec, job_id
 from batchgen.planning.pricing import ActualCost, Tokens, actual_cost, parse_usage, token_cost
+from batchgen.retry import classify
 from batchgen.running.runlog import RunLog
 
 KEY = "sk-proj-abcdef0123456789SECRET"

@@ -14,6 +14,7 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from batchgen.outputs.download import (
 from batchgen.outputs.index import append_failure, failure_row, read_failures
 from batchgen.planning.jobs import JobSpec, job_id
 from batchgen.planning.paths import image_path, template_fields
+from batchgen.retry import MEDIA
 
 
 def make_image(fmt: str = "PNG", size: tuple[int, int] = (96, 64)) -> bytes:
@@ -342,7 +344,7 @@ async def test_truncated_body_is_retried_and_never_left_in_place(
     sleeps = Sleeps()
     with pytest.raises(DownloadError) as info:
         await fetch(
-            http, "http://media.test/short", dest, sleep=sleeps, attempts=3, rng=lambda: 1.0
+            http, "http://media.test/short", dest, sleep=sleeps, retry=MEDIA.jittered(lambda: 1.0)
         )
     assert info.value.reason == "truncated" and info.value.retryable
     assert server.hits["/short"] == 3 and sleeps.calls == [0.5, 1.0]
@@ -353,7 +355,7 @@ async def test_5xx_is_retried_then_succeeds(
     http: httpx.AsyncClient, server: ImageServer, out: Path
 ) -> None:
     sleeps = Sleeps()
-    d = await fetch(http, "http://media.test/flaky", dest_in(out), sleep=sleeps, attempts=3)
+    d = await fetch(http, "http://media.test/flaky", dest_in(out), sleep=sleeps, retry=MEDIA)
     assert server.hits["/flaky"] == 3 and len(sleeps.calls) == 2
     assert d.path.read_bytes() == PNG
 
@@ -363,7 +365,7 @@ async def test_5xx_past_the_attempts_fails_retryable(
 ) -> None:
     server.flaky_failures = 10
     with pytest.raises(DownloadError) as info:
-        await fetch(http, "http://media.test/flaky", dest_in(out), attempts=2)
+        await fetch(http, "http://media.test/flaky", dest_in(out), retry=replace(MEDIA, attempts=2))
     assert (info.value.reason, info.value.retryable) == ("http_503", True)
     assert server.hits["/flaky"] == 2
 
@@ -439,6 +441,11 @@ async def test_over_a_real_socket(loopback: str, server: ImageServer, out: Path)
         d = await fetch(client, f"{loopback}/redirect/2", dest_in(out), sleep=on_retry)
         assert d.sha256 == hashlib.sha256(PNG).hexdigest()
         with pytest.raises(DownloadError) as info:  # the server drops the connection mid-body
-            await fetch(client, f"{loopback}/short", dest_in(out, "q/y.png"), attempts=2)
+            await fetch(
+                client,
+                f"{loopback}/short",
+                dest_in(out, "q/y.png"),
+                retry=replace(MEDIA, attempts=2),
+            )
     assert info.value.reason == "truncated" and server.hits["/short"] == 2
     assert files_under(out) == {d.path}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ from batchgen.emulator import EmulatorConfig, create_app
 from batchgen.emulator.server import serve
 from batchgen.errors import DownloadError, QueueError
 from batchgen.fal import Endpoints, QueueClient
-from batchgen.fal.retry import RetryPolicy, ZeroWait
 from batchgen.outputs.download import download_image
 from batchgen.outputs.index import (
     FAILURES,
@@ -34,6 +34,7 @@ from batchgen.outputs.index import (
 )
 from batchgen.planning.jobs import JobSpec, job_id
 from batchgen.planning.paths import image_path, template_fields
+from batchgen.retry import MEDIA, RetryPolicy, ZeroWait
 
 KEY = "key-id:secret"
 EP = "openai/gpt-image-2"
@@ -102,7 +103,7 @@ async def download_all(
                     url,
                     dest,
                     max_bytes=50 << 20,
-                    attempts=attempts,
+                    retry=replace(MEDIA, attempts=attempts),
                     expected_format=str(spec.input["output_format"]),
                     sleep=no_wait,
                 )

@@ -9,7 +9,7 @@ import httpx
 
 from batchgen.fal import Handle, QueueClient
 from batchgen.fal.headers import ANSWERED_BY_KEY, RequestControls
-from batchgen.fal.retry import Action, RetryPolicy, ZeroWait, classify
+from batchgen.retry import Action, RetryPolicy, ZeroWait, classify
 
 H = Handle("r1", "http://fal/o/a/requests/r1/status", "http://fal/o/a/requests/r1", "http://x")
 

@@ -25,7 +25,7 @@ from batchgen.fal import (
     data_uri,
 )
 from batchgen.fal.auth import FalKey
-from batchgen.fal.retry import Action, RetryEvent, RetryPolicy, ZeroWait, classify
+from batchgen.retry import Action, RetryEvent, RetryPolicy, ZeroWait, classify
 
 BASE = "http://emulator"
 KEY = "key-id-123:very-secret-456"

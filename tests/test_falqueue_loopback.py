@@ -14,7 +14,7 @@ from batchgen.emulator import EmulatorConfig, create_app, serve
 from batchgen.emulator.server import serve_asgi
 from batchgen.errors import StatusStreamError, UnknownOutcome
 from batchgen.fal import Completed, Endpoints, InProgress, QueueClient, Queued
-from batchgen.fal.retry import Action, ZeroWait, classify
+from batchgen.retry import Action, ZeroWait, classify
 
 T2I = "openai/gpt-image-2"
 LOW = {"prompt": "a lighthouse", "quality": "low", "image_size": "square_hd"}

@@ -30,10 +30,10 @@ from batchgen.fal import (
     QueueClient,
     Queued,
 )
-from batchgen.fal.retry import Action, RetryPolicy, ZeroWait, classify
 from batchgen.fal.statuses import parse_status
 from batchgen.fal.stream import END_WAIT_S
 from batchgen.fal.transport import http_error
+from batchgen.retry import Action, RetryPolicy, ZeroWait, classify
 
 BASE = "http://fal.test"
 H = Handle(

@@ -19,7 +19,7 @@ PACKAGE = Path(batchgen.__file__).parent
 
 # Bottom to top. A module may import its own stage and the stages listed before it.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("errors", "_version"),
+    ("errors", "_version", "retry"),  # retry: what a failure means, the one retry policy
     ("planning",),
     ("manifest",),
     ("journal",),

@@ -21,7 +21,7 @@ from batchgen.errors import (
     StatusStreamError,
     UnknownOutcome,
 )
-from batchgen.fal.retry import (
+from batchgen.retry import (
     MAX_RETRY_AFTER,
     Action,
     RetryEvent,
@@ -123,8 +123,20 @@ TABLE: list[tuple[str, BaseException, Action, str]] = [
     # the stream breaking means "poll instead", never a failed job
     ("status", StatusStreamError("quiet for 30 s"), Action.RETRY, "stream_broken"),
     # download: retry, then FAILED
-    ("media", DownloadError("truncated", retryable=True), Action.RETRY, "download"),
-    ("media", DownloadError("not an image"), Action.FINAL, "download"),
+    (
+        "media",
+        DownloadError("cut", retryable=True, reason="truncated"),
+        Action.RETRY,
+        "download_truncated",
+    ),
+    (
+        "media",
+        DownloadError("not an image", reason="wrong_type"),
+        Action.FINAL,
+        "download_wrong_type",
+    ),
+    ("media", DownloadError("gone", reason="http_404"), Action.RESUBMIT, "expired"),
+    ("media", DownloadError("gone", reason="http_410"), Action.RESUBMIT, "expired"),
     ("media", http(404), Action.FINAL, "http_404"),
     ("upload", http(413), Action.FINAL, "http_413"),
     ("cancel", http(400), Action.FINAL, "http_400"),

@@ -21,13 +21,13 @@ from batchgen.config import Settings, build_settings
 from batchgen.emulator import EmulatorConfig, create_app
 from batchgen.emulator.model import canonical_input_key
 from batchgen.fal import Endpoints, QueueClient
-from batchgen.fal.retry import RetryPolicy
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import Manifest, load_manifest, plan
 from batchgen.outputs.index import read_failures, read_index
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import estimate_cost
+from batchgen.retry import RetryPolicy
 from batchgen.running.events import Event, Failed, Requeued, Submitted
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.window import Window, make_window
@@ -187,6 +187,8 @@ class Rig:
                     await sched.run()
                 except Exception as exc:
                     result.error = exc
+                else:
+                    result.error = sched.fatal  # a stop at once for an answer, if any
                 return result
         finally:
             journal.close()

@@ -17,12 +17,12 @@ from PIL import Image
 
 from batchgen.emulator import EmulatorConfig, create_app
 from batchgen.fal import Endpoints, QueueClient
-from batchgen.fal.retry import Action, RetryPolicy, ZeroWait
 from batchgen.fal.uploads import UPLOAD_MAX_AGE, UploadError, Uploads, local_references
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import load_manifest, plan
 from batchgen.planning.gptimage import EDIT
 from batchgen.planning.jobs import JobSpec
+from batchgen.retry import Action, RetryPolicy, ZeroWait
 
 BASE = "http://emulator"
 

@@ -33,7 +33,6 @@ import httpx
 from batchgen.errors import ProtocolError, QueueTransportError, UnknownOutcome
 from batchgen.fal.auth import FalKey
 from batchgen.fal.headers import ANSWERED_BY_KEY, answered_by
-from batchgen.fal.retry import RetryEvent, RetryPolicy, Sleep
 from batchgen.fal.statuses import Status, parse_status
 from batchgen.fal.storage import Storage
 from batchgen.fal.stream import logs_param, stream_statuses
@@ -44,6 +43,7 @@ from batchgen.fal.transport import (
     Transport,
     json_or_none,
 )
+from batchgen.retry import RetryEvent, RetryPolicy, Sleep
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ import httpx
 from batchgen._version import __version__
 from batchgen.errors import AuthError, QueueHTTPError, QueueTransportError
 from batchgen.fal.auth import FalKey
-from batchgen.fal.retry import (
+from batchgen.retry import (
     RetryEvent,
     RetryPolicy,
     Sleep,

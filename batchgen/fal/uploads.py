@@ -26,12 +26,12 @@ from typing import Any
 
 from batchgen.errors import BatchgenError
 from batchgen.fal.client import QueueClient
-from batchgen.fal.retry import Action, Outcome, classify
 from batchgen.fal.storage import data_uri
 from batchgen.journal.writer import Journal
 from batchgen.manifest.files import MAX_REFERENCE_BYTES, read_reference
 from batchgen.manifest.local import is_local_path
 from batchgen.planning.jobs import FILE_FIELDS, JobSpec
+from batchgen.retry import Action, Outcome, classify
 
 # fal keeps CDN files at least 7 days (fal protocol notes §7): an older upload is done again
 # rather than handing the model a URL that may have gone.

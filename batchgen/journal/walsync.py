@@ -11,7 +11,7 @@ commit that returned before the call began is then on disk just as ``FULL`` leav
 WAL's header, frames and checksums are what SQLite's recovery reads; before SQLite reuses the
 WAL after a checkpoint it has fsynced the WAL and the database file itself). The first call
 also fsyncs the folder, so that the WAL file's name survives with it. The scheduler runs one
-call for all the request ids committed meanwhile (``running/durable.py``): group commit.
+call for all the request ids committed meanwhile (``journal/groupsync.py``): group commit.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ Only ``http``, ``https`` and ``data`` URLs are fetched. httpx follows the redire
 httpx reads a redirect's own body (a few bytes from any CDN) before the next hop: the size
 cap is the image's.
 
-The HTTP client, the sleep between attempts and the random jitter are injected, so tests run
-against an in-process server with zero waits.
+The HTTP client, the sleep between attempts and the retry policy (its jitter included) are
+injected, so tests run against an in-process server with zero waits.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import asyncio
 import base64
 import binascii
 import os
-import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import httpx
 from batchgen.errors import DownloadError
 from batchgen.outputs.checks import FORMATS, Checked, check_file, mime_of
 from batchgen.outputs.workers import CheckPool
+from batchgen.retry import MEDIA, RetryPolicy, classify
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5  # the run's media client is built with it (running/setup.py)
@@ -79,13 +79,6 @@ def sweep_parts(root: Path) -> int:
     return removed
 
 
-def backoff(
-    attempt: int, *, base: float = 0.5, cap: float = 10.0, rng: Callable[[], float] = random.random
-) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: capped exponential with half jitter."""
-    return min(cap, base * 2.0**attempt) * (0.5 + rng() / 2)
-
-
 async def download_image(
     http: httpx.AsyncClient,
     url: str,
@@ -94,9 +87,8 @@ async def download_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     expected_format: str | None,
     sleep: Sleep = asyncio.sleep,
-    attempts: int = 3,
+    retry: RetryPolicy = MEDIA,
     expected_sha256: str | None = None,
-    rng: Callable[[], float] = random.random,
     durable: bool = True,
     checks: CheckPool | None = None,
     thumbs: Path | None = None,
@@ -106,7 +98,8 @@ async def download_image(
     ``expected_format`` is the requested ``output_format`` (``png``, ``jpeg``, ``webp``) or
     ``None`` for any of them. With ``expected_sha256``, a file already at ``dest`` with that
     checksum is returned as is, without a request. Transport errors, truncation, 429 and 5xx
-    are tried ``attempts`` times in all; anything else fails at once.
+    are tried again as ``retry`` says (``retry.MEDIA``: 3 tries in all); anything else fails
+    at once.
 
     ``durable`` fsyncs the file before the rename, so not even a power cut can leave a partial
     file under the final name; it costs real disk bandwidth (see bench/download.py). Without
@@ -127,7 +120,9 @@ async def download_image(
     scheme = _scheme(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
-    for attempt in range(attempts):
+    attempt = 0
+    while True:
+        attempt += 1
         part.unlink(missing_ok=True)  # a stale .part from a crash, or from the last attempt
         try:
             if scheme == "data":
@@ -144,12 +139,12 @@ async def download_image(
             os.replace(part, dest)
             return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt))
         except DownloadError as exc:
-            if not exc.retryable or attempt + 1 >= attempts:
+            outcome = classify(exc, op="media")
+            if not retry.again(attempt, outcome):
                 raise
         finally:
             part.unlink(missing_ok=True)
-        await sleep(backoff(attempt, rng=rng))
-    raise AssertionError("unreachable")  # the loop returns or raises
+        await sleep(retry.delay(attempt, outcome))
 
 
 async def _check(

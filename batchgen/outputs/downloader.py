@@ -9,62 +9,78 @@ the index rows are appended, and only then is the job marked DOWNLOADED.
 
 A paid image is fetched, never paid for again while fal still holds it. When a download
 fails (truncated, refused, not the image asked for), the result is read again from the queue
-(``refetch``: fresh URLs) and the images are tried again, up to ``REFETCHES`` times; a job
+(``refetch``: fresh URLs) and the images are tried again, as ``retry.REFETCH`` allows; a job
 that still fails keeps its request id and result, so a later run downloads it again without
 a new submit. When fal no longer has the result or its media (404, 410), the work is gone:
-``on_lost`` resubmits the job, counted as lost, never failed for it.
+the report's ``lost`` resubmits the job, counted as lost, never failed for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from batchgen.errors import BatchgenError, DownloadError, QueueHTTPError
+from batchgen.errors import BatchgenError, DownloadError
+from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.download import Sleep, download_image
-from batchgen.outputs.index import METADATA, answered_by_of, append_rows, index_row, read_rows
+from batchgen.outputs.index import (
+    METADATA,
+    answered_by_of,
+    append_rows,
+    index_row,
+    read_rows,
+    sync_index,
+)
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec, JobState
 from batchgen.planning.paths import image_path, template_fields
 from batchgen.planning.pricing import parse_usage, token_cost, usage_of
+from batchgen.retry import MEDIA, REFETCH, Action, classify
 
 FORMATS = ("png", "jpeg", "webp")
-REFETCHES = 2  # fresh results read per job after a failed download
-_GONE = frozenset({"http_404", "http_410"})  # the media is no longer there
-
 
 Refetch = Callable[[JobRow], Awaitable[dict[str, Any]]]
 
 
+class DownloadReport(Protocol):
+    """Where the pool reports each job's end (``running.recorder.Recorder`` in a run)."""
+
+    def saved(self, job_id: str, images: int) -> None: ...
+    def fail(self, row: JobRow, reason: str, message: str) -> None: ...
+    def lost(self, row: JobRow, message: str) -> None: ...
+
+
 class DownloadPool:
+    """``workers`` download tasks fed job ids (``put``); ``changed`` is set each time one
+    is done, so whoever waits on the backlog looks again."""
+
     def __init__(
         self,
         journal: Journal,
         media: httpx.AsyncClient,
+        report: DownloadReport,
         *,
         out_dir: Path,
         manifest_sha256: str,
         max_image_bytes: int,
         workers: int,
-        on_saved: Callable[[str, int], None],
-        on_failed: Callable[[JobRow, str, str], None],
-        on_idle: Callable[[], None],
+        changed: asyncio.Event,
         refetch: Refetch | None = None,
-        on_lost: Callable[[JobRow, str], None] | None = None,
+        checks: CheckPool | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
-        index_sync: Callable[[], Awaitable[None]],
-        checks: CheckPool | None = None,
     ) -> None:
         self._journal = journal
         self._media = media
+        self._report = report
         self._out = out_dir
         # image_path gives resolved paths inside the folder: their names need no more lookups
         # (resolving a path reads every component's link, twice per name before).
@@ -72,16 +88,17 @@ class DownloadPool:
         self._sha = manifest_sha256
         self._max_bytes = max_image_bytes
         self._n = workers
-        self._on_saved, self._on_failed, self._on_idle = on_saved, on_failed, on_idle
-        self._refetch, self._on_lost = refetch, on_lost
-        self._sleep, self._rng = sleep, rng
+        self._changed = changed
+        self._refetch = refetch
+        self._sleep = sleep
+        self._media_retry = MEDIA.jittered(rng)
         # With worker processes, each image's gallery thumbnail is made there as it lands,
         # and the end of the run only writes the page (gallery.py makes what is missing).
         self._checks = checks
         self._thumbs = out_dir if checks is not None else None
-        # Index rows are written at once and fsynced by this, shared by the downloads that
-        # finish together (the scheduler's group commit over ``index.sync_index``).
-        self._index_sync = index_sync
+        # Index rows are written at once and fsynced by one fsync shared by the downloads
+        # that finish together (a group commit, off the event loop).
+        self._index_sync = GroupSync(functools.partial(sync_index, out_dir))
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.backlog = 0  # queued or being downloaded
@@ -128,42 +145,42 @@ class DownloadPool:
                 await self._download(job, inference_time)
             finally:
                 self.backlog -= 1
-                self._on_idle()
+                self._changed.set()
 
     async def _download(self, job: str, inference_time: float | None) -> None:
         row = self._journal.get(job)
         if row is None or row.state is not JobState.COMPLETED or row.result is None:
             return
-        for refetches in range(REFETCHES + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self._save(row, row.result or {}, inference_time)
                 return
             except DownloadError as exc:
-                failure: tuple[str, str] = f"download_{exc.reason}", str(exc)
-                gone = exc.reason in _GONE
+                outcome = classify(exc, op="media")  # RESUBMIT: the media is gone
+                failure = (f"download_{exc.reason}", str(exc))
             except (BatchgenError, OSError, ValueError) as exc:  # a bad template, a full disk
-                self._on_failed(row, "download_error", f"{type(exc).__name__}: {exc}")
+                self._report.fail(row, "download_error", f"{type(exc).__name__}: {exc}")
                 return
-            if self._refetch is None or refetches == REFETCHES:
+            if self._refetch is None or not REFETCH.again(attempt, outcome):
                 break
             self._journal.event(job, "download", f"{failure[1]}; reading the result again")
             try:
                 result = await self._refetch(row)
-            except QueueHTTPError as exc:
-                if exc.status in (404, 410):  # the queue no longer has the result
-                    gone, failure = True, ("download_expired", str(exc))
-                else:
-                    self._journal.event(job, "download", f"result not read again: {exc}")
-                break
-            except Exception as exc:  # the queue is unreachable: keep the result, fail the job
-                self._journal.event(job, "download", f"result not read again: {exc}")
+            except Exception as exc:
+                read = classify(exc, op="result")
+                if read.reason == "expired":  # the queue no longer has the result either
+                    outcome, failure = read, ("download_expired", read.message)
+                else:  # unreachable, or refused: keep the result, fail the job for now
+                    self._journal.event(job, "download", f"result not read again: {read.message}")
                 break
             self._journal.set_result(job, result)
             row = self._journal.get(job) or row
-        if gone and self._on_lost is not None:
-            self._on_lost(row, failure[1])
+        if outcome.action is Action.RESUBMIT:
+            self._report.lost(row, failure[1])
         else:
-            self._on_failed(row, *failure)
+            self._report.fail(row, *failure)
 
     async def _save(
         self, row: JobRow, result: dict[str, Any], inference_time: float | None
@@ -191,7 +208,7 @@ class DownloadPool:
                 max_bytes=self._max_bytes,
                 expected_format=fmt,
                 sleep=self._sleep,
-                rng=self._rng,
+                retry=self._media_retry,
                 expected_sha256=self._known.pop(name, None),
                 checks=self._checks,
                 thumbs=self._thumbs,
@@ -221,9 +238,9 @@ class DownloadPool:
         # could lose them. The fsync is off the event loop, so a slow disk never stalls the
         # watchers; the write (a line of page cache) is not worth a thread's hand-off.
         append_rows(self._out, rows, sync=False)
-        await self._index_sync()
+        await self._index_sync.wait()
         self._journal.mark_downloaded(row.job_id, files)
-        self._on_saved(row.job_id, len(files))
+        self._report.saved(row.job_id, len(files))
 
     def _name(self, dest: Path) -> str:
         """``dest`` (from :meth:`_dest`) relative to the output folder: its index name."""

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from batchgen.fal import Handle, QueueClient
-from batchgen.fal.retry import Action, Outcome, classify
 from batchgen.journal.writer import Journal
+from batchgen.retry import Action, Outcome, classify
 
 KIND = "logs"
 MAX_LINES = 50  # per failed request: a runner that prints its whole stack keeps the top

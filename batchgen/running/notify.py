@@ -32,11 +32,11 @@ import httpx
 
 from batchgen.errors import UsageError
 from batchgen.fal.auth import Secret
+from batchgen.retry import NOTIFY, call_with_retries
 from batchgen.running.events import StopReason
 from batchgen.running.summary import Summary, duration_text
 
 POST_TIMEOUT_S = 10.0
-POST_TRIES = 2
 ON_EXIT_TIMEOUT_S = 60.0
 OUTPUT_SHOWN = 300  # characters of a failed --on-exit command's output kept in run.log
 ENV_NOTIFY = "BATCHGEN_NOTIFY_URL"
@@ -165,25 +165,22 @@ async def post_message(
     """POST ``message``; None when it was taken (2xx), else why not, with no part of the URL."""
     own = http is None
     client = http or httpx.AsyncClient(timeout=POST_TIMEOUT_S, follow_redirects=False)
-    why = ""
+
+    async def post() -> None:
+        resp = await client.post(url.reveal(), json=message, timeout=POST_TIMEOUT_S)
+        resp.raise_for_status()  # a refusal: retry.classify says whether a second try helps
+
     try:
-        for attempt in range(1, POST_TRIES + 1):
-            try:
-                resp = await client.post(url.reveal(), json=message, timeout=POST_TIMEOUT_S)
-            except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
-            else:
-                if resp.status_code < 300:
-                    return None
-                why = f"HTTP {resp.status_code}"
-                if resp.status_code < 500 and resp.status_code != 429:
-                    break  # the receiver refused this message: a second try says the same
-            if attempt < POST_TRIES:
-                await sleep(1.0)
+        await call_with_retries(post, op="notify", policy=NOTIFY, sleep=sleep)
+    except httpx.HTTPStatusError as exc:
+        return url.redact(f"HTTP {exc.response.status_code}")
+    except httpx.HTTPError as exc:
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+        return url.redact(why or "no answer")
     finally:
         if own:
             await client.aclose()
-    return url.redact(why or "no answer")
+    return None
 
 
 async def run_on_exit(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchgen.fal.retry import Outcome
+from batchgen.retry import Outcome
 from batchgen.running import events as ev
 
 # Retry reasons (fal/retry.classify) that mean no answer came from the server itself.

@@ -1,6 +1,9 @@
 """What the scheduler and the download pool decide about a job, written down in one order:
 the journal first, then ``failures.jsonl``, then the event (so a crash between two steps
 leaves the journal, the source of truth, ahead of every view of it).
+
+The download pool reports to it through ``outputs.downloader.DownloadReport`` (``saved``,
+``fail``, ``lost``); an answer that ends the run (a refused key) goes to the run's ``Stop``.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batchgen.errors import AuthError
-from batchgen.fal.retry import Action, Outcome
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.index import append_failure, failure_row
+from batchgen.retry import Action, Outcome
 from batchgen.running import events as ev
+from batchgen.running.stop import Stop
 
 
 class Recorder:
@@ -23,17 +27,25 @@ class Recorder:
         out_dir: Path,
         max_attempts: int,
         emit: Callable[[ev.Event], None],
-        fatal: Callable[[BaseException], None] = lambda exc: None,
+        stop: Stop,
     ) -> None:
         self._journal = journal
         self._out_dir = out_dir
         self._max_attempts = max_attempts
         self._emit = emit
-        self._fatal = fatal
+        self._stop = stop
 
     def retrying(self, job: str | None, op: str, o: Outcome, delay: float, attempt: int) -> None:
         self._journal.event(job, "retry", f"{op} {o.reason}: {o.message}; wait {delay:.2f} s")
         self._emit(ev.Retrying(job, op, o.reason, o.message, delay, attempt))
+
+    def saved(self, job_id: str, images: int) -> None:
+        """Its images verified, indexed and the job DOWNLOADED (the pool committed that)."""
+        self._emit(ev.Saved(job_id, images))
+
+    def lost(self, row: JobRow, message: str) -> None:
+        """fal no longer has the result or its images: the work is gone, send it again."""
+        self.resubmit(row, "expired", message, lost=True)
 
     def fail(self, row: JobRow, reason: str, message: str) -> None:
         """FAILED for good, with its class and message."""
@@ -55,7 +67,7 @@ class Recorder:
         """A followed request failed as ``classify`` says: stop the run, fail the job, leave
         it attached for the next run, or send it again."""
         if o.action is Action.FATAL:
-            self._fatal(AuthError(o.message))  # the request stays attached for next time
+            self._stop.fail(AuthError(o.message))  # the request stays attached for next time
         elif o.action is Action.FINAL:
             self.fail(row, o.reason, o.message)
         elif o.action is Action.RETRY:

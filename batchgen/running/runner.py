@@ -24,7 +24,7 @@ from pathlib import Path
 
 from batchgen._version import __version__
 from batchgen.config import Settings
-from batchgen.errors import AuthError, BatchgenError
+from batchgen.errors import BatchgenError
 from batchgen.fal import Endpoints, QueueClient
 from batchgen.journal.origin import describe
 from batchgen.journal.writer import JOURNAL_NAME, Journal
@@ -91,7 +91,8 @@ class RunResult:
     # see `batchgen plan`); the same figure as `batchgen status`, the gallery and --max-cost.
     spent: float
     stop: StopReason | None  # why it stopped early: budget, interrupted, fatal
-    fatal: str | None  # why the run stopped when fal refused the key or the account
+    fatal: str | None  # why the run stopped at once: fal refused the key or the account, or a
+    # folder that holds real work was given to an emulator (exit 2)
     summary: Summary
     spent_run: float = 0.0  # the part of ``spent`` this run added
     rehearsal: float = 0.0  # what the folder's emulator requests would cost on fal (unbilled)
@@ -247,7 +248,7 @@ async def _execute(
         clients(settings) as (http, media),
         # Worker processes for hashing, checks and thumbnails: the other cores (workers.py)
         CheckPool(min(machine_cores(), settings.options.download_concurrency)) as checks,
-        contextlib.AsyncExitStack() as webhooks,
+        contextlib.AsyncExitStack() as stack,
     ):
         client = QueueClient(
             http,
@@ -256,6 +257,7 @@ async def _execute(
             redact=settings.redact,
             on_retry=lambda ev: sched.on_client_retry(ev) if sched is not None else None,
         )
+        webhook = await stack.enter_async_context(receiver(settings, client, journal))
         sched = Scheduler(
             journal,
             client,
@@ -265,10 +267,10 @@ async def _execute(
             manifest_sha256=manifest.sha256,
             on_event=deliver,
             checks=checks,
+            webhook=webhook,
         )
-        await webhooks.enter_async_context(receiver(settings, client, journal, sched))
         # An overnight run can be looked at from a browser: the gallery catches up now and then.
-        await webhooks.enter_async_context(gallery_every(settings.out_dir, log=journal.event))
+        await stack.enter_async_context(gallery_every(settings.out_dir, log=journal.event))
         await sched.prepare()  # the folder in order: what follows is what will happen
         ready = _ready(journal, sched, settings, notices)
         deliver(ready)
@@ -283,17 +285,15 @@ async def _execute(
 
         snapshot()
         ticker = asyncio.create_task(_tick(snapshot, progress_every))
-        fatal: AuthError | None = None
         try:
             with signals(sched, enabled=handle_signals):
                 await sched.run()
-        except AuthError as exc:
-            fatal = exc
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         snapshot()
+    fatal = sched.fatal
     t = journal.tallies()
     failures = [(g.error_class, g.count, g.example) for g in journal.failures_by_class()]
     spent0, rehearsal0 = sched.spent_at_start
@@ -309,11 +309,11 @@ async def _execute(
         rehearsal_run=t.rehearsal - rehearsal0,
         stats=sched.stats,
         wall_seconds=time.monotonic() - start,
-        stop=StopReason.FATAL if fatal is not None else sched.stop_reason,
+        stop=sched.stop_reason,
         resume_hint=run_command(settings.out_dir, str(manifest.path), settings.public()),
         usages=journal.usages(),
         out_dir=str(settings.out_dir),
-        webhooks=sched.inbox.counts() if sched.inbox is not None else None,
+        webhooks=sched.webhook.inbox.counts() if sched.webhook is not None else None,
     )
     return RunResult(
         out_dir=settings.out_dir,

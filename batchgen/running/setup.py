@@ -21,7 +21,7 @@ from batchgen.running.scheduler import Scheduler
 from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
 if TYPE_CHECKING:
-    from batchgen.running.webhooks import Inbox
+    from batchgen.running.webhooks import Webhook
 
 
 @contextlib.asynccontextmanager
@@ -121,18 +121,18 @@ def signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def receiver(
-    settings: Settings, client: QueueClient, journal: Journal, sched: Scheduler
-) -> AsyncIterator[Inbox | None]:
+    settings: Settings, client: QueueClient, journal: Journal
+) -> AsyncIterator[Webhook | None]:
     """``--watch webhook``: fal's deliveries received on ``--webhook-listen`` (their signature
-    checked against the JWKS of the server the run talks to), and the scheduler told where
-    they land and what URL to give fal. Nothing for the other ways of watching."""
+    checked against the JWKS of the server the run talks to), and the URL to give fal.
+    Nothing for the other ways of watching."""
     if settings.options.watch is not WatchMode.WEBHOOK or settings.webhook_listen is None:
         yield None
         return
     # Imported here: starlette, uvicorn and cryptography are for webhook runs only (~30 ms of
     # every other run's start-up).
     from batchgen.fal.webhook import Verifier
-    from batchgen.running.webhooks import Inbox, receive
+    from batchgen.running.webhooks import Inbox, Webhook, receive
 
     inbox = Inbox()
     verifier = Verifier(client.jwks)
@@ -143,8 +143,7 @@ async def receiver(
     async with receive(
         settings.webhook_listen, settings.webhook_url, inbox, verifier, refused
     ) as url:
-        sched.inbox, sched.webhook_url = inbox, url
-        yield inbox
+        yield Webhook(inbox, url)
 
 
 GALLERY_EVERY_S = 300.0

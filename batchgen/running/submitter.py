@@ -2,76 +2,59 @@
 written down before anything else happens.
 
 A refusal that created nothing (429, 408, 409, a load balancer's 5xx, no connection at all)
-is tried again with backoff. When the server cannot be reached at all, the job is never
-failed for it: it keeps trying (backoff capped) while the run lasts, and the scheduler sends
-no other submit meanwhile. A POST sent with no answer is UNKNOWN: resubmitted later, counted
-as a possible duplicate charge. A stop leaves the journal consistent: nothing sent -> PENDING,
-maybe sent -> UNKNOWN.
+is tried again with backoff (``retry.SUBMITS``). When the server cannot be reached at all, the
+job is never failed for it: it keeps trying (``retry.SUBMITS_UNREACHABLE``) while the run
+lasts, and the scheduler sends no other submit meanwhile. A POST sent with no answer is
+UNKNOWN: resubmitted later, counted as a possible duplicate charge. A stop leaves the journal
+consistent: nothing sent -> PENDING, maybe sent -> UNKNOWN.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
-from batchgen.config import Settings
-from batchgen.errors import UsageError
-from batchgen.fal import Handle, QueueClient
+from batchgen.errors import AuthError, BatchgenError, UsageError
+from batchgen.fal import Handle
 from batchgen.fal.byok import submit_input
-from batchgen.fal.retry import Action, Outcome, Sleep, backoff, classify
 from batchgen.fal.uploads import UploadError, Uploads
+from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.origin import emulator_at
-from batchgen.journal.writer import JobRow, Journal
+from batchgen.journal.writer import JobRow
 from batchgen.planning.jobs import JobState
+from batchgen.retry import SUBMITS, SUBMITS_UNREACHABLE, Action, Outcome, classify
 from batchgen.running import events as ev
+from batchgen.running.context import RunContext
 from batchgen.running.reach import UNREACHABLE
-from batchgen.running.recorder import Recorder
 
 S = JobState
-SUBMIT_TRIES = 8  # refusals that created nothing (429, ingress 5xx) cost nothing: be patient
 
 
 class Submitter:
     def __init__(
         self,
-        journal: Journal,
-        client: QueueClient,
+        ctx: RunContext,
         uploads: Uploads,
+        sync: GroupSync,
         *,
-        settings: Settings,
-        record: Recorder,
-        emit: Callable[[ev.Event], None],
-        abandon: Callable[[], bool],
-        fatal: Callable[[BaseException], None],
-        failed: Callable[[Outcome], None],
-        answered: Callable[[], None],
-        sleep: Sleep,
-        rng: Callable[[], float],
-        durable: Callable[[], Awaitable[None]],
+        webhook: str | None = None,
     ) -> None:
-        self._journal, self._client, self._uploads = journal, client, uploads
-        # Waits until the request ids committed so far are fsynced (durable.GroupSync).
-        self._durable = durable
-        self._s, self._record, self._emit = settings, record, emit
-        self._abandon, self._fatal, self._failed, self._answered = abandon, fatal, failed, answered
-        self._sleep, self._rng = sleep, rng
+        self._ctx = ctx
+        self._journal, self._client, self._s = ctx.journal, ctx.client, ctx.settings
+        self._uploads = uploads
+        # Waits until the request ids committed so far are fsynced (a group commit).
+        self._sync = sync
+        self._patient = SUBMITS.jittered(ctx.rng)
+        self._unreachable = SUBMITS_UNREACHABLE.jittered(ctx.rng)
         # fal's platform headers (priority, start timeout, media expiry, fallbacks, payload
         # storage): the same on every submit of the run (fal/headers.py).
-        self._headers = settings.controls.headers()
+        self._headers = ctx.settings.controls.headers()
         self.unknown: set[str] = set()  # jobs whose last POST may have created a request
         # Why an emulator may not work in this folder (it holds real work), if so: an
         # --endpoint server shows it is one only in its first answer.
         self.no_emulator: str | None = None
         self.saw_emulator = False  # the server answered as an emulator: this is a rehearsal
-        self.webhook: str | None = None  # --watch webhook: the URL fal POSTs the result to
+        self.webhook = webhook  # --watch webhook: the URL fal POSTs the result to
         self.busy = 0  # submits under way (a POST, its uploads or its backoff)
-        self._stopped = asyncio.Event()  # set by stop(): a backoff waits no longer
-
-    def stop(self) -> None:
-        """The run abandons its claims (Ctrl-C, a refused key): a submit waiting out a backoff
-        gives its job back now. Nothing was sent for it, and the server may stay unreachable
-        for the rest of a capped backoff, which the user would wait through for nothing."""
-        self._stopped.set()
 
     async def submit(self, row: JobRow) -> Handle | None:
         self.busy += 1
@@ -88,7 +71,7 @@ class Submitter:
             attempt += 1
             # A claim that passed the budget check is still sent after the budget stop (the
             # stop refuses only the jobs after it); Ctrl-C or a refused key abandons it.
-            if self._abandon():
+            if self._ctx.stop.abandons_claims:
                 self._journal.transition(job, S.PENDING)  # nothing sent for this claim
                 self.unknown.discard(job)  # its possible duplicate is already counted
                 return None
@@ -112,14 +95,13 @@ class Submitter:
                 raise
             except Exception as exc:
                 o = exc.outcome if isinstance(exc, UploadError) else classify(exc, op="submit")
-                self._failed(o)
+                self._ctx.reach.failed(o)
                 # An unreachable server is nobody's fault: never fail a job for it.
-                patient = o.reason in UNREACHABLE and not isinstance(exc, UploadError)
-                if o.action in (Action.RETRY, Action.RESUBMIT) and (
-                    patient or attempt < SUBMIT_TRIES
-                ):
-                    delay = backoff(attempt, retry_after=o.retry_after, rng=self._rng)
-                    self._record.retrying(job, "submit", o, delay, attempt)
+                unreachable = o.reason in UNREACHABLE and not isinstance(exc, UploadError)
+                policy = self._unreachable if unreachable else self._patient
+                if policy.again(attempt, o):
+                    delay = policy.delay(attempt, o)
+                    self._ctx.record.retrying(job, "submit", o, delay, attempt)
                     try:
                         await self._backoff(delay)
                     except asyncio.CancelledError:
@@ -128,7 +110,7 @@ class Submitter:
                     continue
                 self._after_refusal(row, o, exc)
                 return None
-            self._answered()
+            self._ctx.reach.answered()
             # An --endpoint server that answered as batchgen's emulator made a rehearsal.
             emulated = handle.emulator and self._s.endpoint
             made_at = emulator_at(self._s.endpoint) if emulated and self._s.endpoint else None
@@ -136,21 +118,24 @@ class Submitter:
             # The request id, before all else: committed, then fsynced (in a thread, one fsync
             # for the jobs committed meanwhile) before this job goes further.
             self._journal.set_submitted(job, handle.to_json(), origin=made_at, sync=False)
-            await self._durable()
+            await self._sync.wait()
             self.unknown.discard(job)
             if made_at and self.no_emulator:  # free, and dropped by the next real run
-                self._fatal(UsageError(self.no_emulator))
+                self._ctx.stop.fail(UsageError(self.no_emulator))
                 return None
-            self._emit(ev.Submitted(job, handle.request_id, dup))
+            self._ctx.emit(ev.Submitted(job, handle.request_id, dup))
             return handle
 
     async def _backoff(self, delay: float) -> None:
-        """Sleep ``delay``, or until :meth:`stop`; the loop's next turn then gives the job back."""
-        if self._stopped.is_set():
+        """Sleep ``delay``, or until the run abandons its claims (Ctrl-C, a refused key): the
+        loop's next turn then gives the job back. Nothing was sent for it, and the server may
+        stay unreachable for the rest of a capped backoff, which the user would wait through
+        for nothing."""
+        if self._ctx.stop.abandons_claims:
             return
         waits = [
-            asyncio.ensure_future(self._sleep(delay)),
-            asyncio.ensure_future(self._stopped.wait()),
+            asyncio.ensure_future(self._ctx.sleep(delay)),
+            asyncio.ensure_future(self._ctx.stop.abandoned()),
         ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -163,14 +148,15 @@ class Submitter:
         if o.action is Action.UNKNOWN:
             self.unknown.add(job)
             if row.attempts + 1 >= self._s.options.max_attempts:
-                self._record.fail(row, o.reason, o.message)
+                self._ctx.record.fail(row, o.reason, o.message)
             else:
                 self._journal.transition(
                     job, S.UNKNOWN, error_class=o.reason, error=o.message, bump_attempts=True
                 )
-                self._emit(ev.Requeued(job, o.reason, o.message, lost=False))
+                self._ctx.emit(ev.Requeued(job, o.reason, o.message, lost=False))
         elif o.action is Action.FATAL:
             self._journal.transition(job, S.PENDING)  # refused: nothing was created
-            self._fatal(exc)
+            fatal = exc if isinstance(exc, BatchgenError) else AuthError(o.message)
+            self._ctx.stop.fail(fatal)
         else:
-            self._record.fail(row, o.reason, o.message)
+            self._ctx.record.fail(row, o.reason, o.message)

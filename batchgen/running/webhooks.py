@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,8 +30,8 @@ from starlette.routing import Route
 
 from batchgen.errors import ProtocolError, UsageError
 from batchgen.fal import Completed, Handle, QueueClient
-from batchgen.fal.retry import Sleep
 from batchgen.fal.webhook import Delivery, Verifier, WebhookRefused, parse_delivery
+from batchgen.retry import Sleep
 
 PATH = "/batchgen/webhook"
 # No delivery this long after the expected run time: ask once. fal delivers within seconds of
@@ -38,6 +39,14 @@ PATH = "/batchgen/webhook"
 CHECK_AFTER_S = 5.0
 MAX_CHECK_S = 600.0  # later checks at doubling intervals, never closer than this at the end
 KEEP_UNCLAIMED = 10_000  # deliveries for requests this process does not follow (yet)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A run's receiver: where deliveries land, and the URL fal is given for them."""
+
+    inbox: Inbox
+    url: str
 
 
 class Inbox:

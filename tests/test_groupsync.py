@@ -15,9 +15,9 @@ import pytest
 from test_journal_support import handle, open_journal, spec
 from test_scheduler_support import Rig
 
+from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.writer import Journal
 from batchgen.planning.jobs import JobState
-from batchgen.running.durable import GroupSync
 from batchgen.running.events import Event, Submitted
 
 S = JobState

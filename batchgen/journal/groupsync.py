@@ -1,7 +1,8 @@
 """Group commit for the request ids: many jobs wait on one fsync, and the event loop on none.
 
-The rule (DESIGN.md): a request id is committed, durably, before anything else happens to its
-job. ``Journal.set_submitted(sync=False)`` commits it at once without the fsync
+The rule (docs/interfaces.md, the journal): a request id is committed, durably, before
+anything else happens to its job. ``Journal.set_submitted(sync=False)`` commits it at once
+without the fsync
 (``synchronous=NORMAL``: a ``kill -9`` already cannot lose it), and the job then waits in
 :meth:`GroupSync.wait` until an fsync of the WAL that *began after* its commit has finished
 (``journal/walsync.py``). That fsync runs in a worker thread, one at a time: while one runs,

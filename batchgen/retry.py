@@ -1,12 +1,19 @@
 """What to do about a failure, and how long to wait before doing it again.
 
-``classify(exc, op=...)`` is pure: it reads an exception raised by the queue client (or httpx, or
-``download``) and returns an ``Outcome`` — the one place that encodes the design's Errors table
-(``tests/test_retry.py`` has one case per row).
-``backoff`` is pure too (randomness injected). ``call_with_retries`` is the single retry loop,
-used only for idempotent requests (status, result, cancel, media, upload); the submit POST is
-never retried here because repeating it can pay twice. Its sleep is injected, and ``ZeroWait``
-is the zero-wait testing mode that records the delays it was asked for.
+``classify(exc, op=...)`` is pure: it reads an exception raised by the queue client (or httpx,
+or ``outputs.download``) and returns an ``Outcome``, the one place that decides what an answer
+means (docs/interfaces.md has the table; ``tests/test_retry.py`` has one case per row).
+
+``RetryPolicy`` is the one policy type: how many tries, the backoff (full jitter, doubling from
+``base`` up to ``cap``, a server's Retry-After as a floor) and which outcomes are worth another
+try. Every loop that tries again holds one of the named policies below and asks it, after each
+failure, whether and how long to wait; docs/interfaces.md lists the loops and why each is its
+own. ``call_with_retries`` is that loop for an idempotent request; the submit POST is never
+retried there, because repeating it can pay twice. Sleeps are injected everywhere, and
+``ZeroWait`` is the zero-wait testing mode that records the delays it was asked for.
+
+This module sits at the bottom of the package (beside ``errors``), so that the downloads
+(``outputs``), the queue client (``fal``) and the scheduler (``running``) share it.
 
 Actions:
     RETRY     nothing was created or the request is idempotent: do the same thing again later
@@ -24,7 +31,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
@@ -41,8 +48,10 @@ from batchgen.errors import (
     UnknownOutcome,
 )
 
-Op = Literal["submit", "status", "result", "cancel", "media", "upload"]
-OPS: frozenset[str] = frozenset({"submit", "status", "result", "cancel", "media", "upload"})
+Op = Literal["submit", "status", "result", "cancel", "media", "upload", "notify"]
+OPS: frozenset[str] = frozenset(
+    {"submit", "status", "result", "cancel", "media", "upload", "notify"}
+)
 
 T = TypeVar("T")
 
@@ -67,6 +76,7 @@ class Outcome:
 _REFUSED_NOTHING_CREATED = frozenset({408, 409, 429})
 # Locked account (third-party reports say 402 or 403) and bad keys stop the run.
 _FATAL = frozenset({401, 402, 403})
+_MEDIA_GONE = frozenset({"http_404", "http_410"})  # an image URL that no longer answers
 CONTENT_POLICY = "content_policy_violation"
 START_TIMEOUT = "start_timeout"  # the reason for fal's 504 with X-Fal-Request-Timeout-Type: user
 
@@ -104,7 +114,16 @@ def classify(exc: BaseException, *, op: str) -> Outcome:
             return Outcome(Action.RESUBMIT, "protocol", msg)
         return Outcome(Action.RETRY, "protocol", msg)
     if isinstance(exc, DownloadError):
-        return Outcome(Action.RETRY if exc.retryable else Action.FINAL, "download", msg)
+        if exc.reason in _MEDIA_GONE:  # fal no longer has the image: the work is lost
+            return Outcome(Action.RESUBMIT, "expired", msg)
+        return Outcome(
+            Action.RETRY if exc.retryable else Action.FINAL, f"download_{exc.reason}", msg
+        )
+    if isinstance(exc, httpx.HTTPStatusError):  # a plain httpx answer (--notify's receiver)
+        status = exc.response.status_code
+        if status in _REFUSED_NOTHING_CREATED or status >= 500:
+            return Outcome(Action.RETRY, f"http_{status}", msg)
+        return Outcome(Action.FINAL, f"http_{status}", msg)
     return Outcome(Action.FINAL, "error", msg)
 
 
@@ -149,7 +168,7 @@ def _classify_http(exc: QueueHTTPError, op: str, msg: str) -> Outcome:
             # ran, fal bills nothing, and a fresh request may find a free runner. Resubmitted,
             # bounded by --max-attempts like any request that failed.
             return Outcome(Action.RESUBMIT, START_TIMEOUT, msg)
-        if status == 404:
+        if status in (404, 410):  # the queue keeps a result for a while, then forgets it
             return Outcome(Action.RESUBMIT, "expired", msg)
         if status >= 500 or status == 499:
             return Outcome(Action.RESUBMIT, exc.error_type or reason, msg)
@@ -260,10 +279,60 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    attempts: int = 5  # tries in all, the first included
+    """How a loop tries again: ``attempts`` tries in all (the first included; None: no count,
+    the loop's deadline or the run's stop ends it), waits from :func:`backoff` with ``base``,
+    ``cap`` and the jitter of ``rng``, and only after an outcome whose action is in
+    ``retryable``."""
+
+    attempts: int | None = 5
     base: float = 0.5
     cap: float = 30.0
+    retryable: frozenset[Action] = frozenset({Action.RETRY})
     rng: Callable[[], float] = random.random
+
+    def again(self, attempt: int, outcome: Outcome) -> bool:
+        """Whether try number ``attempt`` (1 for the first), which ended in ``outcome``, is
+        followed by another."""
+        if outcome.action not in self.retryable:
+            return False
+        return self.attempts is None or attempt < self.attempts
+
+    def delay(self, attempt: int, outcome: Outcome | None = None) -> float:
+        """Seconds to wait after try number ``attempt`` failed (``outcome``'s Retry-After, if
+        any, is the floor)."""
+        after = outcome.retry_after if outcome is not None else None
+        return backoff(attempt, retry_after=after, base=self.base, cap=self.cap, rng=self.rng)
+
+    def jittered(self, rng: Callable[[], float]) -> RetryPolicy:
+        """The same policy drawing its jitter from ``rng`` (tests: a fixed one)."""
+        return replace(self, rng=rng)
+
+
+# The run's policies, one per kind of loop (docs/interfaces.md says why each is separate).
+# An idempotent request inside the queue client (status, result, cancel, uploads, JWKS).
+REQUESTS = RetryPolicy()
+# A submit refused before fal created anything (429, 408, 409, a load balancer's 5xx, no
+# connection): it costs nothing, so be patient, but not forever for a server that answers.
+SUBMITS = RetryPolicy(attempts=8, retryable=frozenset({Action.RETRY, Action.RESUBMIT}))
+# The same while the server cannot be reached at all: nobody's fault, never a failed job; the
+# run's stop ends it.
+SUBMITS_UNREACHABLE = replace(SUBMITS, attempts=None)
+# A live request's status or result after the client's own tries ran out: sending it again
+# would pay twice, so keep asking, more slowly, until its deadline.
+FOLLOW = RetryPolicy(attempts=None, base=2.0)
+# One image's GET (transport errors, truncation, 429, 5xx).
+MEDIA = RetryPolicy(attempts=3, cap=10.0)
+# An image that still failed is fetched again from a fresh read of the result: a new URL can
+# cure what the old one could not (a truncating CDN node, a wrong type, media gone from one
+# node), so any failure counts. No wait: the fresh read is the remedy.
+REFETCH = RetryPolicy(
+    attempts=3,
+    base=0.0,
+    cap=0.0,
+    retryable=frozenset({Action.RETRY, Action.RESUBMIT, Action.FINAL}),
+)
+# --notify's POST at the end of a run: one more try after a second.
+NOTIFY = RetryPolicy(attempts=2, base=1.0, cap=1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,15 +377,9 @@ async def call_with_retries(
             return await fn()
         except Exception as exc:
             outcome = classify(exc, op=op)
-            if outcome.action is not Action.RETRY or attempt >= policy.attempts:
+            if not policy.again(attempt, outcome):
                 raise
-            delay = backoff(
-                attempt,
-                retry_after=outcome.retry_after,
-                base=policy.base,
-                cap=policy.cap,
-                rng=policy.rng,
-            )
+            delay = policy.delay(attempt, outcome)
             if on_retry is not None:
                 on_retry(RetryEvent(op, attempt, outcome, delay))
             await sleep(delay)
