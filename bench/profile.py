@@ -55,7 +55,10 @@ RULES: tuple[tuple[str, str], ...] = (
     ),
     ("gallery (not thumbnails)", r"outputs/gallery"),
     ("index rows (metadata.jsonl)", r"outputs/index\.py"),
-    ("worker pool (pickling, pipes)", r"batchgen/outputs/workers|multiprocessing/|pickle"),
+    (
+        "worker pool (pickling, pipes)",
+        r"batchgen/outputs/workers|concurrent/futures/process|multiprocessing/|pickle",
+    ),
     (
         "HTTP (httpx, httpcore, h11, SSE)",
         r"httpx|httpcore|h11/|httpx_sse|anyio|sniffio",
@@ -71,9 +74,9 @@ OTHER = "other"
 # Innermost frames of threads that wait (py-spy's idle check misses a pool thread blocked on
 # its queue): not CPU, left out.
 WAITING = re.compile(r"^_worker \(concurrent/futures/thread\.py:81\)$|^process \d+:")
-# ... and source lines where a thread blocks: a check worker waiting for its next task, its
-# parent watchdog asleep.
-WAITING_LINES = re.compile(r"inp\.read\(|time\.sleep\(")
+# ... and source lines where a thread blocks: a check worker waiting for its next task (on the
+# executor's call queue: its lock, or the pipe under it), its parent watchdog asleep.
+WAITING_LINES = re.compile(r"with self\._rlock:|read\(handle, remaining\)|time\.sleep\(")
 
 
 def parse(lines: Iterable[str]) -> Iterator[tuple[list[str], int]]:

@@ -1,71 +1,83 @@
-"""Worker processes for the CPU-bound checks of a run's downloads (issue 12).
+"""Worker processes for the CPU-bound checks of a run's downloads.
 
-A ``batchgen run`` is one Python process, and its event loop — HTTP, the journal, events —
-keeps one core busy. Hashing, Pillow's checks and the gallery thumbnails used to run on that
-core too (threads share the GIL: an earlier attempt with threads lost to the hand-offs).
-:class:`CheckPool` runs them in worker processes instead, which have GILs of their own.
+A ``batchgen run`` is one Python process, and its event loop (HTTP, the journal, events) keeps
+one core busy. Hashing, Pillow's checks and the gallery thumbnails run in other processes,
+which have cores and GILs of their own: :class:`CheckPool` is the standard library's
+``concurrent.futures.ProcessPoolExecutor`` driven by ``loop.run_in_executor``, so each check
+has a future of its own and its answer can only ever reach that check.
 
 Design, and why:
 
-* **Plain child processes on pipes, driven by the event loop.** Each worker is
-  ``python -c …`` (:mod:`checkworker`) with a pipe on its stdin and one on its stdout, both
-  registered with the running loop (``connect_read_pipe``/``connect_write_pipe``). A task is
-  a small pickle written to the pipe; its answer wakes the loop like a socket does. No thread
-  in this process: ``concurrent.futures.ProcessPoolExecutor`` would add a manager thread and
-  a queue-feeder thread, and their GIL hand-offs on every task are the cost this is meant to
-  remove. Not ``fork``: the run's process has threads (sqlite, asyncio's pool), and a fork
-  copies their locks mid-use. Not ``multiprocessing``'s spawn: it re-imports the parent's
-  ``__main__`` and starts a resource-tracker process too.
-* **Started on demand, once per run.** The first task starts a worker; another is started
-  only when a task finds every worker with ``GROW_AT`` checks already waiting, up to ``size``
-  (the machine's cores, at most the download concurrency). A check takes milliseconds and a
-  worker's start-up about 70 ms of CPU (an interpreter and Pillow), so a run that downloads
-  a few images a second never pays for a second worker it would leave idle, while a fast run
-  grows the pool within a handful of checks. A run with nothing to download starts none.
-  They live until :meth:`CheckPool.close`.
-* **They die with the run.** See :mod:`checkworker`: end of input when the parent goes away
-  (``kill -9`` included), ``PR_SET_PDEATHSIG`` on Linux, a pid watchdog elsewhere. They run
-  in a process group of their own and ignore SIGINT, so that a terminal's first Ctrl-C still
-  lets paid downloads be checked and saved. ``close`` ends them and reaps them (a worker that
-  does not end in ``CLOSE_GRACE_S`` is killed).
-* **A crash fails one check.** A worker answers in order, so the task at the head of its
-  queue is the one it died on: that one fails with ``reason='check_crashed'`` (recorded like
-  any download failure), the tasks queued behind it go to another worker, and a new worker is
-  started when needed.
-* **An answer names its task.** Each task carries an id that its answer echoes; an answer
-  for any other task than the one at the head of the queue is never taken (that worker is
-  ended, as for a crash). Order alone had once been wrong: frames queued while a worker
-  started could be overtaken on the pipe, and a check took another image's checksum.
+* **Started with ``spawn``, chosen explicitly.** Not ``fork``: the run's process has threads
+  (sqlite, asyncio's pool, the executor's own), and a fork copies their locks mid-use
+  (Python 3.12 warns of it); a forked child would also inherit asyncio's signal wake-up fd,
+  so a Ctrl-C that reached a worker would be written into the run's loop a second time, and
+  count as the second Ctrl-C that abandons the paid downloads. Not ``forkserver``: it is
+  POSIX only, and its server is one process-wide helper, shared with any other library, whose
+  children see it as their parent rather than the run. ``spawn`` starts each worker as a fresh
+  interpreter, the same on every platform. It imports the main module of the run again in
+  each worker (as ``__mp_main__``): the ``batchgen`` console script guards its call with
+  ``if __name__ == "__main__"`` and only imports ``batchgen.cli`` (~15 ms); ``python -m
+  batchgen`` and ``python -m pytest`` are not imported again (multiprocessing skips a
+  package's ``__main__``); a script with no main file (``python -c``, Jupyter) has nothing
+  to import. A user's script that calls ``batchgen.run_sync`` at its top level, with no such
+  guard, would start its run again in every worker: docs/api.md says to guard it.
+* **Started on demand, once per run.** ``ProcessPoolExecutor`` starts a ``spawn`` worker only
+  when a check finds none idle, up to ``size`` (the machine's cores, at most the download
+  concurrency): a run that downloads a few images a second keeps one worker (~90 ms of CPU to
+  start: an interpreter and Pillow), and a run with nothing to download starts none.
+* **A crash fails one check.** When a worker dies, the executor breaks: every check in it
+  fails with ``BrokenProcessPool``, and it takes no more. The first check to see the break
+  replaces the executor (once per break); which of the checks caught in it killed the worker
+  is unknown, so each is retried once, alone: on a one-worker executor that runs one check
+  at a time. A check that breaks that one too is the one that kills its worker, and fails
+  with ``reason='check_crashed'`` (recorded like any download failure; the paid result is
+  kept and fetched again by the next run); the others get their answers. A check that never
+  reached the broken executor is submitted again, which costs it nothing.
+* **They die with the run.** The executor's ``initializer`` starts a thread in each worker
+  that polls ``os.getppid()`` against the run's pid and ends the worker the moment it
+  changes: after ``kill -9`` of the run, a worker (busy or idle) is gone within
+  ``WATCH_PARENT_S``, and multiprocessing's resource tracker follows once no process holds
+  its pipe. Every exit of ``async with CheckPool()`` (normal end, exception, cancellation)
+  shuts the executors down with ``shutdown(wait=True, cancel_futures=True)`` in a thread, so
+  the event loop keeps running meanwhile; a worker still busy after ``CLOSE_GRACE_S`` is
+  killed.
+* **Ctrl-C leaves them running.** A terminal's Ctrl-C goes to the whole foreground process
+  group, workers included, and the run's first Ctrl-C means "finish the downloads already
+  paid for", which needs the workers: the initializer ignores SIGINT. A worker is started
+  with SIGINT blocked (the submitting thread blocks it while a worker may start, and a
+  spawned process keeps its parent's signal mask), so a Ctrl-C during its start-up waits and
+  is then discarded; where signal masks do not exist (Windows) a worker killed then costs a
+  retried check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import functools
+import multiprocessing
 import os
-import pickle
 import signal
-import subprocess
-import sys
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchgen.errors import DownloadError
-from batchgen.outputs.checks import Checked
-from batchgen.outputs.checkworker import HEADER
+from batchgen.outputs.checks import Checked, check_file
 
-CLOSE_GRACE_S = 5.0
-# Checks waiting in every worker before another worker is started (see above). Waiting behind
-# a few checks costs a download milliseconds; a worker nobody needed costs ~70 ms of CPU.
-GROW_AT = 4
-# The worker's command line: the folder holding the batchgen package goes first on its path,
-# so it runs the same code as this process even when that was found through sys.path edits.
-BOOT = "import sys; sys.path.insert(0, sys.argv[2]); from batchgen.outputs.checkworker import main; main()"  # noqa: E501
-PACKAGE_DIR = str(Path(__file__).resolve().parents[2])  # the folder holding batchgen/
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess  # what active_children() lists
+
+START_METHOD = "spawn"  # why: the module's docstring
+CLOSE_GRACE_S = 5.0  # a running check may finish within this at close; then it is killed
+WATCH_PARENT_S = 0.5  # how often a worker looks whether the run is still its parent
+CRASHED = "the process checking this image died"
 
 
 def machine_cores() -> int:
@@ -76,40 +88,71 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
-_task_ids = itertools.count(1)
+# ----------------------------------------------------------------------------- in the worker
 
 
-@dataclass
-class _Task:
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    future: asyncio.Future[Any]
-    frame: bytes = field(init=False)
-    # Echoed in the answer: an answer is only ever taken for the task it names, whatever
-    # happened to the order of the frames (see _Worker.data_received).
-    id: int = field(init=False, default_factory=lambda: next(_task_ids))
+def _start_worker(parent: int) -> None:
+    """Each worker's ``initializer``: ignore Ctrl-C, and end with the run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since the start (see _sigint_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if os.getppid() != parent:  # the run died while this worker was starting
+        os._exit(0)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
 
-    def __post_init__(self) -> None:
-        body = pickle.dumps((self.id, self.name, self.args, self.kwargs), pickle.HIGHEST_PROTOCOL)
-        self.frame = HEADER.pack(len(body)) + body
+
+def _watch_parent(parent: int) -> None:
+    # The executor's worker blocks reading a queue whose write end it holds itself, so it
+    # never sees the run go; a change of parent (reparented to init or a subreaper) is the
+    # portable sign. os._exit: a worker owns nothing that needs cleaning up.
+    while os.getppid() == parent:
+        time.sleep(WATCH_PARENT_S)
+    os._exit(0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A check's refusal, as it crosses back from the worker."""
+
+    reason: str
+    message: str
+    retryable: bool
+
+
+def _call(function: Callable[..., Checked], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run in the worker: the check's answer, or its failure as a :class:`_Failed`. Any other
+    exception (a bug, an OS error) is that check's failure, not the worker's."""
+    try:
+        return function(*args, **kwargs)
+    except DownloadError as exc:
+        return _Failed(exc.reason, str(exc), exc.retryable)
+    except Exception as exc:
+        return _Failed("check_error", f"{type(exc).__name__}: {exc}"[:300], False)
+
+
+# ----------------------------------------------------------------------------- in the run
 
 
 class CheckPool:
     """Up to ``size`` worker processes; :meth:`check` runs ``checks.check_file`` in one.
 
-    Use as ``async with CheckPool(n) as pool:`` or call :meth:`close`. ``command`` replaces
-    the worker's command line (tests: a worker that crashes on purpose); the parent's pid is
-    appended to it, then the package folder.
+    Use as ``async with CheckPool(n) as pool:``, or call :meth:`close`. ``function`` replaces
+    ``check_file`` (tests: a module-level function the workers can import, or a
+    ``functools.partial`` of one, taking ``check_file``'s arguments).
     """
 
-    def __init__(self, size: int | None = None, *, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, size: int | None = None, *, function: Callable[..., Checked] = check_file
+    ) -> None:
         self.size = max(1, size if size is not None else machine_cores())
-        self._command = list(command) if command else [sys.executable, "-c", BOOT]
-        self._workers: list[_Worker] = []
-        self._closed = False
-        self.started = 0  # workers started over the pool's life (crashes replaced count too)
-        self.crashes = 0
+        self._function = function
+        self._main = _Lane(self, self.size)
+        self._alone = _Lane(self, 1)  # the retries of checks caught in a break, one at a time
+        self._one_at_a_time = asyncio.Lock()
+        self._stopping: set[asyncio.Future[None]] = set()  # executors being shut down
+        self.closed = False
+        self.started = 0  # worker processes started over the pool's life
+        self.crashes = 0  # executors broken by a worker's death
 
     async def __aenter__(self) -> CheckPool:
         return self
@@ -119,7 +162,8 @@ class CheckPool:
 
     @property
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers]
+        """The worker processes of the current executors."""
+        return [p.pid for lane in (self._main, self._alone) for p in lane.procs if p.pid]
 
     async def check(
         self,
@@ -131,172 +175,151 @@ class CheckPool:
         expected_sha256: str | None = None,
     ) -> Checked:
         """``checks.check_file`` on ``path`` in a worker process; its DownloadError here."""
+        if self.closed:
+            raise RuntimeError("the check pool is closed")
         kwargs = {
             "durable": durable,
             "thumbs": None if thumbs is None else str(thumbs),
             "expected_sha256": expected_sha256,
         }
-        result: Checked = await self._run("check", (str(path), expected_format), kwargs)
+        call = (self._function, (str(path), expected_format), kwargs)
+        try:
+            answer = await self._main.run(call)
+        except BrokenProcessPool:
+            answer = await self._retry_alone(call)
+        if isinstance(answer, _Failed):
+            raise DownloadError(answer.message, reason=answer.reason, retryable=answer.retryable)
+        result: Checked = answer
         return result
 
-    async def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._closed:
-            raise RuntimeError("the check pool is closed")
-        task = _Task(name, args, kwargs, asyncio.get_running_loop().create_future())
-        self._dispatch(task)
-        return await task.future
-
-    def _dispatch(self, task: _Task) -> None:
-        least = min(self._workers, key=lambda w: len(w.pending), default=None)
-        if least is None or (len(least.pending) >= GROW_AT and len(self._workers) < self.size):
-            least = self._start()
-        least.send(task)
-
-    def _start(self) -> _Worker:
-        # A process group of its own: a terminal's Ctrl-C goes to the foreground group, and a
-        # worker still starting up (before it can ignore SIGINT) would die of it; the run's
-        # first Ctrl-C must leave the workers to check the paid downloads.
-        proc = subprocess.Popen(
-            [*self._command, str(os.getpid()), PACKAGE_DIR],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            process_group=0,
-        )
-        worker = _Worker(proc, self)
-        self._workers.append(worker)
-        self.started += 1
-        # The pipes join the loop in a moment; tasks sent before then wait in the worker.
-        worker.connecting = asyncio.get_running_loop().create_task(worker.connect())
-        return worker
-
-    def _crashed(self, worker: _Worker, tasks: deque[_Task]) -> None:
-        """``worker`` is gone: the task it was running fails, the others go elsewhere."""
-        if worker in self._workers:
-            self._workers.remove(worker)
-        worker.close_input()
-        code = worker.reap(wait=0.5)
-        if self._closed:
-            for t in tasks:
-                _fail(t, DownloadError("the check pool was closed", reason="check_cancelled"))
-            return
-        self.crashes += 1
-        if tasks:
-            how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
-            _fail(
-                tasks.popleft(),
-                DownloadError(
-                    f"the process checking this image died ({how})", reason="check_crashed"
-                ),
-            )
-        for t in tasks:
-            if not t.future.done():
-                self._dispatch(t)
+    async def _retry_alone(self, call: _Call) -> Any:
+        """A check caught in a break, run again with no other check beside it: if the
+        executor breaks now, this check is what kills its worker."""
+        async with self._one_at_a_time:
+            try:
+                return await self._alone.run(call)
+            except BrokenProcessPool:
+                raise DownloadError(CRASHED, reason="check_crashed") from None
 
     async def close(self) -> None:
-        """End every worker (end of input, then a kill past the grace time) and reap it."""
-        self._closed = True
-        workers, self._workers = self._workers, []
-        for w in workers:
-            w.close_input()
-        for w in workers:
-            if w.connecting is not None:
-                with contextlib.suppress(Exception):
-                    await w.connecting  # closes the input once connected
-            if w.writer is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(w.ended), CLOSE_GRACE_S)
-            w.reap(wait=1.0)
+        """Shut every executor down and wait for it (bounded): checks not yet started are
+        cancelled (``check_cancelled``), running ones get ``CLOSE_GRACE_S`` to finish."""
+        self.closed = True
+        self._main.retire()
+        self._alone.retire()
+        stopping = list(self._stopping)
+        if stopping:
+            # Shielded: a second cancellation of the caller still leaves the bounded shutdown
+            # to finish (and kill what does not end).
+            await asyncio.shield(asyncio.gather(*stopping))
 
-
-class _Worker(asyncio.Protocol):
-    """One worker process: what was sent to it, in order, and the bytes it answered."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], pool: CheckPool) -> None:
-        self.proc = proc
-        self.pool = pool
-        self.pending: deque[_Task] = deque()
-        self.writer: asyncio.WriteTransport | None = None
-        self.connecting: asyncio.Task[None] | None = None
-        self._unsent: list[bytes] = []
-        self._closing = False
-        self._broken = False  # an answer named another task: nothing more is read from it
-        self._buf = bytearray()
-        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def connect(self) -> None:
+    def _stop(self, executor: ProcessPoolExecutor, procs: list[BaseProcess]) -> None:
+        """Shut ``executor`` down in a thread, and kill what is left past the grace time."""
         loop = asyncio.get_running_loop()
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
-        # Answers are matched to tasks by the order of their frames on the pipe: the frames
-        # queued while connecting go first, and only then may send() write directly (no await
-        # in between). Sharing the writer before the read pipe was connected let a task sent
-        # meanwhile overtake them, and take another image's answer.
-        for frame in self._unsent:
-            writer.write(frame)
-        self._unsent = []
-        self.writer = writer
-        await loop.connect_read_pipe(lambda: self, self.proc.stdout)
-        if self._closing:
-            writer.close()
+        # Submitted now, not when a task first runs: the shutdown happens even if the task
+        # that closes the pool is cancelled right after.
+        shutdown = functools.partial(executor.shutdown, wait=True, cancel_futures=True)
+        done = loop.run_in_executor(None, shutdown)
+        task = asyncio.ensure_future(_bounded(done, procs))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
-    def send(self, task: _Task) -> None:
-        self.pending.append(task)
-        if self.writer is None:
-            self._unsent.append(task.frame)
-        else:
-            self.writer.write(task.frame)
 
-    def data_received(self, data: bytes) -> None:
-        if self._broken:
-            return
-        self._buf += data
-        while len(self._buf) >= HEADER.size:
-            (n,) = HEADER.unpack_from(self._buf)
-            if len(self._buf) < HEADER.size + n:
-                return
-            task_id, *answer = pickle.loads(self._buf[HEADER.size : HEADER.size + n])
-            del self._buf[: HEADER.size + n]
-            if task_id != self.pending[0].id:
-                # Never give an image another image's checksum: end this worker, which fails
-                # the task at the head of its queue and sends the rest elsewhere (_crashed).
-                self._broken = True
-                self.proc.kill()
-                return
-            task = self.pending.popleft()
-            if task.future.done():  # its download was cancelled meanwhile
+_Call = tuple[Callable[..., Checked], tuple[Any, ...], dict[str, Any]]
+
+
+async def _bounded(done: asyncio.Future[None], procs: list[BaseProcess]) -> None:
+    finished, _ = await asyncio.wait({done}, timeout=CLOSE_GRACE_S)
+    if not finished:
+        for p in procs:  # a check that does not end: its worker goes, so the shutdown returns
+            with contextlib.suppress(OSError, ValueError):
+                p.kill()
+        await asyncio.wait({done}, timeout=CLOSE_GRACE_S)
+
+
+class _Lane:
+    """One ``ProcessPoolExecutor`` at a time, started on first use, replaced once it broke."""
+
+    def __init__(self, pool: CheckPool, size: int) -> None:
+        self.pool = pool
+        self.size = size
+        self.executor: ProcessPoolExecutor | None = None
+        self.procs: list[BaseProcess] = []  # its worker processes, as they start
+
+    async def run(self, call: _Call) -> Any:
+        """``call`` in a worker; BrokenProcessPool if the executor broke while it was in it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.pool.closed:
+                raise DownloadError("the check pool was closed", reason="check_cancelled")
+            executor = self.executor or self._start()
+            try:
+                future = self._submit(loop, executor, call)
+            except BrokenProcessPool:  # broken before this check reached it: costs it nothing
+                self.retire(executor)
                 continue
-            if answer[0] == "ok":
-                task.future.set_result(answer[1])
-            else:
-                _, reason, message, retryable = answer
-                task.future.set_exception(
-                    DownloadError(message, reason=reason, retryable=retryable)
-                )
+            try:
+                return await future
+            except BrokenProcessPool:
+                self.retire(executor)
+                raise
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self.pool.closed and task is not None and not task.cancelling():
+                    # cancelled by the pool's shutdown, not by this check's caller
+                    raise DownloadError(
+                        "the check pool was closed", reason="check_cancelled"
+                    ) from None
+                raise
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ended.done():
-            self.ended.set_result(None)
-        tasks, self.pending = self.pending, deque()
-        if tasks or not self.pool._closed:
-            self.pool._crashed(self, tasks)
+    def _start(self) -> ProcessPoolExecutor:
+        self.executor = ProcessPoolExecutor(
+            self.size,
+            mp_context=multiprocessing.get_context(START_METHOD),
+            initializer=_start_worker,
+            initargs=(os.getpid(),),
+        )
+        self.procs = []
+        return self.executor
 
-    def close_input(self) -> None:
-        """End of input: the worker finishes what it was sent, then exits."""
-        self._closing = True
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.close()
+    def _submit(
+        self, loop: asyncio.AbstractEventLoop, executor: ProcessPoolExecutor, call: _Call
+    ) -> asyncio.Future[Any]:
+        if len(self.procs) >= self.size:  # every worker started: submit starts none
+            return loop.run_in_executor(executor, _call, *call)
+        # The executor starts a worker, if it needs one, inside submit, in this thread: the
+        # new child processes are this lane's (the executor does not say which they are).
+        before = set(multiprocessing.active_children())
+        with _sigint_blocked():
+            future = loop.run_in_executor(executor, _call, *call)
+        new = [p for p in multiprocessing.active_children() if p not in before]
+        self.procs += new
+        self.pool.started += len(new)
+        return future
 
-    def reap(self, wait: float) -> int:
-        """The exit code (negative: the signal), killing the process first unless it ends
-        within ``wait`` seconds."""
-        try:
-            return self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+    def retire(self, executor: ProcessPoolExecutor | None = None) -> None:
+        """Stop using ``executor`` (the current one by default) and shut it down; a broken
+        executor is replaced by the next check, once however many checks it failed."""
+        current = self.executor
+        if current is None or (executor is not None and executor is not current):
+            return
+        if executor is not None:
+            self.pool.crashes += 1
+        self.executor = None
+        procs, self.procs = self.procs, []
+        self.pool._stop(current, procs)
 
 
-def _fail(task: _Task, exc: BaseException) -> None:
-    if not task.future.done():
-        task.future.set_exception(exc)
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile: a worker started now inherits the mask and
+    unblocks SIGINT only once it ignores it (``_start_worker``). A Ctrl-C that arrives
+    meanwhile is not lost: the run's other threads take it, or it waits until the end."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
