@@ -43,12 +43,13 @@ Design, and why:
   the event loop keeps running meanwhile; a worker still busy after ``CLOSE_GRACE_S`` is
   killed.
 * **Ctrl-C leaves them running.** A terminal's Ctrl-C goes to the whole foreground process
-  group, workers included, and the run's first Ctrl-C means "finish the downloads already
-  paid for", which needs the workers: the initializer ignores SIGINT. A worker is started
-  with SIGINT blocked (the submitting thread blocks it while a worker may start, and a
-  spawned process keeps its parent's signal mask), so a Ctrl-C during its start-up waits and
-  is then discarded; where signal masks do not exist (Windows) a worker killed then costs a
-  retried check.
+  group, workers included (so does GNU ``timeout``'s SIGTERM, and a service manager's), and
+  the run's first stop means "finish the downloads already paid for", which needs the
+  workers: the initializer ignores SIGINT and SIGTERM (the workers still end with the run,
+  above). A worker is started with both blocked (the submitting thread blocks them while a
+  worker may start, and a spawned process keeps its parent's signal mask), so a signal during
+  its start-up waits and is then discarded; where signal masks do not exist (Windows) a
+  worker killed then costs a retried check.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ START_METHOD = "spawn"  # why: the module's docstring
 CLOSE_GRACE_S = 5.0  # a running check may finish within this at close; then it is killed
 WATCH_PARENT_S = 0.5  # how often a worker looks whether the run is still its parent
 CRASHED = "the process checking this image died"
+# What a terminal's Ctrl-C, GNU timeout or a service manager send to the whole process group:
+# for the run they mean "stop submitting, finish what is paid for", which needs the workers.
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def machine_cores() -> int:
@@ -92,10 +96,11 @@ def machine_cores() -> int:
 
 
 def _start_worker(parent: int) -> None:
-    """Each worker's ``initializer``: ignore Ctrl-C, and end with the run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # blocked since the start (see _sigint_blocked)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    """Each worker's ``initializer``: ignore the stop signals, and end with the run."""
+    for sig in _STOPS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since the start (see _stops_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOPS))
     if os.getppid() != parent:  # the run died while this worker was starting
         os._exit(0)
     threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
@@ -290,7 +295,7 @@ class _Lane:
         # The executor starts a worker, if it needs one, inside submit, in this thread: the
         # new child processes are this lane's (the executor does not say which they are).
         before = set(multiprocessing.active_children())
-        with _sigint_blocked():
+        with _stops_blocked():
             future = loop.run_in_executor(executor, _call, *call)
         new = [p for p in multiprocessing.active_children() if p not in before]
         self.procs += new
@@ -311,14 +316,15 @@ class _Lane:
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread meanwhile: a worker started now inherits the mask and
-    unblocks SIGINT only once it ignores it (``_start_worker``). A Ctrl-C that arrives
-    meanwhile is not lost: the run's other threads take it, or it waits until the end."""
+def _stops_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread meanwhile: a worker started now inherits the
+    mask and unblocks them only once it ignores them (``_start_worker``). A signal that
+    arrives meanwhile is not lost: the run's other threads take it, or it waits until the
+    end."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOPS))
     try:
         yield
     finally:
