@@ -89,10 +89,8 @@ def test_first_ctrl_c_of_an_emulated_run_stops_it_gracefully(tmp_path: Path) -> 
     still the run's graceful stop (not the emulator's shutdown), and the resume finishes."""
     m = write_manifest(tmp_path, 24)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "batchgen", "run", str(m), "--emulate", "--time-scale", "0.1",
-        "--concurrency", "4", "--out", str(out), "--quiet",
-    ]  # fmt: skip
+    flags = ["--emulate", "--time-scale", "0.1", "--concurrency", "4", "--quiet"]
+    cmd = [sys.executable, "-m", "batchgen", "run", str(m), *flags, "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE)
     wait_for_in_flight(out, proc, 2)
     proc.send_signal(signal.SIGINT)

@@ -1,21 +1,19 @@
 """The resume journal: one SQLite file per output folder, the only record of what was paid for.
 
-Rules (DESIGN.md, "The journal and the job states"):
+Rules (docs/interfaces.md, the journal):
 
 * Intent before action: every method commits before it returns, so a caller acts (POSTs,
-  downloads) only on state that is already on disk.
+  downloads) only on state that is already on disk. A job takes four or five commits: its
+  share of a claim, the request id, RUNNING when fal says so, the result, its files.
 * Durability: WAL with ``synchronous=NORMAL``: a returned commit survives a ``kill -9``; a
   power loss may drop the last ones. The commit whose loss costs money, the request id of
   ``set_submitted``, is fsynced (``synchronous=FULL``) unless ``durable_submits=False``; the
-  scheduler instead fsyncs the WAL off the event loop, once for many (``walsync.py``).
-  bench/journal.py (shared 2-core VM, load 5-7): a job's four commits 0.3-0.6 ms, ~1.4 ms with
-  the fsync: a ceiling of ~700 jobs/s, well above the queue API's ~150, so it is cheap.
-* Concurrency: one writer process, guarded by a lock on ``journal.sqlite.lock``
-  (``opening.py``; a second ``batchgen run`` on the same folder would submit every job twice).
-  The writer is used from one asyncio thread with short synchronous transactions: at tens of
-  microseconds per commit, blocking the loop is cheaper than a thread hop. Readers
-  (``batchgen status``) open the file read-only and see committed state while a run writes
-  (WAL).
+  scheduler instead fsyncs the WAL off the event loop, once for many (``walsync.py``). What
+  that costs is measured by bench/journal.py (docs/benchmarks.md).
+* Concurrency: one writer process, guarded by a lock (``opening.py``: a second run on the
+  folder would submit every job twice), on one asyncio thread with short synchronous
+  transactions (tens of microseconds: cheaper than a thread hop). Readers (``status``) open
+  the file read-only and see committed state while a run writes (WAL).
 * Tallies (counts by state, spend) are kept in memory by the writer and updated after each
   commit, so the scheduler can ask before every submit without scanning a million rows.
 """
@@ -35,6 +33,7 @@ import filelock
 from batchgen.errors import JournalError
 from batchgen.journal import resets
 from batchgen.journal.loading import plan_into
+from batchgen.journal.moves import claim_rows, move_row
 from batchgen.journal.opening import (
     ManifestChanged,
     connect_readonly,
@@ -46,14 +45,12 @@ from batchgen.journal.opening import (
 )
 from batchgen.journal.query import JournalReader, tallies
 from batchgen.journal.schema import (
-    JOB_COLUMNS,
     JOURNAL_NAME,
     AddReport,
     JobRow,
     LiveTallies,
     charges,
     dumps,
-    job_row,
     one_line,
     strip_data_uris,
 )
@@ -127,11 +124,24 @@ class Journal(JournalReader):
             raise JournalError(f"cannot open the journal {path}: {exc}") from exc
         try:
             run_id, needs_plan = start_run(
-                conn, path, manifest_sha256, version, settings, clock(), manifest_path,
+                conn,
+                path,
+                manifest_sha256,
+                version,
+                settings,
+                clock(),
+                manifest_path,
                 allow_manifest_change,
-            )  # fmt: skip
-            return cls(conn, path, run_id=run_id, lock=lock, clock=clock,
-                       durable_submits=durable_submits, needs_plan=needs_plan)  # fmt: skip
+            )
+            return cls(
+                conn,
+                path,
+                run_id=run_id,
+                lock=lock,
+                clock=clock,
+                durable_submits=durable_submits,
+                needs_plan=needs_plan,
+            )
         except BaseException:
             conn.close()
             unlock_folder(lock, path)
@@ -186,29 +196,22 @@ class Journal(JournalReader):
         if limit <= 0:
             return []
         now = self._clock()
-        rows: list[JobRow] = []
-        with transaction(self._db()) as c:
-            for state in ("UNKNOWN", "PENDING"):  # resubmits of unknown outcomes go first
-                sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? AND in_manifest = 1"
-                rows += map(job_row, c.execute(sql + " ORDER BY seq LIMIT ?", (state, limit)))
-            rows = rows[:limit]
-            c.executemany(
-                "UPDATE jobs SET state = 'SUBMITTING', submits = submits + 1,"
-                " possible_duplicates = possible_duplicates + (state = 'UNKNOWN'),"
-                " origin = coalesce(?, origin), updated_at = ? WHERE seq = ?",
-                [(origin, now, r.seq) for r in rows],
-            )
-            c.executemany(
-                "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
-                [(now, r.job_id, f"{r.state}->SUBMITTING") for r in rows],
-            )
+        rows = claim_rows(self._db(), limit, origin, now)
         out = []
         for r in rows:
             dup = r.possible_duplicates + (r.state is S.UNKNOWN)
             where = origin or r.origin
             self._live.move(r, S.SUBMITTING, dup=dup, billed=r.billed, origin=where)
-            out.append(replace(r, state=S.SUBMITTING, updated_at=now, submits=r.submits + 1,
-                               possible_duplicates=dup, origin=where))  # fmt: skip
+            out.append(
+                replace(
+                    r,
+                    state=S.SUBMITTING,
+                    updated_at=now,
+                    submits=r.submits + 1,
+                    possible_duplicates=dup,
+                    origin=where,
+                )
+            )
         return out
 
     def set_submitted(
@@ -375,24 +378,22 @@ class Journal(JournalReader):
             check_transition(r.state, new)
         cols = dict(sets or {})
         if new is S.PENDING:  # the old request is abandoned: never re-attach it
-            paid = r.billed or r.possible_duplicates  # else no server is owed: forget it too
-            cols.update(request_id=None, handle=None, result=None, submitted_at=None,
-                        **({} if paid else {"origin": None}))  # fmt: skip
-        now = self._clock()
-        cols.update(state=str(new), updated_at=now)
-        assign = ", ".join(f"{k} = ?" for k in cols)
+            cols.update(request_id=None, handle=None, result=None, submitted_at=None)
+            if not (r.billed or r.possible_duplicates):  # no server is owed: forget it too
+                cols["origin"] = None
         billed = charges(r.state, new, lost=lost)
-        assign += ", attempts = attempts + ?, lost = lost + ?, billed = billed + ?"
-        with transaction(self._db()) as c:
-            c.execute(
-                f"UPDATE jobs SET {assign} WHERE seq = ?",
-                (*cols.values(), int(bump), int(lost), billed, r.seq),
-            )
-            old_req = f" (was {r.request_id})" if new is S.PENDING and r.request_id else ""
-            c.execute(
-                "INSERT INTO events (ts, job_id, kind, detail) VALUES (?, ?, 'state', ?)",
-                (now, job_id, f"{r.state}->{new} {detail}{old_req}".rstrip()),
-            )
+        move_row(
+            self._db(),
+            job_id,
+            r,
+            new,
+            cols,
+            bump=bump,
+            lost=lost,
+            billed=billed,
+            detail=detail,
+            now=self._clock(),
+        )
         self._live.move(
             r, new, dup=r.possible_duplicates, billed=r.billed + billed, origin=r.origin
         )
