@@ -239,8 +239,11 @@ class RunOptions(BaseModel):
         wrong = []
         if self.emulate and self.endpoint is not None:
             wrong.append("--emulate and --endpoint name two servers: give one")
-        if not self.emulate and (self.faults is not None or self.time_scale is not None):
-            wrong.append("--faults and --time-scale only apply with --emulate")
+        if not self.emulate:  # a rehearsal's options are the emulator's
+            given = [n for n, i, f in self.flags() if f.section == _REHEARSAL and self._set(n, i)]
+            if given:
+                names = " and ".join(flag_name(n) for n in given)
+                wrong.append(f"{names} only appl{'ies' if len(given) == 1 else 'y'} with --emulate")
         if self.watch is not WatchMode.WEBHOOK and (self.webhook_listen or self.webhook_url):
             wrong.append("--webhook-listen and --webhook-url apply with --watch webhook")
         if self.start_timeout is not None and self.start_timeout >= self.deadline:
@@ -255,6 +258,9 @@ class RunOptions(BaseModel):
         return self
 
     # -- building and reading -------------------------------------------------------------
+
+    def _set(self, name: str, info: FieldInfo) -> bool:
+        return getattr(self, name) != info.default
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> RunOptions:
