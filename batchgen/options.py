@@ -260,7 +260,7 @@ class RunOptions(BaseModel):
     # -- building and reading -------------------------------------------------------------
 
     def _set(self, name: str, info: FieldInfo) -> bool:
-        return getattr(self, name) != info.default
+        return bool(getattr(self, name) != info.default)
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> RunOptions:
