@@ -181,6 +181,12 @@ class RunOptions(BaseModel):
         allow_inf_nan=False,
         description="the emulator's pace, 1 as fal's, 0 with no model time (default: 0.02)",
     )
+    seed: Annotated[int, Flag(_REHEARSAL, "N", resume=True)] = Field(
+        0,
+        description="the emulator's dice: the same seed, with requests sent in the same order"
+        " (--concurrency 1), fails the same ones the same way; another seed rehearses another"
+        " bad night",
+    )
     priority: Annotated[Literal["low", "normal"] | None, Flag(_CONTROLS, resume=True)] = Field(
         None,
         description="fal's queue priority: low waits behind every normal request to the"

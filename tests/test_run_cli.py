@@ -154,3 +154,21 @@ def test_max_image_bytes_caps_each_image(tmp_path: Path) -> None:
     assert all(str(cap) in f["message"] for f in failures)
     assert read_index(under) == []
     assert [p for p in under.rglob("*") if p.is_file() and "images" in p.parts] == []
+
+
+def test_seed_picks_which_requests_a_rehearsal_fails(tmp_path: Path) -> None:
+    """--seed: the same seed refuses the same jobs (sent in the same order); another seed
+    another set."""
+    m = write_manifest(tmp_path, 16)
+    flags = ["--emulate", "--time-scale", "0", "--faults", "content_policy=0.5", "--quiet"]
+    flags += ["--concurrency", "1"]
+
+    def refused(name: str, seed: int) -> set[str]:
+        out = tmp_path / name
+        assert main(["run", str(m), *flags, "--seed", str(seed), "--out", str(out)]) == 1
+        return {row["job_id"] for row in read_failures(out)}
+
+    first = refused("a", 1)
+    assert 0 < len(first) < 16
+    assert refused("b", 1) == first
+    assert refused("c", 2) != first

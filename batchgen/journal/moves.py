@@ -54,8 +54,9 @@ def move_row(
     detail: str,
     now: float,
 ) -> None:
-    """Job ``job_id`` (now ``r``) to ``new`` with the columns ``cols``: attempts, lost and billed counted up as
-    asked, and the change written to the audit trail (naming the request it abandons)."""
+    """Job ``job_id`` (now ``r``) to ``new`` with the columns ``cols``: attempts, lost and
+    billed counted up as asked, and the change written to the audit trail (naming the request
+    it abandons)."""
     cols = {**cols, "state": str(new), "updated_at": now}
     assign = ", ".join(f"{k} = ?" for k in cols)
     assign += ", attempts = attempts + ?, lost = lost + ?, billed = billed + ?"

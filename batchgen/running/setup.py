@@ -35,7 +35,7 @@ async def target(settings: Settings) -> AsyncIterator[str | None]:
     config = EmulatorConfig(
         time_scale=settings.time_scale if settings.time_scale is not None else 1.0,
         faults=settings.faults or "none",
-        seed=0,  # the same faults every time: a rehearsal is repeatable
+        seed=settings.options.seed,
     )
     async with serve(config, host="127.0.0.1", port=0) as url:
         yield url
