@@ -314,8 +314,10 @@ def utilisation(timeline: list[list[float | None]], limit: int) -> dict[str, flo
     scheduler's pacing). ``ramp_s``: first submit to settled."""
     spans = [(s, e) for _, s, e in timeline if s is not None and e is not None]
     if not spans:
-        return {"busy": None, "ramp_s": None, "settled_s": None}
+        return {"busy": None, "ramp_s": None, "settled_s": None, "whole": None}
     first_submit = min(t[0] for t in timeline if t[0] is not None)
+    # Over the whole run, ramp and tail included: first submit to last finish.
+    whole = sum(e - s for s, e in spans) / (limit * (max(e for _, e in spans) - first_submit))
     # At one instant a finish frees a slot before the next start takes it (-1 sorts first).
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     last_start = max(s for s, _ in spans)
@@ -330,9 +332,14 @@ def utilisation(timeline: list[list[float | None]], limit: int) -> dict[str, flo
         if settled is None and level >= limit:
             settled = t
     if settled is None or last_start <= settled:
-        return {"busy": None, "ramp_s": None, "settled_s": None}
+        return {"busy": None, "ramp_s": None, "settled_s": None, "whole": whole}
     span = last_start - settled
-    return {"busy": area / (limit * span), "ramp_s": settled - first_submit, "settled_s": span}
+    return {
+        "busy": area / (limit * span),
+        "ramp_s": settled - first_submit,
+        "settled_s": span,
+        "whole": whole,
+    }
 
 
 def phases(res: dict[str, Any]) -> tuple[float, float, float]:
@@ -473,8 +480,10 @@ def scenario_util(scratch: Path, jobs: int, mean_s: float, cache: bool) -> list[
         f"3. slot utilisation: {n} jobs, limit {LIMIT}, model time {mean_s:g} s ± 50 %. busy ="
         f" IN_PROGRESS / {LIMIT}, integrated over the emulator's own start and finish times,",
         f"   from the first instant all {LIMIT} slots run ('settled') to the last start "
-        "(after which nothing is left to start); ramp = first submit to settled",
-        f"   {'client':<28} {'busy':>6} {'ramp s':>7} {'settled s':>10} {'jobs/s':>7} {'peak':>5}",
+        "(after which nothing is left to start); ramp = first submit to settled; whole run ="
+        " the same share from the first submit to the last finish, ramp and tail included",
+        f"   {'client':<28} {'busy':>6} {'whole run':>9} {'ramp s':>7} {'settled s':>10}"
+        f" {'jobs/s':>7} {'peak':>5}",
     ]
     for label, client, conc in [
         ("batchgen --concurrency auto", "batchgen", "auto"),
@@ -484,7 +493,8 @@ def scenario_util(scratch: Path, jobs: int, mean_s: float, cache: bool) -> list[
             res = run_client(client, manifest, emu, scratch / f"ut-{client}", concurrency=conc)
         u = utilisation(res["timeline"], LIMIT)
         lines.append(
-            f"   {label:<28} {_fmt(u['busy'], '.1%'):>6} {_fmt(u['ramp_s'], '.1f'):>7} "
+            f"   {label:<28} {_fmt(u['busy'], '.1%'):>6} {_fmt(u['whole'], '.1%'):>9}"
+            f" {_fmt(u['ramp_s'], '.1f'):>7} "
             f"{_fmt(u['settled_s'], '.1f'):>10} {res['done'] / res['wall']:>7.1f} "
             f"{res['stats']['peak_in_progress']:>5}"
             + ("" if res["failed"] == 0 else f"  ({res['failed']} failed)")
