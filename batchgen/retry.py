@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -48,7 +48,6 @@ from batchgen.errors import (
     UnknownOutcome,
 )
 
-Op = Literal["submit", "status", "result", "cancel", "media", "upload", "notify"]
 OPS: frozenset[str] = frozenset(
     {"submit", "status", "result", "cancel", "media", "upload", "notify"}
 )

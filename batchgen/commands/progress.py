@@ -107,14 +107,12 @@ class Progress:
         stream: IO[str],
         bar: bool,
         clock: Callable[[], float] = time.monotonic,
-        every: float = LOG_EVERY_S,
         columns: Callable[[], int] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._total = total
         self._stream = stream
         self._clock = clock
-        self._every = every
         self._columns = columns or (lambda: terminal_width(stream))
         self._start = clock()
         self._images = 0

@@ -57,11 +57,6 @@ def manifest_wants_key(manifest: Manifest) -> bool:
     return manifest.byok or any(is_byok_endpoint(e) for e in endpoints)
 
 
-def key_problem(manifest: Manifest, key: OpenAIKey | None) -> str | None:
-    """The one-line reason ``manifest`` cannot run with ``key``, or None when it can."""
-    return MISSING_KEY if key is None and manifest_wants_key(manifest) else None
-
-
 def submit_input(
     spec: JobSpec, key: OpenAIKey | None, body: Mapping[str, Any] | None = None
 ) -> Mapping[str, Any]:

@@ -43,7 +43,7 @@ from batchgen.fal.transport import (
     Transport,
     json_or_none,
 )
-from batchgen.retry import RetryEvent, RetryPolicy, Sleep
+from batchgen.retry import REQUESTS, RetryEvent, RetryPolicy, Sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ class QueueClient:
         endpoints: Endpoints | None = None,
         key: FalKey | str | None,
         sleep: Sleep = asyncio.sleep,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy = REQUESTS,
         on_retry: Callable[[RetryEvent], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
@@ -101,7 +101,7 @@ class QueueClient:
             http,
             key=self._key,
             sleep=sleep,
-            retry=retry or RetryPolicy(),
+            retry=retry,
             on_retry=on_retry,
             timeout=timeout,
             redact=redact,

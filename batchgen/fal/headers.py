@@ -46,7 +46,7 @@ TIMEOUT_TYPE = "x-fal-request-timeout-type"  # on a 504: "user" = the start time
 ANSWERED_BY = "x-fal-fallback-endpoint"  # INFERRED: see the module docstring
 
 
-__all__ = ["ANSWERED_BY_KEY", "RequestControls", "answered_by", "is_start_timeout"]
+__all__ = ["ANSWERED_BY_KEY", "RequestControls", "answered_by"]
 
 PRIORITIES = ("low", "normal")
 # fal's documented minimum is "> 0.1 s"; the official client refuses 1 s or less.
@@ -98,8 +98,3 @@ def answered_by(headers: Mapping[str, str]) -> str | None:
     if not value or len(value) > 200 or any(c.isspace() for c in value):
         return None
     return value
-
-
-def is_start_timeout(status: int, headers: Mapping[str, str]) -> bool:
-    """fal's answer when the request's own start timeout ran out before any runner took it."""
-    return status == 504 and headers.get(TIMEOUT_TYPE, "").strip().lower() == "user"

@@ -28,6 +28,7 @@ import httpx
 from batchgen._version import __version__
 from batchgen.errors import AuthError, QueueHTTPError, QueueTransportError
 from batchgen.fal.auth import FalKey
+from batchgen.fal.headers import TIMEOUT_TYPE
 from batchgen.retry import (
     RetryEvent,
     RetryPolicy,
@@ -187,7 +188,7 @@ def http_error(resp: httpx.Response, redact: Callable[[str], str] | None = None)
         retry_after=retry_after,
         retryable=_bool_header(h.get("x-fal-retryable")),
         ingress=ingress,
-        timeout_type=h.get("x-fal-request-timeout-type"),
+        timeout_type=h.get(TIMEOUT_TYPE),
     )
 
 

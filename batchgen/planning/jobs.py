@@ -166,8 +166,6 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.FAILED: frozenset({S.PENDING, S.COMPLETED}),
 }
 
-# States in which a request exists on fal's side and must be re-attached, never resubmitted.
-ATTACHED = frozenset({S.QUEUED, S.RUNNING})
 FINAL = frozenset({S.DOWNLOADED, S.FAILED})
 
 

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
-import shutil
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -72,31 +69,6 @@ class NotifyURL(Secret):
         parts += [x for x in segments if any(c.isdigit() for c in x)] + segments[-1:]
         parts += [v for _, v in urllib.parse.parse_qsl(p.query)] + [p.password or ""]
         return [x for x in dict.fromkeys(parts) if len(x) >= 8 or x == self._value]
-
-
-def notify_url(flag: object, environ: Mapping[str, str]) -> NotifyURL | None:
-    """``--notify``, else ``BATCHGEN_NOTIFY_URL`` (which keeps it out of shell history)."""
-    value = str(flag or "").strip() or environ.get(ENV_NOTIFY, "").strip()
-    return NotifyURL(value) if value else None
-
-
-def on_exit_argv(flag: object) -> tuple[str, ...] | None:
-    """``--on-exit CMD`` split as a shell would split it, checked before anything is sent."""
-    text = str(flag or "").strip()
-    if not text:
-        return None
-    try:
-        argv = tuple(shlex.split(text))
-    except ValueError as exc:
-        raise UsageError(f"--on-exit: cannot split the command line: {exc}") from None
-    if not argv:
-        raise UsageError("--on-exit: the command is empty")
-    if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
-        raise UsageError(
-            f"--on-exit: {argv[0]!r} is not a command found on PATH (it runs without a shell;"
-            " for pipes or redirects use: sh -c '...')"
-        )
-    return argv
 
 
 # ------------------------------------------------------------------------- the message

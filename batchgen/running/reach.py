@@ -22,21 +22,19 @@ GRACE_S = 3.0  # a blip shorter than this is not worth a word
 @dataclass
 class Reach:
     down_since: float | None = None
-    last_error: str = ""
     announced: bool = False
 
     @property
     def down(self) -> bool:
         return self.down_since is not None
 
-    def failed(self, now: float, reason: str, message: str) -> float | None:
+    def failed(self, now: float, reason: str) -> float | None:
         """Note a failed exchange. Returns how long the server has been unreachable when it
         is time to say so (once per outage), else None."""
         if reason not in UNREACHABLE:
             return None
         if self.down_since is None:
             self.down_since = now
-        self.last_error = message
         if not self.announced and now - self.down_since >= GRACE_S:
             self.announced = True
             return now - self.down_since
@@ -47,7 +45,7 @@ class Reach:
         if self.down_since is None:
             return None
         lasted, announced = now - self.down_since, self.announced
-        self.down_since, self.last_error, self.announced = None, "", False
+        self.down_since, self.announced = None, False
         return lasted if announced else None
 
     def seconds(self, now: float) -> float | None:
@@ -70,7 +68,7 @@ class Watch:
         return self.state.down
 
     def failed(self, o: Outcome) -> None:
-        lasted = self.state.failed(self.clock(), o.reason, o.message)
+        lasted = self.state.failed(self.clock(), o.reason)
         if lasted is not None:
             self.emit(ev.Unreachable(lasted, o.message))
 

@@ -42,7 +42,6 @@ class Recovery:
     dropped: int = 0  # requests of an in-process emulator that is gone: resubmitted, free
     redownload: int = 0  # download-only failures: fetched again from the stored result
     retried: int = 0  # --retry-failed: failures back in the queue
-    removed_images: int = 0  # placeholder images (index rows) removed
     real_work: str | None = None  # the refusal for an emulator, when the folder holds real work
 
 
@@ -58,10 +57,11 @@ def recover(
     dropped = journal.drop_emulator_requests(keep=same)
     redownload = journal.redownload_failed(origin, same)
     retried = journal.retry_failed() if retry_failed else 0
-    removed = prune_index(journal, out_dir) if replaced else 0
+    if replaced:  # their placeholder images and index rows go before anything is submitted
+        prune_index(journal, out_dir)
     if replaced or dropped or redownload or retried:
         rewrite_failures(journal, out_dir)
-    return Recovery(replaced, dropped, redownload, retried, removed, real)
+    return Recovery(replaced, dropped, redownload, retried, real)
 
 
 def check_mixing(journal: Journal, out_dir: Path, origin: str) -> str | None:
