@@ -34,11 +34,10 @@ MAX_CONCURRENCY = 1000  # more than the open files and connections a process get
 MIN_MEDIA_EXPIRY_S = 600
 HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
-# The emulator's fault vocabulary, written out rather than read from batchgen.emulator.faults:
+# The emulator's fault names, written out rather than read from batchgen.emulator.faults:
 # importing the emulator package pulls in Starlette and uvicorn, and every batchgen command
 # (--help included) builds every subcommand's parser. tests/test_cli_help.py fails when this
-# list and the emulator's disagree.
-FAULT_PROFILES = ("none", "flaky", "hostile")
+# list and the emulator's disagree, or when the help leaves out a profile.
 FAULT_NAMES = (
     "submit429",
     "submit503",

@@ -62,8 +62,8 @@ def test_faults_help_names_every_profile_and_fault(name: str) -> None:
 
 
 def test_the_help_lists_match_the_emulator() -> None:
-    # option_rules spells them out so that `batchgen --help` does not import the emulator.
-    assert tuple(PROFILES) == option_rules.FAULT_PROFILES
+    # option_rules spells them out so that `batchgen --help` does not import the emulator
+    # (the profiles are checked in the help text itself, above).
     assert option_rules.FAULT_NAMES == FAULT_NAMES
 
 

@@ -43,7 +43,7 @@ def test_demo_manifest_expands_to_twelve_cheap_jobs() -> None:
     m = load_manifest(EXAMPLES / "demo.yaml")
     specs = list(plan(m))
     assert m.name == "demo"
-    assert len(specs) == 12 == m.job_count()
+    assert len(specs) == 12
     assert {s.input["quality"] for s in specs} == {"low"}
     assert {s.prompt_id for s in specs} == {"forest", "portrait", "sketch"}
     first = specs[0]
@@ -346,7 +346,6 @@ def test_expansion_is_lazy_even_for_a_trillion_jobs(tmp_path: Path) -> None:
     prompt = " ".join("{" + n + "}" for n in names)
     path = write(tmp_path, "m.yaml", f"vars:\n{var_lines}prompts: ['{prompt}']\n")
     m = load_manifest(path)
-    assert m.job_count() == 100**6
     started = time.perf_counter()
     jobs_iter = plan(m)
     assert inspect.isgenerator(m.expand())
@@ -397,7 +396,7 @@ def test_expansion_count_is_the_product_of_everything(doc: dict[str, Any]) -> No
         m = load_manifest(path)
         deduped = plan(m)
         specs = list(deduped)
-    assert len(specs) == expected == m.job_count()
+    assert len(specs) == expected
     assert deduped.duplicates == 0
     assert len({s.job_id for s in specs}) == expected
 

@@ -329,9 +329,6 @@ class QueueModel:
         self._fill(now)
         return "CANCELLATION_REQUESTED"
 
-    def in_progress(self) -> int:
-        return self._n_running
-
     def queue_length(self) -> int:
         return self._n_queued
 

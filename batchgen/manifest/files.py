@@ -158,15 +158,6 @@ def references(value: Any) -> list[str]:
     return [v for v in items if isinstance(v, str)]
 
 
-def glob_count(value: Any, globs: dict[str, tuple[str, ...]]) -> int:
-    """How many concrete image_urls lists `value` stands for (1 without patterns)."""
-    n = 1
-    for item in references(value):
-        if item in globs:
-            n *= len(globs[item])
-    return n
-
-
 def expand_globs(value: Any, globs: dict[str, tuple[str, ...]]) -> Iterator[Any]:
     """Each concrete image_urls list: every pattern replaced by one of its files, in order.
     Several patterns in one list multiply (each combination is one job)."""

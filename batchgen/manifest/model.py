@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchgen.manifest.files import expand_globs, glob_count, references
+from batchgen.manifest.files import expand_globs, references
 from batchgen.manifest.templates import parse
 from batchgen.planning.gptimage import DEFAULTS, TEXT_TO_IMAGE, with_defaults
 from batchgen.planning.jobs import (
@@ -70,26 +70,6 @@ class Manifest(BaseModel):
     # job's identity, since the same request at another priority makes the same image.
     priority: Literal["low", "normal"] | None = None
     allow_fallbacks: bool = False
-
-    def job_count(self) -> int:
-        """Jobs `expand()` yields (duplicates included), computed without expanding."""
-        total = 0
-        for p in self.prompts:
-            n = p.repeat or self.repeat
-            axes = {**self.matrix, **p.axes}
-            for name, values in axes.items():
-                if name == "image_urls" and self.globs:  # a pattern is one job per file
-                    n *= sum(glob_count(v, self.globs) for v in values)
-                else:
-                    n *= len(values)
-            fixed = {**self.defaults, **p.fields}
-            if "image_urls" in fixed and "image_urls" not in axes and self.globs:
-                n *= glob_count(fixed["image_urls"], self.globs)
-            if p.templated:
-                for name in parse(p.text).names:
-                    n *= len(self.vars[name])
-            total += n
-        return total
 
     def expand(self) -> Iterator[JobSpec]:
         """Every job, lazily: prompts × their vars × matrix axes × repeat, in file order."""

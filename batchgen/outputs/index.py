@@ -83,17 +83,6 @@ INDEX_FIELDS = (
     "manifest_sha256",
     "batchgen_version",
 )
-FAILURE_FIELDS = (
-    "job_id",
-    "prompt_id",
-    "prompt",
-    "class",
-    "message",
-    "attempts",
-    "request_id",
-    "endpoint",
-    "failed_at",
-)
 
 Timestamp = float | str | None
 
@@ -330,11 +319,6 @@ def read_failures(out_dir: Path) -> list[dict[str, Any]]:
     for row in read_rows(out_dir / FAILURES):
         rows[str(row.get("job_id"))] = row
     return list(rows.values())
-
-
-def known_checksums(out_dir: Path) -> dict[str, str]:
-    """``file_name -> sha256`` from the index, for skipping images already on disk."""
-    return {r["file_name"]: str(r.get("sha256")) for r in read_index(out_dir)}
 
 
 def write_manifest_copy(out_dir: Path, manifest: Path) -> Path:

@@ -39,7 +39,7 @@ def test_limit_fifo_and_work_conservation(limit: int, script: list[tuple[str, ob
         reqs = list(model.requests.values())
         running = [r for r in reqs if r.phase is Phase.RUNNING]
         queued = [r for r in reqs if r.phase is Phase.QUEUED]
-        assert len(running) == model.in_progress() <= limit
+        assert len(running) == model.stats()["in_progress"] <= limit
         # Nobody is still waiting past their start deadline, nor started after it.
         assert all(r.start_by is None or now < r.start_by for r in queued)
         assert all(r.start_by is None or r.started_at <= r.start_by for r in running)  # type: ignore[operator]
