@@ -174,7 +174,7 @@ def http_error(resp: httpx.Response, redact: Callable[[str], str] | None = None)
         resp.status_code in _INGRESS_STATUSES
         and request_id is None
         and not isinstance(body, dict)
-        and "x-fal-request-timeout-type" not in h
+        and TIMEOUT_TYPE not in h
     )
     retry_after = parse_retry_after(h.get("retry-after"))
     if retry_after is None:
