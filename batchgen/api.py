@@ -183,7 +183,7 @@ run_sync = _blocking(run)
 
 
 def read_index(out: PathLike) -> list[dict[str, Any]]:
-    """The rows of ``out/metadata.jsonl``, one dict per image (DESIGN.md's index row:
+    """The rows of ``out/metadata.jsonl``, one dict per image (docs/outputs.md, The index:
     ``file_name`` relative to ``out``, ``job_id``, ``prompt``, ``width``, ``height``,
     ``sha256``, ...). An image written twice keeps its last row; a line torn by a crash is
     skipped. Raises ``UsageError`` when ``out`` is not a folder."""

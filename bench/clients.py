@@ -113,7 +113,7 @@ async def falclient_run(cfg: dict[str, Any], jobs: list[tuple[str, Any]]) -> dic
     import fal_client.client as fc
     import httpx
 
-    # fal-protocol.md §1 (a): the hosts are module globals read at call time.
+    # The hosts are module globals read at call time (docs/fal.md, Hosts and request handles).
     fc.QUEUE_URL_FORMAT = f"{cfg['url']}/"
     fc.REST_URL = fc.CDN_URL = cfg["url"]
     out = Path(cfg["out"])  # made by client_main

@@ -1,4 +1,4 @@
-"""Where a client's CPU goes, by kind of work: a table from py-spy's sampled stacks (issue 12).
+"""Where a client's CPU goes, by kind of work: a table from py-spy's sampled stacks.
 
 Measures, never asserts. ``bench/run.py --profile DIR`` runs each client process under
 ``py-spy record --subprocesses`` (``pip install py-spy``) and prints this table for

@@ -1,5 +1,5 @@
 """What a gallery thumbnail costs per image, and what it weighs, for the thumbnail range in use
-and for the earlier 240-320 px one (issue 12). Measures, never asserts.
+and for the earlier 240-320 px one. Measures, never asserts.
 
     python bench/thumbs.py                 # every size and format below, 40 images each
     python bench/thumbs.py --count 100 --formats jpeg

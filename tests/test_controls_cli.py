@@ -1,6 +1,7 @@
-"""Issue 13 through `batchgen run` and `batchgen status`: refusals before anything is sent, the
-notification at the end (a local receiver over loopback; its token nowhere in the folder),
---on-exit, the manifest keys, --stop-at's time and exit code, and `status --job`."""
+"""fal's own controls (docs/controls.md) through `batchgen run` and `batchgen status`:
+refusals before anything is sent, the notification at the end (a local receiver over loopback;
+its token nowhere in the folder), --on-exit, the manifest keys, --stop-at's time and exit code,
+and `status --job`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """fal's own controls for overnight runs, end to end through the scheduler and the in-process
-emulator (issue 13): queue priority, the start timeout, media expiry, fallbacks and payload
+emulator (docs/controls.md): queue priority, the start timeout, media expiry, fallbacks and payload
 storage, the logs of failed requests, and --stop-at on an injected wall clock."""
 
 from __future__ import annotations

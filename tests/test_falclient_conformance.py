@@ -1,7 +1,7 @@
 """The official ``fal-client`` (1.0.3) drives the emulator over a real loopback socket.
 
 If the emulator and the official client disagree, the emulator is wrong: these tests pin the
-wire protocol (fal-protocol.md) from the client's side. The sync client blocks, so the
+wire protocol (docs/fal.md) from the client's side. The sync client blocks, so the
 emulator runs in its own thread with its own event loop.
 """
 
@@ -68,7 +68,7 @@ def emulator_thread(config: EmulatorConfig) -> Iterator[str]:
 
 @pytest.fixture
 def point_fal_at(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Point fal_client's queue, REST and CDN hosts at an emulator URL (fal-protocol.md §1)."""
+    """Point fal_client's queue, REST and CDN hosts at an emulator URL (docs/fal.md, Hosts)."""
     monkeypatch.setenv("FAL_KEY", KEY)
     made: list[fal_client.SyncClient] = []
 

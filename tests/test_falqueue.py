@@ -178,7 +178,7 @@ async def test_cancel_a_queued_request(make_env: MakeEnv) -> None:
     assert await q.cancel(gone) == "NOT_FOUND"
 
 
-# ---------------------------------------------------------------------------- the Errors table
+# -------------------------- what a failure means (docs/interfaces.md, What a failure means)
 
 
 async def test_missing_key_is_fatal_everywhere_and_never_retried(make_env: MakeEnv) -> None:

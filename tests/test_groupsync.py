@@ -1,4 +1,4 @@
-"""Request ids fsynced off the event loop, one fsync for many (issue 12): ``GroupSync`` and
+"""Request ids fsynced off the event loop, one fsync for many: ``GroupSync`` and
 ``WalSync``, and the promise they keep in a run — a job's request id is committed and on disk
 before anything else happens to that job."""
 

@@ -1,4 +1,5 @@
-"""The metadata index: every DESIGN.md field, line-atomic appends, and a verifying rebuild."""
+"""The metadata index: every field of docs/outputs.md's index row, line-atomic appends, and a
+verifying rebuild."""
 
 from __future__ import annotations
 

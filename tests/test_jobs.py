@@ -79,10 +79,10 @@ def test_spec_round_trips_through_json() -> None:
     assert JobSpec(job_id="x", endpoint="e", input={"num_images": "3"}).num_images == 1
 
 
-# The state rules (DESIGN.md's diagram; DOWNLOADED -> PENDING only when the files vanished and
-# the result is gone; FAILED -> COMPLETED when only the download failed: the result is kept and
-# fetched again, never paid for twice), written out here rather than read from TRANSITIONS:
-# a test that loops over the table it checks passes whatever the table says.
+# The state rules (docs/interfaces.md, Job states; DOWNLOADED -> PENDING only when the files
+# vanished and the result is gone; FAILED -> COMPLETED when only the download failed: the result
+# is kept and fetched again, never paid for twice), written out here rather than read from
+# TRANSITIONS: a test that loops over the table it checks passes whatever the table says.
 ALLOWED = """
 PENDING     SUBMITTING FAILED
 SUBMITTING  QUEUED UNKNOWN PENDING FAILED

@@ -1,4 +1,4 @@
-"""Every recovery path keeps the promises the main one does (issue 14), through the scheduler
+"""Every recovery path keeps the promises the main one does, through the scheduler
 and the emulator in-process: a paid image is fetched, never paid for again while fal still
 holds it; what fal lost is resubmitted and counted; an outage fails nothing; failures.jsonl,
 status, the gallery and the run summary tell the same, current truth."""

@@ -1,5 +1,5 @@
-"""fal/retry.py: every row of DESIGN.md's Errors table as a table test, backoff's bounds,
-the loop."""
+"""batchgen/retry.py: every row of docs/interfaces.md's table (What a failure means) as a table
+test, backoff's bounds, the policies, the loop."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def http(status: int, **kw: Any) -> QueueHTTPError:
     return QueueHTTPError(status, **kw)
 
 
-# (op, exception, action, reason) — one line per row of the Errors table, and its edges.
+# (op, exception, action, reason) — one line per row of docs/interfaces.md's table (What a
+# failure means), and its edges.
 TABLE: list[tuple[str, BaseException, Action, str]] = [
     # any: 401 / 403 / a locked account -> stop the run
     *[(op, http(401), Action.FATAL, "auth") for op in ("submit", "status", "result", "cancel")],

@@ -1,4 +1,4 @@
-"""What `batchgen run` says and asks before it spends, and how it ends (issue 11): the
+"""What `batchgen run` says and asks before it spends, and how it ends: the
 announcement, the confirmation over a cost threshold, the directions at the end, and a second
 manifest file building on a folder."""
 

@@ -1,4 +1,4 @@
-"""Gallery thumbnails made from the decode that checks the image (issue 12).
+"""Gallery thumbnails made from the decode that checks the image.
 
 A thumbnail must fit the gallery's card (at most THUMB_SIDE, at least THUMB_MIN on its long
 side, never upscaled), look like its image, and the one decode that makes it must still

@@ -1,5 +1,6 @@
-"""Completion by webhook (issue 13): fal's deliveries are checked (Ed25519 against the server's
-JWKS), idempotent on the request id, and a lost one costs one status request, not an image."""
+"""Completion by webhook (docs/webhooks.md): fal's deliveries are checked (Ed25519 against the
+server's JWKS), idempotent on the request id, and a lost one costs one status request, not an
+image."""
 
 from __future__ import annotations
 

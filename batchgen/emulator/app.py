@@ -1,4 +1,4 @@
-"""The emulator's Starlette app: fal's queue routes (fal protocol notes §11), the storage routes,
+"""The emulator's Starlette app: fal's queue routes (docs/emulator.md, Routes), the storage routes,
 the media it hands out, and ``GET /_emulator/stats``.
 
 Every handler reads the injected clock once and asks the model what is true at that instant.

@@ -1,5 +1,6 @@
-"""The JSON bodies the emulator answers with, built from the model's state (fal protocol
-notes §2–4). Pure: the caller passes the base URL and the time, so these are easy to pin in tests.
+"""The JSON bodies the emulator answers with, built from the model's state (docs/fal.md: the
+submit, the status, the result). Pure: the caller passes the base URL and the time, so these
+are easy to pin in tests.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def result_parts(
     assert err is not None
     headers["x-fal-error-type"] = err[1]
     if req.outcome is Outcome.START_TIMEOUT:
-        # The user's own timeout: fal-client must not retry this one (fal protocol notes §6).
+        # The user's own timeout: fal-client must not retry this one (docs/fal.md, What the
+        # official client retries).
         headers["x-fal-request-timeout-type"] = "user"
         return 504, {"detail": err[0], "error_type": err[1]}, headers
     code = req.runner_error[0] if req.runner_error else 499

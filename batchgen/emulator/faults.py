@@ -63,7 +63,7 @@ FAULT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(FaultSpec))
 
 PROFILES: dict[str, FaultSpec] = {
     "none": FaultSpec(),
-    # The mix from the issue: a bad night on a healthy service.
+    # A bad night on a healthy service: a few of each transient fault, rare final ones.
     "flaky": FaultSpec(
         submit429=0.05,
         submitdrop=0.02,

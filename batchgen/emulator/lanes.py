@@ -1,7 +1,8 @@
 """The emulator's waiting line: one FIFO lane per queue priority.
 
 fal keeps one queue per endpoint, shared by every caller, and a request sent with
-``X-Fal-Queue-Priority: low`` waits behind every normal one (fal protocol notes §12). The model
+``X-Fal-Queue-Priority: low`` waits behind every normal one (docs/fal.md, Concurrency, the
+queue and priority). The model
 keeps a ``Line`` per priority and starts from the normal lane first; FIFO holds within each.
 
 A request taken out of line (cancelled, or its start timeout ran out) stays in its lane's

@@ -1,6 +1,7 @@
 """How long an emulated request runs: the latency model, before the time scale.
 
-gpt-image-2 takes seconds to minutes (the project's notes on the model). The model: a base time
+gpt-image-2 takes seconds to minutes on fal (reports put a high-quality image at one to four
+minutes). The model: a base time
 per quality for one 1-megapixel image, growing with the square root of the pixel count and by 30 %
 per extra image, with ±25 % seeded jitter so runs do not finish in lockstep.
 """

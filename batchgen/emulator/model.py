@@ -6,9 +6,9 @@ at the exact moment a slot frees (not when someone polls), runs for its run time
 and is forgotten when its result retention runs out. Tests therefore run an hour of model time
 by moving a fake clock, and two polls at the same instant always agree.
 
-The account model follows fal (fal protocol notes §8): at most ``limit`` requests IN_PROGRESS,
-the rest IN_QUEUE, normal priority before low and FIFO within each (``lanes``); submits are
-never refused for concurrency.
+The account model follows fal (docs/fal.md, Concurrency, the queue and priority): at most
+``limit`` requests IN_PROGRESS, the rest IN_QUEUE, normal priority before low and FIFO within
+each (``lanes``); submits are never refused for concurrency.
 """
 
 from __future__ import annotations

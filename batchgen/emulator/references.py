@@ -4,7 +4,7 @@ fal's edit app fetches every ``image_urls`` entry (and ``mask_url``) before it r
 emulator can only "fetch" what it holds, so it accepts a ``data:`` URI or a URL it handed out
 itself (a file uploaded to its storage, or an image it generated) and refuses anything else as
 an input error: the request completes with a 422 whose ``detail`` list names the field, as fal
-reports validation errors (fal protocol notes §4). A client that sends a local path, or forgot to
+reports validation errors (docs/fal.md, The result). A client that sends a local path, or forgot to
 upload, therefore fails loudly in tests instead of passing unnoticed.
 
 Of an accepted request it keeps a thumbnail of the first reference, which the rendered result

@@ -1,4 +1,4 @@
-"""The emulator signs its webhook deliveries as fal does (fal-protocol notes §9): Ed25519 over
+"""The emulator signs its webhook deliveries as fal does (docs/webhooks.md): Ed25519 over
 ``"{request_id}\\n{user_id}\\n{timestamp}\\n{sha256 hex of the body}"``, its public key served
 as a JWKS document at ``/.well-known/jwks.json``. A key is made per emulator, so a client that
 verifies against it proves it really checks signatures."""

@@ -1,5 +1,5 @@
 """fal storage on the emulator: the CDN token, single uploads, the initiate/PUT fallback,
-multipart uploads, and GET of every stored file (fal protocol notes §7).
+multipart uploads, and GET of every stored file (docs/fal.md, Storage and uploads).
 
 Files live in memory for the emulator's lifetime. REST and CDN paths share one host, so a
 client pointed at the emulator with one base URL finds all of them.

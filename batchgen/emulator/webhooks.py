@@ -1,5 +1,5 @@
 """Webhook delivery: when a request that asked for ``fal_webhook`` completes, POST fal's
-payload to it (fal protocol notes §9).
+payload to it (docs/fal.md, Webhooks).
 
 The model has no background clock, so one dispatcher task wakes at the model's next
 completion time (or when a new webhook request arrives), delivers what finished, and exits

@@ -33,8 +33,8 @@ from batchgen.manifest.local import is_local_path
 from batchgen.planning.jobs import FILE_FIELDS, JobSpec
 from batchgen.retry import Action, Outcome, classify
 
-# fal keeps CDN files at least 7 days (fal protocol notes §7): an older upload is done again
-# rather than handing the model a URL that may have gone.
+# fal keeps CDN files at least 7 days (docs/fal.md, Storage and uploads): an older upload is
+# done again rather than handing the model a URL that may have gone.
 UPLOAD_MAX_AGE = 6 * 24 * 3600.0
 
 

@@ -1,7 +1,7 @@
 """fal's webhook deliveries: what a body says, and whether fal really sent it.
 
 A delivery is ``POST <our URL>`` with ``{"request_id", "gateway_request_id", "status": "OK" |
-"ERROR", "payload", "error"?, "payload_error"?}`` (fal-protocol notes §9, from fal's docs).
+"ERROR", "payload", "error"?, "payload_error"?}`` (from fal's docs: docs/fal.md, Webhooks).
 It is signed with Ed25519 over ``"{request_id}\\n{user_id}\\n{timestamp}\\n{sha256 hex of the
 raw body}"``, carried in ``X-Fal-Webhook-Request-Id``, ``-User-Id``, ``-Timestamp`` (unix
 seconds) and ``-Signature`` (hex). The public keys are a JWKS document at fal's rest host

@@ -34,7 +34,8 @@ from batchgen.manifest.local import (
 )
 
 # OpenAI's image edit API takes reference images below 50 MB each, and fal documents no limit
-# of its own (fal-protocol.md §7): a larger file would be uploaded only to be refused.
+# of its own (docs/fal.md, Storage and uploads): a larger file would be uploaded only to be
+# refused.
 MAX_REFERENCE_BYTES = 50 * 1024 * 1024
 # What gpt-image edits accept (and what Pillow, the emulator and the gallery all read).
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}

@@ -45,7 +45,7 @@ class ManifestDoc(BaseModel):
     prompts_file: str | None = None
     output: str = DEFAULT_OUTPUT_TEMPLATE
     pricing: PricingDoc | None = None
-    # Run controls (issue 13): fal's queue priority, and whether fal may answer from another
+    # Run controls (docs/controls.md): fal's queue priority, and whether fal may answer from another
     # endpoint than `model` after repeated failures (off by default: reproducible sets).
     priority: Literal["low", "normal"] | None = None
     allow_fallbacks: bool = False

@@ -1,6 +1,6 @@
 """The CPU-bound half of saving an image: hash the file, check it with Pillow, make its gallery
 thumbnail, fsync it. Pure functions of a path, so they run the same in a worker thread or in
-one of the run's worker processes (:mod:`batchgen.outputs.workers`, issue 12).
+one of the run's worker processes (:mod:`batchgen.outputs.workers`).
 
 Why a separate module: a worker process imports only this (hashlib, os, Pillow and the
 thumbnail maker), not httpx or the journal, so it starts in tens of milliseconds.

@@ -10,7 +10,7 @@ Each received chunk is written on the event loop, as plain httpx streaming does:
 per chunk into the page cache. What takes milliseconds — the sha256 of the file, Pillow's
 check, the fsync, and in a run the gallery's thumbnail — is one call of
 :func:`checks.check_file` per image: in one of the run's worker processes when a
-:class:`~batchgen.outputs.workers.CheckPool` is given (issue 12: other cores, other GILs),
+:class:`~batchgen.outputs.workers.CheckPool` is given (other cores, other GILs),
 else in a worker thread. Either way only this process renames, after the answer: a check
 killed half-way leaves a ``.part``, never a file in place.
 

@@ -4,16 +4,16 @@ Kept apart from :mod:`gallery` so that a worker process can make a thumbnail the
 image lands (:mod:`checks`) by importing Pillow and this, not the gallery's page, data and
 journal modules.
 
-A thumbnail fits in ``THUMB_SIDE``×``THUMB_SIDE`` and its longest side is at least
-``THUMB_MIN`` (or the image's own, if smaller). The range is what makes thumbnails cheap
-(issue 12): it spans a factor of two, so every image of ``THUMB_MIN`` px or more has a free
-integer scale that lands in it, and none is ever resampled. A JPEG is decoded at 1/2, 1/4 or
-1/8 of its size by its own IDCT (1024 px at 1/4 is 256 px, 1536 px at 1/4 is 384 px); a PNG
-or WebP is averaged down by an integer factor (Pillow's ``reduce``, a box filter). With the
-earlier 240-320 px range, most sizes still needed a bilinear resize after the scaled decode,
-and on the benchmark machine that resize cost as much as the decode itself
-(``bench/thumbs.py``). The gallery's cards are 220 px wide or more, shown square: a thumbnail
-in the range fills one at a 1:1 pixel ratio, and up to 2:1 on a high-density screen.
+A thumbnail fits in ``THUMB_SIDE``×``THUMB_SIDE`` and its longest side is at least ``THUMB_MIN``
+(or the image's own, if smaller). The range is what makes thumbnails cheap: it spans a factor of
+two, so every image of ``THUMB_MIN`` px or more has a free integer scale that lands in it, and
+none is ever resampled. A JPEG is decoded at 1/2, 1/4 or 1/8 of its size by its own IDCT (1024
+px at 1/4 is 256 px, 1536 px at 1/4 is 384 px); a PNG or WebP is averaged down by an integer
+factor (Pillow's ``reduce``, a box filter). With the earlier 240-320 px range, most sizes still
+needed a bilinear resize after the scaled decode, and on the benchmark machine that resize cost
+as much as the decode itself (``bench/thumbs.py``). The gallery's cards are 220 px wide or more,
+shown square: a thumbnail in the range fills one at a 1:1 pixel ratio, and up to 2:1 on a
+high-density screen.
 """
 
 from __future__ import annotations

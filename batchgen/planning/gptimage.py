@@ -1,4 +1,5 @@
-"""What `openai/gpt-image-2` and `openai/gpt-image-2/edit` accept (see shared/gpt-image-2.md).
+"""What `openai/gpt-image-2` and `openai/gpt-image-2/edit` accept (docs/manifest.md, Request
+fields).
 
 Pure rules, shared by the manifest validator (plan time) and the emulator (server side), so
 the two can never disagree about what a valid request is.

@@ -1,4 +1,4 @@
-"""The cost estimate: fal's published per-image table for gpt-image-2 (shared/gpt-image-2.md).
+"""The cost estimate: fal's published per-image table for gpt-image-2 (docs/manifest.md, Cost).
 
 fal really bills per token, so every figure here is an estimate. A size that is not in the
 table uses the bucket nearest by pixel count; `auto` (edit: "as the inputs") and unknown sizes
@@ -114,7 +114,7 @@ def estimate_cost(spec: JobSpec, table: PriceTable | None = None) -> float:
 
 # -- the real cost, from the token counts a BYOK response carries ----------------------------
 
-# fal's per-token prices for gpt-image-2, USD per million tokens (shared/gpt-image-2.md).
+# fal's per-token prices for gpt-image-2, USD per million tokens (docs/manifest.md, BYOK).
 TEXT_INPUT_PER_M = 5.0
 IMAGE_INPUT_PER_M = 8.0
 IMAGE_OUTPUT_PER_M = 30.0

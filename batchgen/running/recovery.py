@@ -1,6 +1,6 @@
 """What a run finds in its folder before it submits anything, and what it does about it.
 
-The rules (DESIGN.md, "The journal and the job states"), in the order they apply:
+The rules, in the order they apply:
 
 * **Rehearsal and real work never mix.** A rehearsal (``--emulate``) into a folder that holds
   work of a real server is refused (exit 2): its placeholders would sit beside paid images.
