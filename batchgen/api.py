@@ -103,12 +103,14 @@ async def run(
     an awaitable of one) submits nothing new, and the run ends with ``stop`` ``declined``.
 
     Returns a ``RunResult``; its ``exit_code`` is what the CLI would exit with: 0 all done,
-    1 some jobs failed for good, 2 stopped by a fatal error (fal refused the key or the
-    account; ``fatal`` says why), 3 stopped at the budget, 4 stopped at ``stop_at`` with
-    jobs left, 130 interrupted or not approved. Raises ``ManifestError``, ``UsageError``
-    (bad option, no key) before anything is written. ``handle_signals=True`` makes the
-    first Ctrl-C stop submitting and finish what is paid for, the second stop at once;
-    without it, cancelling the task stops at once. Either way the same call resumes.
+    1 some jobs failed for good (or were left unfinished), 2 stopped by a fatal error
+    (``fatal`` says why: fal refused the key or the account, or an ``endpoint`` server turned
+    out to be an emulator while the folder holds real work), 3 stopped at the budget, 4
+    stopped at ``stop_at`` with jobs left, 130 interrupted or not approved. Raises
+    ``ManifestError``, ``UsageError`` (bad option, no key) before anything is written.
+    ``handle_signals=True`` makes the first Ctrl-C stop submitting and finish what is paid for,
+    the second stop at once; without it, cancelling the task stops at once. Either way the same
+    call resumes.
     """
     m = _manifest(manifest)
     env = os.environ if environ is None else environ

@@ -330,7 +330,7 @@ REFETCH = RetryPolicy(
     cap=0.0,
     retryable=frozenset({Action.RETRY, Action.RESUBMIT, Action.FINAL}),
 )
-# --notify's POST at the end of a run: one more try after a second.
+# --notify's POST at the end of a run: one more try, up to a second later.
 NOTIFY = RetryPolicy(attempts=2, base=1.0, cap=1.0)
 
 

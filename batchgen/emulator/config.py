@@ -27,7 +27,7 @@ class EmulatorConfig:
     retention_scale: float | None = None  # result retention multiplier; None: follow time_scale
     keepalive_s: float = 15.0  # SSE comment interval, as fal sends
     slow_media_s: float = 5.0  # how long a slow_media download trickles for
-    webhook_client: httpx.AsyncClient | None = None  # None: a fresh client per delivery
+    webhook_client: httpx.AsyncClient | None = None  # None: one client of its own, pooled
     webhook_attempts: int = 3
     webhook_retry_s: float = 1.0
     webhook_delay_s: float = 2.0  # how late a webhook_delay delivery comes

@@ -1,11 +1,12 @@
 """Talking to fal: the queue client and everything a request needs on its way out.
 
-``client`` (``QueueClient``: submit, status, stream, result, cancel, upload), ``statuses``
-(the typed status variants), ``transport`` (one request, error answers, the key's headers),
+``client`` (``QueueClient``: submit, status, stream, result, cancel, upload), ``statuses`` (the
+typed status variants), ``transport`` (one request, error answers, the key's headers),
 ``stream`` (the SSE status stream's watchdog), ``storage`` (fal's CDN and signed uploads),
-``retry`` (the pure ``classify``/``backoff`` and the one retry loop), ``auth`` (keys that never
-print), ``uploads`` (local reference files resolved at submit time) and ``byok`` (where a
-user's OpenAI key is added). Uses ``planning``, ``manifest`` and ``journal`` below it.
+``headers`` (the platform headers a submit carries), ``webhook`` (a delivery and its signature),
+``auth`` (keys that never print), ``uploads`` (local reference files resolved at submit time)
+and ``byok`` (where a user's OpenAI key is added). Uses ``planning``, ``manifest``, ``journal``,
+``outputs`` and ``retry`` (what a failure means, the retry policies) below it.
 """
 
 from batchgen.fal.client import Handle, QueueClient

@@ -228,9 +228,10 @@ def _line(row: Mapping[str, Any]) -> bytes:
 
 
 # One writer per index file: the run's folder lock keeps other processes out, and this lock
-# keeps the download pool's worker threads from racing each other. Under it, where our last
-# append left each file (inode, size) is exact, so the torn-line check below fires only when
-# the file changed behind our back (a crash's torn last line), never on a neighbour's row.
+# keeps a library caller's threads from racing each other (a run appends on its event loop).
+# Under it, where our last append left each file (inode, size) is exact, so the torn-line check
+# below fires only when the file changed behind our back (a crash's torn last line), never on a
+# neighbour's row.
 _lock = threading.Lock()
 _left_at: dict[Path, tuple[int, int]] = {}
 

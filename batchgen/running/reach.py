@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from batchgen.retry import Outcome
 from batchgen.running import events as ev
 
-# Retry reasons (fal/retry.classify) that mean no answer came from the server itself.
+# Retry reasons (retry.classify) that mean no answer came from the server itself.
 UNREACHABLE = frozenset({"transport", "http_502", "http_503", "http_504"})
 GRACE_S = 3.0  # a blip shorter than this is not worth a word
 

@@ -82,7 +82,7 @@ class RunResult:
     ``out_dir`` (the journal is the truth); ``images`` counts the images this run saved."""
 
     out_dir: Path
-    exit_code: int  # what `batchgen run` exits with: 0 all done, 1 failures, 2, 3, 130
+    exit_code: int  # what `batchgen run` exits with (summary.exit_code): 0, 1, 2, 3, 4, 130
     done: int
     failed: Mapping[str, int]  # jobs failed for good, by class (content_policy_violation, ...)
     unfinished: int  # pending or in flight when the run ended: run again to resume
@@ -90,7 +90,7 @@ class RunResult:
     # Estimated USD that fal may bill for the folder, across its runs (fal bills per token;
     # see `batchgen plan`); the same figure as `batchgen status`, the gallery and --max-cost.
     spent: float
-    stop: StopReason | None  # why it stopped early: budget, interrupted, fatal
+    stop: StopReason | None  # why it stopped early: budget, stop_at, declined, interrupted, fatal
     fatal: str | None  # why the run stopped at once: fal refused the key or the account, or a
     # folder that holds real work was given to an emulator (exit 2)
     summary: Summary

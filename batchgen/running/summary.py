@@ -19,8 +19,9 @@ EXIT_STOP_AT = 4
 
 
 def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
-    """0 all done, 1 some failed for good (or left unfinished), 2 the key or account was
-    refused, 3 stopped at the budget, 4 stopped at --stop-at with jobs left, 130 interrupted.
+    """0 all done, 1 some failed for good (or left unfinished), 2 a fatal stop (the key or
+    account refused, or real work given to an emulator), 3 stopped at the budget, 4 stopped at
+    --stop-at with jobs left, 130 interrupted (or the cost not approved).
 
     A --stop-at stop is planned, not an interrupt: when the jobs it left are none (it came
     after the last submit and everything in flight finished), the run ends as any other."""
