@@ -154,7 +154,10 @@ def build_settings(
     emulate = target is Target.EMULATE
     notify = o.notify
     if notify is None and environ.get(ENV_NOTIFY, "").strip():
-        notify = NotifyURL(environ[ENV_NOTIFY])
+        try:
+            notify = NotifyURL(environ[ENV_NOTIFY])
+        except UsageError as exc:  # its message names the flag: this came from the environment
+            raise UsageError(str(exc).replace("--notify", ENV_NOTIFY, 1)) from None
     return Settings(
         options=o,
         manifest_path=manifest.path,

@@ -142,3 +142,9 @@ def test_numbers_and_out() -> None:
     assert o.retry_failed
     assert s.public()["concurrency"] == 7
     assert settings({"FAL_KEY": SECRET}, concurrency="AUTO").options.concurrency is None
+
+
+def test_a_bad_notify_url_from_the_environment_is_named_as_such() -> None:
+    with pytest.raises(UsageError, match=r"^BATCHGEN_NOTIFY_URL must be an http") as e:
+        settings({"FAL_KEY": SECRET, "BATCHGEN_NOTIFY_URL": "ftp://hooks/T0KEN-9"})
+    assert "T0KEN" not in str(e.value)
