@@ -41,6 +41,14 @@ async def target(settings: Settings) -> AsyncIterator[str | None]:
         yield url
 
 
+# Idle connections each client keeps for the next request. A few carry a finished stream's
+# connection on to its result GET and the next submit (no new TLS handshake with fal); more
+# cost CPU on every request, as httpx's pool looks at each idle connection's socket each time
+# it places one. bench/run.py --only throughput (docs/benchmarks.md): 8 kept, 104 jobs/s and
+# 10.1 ms of CPU a job; every connection of the window kept, 91 and 12.0 ms.
+KEEP_IDLE = 8
+
+
 @contextlib.asynccontextmanager
 async def clients(
     settings: Settings,
@@ -50,12 +58,10 @@ async def clients(
     # One open stream per request in flight, plus polls and results: the pool must hold the
     # whole window or watchers would queue behind each other for a connection.
     n = max(settings.options.concurrency or DEFAULT_MAX_WINDOW, 1) * 2 + 16
-    # Every connection may stay open for the next request: a job's result, read after its
-    # stream ends, would otherwise open a new connection (a TLS handshake with fal).
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=KEEP_IDLE)
     # One connection per download worker: each fetches one image at a time.
     d = settings.options.download_concurrency
-    media_limits = httpx.Limits(max_connections=d, max_keepalive_connections=d)
+    media_limits = httpx.Limits(max_connections=d, max_keepalive_connections=min(d, KEEP_IDLE))
     timeout = httpx.Timeout(60.0, connect=15.0)
     # httpx reads HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE / SSL_CERT_DIR itself (trust_env).
     # Not for the in-process emulator: it listens on loopback, where a proxy from the
