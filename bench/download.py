@@ -45,9 +45,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batchgen.config import build_settings
+from batchgen.manifest import load_manifest
 from batchgen.outputs.download import download_image
 from batchgen.outputs.workers import CheckPool, machine_cores
 from batchgen.running.setup import clients
+
+DEMO = Path(__file__).resolve().parents[1] / "manifests" / "demo.yaml"  # any manifest will do
 
 
 def make_images(folder: Path, distinct: int) -> list[int]:
@@ -165,8 +168,8 @@ async def media_client(
         async with httpx.AsyncClient(limits=limits, timeout=60) as http:
             yield http
         return
-    flags = {"manifest": "bench.yaml", "endpoint": base, "download_concurrency": concurrency}
-    async with clients(build_settings(flags, {}, manifest_name="bench")) as (_, media):
+    flags = {"endpoint": base, "download_concurrency": concurrency}
+    async with clients(build_settings(flags, {}, load_manifest(DEMO))) as (_, media):
         yield media
 
 

@@ -1,4 +1,4 @@
-"""Benchmark ``batchgen run`` against the official ``fal-client``, side by side (issue 4).
+"""Benchmark ``batchgen run`` against the official ``fal-client``, side by side.
 
 Measures, never asserts. Every client runs in its own process against a fresh emulator
 process with the same configuration (and seed), so neither shares an event loop or a core
