@@ -31,7 +31,7 @@ from batchgen.fal.byok import MISSING_KEY, manifest_wants_key
 from batchgen.fal.headers import RequestControls
 from batchgen.journal.origin import of_target
 from batchgen.manifest import Manifest
-from batchgen.option_rules import check_url
+from batchgen.option_rules import as_notify, check_url
 from batchgen.options import RunOptions
 from batchgen.running.clock import local_text, next_time
 from batchgen.running.notify import ENV_NOTIFY, NotifyURL
@@ -154,10 +154,10 @@ def build_settings(
     emulate = target is Target.EMULATE
     notify = o.notify
     if notify is None and environ.get(ENV_NOTIFY, "").strip():
-        try:
-            notify = NotifyURL(environ[ENV_NOTIFY])
-        except UsageError as exc:  # its message names the flag: this came from the environment
-            raise UsageError(str(exc).replace("--notify", ENV_NOTIFY, 1)) from None
+        try:  # the rule of --notify, said of the variable (without its value)
+            notify = as_notify(environ[ENV_NOTIFY])
+        except ValueError as exc:
+            raise UsageError(f"{ENV_NOTIFY} {exc}") from None
     return Settings(
         options=o,
         manifest_path=manifest.path,

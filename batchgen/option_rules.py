@@ -140,7 +140,7 @@ def as_stop_at(value: object) -> object:
     return text
 
 
-def as_notify(value: object) -> object:
+def as_notify(value: object) -> NotifyURL | None:
     if value is None or isinstance(value, NotifyURL):
         return value
     try:

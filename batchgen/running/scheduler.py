@@ -56,7 +56,7 @@ from batchgen.running.stop import Stop
 from batchgen.running.submitter import Submitter
 from batchgen.running.watching import QueueWatch, Watching, WebhookWatch
 from batchgen.running.webhooks import Webhook
-from batchgen.running.window import Window, budget_allows
+from batchgen.running.window import RunTimes, Window, budget_allows
 
 S = JobState
 CLAIM_BATCH = 16  # jobs claimed per journal transaction when there is no budget to check
@@ -165,7 +165,7 @@ class Scheduler:
         return self.pacing.window
 
     @property
-    def runtimes(self) -> Any:
+    def runtimes(self) -> RunTimes:
         return self.pacing.runtimes
 
     @property

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchgen.errors import ProtocolError, UsageError
+from batchgen.errors import ProtocolError
 from batchgen.fal import Completed, Handle, QueueClient
 from batchgen.fal.webhook import Delivery, Verifier, WebhookRefused, parse_delivery
 from batchgen.retry import Sleep
@@ -161,9 +161,7 @@ async def receive(
     fal is given: ``public_url`` when set, else the address it listens on."""
     from batchgen.emulator.server import serve_asgi  # uvicorn on loopback, in this loop
 
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--webhook-listen must be HOST:PORT, got {listen!r}")
+    host, _, port = listen.rpartition(":")  # checked as an option (option_rules.as_listen)
     app = receiver_app(inbox, verifier, on_refused)
     async with serve_asgi(app, host, int(port)) as url:
         yield (public_url.rstrip("/") if public_url else url) + PATH
