@@ -111,7 +111,7 @@ def test_appended_rows_read_back_and_load_as_one_table(tmp_path: Path) -> None:
     assert table.num_rows == 3 and table.column_names == list(INDEX_FIELDS)
 
 
-def test_torn_last_line_is_skipped_and_the_next_append_is_whole(tmp_path: Path) -> None:
+def test_a_torn_last_line_is_skipped_then_cut_off_by_the_next_append(tmp_path: Path) -> None:
     spec = spec_for("a")
     row = index_row(spec, 0, place_image(tmp_path, spec, 0), out_dir=tmp_path, manifest_sha256="m")
     append_rows(tmp_path, [row])
@@ -120,6 +120,9 @@ def test_torn_last_line_is_skipped_and_the_next_append_is_whole(tmp_path: Path) 
     append_rows(tmp_path, [row | {"image_index": 1, "file_name": "images/other.png"}])
     got = read_index(tmp_path)
     assert [r["file_name"] for r in got] == [row["file_name"], "images/other.png"]
+    # Every line is a whole row again: what ImageFolder's JSON loader needs.
+    table = pajson.read_json(io.BytesIO((tmp_path / METADATA).read_bytes()))
+    assert table.num_rows == 2
 
 
 def _append_many(out: str, worker: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 from test_scheduler_support import FastClock, ManualClock, Rig, short_sleep, submits_explained
 
 from batchgen.errors import AuthError
+from batchgen.outputs.index import METADATA, read_rows
 from batchgen.planning.jobs import JobState
 from batchgen.running.events import (
     BudgetReached,
@@ -361,4 +362,6 @@ async def test_images_in_place_after_a_crash_are_kept_without_a_request(tmp_path
     assert r.error is None and rig.states() == {S.DOWNLOADED: 3}
     assert rig.stats()["media_requests"] == 0 and rig.stats()["submits_accepted"] == 0
     assert {f: f.read_bytes() for f in (rig.out / "images").rglob("*.jpg")} == files
+    # One row per image: the rows written before the crash are not appended again.
+    assert len(list(read_rows(rig.out / METADATA))) == 3
     rig.check_folder()

@@ -102,7 +102,8 @@ class DownloadPool:
         self._queue: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.backlog = 0  # queued or being downloaded
-        self._known: dict[str, str] = {}  # file name -> checksum of images already in place
+        # file name -> checksum of the images in place that the index already holds a row for
+        self._known: dict[str, str] = {}
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
@@ -111,6 +112,7 @@ class DownloadPool:
         """Queue jobs an earlier run left COMPLETED. An image of theirs already in place (the
         run died after the rename, before the journal commit) is kept, without a request,
         when the index holds its checksum: its URL may have expired since, and it is paid for.
+        Its row is not appended again: the index keeps exactly one row per image.
         """
         on_disk: set[str] = set()
         for row in rows:
@@ -201,6 +203,7 @@ class DownloadPool:
                 raise DownloadError(f"image {n} has no url", reason="no_url")
             dest = self._dest(row.spec, n)
             name = self._name(dest)
+            indexed = self._known.pop(name, None)
             d = await download_image(
                 self._media,
                 url,
@@ -209,10 +212,13 @@ class DownloadPool:
                 expected_format=fmt,
                 sleep=self._sleep,
                 retry=self._media_retry,
-                expected_sha256=self._known.pop(name, None),
+                expected_sha256=indexed,
                 checks=self._checks,
                 thumbs=self._thumbs,
             )
+            files.append({"file_name": name, "sha256": d.sha256, "bytes": d.bytes})
+            if d.sha256 == indexed:
+                continue  # its row is in the index already (a crash before the commit below)
             rows.append(
                 index_row(
                     row.spec,
@@ -232,13 +238,14 @@ class DownloadPool:
                     answered_by=answered_by_of(result),
                 )
             )
-            files.append({"file_name": name, "sha256": d.sha256, "bytes": d.bytes})
-        # Index rows first, on disk: a crash before the journal commit downloads again and
-        # appends the same rows, which readers de-duplicate by file name; the other order
-        # could lose them. The fsync is off the event loop, so a slow disk never stalls the
-        # watchers; the write (a line of page cache) is not worth a thread's hand-off.
-        append_rows(self._out, rows, sync=False)
-        await self._index_sync.wait()
+        # Index rows first, on disk: the other order could lose them. A crash before the
+        # journal commit leaves rows for a job the journal has as COMPLETED; the next run
+        # finds them (``resume``) and keeps the images without appending them again. The
+        # fsync is off the event loop, so a slow disk never stalls the watchers; the write
+        # (a line of page cache) is not worth a thread's hand-off.
+        if rows:
+            append_rows(self._out, rows, sync=False)
+            await self._index_sync.wait()
         self._journal.mark_downloaded(row.job_id, files)
         self._report.saved(row.job_id, len(files))
 

@@ -8,9 +8,10 @@ one example per image with every index column. (ImageFolder skips hidden folders
 
 Appends are line-atomic: each row is one ``os.write`` on an ``O_APPEND`` descriptor, so rows
 from one process never interleave, and a crash can only tear the last line. Readers skip a torn
-line, and the next append starts on a fresh line. Each ``append_*`` call ends with one fsync
-(batch rows into one call when appending many). A rebuild writes a whole new file and renames
-it into place.
+line, and the next append cuts it off first; an append the disk has no room for is cut off
+at once. So every line of the file is a whole row, which ImageFolder's loader needs. Each
+``append_*`` call ends with one fsync (batch rows into one call when appending many). A rebuild
+writes a whole new file and renames it into place.
 """
 
 from __future__ import annotations
@@ -246,18 +247,40 @@ def _append(path: Path, rows: Iterable[Mapping[str, Any]], *, sync: bool = True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             st = os.fstat(fd)
-            changed = st.st_size and _left_at.get(path) != (st.st_ino, st.st_size)
-            if changed and os.pread(fd, 1, st.st_size - 1) != b"\n":
-                data = b"\n" + data  # a crash tore the last line: ours starts a fresh one
+            if st.st_size and _left_at.get(path) != (st.st_ino, st.st_size):
+                _drop_torn_tail(fd, st.st_size)
+            start = os.fstat(fd).st_size
             written = 0
-            while written < len(data):  # short only on a full disk or a signal: finish it
-                written += os.write(fd, data[written:])
+            try:
+                while written < len(data):  # short only on a full disk or a signal: finish it
+                    written += os.write(fd, data[written:])
+            except OSError:
+                os.ftruncate(fd, start)  # a full disk: no half row left for readers to trip on
+                raise
             if sync:
                 os.fsync(fd)
             st = os.fstat(fd)
             _left_at[path] = (st.st_ino, st.st_size)
         finally:
             os.close(fd)
+
+
+def _drop_torn_tail(fd: int, size: int) -> None:
+    """Cut a last line a crash tore (no newline at its end) off the file. Its rows were never
+    committed anywhere: the journal commits a download only after its rows are on disk. Left
+    in place it would be a line no JSON reader accepts (ImageFolder's loader stops at it)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        if end == size and chunk.endswith(b"\n"):
+            return  # whole: the last append was someone else's, or ours from another process
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
 
 
 def ensure_index(out_dir: Path) -> None:
