@@ -27,8 +27,10 @@ if TYPE_CHECKING:
         run_sync,
     )
     from batchgen.errors import (
+        AccountLocked,
         AuthError,
         BatchgenError,
+        DiskFull,
         JournalError,
         ManifestError,
         Problem,
@@ -54,14 +56,17 @@ if TYPE_CHECKING:
         Unreachable,
         WindowChanged,
     )
-    from batchgen.running.runner import RunEvent, RunResult, Snapshot
+    from batchgen.running.runner import RunResult
+    from batchgen.running.snapshot import RunEvent, Snapshot
 
 _HOME = {
     "batchgen.api": "iter_index load_manifest plan read_failures read_index run run_sync",
-    "batchgen.errors": "AuthError BatchgenError JournalError ManifestError Problem UsageError",
+    "batchgen.errors": "AccountLocked AuthError BatchgenError DiskFull JournalError ManifestError "
+    "Problem UsageError",
     "batchgen.manifest": "Manifest",
     "batchgen.planning.summary": "PlanSummary",
-    "batchgen.running.runner": "RunEvent RunResult Snapshot",
+    "batchgen.running.runner": "RunResult",
+    "batchgen.running.snapshot": "RunEvent Snapshot",
     "batchgen.running.events": "BudgetReached Failed Finished Planned Reachable Ready Requeued "
     "Resumed "
     "Retrying Saved Started Stopping StopReason Submitted Unreachable WindowChanged",
@@ -69,9 +74,11 @@ _HOME = {
 _WHERE = {name: module for module, names in _HOME.items() for name in names.split()}
 
 __all__ = [
+    "AccountLocked",
     "AuthError",
     "BatchgenError",
     "BudgetReached",
+    "DiskFull",
     "Failed",
     "Finished",
     "JournalError",

@@ -33,7 +33,8 @@ from batchgen.manifest import plan as plan_jobs
 from batchgen.options import RunOptions
 from batchgen.outputs import index, scan
 from batchgen.planning.summary import PlanSummary, summarize
-from batchgen.running.runner import Approve, OnEvent, RunResult, execute
+from batchgen.running.runner import Approve, RunResult, execute
+from batchgen.running.snapshot import OnEvent
 
 P = ParamSpec("P")
 

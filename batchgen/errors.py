@@ -4,7 +4,9 @@
     ├── UsageError                 bad flags or arguments (exit 2)
     ├── ManifestError              a bad manifest: every ``Problem`` at once (exit 2)
     ├── JournalError               a journal from another version / manifest (exit 2)
-    ├── AuthError                  401/403 or a locked account: the whole run stops (exit 2)
+    ├── AuthError                  401/403: the key is refused, the whole run stops (exit 2)
+    │   └── AccountLocked          the account can pay for nothing more (exit 6)
+    ├── DiskFull                   the output folder's disk has no room left (exit 5)
     ├── QueueError                 talking to the fal queue went wrong
     │   ├── QueueHTTPError         an HTTP error answer: status, error_type, detail, request id
     │   ├── QueueTransportError    no HTTP answer; ``sent`` says whether the request left us
@@ -19,6 +21,8 @@ Messages never contain secrets: callers pass redacted values only.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +74,42 @@ class AuthError(BatchgenError):
     exit_code = 2
 
 
+class AccountLocked(AuthError):
+    """fal locks an account whose credit ran out: new requests are refused, the ones it
+    already accepted still run (and are billed). Not a wrong key: the run collects what it
+    paid for and the same command goes on after a top-up."""
+
+    exit_code = 6
+
+
+class DiskFull(BatchgenError):
+    """The output folder's filesystem has no room (or the user's quota is spent). Nothing is
+    lost: what fal made waits in the journal, and the same command resumes once there is
+    space."""
+
+    exit_code = 5
+
+
+# A full disk, or a spent quota: the same remedy (make room), the same stop.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# The reason a check in a worker process gives for a full disk (the OSError stays there).
+DISK_FULL_REASON = "disk_full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full: an ``OSError`` (ENOSPC, EDQUOT), SQLite's
+    SQLITE_FULL, or a check refused for it in a worker process."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    if isinstance(exc, DownloadError):
+        return exc.reason == DISK_FULL_REASON
+    return False
+
+
 class QueueError(BatchgenError):
     pass
 
@@ -112,6 +152,19 @@ class QueueHTTPError(QueueError):
         if self.request_id:
             parts.append(f"(request {self.request_id})")
         return ": ".join(parts[:2]) + (" " + " ".join(parts[2:]) if len(parts) > 2 else "")
+
+    @property
+    def locked(self) -> bool:
+        """Whether the refusal says the account is locked (its credit ran out), not that the
+        key is wrong. fal answers 403 "User is locked. Reason: Exhausted balance..."
+        (docs/fal.md, Errors); a 402 (Payment Required) can only mean the same."""
+        if self.status == 402:
+            return True
+        text = _detail_text(self.detail).lower()
+        return self.status == 403 and any(w in text for w in _LOCKED_WORDS)
+
+
+_LOCKED_WORDS = ("locked", "balance")
 
 
 def _detail_text(detail: Any) -> str:

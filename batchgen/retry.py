@@ -20,7 +20,8 @@ Actions:
     RESUBMIT  the request ran (or vanished) and failed in a way a fresh request may not
     FINAL     the request itself is wrong (validation, content policy): never retried; a
               content-policy refusal stays final even when the server says X-Fal-Retryable
-    FATAL     the account or key is wrong: stop the whole run
+    FATAL     the key is wrong: stop the whole run
+    LOCKED    the account can pay for nothing more: stop submitting, collect what it paid for
     UNKNOWN   a submit was sent and no answer came: a job may exist and may be billed
 """
 
@@ -38,6 +39,7 @@ from typing import Any, TypeVar
 import httpx
 
 from batchgen.errors import (
+    AccountLocked,
     AuthError,
     BatchgenError,
     DownloadError,
@@ -60,6 +62,7 @@ class Action(StrEnum):
     RESUBMIT = "resubmit"
     FINAL = "final"
     FATAL = "fatal"
+    LOCKED = "locked"
     UNKNOWN = "unknown"
 
 
@@ -86,6 +89,8 @@ def classify(exc: BaseException, *, op: str) -> Outcome:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}")
     msg = _one_line(exc)
+    if isinstance(exc, AccountLocked):
+        return Outcome(Action.LOCKED, "account_locked", msg)
     if isinstance(exc, AuthError):
         return Outcome(Action.FATAL, "auth", msg)
     if isinstance(exc, QueueHTTPError):
@@ -132,6 +137,8 @@ def _classify_http(exc: QueueHTTPError, op: str, msg: str) -> Outcome:
     # Media and signed upload URLs are fetched without our key: their 403 is about that one
     # URL, not the account (the client raises AuthError where the key itself was refused).
     if status in _FATAL and op not in ("media", "upload"):
+        if exc.locked:
+            return Outcome(Action.LOCKED, "account_locked", msg)
         return Outcome(Action.FATAL, "auth", msg)
     # A content-policy refusal judges the input itself: the same input is paid for again and
     # refused again. So it is final whatever X-Fal-Retryable says (a 429 or 408 that happens to

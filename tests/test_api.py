@@ -73,6 +73,8 @@ PUBLIC = {
     "Problem",
     "JournalError",
     "AuthError",
+    "AccountLocked",
+    "DiskFull",
 }
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen.errors import (
+    AccountLocked,
     AuthError,
     BatchgenError,
     DownloadError,
@@ -46,11 +47,19 @@ def http(status: int, **kw: Any) -> QueueHTTPError:
 # (op, exception, action, reason) — one line per row of docs/interfaces.md's table (What a
 # failure means), and its edges.
 TABLE: list[tuple[str, BaseException, Action, str]] = [
-    # any: 401 / 403 / a locked account -> stop the run
+    # any: 401 / 403 -> stop the run
     *[(op, http(401), Action.FATAL, "auth") for op in ("submit", "status", "result", "cancel")],
     ("submit", http(403), Action.FATAL, "auth"),
-    ("result", http(402), Action.FATAL, "auth"),
     ("upload", AuthError("bad key"), Action.FATAL, "auth"),
+    # ...a locked account (its credit ran out): stop submitting, collect what was accepted
+    ("result", http(402), Action.LOCKED, "account_locked"),
+    (
+        "submit",
+        http(403, detail="User is locked. Reason: Exhausted balance"),
+        Action.LOCKED,
+        "account_locked",
+    ),
+    ("submit", AccountLocked("locked"), Action.LOCKED, "account_locked"),
     # ...but a 403 from a public media URL or a signed upload URL is about that URL only
     ("media", http(403), Action.FINAL, "http_403"),
     ("upload", http(403), Action.FINAL, "http_403"),

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from batchgen.api import load_manifest, plan
 from batchgen.fal.byok import ENV, plan_note
+from batchgen.planning.disk import size_text
 from batchgen.planning.summary import ESTIMATE_NOTE, Group, PlanSummary
 
 EXAMPLES = """\
@@ -58,6 +59,7 @@ def render(s: PlanSummary, out: TextIO) -> None:
     w(f"jobs       {s.jobs:,}{dup}\n")
     w(f"images     {s.images:,}\n")
     w(f"cost       ~${s.cost_usd:,.2f}  ({ESTIMATE_NOTE})\n")
+    w(f"disk       ~{size_text(s.disk_bytes)}  (typical image sizes; docs/outputs.md)\n")
     for title, groups in (
         ("endpoint", s.by_endpoint),
         ("size", s.by_size),

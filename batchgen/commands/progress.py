@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from batchgen.running.events import Event, Failed, Saved
-from batchgen.running.runner import Snapshot as Snapshot  # re-exported: callers build them
+from batchgen.running.snapshot import Snapshot as Snapshot  # re-exported: callers build them
 
 LOG_EVERY_S = 5.0
 # The bar leaves two columns free: a full-width line puts the terminal's echo of Ctrl-C ("^C")

@@ -34,7 +34,8 @@ from batchgen.running.events import (
     Unreachable,
     announce,
 )
-from batchgen.running.runner import Approve, RunEvent, Snapshot
+from batchgen.running.runner import Approve
+from batchgen.running.snapshot import RunEvent, Snapshot
 
 EXAMPLES = """\
 examples:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from batchgen._version import __version__
-from batchgen.errors import AuthError, QueueHTTPError, QueueTransportError
+from batchgen.errors import AccountLocked, AuthError, QueueHTTPError, QueueTransportError
 from batchgen.fal.auth import FalKey
 from batchgen.fal.headers import TIMEOUT_TYPE
 from batchgen.retry import (
@@ -193,6 +193,11 @@ def http_error(resp: httpx.Response, redact: Callable[[str], str] | None = None)
 
 
 def auth_error(err: QueueHTTPError) -> AuthError:
+    if err.locked:
+        return AccountLocked(
+            f"fal refused the request: the account is locked ({err}); top up its balance and"
+            " run the same command again"
+        )
     hint = "check FAL_KEY" if err.status == 401 else "check the key and the account's credit"
     return AuthError(f"fal refused the request ({err}); {hint}")
 

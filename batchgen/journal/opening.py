@@ -184,6 +184,25 @@ def lock_folder(path: Path) -> filelock.BaseFileLock:
     return lock
 
 
+@contextlib.contextmanager
+def open_locked(path: Path) -> Iterator[tuple[sqlite3.Connection, filelock.BaseFileLock | None]]:
+    """The folder locked and the journal's file connected, for the writer to start on. Any
+    failure inside the block closes the connection and releases the folder again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_folder(path)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        unlock_folder(lock, path)
+        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+    try:
+        yield conn, lock
+    except BaseException:
+        conn.close()
+        unlock_folder(lock, path)
+        raise
+
+
 def unlock_folder(lock: filelock.BaseFileLock | None, path: Path) -> None:
     if lock is not None:
         # The pid goes first, while the lock is still ours: a run taking it next writes its own.
@@ -293,6 +312,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")

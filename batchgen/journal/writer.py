@@ -30,20 +30,21 @@ from typing import Any
 
 import filelock
 
-from batchgen.errors import JournalError
+from batchgen.errors import JournalError, is_disk_full
 from batchgen.journal import resets
 from batchgen.journal.loading import plan_into
 from batchgen.journal.moves import claim_rows, move_row
 from batchgen.journal.opening import (
     ManifestChanged,
     connect_readonly,
-    lock_folder,
+    open_locked,
     start_run,
     transaction,
     unlock_folder,
     writer_pid,
 )
 from batchgen.journal.query import JournalReader, tallies
+from batchgen.journal.room import needs_room
 from batchgen.journal.schema import (
     JOURNAL_NAME,
     AddReport,
@@ -92,6 +93,7 @@ class Journal(JournalReader):
         self._wal = WalSync(path)
         self.needs_plan = needs_plan
         self._live = LiveTallies(tallies(self._db()))
+        self.on_full: Callable[[], bool] | None = None  # a full disk: make room (room.py)
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -115,14 +117,7 @@ class Journal(JournalReader):
         used another manifest sha256 and ``allow_manifest_change`` is false.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = lock_folder(path)
-        try:
-            conn = sqlite3.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            unlock_folder(lock, path)
-            raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-        try:
+        with open_locked(path) as (conn, lock):
             run_id, needs_plan = start_run(
                 conn,
                 path,
@@ -142,10 +137,6 @@ class Journal(JournalReader):
                 durable_submits=durable_submits,
                 needs_plan=needs_plan,
             )
-        except BaseException:
-            conn.close()
-            unlock_folder(lock, path)
-            raise
 
     @staticmethod
     def open_readonly(path: Path) -> JournalReader:
@@ -161,6 +152,9 @@ class Journal(JournalReader):
                 "UPDATE runs SET ended_at = ?, exit_code = coalesce(?, exit_code) WHERE id = ?",
                 (self._clock(), exit_code, self.run_id),
             )
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):  # on a full disk the run's end time is all that is lost
+                raise
         finally:
             self._wal.close()
             super().close()
@@ -187,6 +181,7 @@ class Journal(JournalReader):
 
     # ---- the submit path ----------------------------------------------------------------
 
+    @needs_room
     def claim(self, limit: int, *, origin: str | None = None) -> list[JobRow]:
         """Move up to ``limit`` jobs to SUBMITTING, FIFO, UNKNOWN ones (resubmits) first, their
         requests to be made at ``origin`` (recorded before the POST; None keeps the old one).
@@ -327,6 +322,7 @@ class Journal(JournalReader):
             self._move(r.job_id, S.UNKNOWN, detail="interrupted submit")
         return [replace(r, state=S.UNKNOWN) for r in rows]
 
+    @needs_room
     def event(self, job_id: str | None, kind: str, detail: str) -> None:
         """Append to the audit trail (retries, HTTP failures, resumes); never a secret."""
         with transaction(self._db()) as c:
@@ -335,6 +331,7 @@ class Journal(JournalReader):
                 (self._clock(), job_id, kind, one_line(detail) or ""),
             )
 
+    @needs_room
     def upload_put(
         self, sha256: str, url: str, content_type: str, size: int, origin: str | None = None
     ) -> None:
@@ -362,6 +359,7 @@ class Journal(JournalReader):
 
     # ---- the one state-changing path ----------------------------------------------------
 
+    @needs_room
     def _move(
         self,
         job_id: str,

@@ -12,7 +12,9 @@ fails (truncated, refused, not the image asked for), the result is read again fr
 (``refetch``: fresh URLs) and the images are tried again, as ``retry.REFETCH`` allows; a job
 that still fails keeps its request id and result, so a later run downloads it again without
 a new submit. When fal no longer has the result or its media (404, 410), the work is gone:
-the report's ``lost`` resubmits the job, counted as lost, never failed for it.
+the report's ``lost`` resubmits the job, counted as lost, never failed for it. A full disk
+fails nothing either: the report's ``disk_full`` stops the run's submitting, and the pool
+saves nothing more, leaving every job it has not saved COMPLETED, its result in the journal.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from batchgen.errors import BatchgenError, DownloadError
+from batchgen.errors import BatchgenError, DownloadError, is_disk_full
 from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.download import Sleep, download_image
@@ -56,6 +58,7 @@ class DownloadReport(Protocol):
     def saved(self, job_id: str, images: int) -> None: ...
     def fail(self, row: JobRow, reason: str, message: str) -> None: ...
     def lost(self, row: JobRow, message: str) -> None: ...
+    def disk_full(self, job_id: str, message: str) -> None: ...
 
 
 class DownloadPool:
@@ -104,6 +107,7 @@ class DownloadPool:
         self.backlog = 0  # queued or being downloaded
         # file name -> checksum of the images in place that the index already holds a row for
         self._known: dict[str, str] = {}
+        self.full = False  # the disk filled: nothing more is saved by this run
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
@@ -150,6 +154,17 @@ class DownloadPool:
                 self._changed.set()
 
     async def _download(self, job: str, inference_time: float | None) -> None:
+        if self.full:
+            return  # COMPLETED, its result kept: the next run saves it
+        try:
+            await self._try_download(job, inference_time)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self.full = True
+            self._report.disk_full(job, f"{type(exc).__name__}: {exc}")
+
+    async def _try_download(self, job: str, inference_time: float | None) -> None:
         row = self._journal.get(job)
         if row is None or row.state is not JobState.COMPLETED or row.result is None:
             return
@@ -160,9 +175,13 @@ class DownloadPool:
                 await self._save(row, row.result or {}, inference_time)
                 return
             except DownloadError as exc:
+                if is_disk_full(exc):  # no room for it: not the image's fault
+                    raise
                 outcome = classify(exc, op="media")  # RESUBMIT: the media is gone
                 failure = (f"download_{exc.reason}", str(exc))
-            except (BatchgenError, OSError, ValueError) as exc:  # a bad template, a full disk
+            except (BatchgenError, OSError, ValueError) as exc:  # a bad template
+                if is_disk_full(exc):
+                    raise
                 self._report.fail(row, "download_error", f"{type(exc).__name__}: {exc}")
                 return
             if self._refetch is None or not REFETCH.again(attempt, outcome):

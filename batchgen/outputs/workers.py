@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchgen.errors import DownloadError
+from batchgen.errors import DISK_FULL_REASON, DownloadError, is_disk_full
 from batchgen.outputs.checks import Checked, check_file
 
 if TYPE_CHECKING:
@@ -132,7 +132,9 @@ def _call(function: Callable[..., Checked], args: tuple[Any, ...], kwargs: dict[
     except DownloadError as exc:
         return _Failed(exc.reason, str(exc), exc.retryable)
     except Exception as exc:
-        return _Failed("check_error", f"{type(exc).__name__}: {exc}"[:300], False)
+        # A full disk (writing a thumbnail) is the run's to handle, not this check's failure.
+        reason = DISK_FULL_REASON if is_disk_full(exc) else "check_error"
+        return _Failed(reason, f"{type(exc).__name__}: {exc}"[:300], False)
 
 
 # ----------------------------------------------------------------------------- in the run

@@ -8,10 +8,11 @@ counted into a few groups (endpoint × size × quality) and priced per group at 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from batchgen.planning.disk import image_bytes
 from batchgen.planning.jobs import Deduplicated, JobSpec
 from batchgen.planning.paths import IMAGES_DIR, render_template, template_fields
 from batchgen.planning.pricing import Basis, PriceTable
@@ -72,6 +73,7 @@ class PlanSummary:
     priced_by: Mapping[str, int]  # Basis -> jobs priced that way
     samples: tuple[Sample, ...]
     notices: tuple[str, ...]
+    disk_bytes: int = 0  # what the images are expected to take on disk (planning/disk.py)
 
     def to_json(self) -> dict[str, Any]:
         def groups(g: Mapping[str, Group]) -> dict[str, Any]:
@@ -95,6 +97,7 @@ class PlanSummary:
             "by_quality": groups(self.by_quality),
             "samples": [asdict(s) for s in self.samples],
             "notices": list(self.notices),
+            "disk_bytes": self.disk_bytes,
         }
 
 
@@ -123,6 +126,7 @@ class Tally:
         self.sizes: dict[str, Any] = {}  # label -> one real value, to price it
         self.first: list[JobSpec] = []
         self.picked: dict[str, JobSpec] = {}  # one sample per prompt, the first few prompts
+        self.disk = 0  # bytes the images are expected to take
 
     def add(self, spec: JobSpec) -> None:
         inp = spec.input
@@ -135,6 +139,7 @@ class Tally:
             self.sizes.setdefault(label, size)
         c[0] += 1
         c[1] += spec.num_images
+        self.disk += image_bytes(spec, emulated=False) * spec.num_images
         if len(self.picked) < SAMPLES and spec.prompt_id not in self.picked:
             self.picked[spec.prompt_id] = spec
         if len(self.first) < SAMPLES:
@@ -149,7 +154,8 @@ class Tally:
         """Once ``specs`` (whose duplicates were counted) has been read to the end."""
         chosen = list(self.picked.values())
         chosen += [s for s in self.first if s not in chosen][: SAMPLES - len(chosen)]
-        return _summary(manifest, specs, self.counts, self.sizes, chosen, manifest.pricing)
+        s = _summary(manifest, specs, self.counts, self.sizes, chosen, manifest.pricing)
+        return replace(s, disk_bytes=self.disk)
 
 
 def summarize(manifest: Planned, specs: Deduplicated) -> PlanSummary:

@@ -247,3 +247,8 @@ class StopReason(StrEnum):
     FATAL = "fatal"
     DECLINED = "declined"  # the estimated cost was not confirmed: nothing new was submitted
     STOP_AT = "stop_at"  # --stop-at HH:MM came: no new submits, paid requests finished
+    # fal refused new requests for the account's credit: no new submits, the accepted ones
+    # collected
+    LOCKED = "locked"
+    # the output folder's disk is full: no new submits, results kept in the journal
+    DISK_FULL = "disk_full"

@@ -3,15 +3,17 @@ the journal first, then ``failures.jsonl``, then the event (so a crash between t
 leaves the journal, the source of truth, ahead of every view of it).
 
 The download pool reports to it through ``outputs.downloader.DownloadReport`` (``saved``,
-``fail``, ``lost``); an answer that ends the run (a refused key) goes to the run's ``Stop``.
+``fail``, ``lost``, ``disk_full``); an answer that ends the run (a refused key) goes to the
+run's ``Stop``, and so do a locked account and a full disk, which end only its submitting.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from batchgen.errors import AuthError
+from batchgen.errors import AuthError, DiskFull
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.index import append_failure, failure_row
 from batchgen.retry import Action, Outcome
@@ -28,8 +30,10 @@ class Recorder:
         max_attempts: int,
         emit: Callable[[ev.Event], None],
         stop: Stop,
+        on_disk_full: Callable[[], bool] = lambda: False,
     ) -> None:
         self._journal = journal
+        self._on_disk_full = on_disk_full
         self._out_dir = out_dir
         self._max_attempts = max_attempts
         self._emit = emit
@@ -46,6 +50,13 @@ class Recorder:
     def lost(self, row: JobRow, message: str) -> None:
         """fal no longer has the result or its images: the work is gone, send it again."""
         self.resubmit(row, "expired", message, lost=True)
+
+    def disk_full(self, job_id: str, message: str) -> None:
+        """An image could not be saved for want of room: the job keeps its result (COMPLETED)
+        for the next run, and the run stops submitting (``on_disk_full`` makes room first)."""
+        self._on_disk_full()
+        with contextlib.suppress(DiskFull):  # the audit line is worth no more than that
+            self._journal.event(job_id, "disk_full", message)
 
     def fail(self, row: JobRow, reason: str, message: str) -> None:
         """FAILED for good, with its class and message."""
@@ -68,6 +79,11 @@ class Recorder:
         it attached for the next run, or send it again."""
         if o.action is Action.FATAL:
             self._stop.fail(AuthError(o.message))  # the request stays attached for next time
+        elif o.action is Action.LOCKED:
+            # fal would not answer for it now; it is still running there, paid for: the
+            # request stays attached and the next run (after a top-up) follows it again.
+            self._journal.event(row.job_id, "locked", o.message)
+            self._stop.request(ev.StopReason.LOCKED, error=Exception(o.message))
         elif o.action is Action.FINAL:
             self.fail(row, o.reason, o.message)
         elif o.action is Action.RETRY:

@@ -10,6 +10,7 @@ echoes it back in an error message.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -113,9 +114,14 @@ class RunLog:
         if self._f is None:
             return
         stamp = datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="milliseconds")
-        for line in self._redact(message).splitlines() or [""]:
-            self._f.write(f"{stamp.replace('+00:00', 'Z')} {line}\n")
-        self._f.flush()
+        try:
+            for line in self._redact(message).splitlines() or [""]:
+                self._f.write(f"{stamp.replace('+00:00', 'Z')} {line}\n")
+            self._f.flush()
+        except OSError:
+            # A full disk: the run goes on and says so itself; a log line is not worth a
+            # crash (what is still buffered is written with the next line that fits).
+            pass
 
     def on_event(self, event: Event) -> None:
         line = describe(event)
@@ -124,5 +130,6 @@ class RunLog:
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            with contextlib.suppress(OSError):  # the last buffered lines, on a full disk
+                self._f.close()
             self._f = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from batchgen._version import __version__
 from batchgen.config import Settings
-from batchgen.errors import BatchgenError
+from batchgen.errors import BatchgenError, DiskFull, is_disk_full
 from batchgen.fal import Endpoints, QueueClient
 from batchgen.journal.origin import describe
 from batchgen.journal.writer import JOURNAL_NAME, Journal
@@ -32,6 +33,7 @@ from batchgen.manifest import Manifest, plan
 from batchgen.outputs.download import sweep_parts
 from batchgen.outputs.index import ensure_index, write_manifest_copy
 from batchgen.outputs.rebuild import rewrite_failures
+from batchgen.outputs.reserve import free_bytes
 from batchgen.outputs.status import run_command
 from batchgen.outputs.thumbs import THUMBS
 from batchgen.outputs.workers import CheckPool, machine_cores
@@ -40,38 +42,24 @@ from batchgen.planning.paths import IMAGES_DIR
 from batchgen.planning.pricing import estimate_cost
 from batchgen.planning.summary import Tally
 from batchgen.running.controls import describe_controls
-from batchgen.running.events import Event, Planned, Ready, StopReason
+from batchgen.running.events import Planned, Ready, StopReason
 from batchgen.running.notify import end_message, tell_the_end
+from batchgen.running.overnight import disk_notice, no_room, stop_line
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, gallery_every, receiver, refresh_view, signals, target
+from batchgen.running.snapshot import (
+    Delivery,
+    OnEvent,
+    snapshot_of,
+    tick,
+)
 from batchgen.running.summary import Summary, build_summary
 from batchgen.running.window import make_window
 
 S = JobState
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The run's counts at one moment, delivered to ``on_event`` every ``progress_every`` s,
-    once before the first submit and once at the end. Counts are jobs, across every run into
-    the same folder (the journal's view), except ``in_flight`` and ``window`` (this run)."""
-
-    pending: int  # not submitted yet (or to resubmit)
-    queued: int  # waiting on fal's side
-    running: int  # seen IN_PROGRESS
-    in_flight: int  # submitted by this run and not finished
-    done: int  # downloaded
-    failed: int  # failed for good
-    spent: float  # estimated USD this run added (in a rehearsal: what it would cost on fal)
-    window: int  # requests allowed in flight now
-    total: int = 0  # jobs in the folder's journal
-    rehearsal: bool = False  # an --emulate run: nothing is billed
-    unreachable: float | None = None  # seconds the server has not answered, once announced
-
-
-RunEvent = Event | Snapshot
-OnEvent = Callable[[RunEvent], None]
 # Asked, once the run knows what it will submit and before it does: False sends nothing new.
 Approve = Callable[[Ready], bool | Awaitable[bool]]
 
@@ -122,14 +110,33 @@ async def execute(
     and its estimated cost, where, the plan's notices) and asks ``approve`` when given: a
     False answer submits nothing new (paid requests are still fetched), stop ``declined``.
 
-    Raises JournalError when the folder belongs to another manifest or is in use; a job's
-    failure is a recorded row, never an exception. An exception raised by ``on_event`` is
-    re-raised once the run has ended cleanly (events stop reaching it after the first).
+    Raises JournalError when the folder belongs to another manifest or is in use, DiskFull
+    when the disk filled before the run could stop by itself; a job's failure is a recorded
+    row, never an exception. An exception raised by ``on_event`` is re-raised once the run
+    has ended cleanly (events stop reaching it after the first).
     """
+    try:
+        return await _in_folder(
+            manifest, settings, on_event, progress_every, handle_signals, approve
+        )
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):  # an OSError, SQLite's own
+            raise no_room(settings.out_dir) from None
+        raise
+
+
+async def _in_folder(
+    manifest: Manifest,
+    settings: Settings,
+    on_event: OnEvent | None,
+    progress_every: float | None,
+    handle_signals: bool,
+    approve: Approve | None,
+) -> RunResult:
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, redact=settings.redact)
-    deliver = _Delivery(on_event, log)
+    deliver = Delivery(on_event, log)
     try:
         journal = Journal.open(
             out / JOURNAL_NAME,
@@ -184,7 +191,9 @@ async def execute(
             code = exc.exit_code
             raise
         # The jobs failed now, exactly, whatever a crash between a failure and its row did.
-        rewrite_failures(journal, out)
+        # (Not on a full disk: the next run does it, the rows appended so far stand.)
+        if result.stop is not StopReason.DISK_FULL:
+            rewrite_failures(journal, out)
         if result.fatal is not None:
             log.write(f"fatal: {result.fatal}")
         for line in result.lines():
@@ -206,36 +215,11 @@ async def execute(
     return result
 
 
-class _Delivery:
-    """Every event to run.log and to the caller's callback, which must not break the run."""
-
-    def __init__(self, on_event: OnEvent | None, log: RunLog) -> None:
-        self.wanted = on_event is not None
-        self._on_event = on_event
-        self._log = log
-        self._error: Exception | None = None
-
-    def __call__(self, event: RunEvent) -> None:
-        if not isinstance(event, Snapshot):
-            self._log.on_event(event)
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(event)
-        except Exception as exc:  # a bug in the caller's code must not leave a job half-done
-            self._error, self._on_event = exc, None
-            self._log.write(f"on_event raised {type(exc).__name__}; no more events delivered")
-
-    def raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 async def _execute(
     journal: Journal,
     manifest: Manifest,
     settings: Settings,
-    deliver: _Delivery,
+    deliver: Delivery,
     progress_every: float | None,
     handle_signals: bool,
     approve: Approve | None,
@@ -281,10 +265,10 @@ async def _execute(
 
         def snapshot() -> None:
             if deliver.wanted:
-                deliver(_snapshot(journal, s, total))
+                deliver(snapshot_of(journal, s, total))
 
         snapshot()
-        ticker = asyncio.create_task(_tick(snapshot, progress_every))
+        ticker = asyncio.create_task(tick(snapshot, progress_every))
         try:
             with signals(sched, enabled=handle_signals):
                 await sched.run()
@@ -314,6 +298,13 @@ async def _execute(
         usages=journal.usages(),
         out_dir=str(settings.out_dir),
         webhooks=sched.webhook.inbox.counts() if sched.webhook is not None else None,
+        stop_line=stop_line(
+            sched.stop_reason,
+            out_dir=settings.out_dir,
+            free=free_bytes(settings.out_dir),
+            counts=journal.counts(),
+            cause=sched.ctx.stop.causes.get(StopReason.LOCKED, ""),
+        ),
     )
     return RunResult(
         out_dir=settings.out_dir,
@@ -346,42 +337,17 @@ def _ready(
         target=describe(sched.origin),
         out_dir=str(settings.out_dir),
         rehearsal=sched.rehearsal,
-        notices=tuple(notices),
+        notices=(*notices, *_disk(journal, images, sched.rehearsal, settings.out_dir)),
     )
+
+
+def _disk(journal: Journal, images: int, emulated: bool, out: Path) -> tuple[str, ...]:
+    """A notice when the images to make are not expected to fit on the folder's disk."""
+    sample = (r.spec for r in itertools.islice(journal.iter_jobs(S.PENDING, chunk=100), 100))
+    notice = disk_notice(sample, images, emulated=emulated, free=free_bytes(out), out_dir=out)
+    return (notice,) if notice else ()
 
 
 async def _asked(approve: Approve, ready: Ready) -> bool:
     answer = approve(ready)
     return bool(await answer if inspect.isawaitable(answer) else answer)
-
-
-async def _tick(snapshot: Callable[[], None], every: float | None) -> None:
-    if every is None or every <= 0:
-        return
-    while True:
-        await asyncio.sleep(every)
-        snapshot()
-
-
-def _snapshot(journal: Journal, sched: Scheduler, total: int) -> Snapshot:
-    c = journal.counts()
-    return Snapshot(
-        pending=c[S.PENDING] + c[S.UNKNOWN],
-        queued=c[S.QUEUED],
-        running=c[S.RUNNING],
-        in_flight=sched.in_flight,
-        done=c[S.DOWNLOADED],
-        failed=c[S.FAILED],
-        spent=_run_spend(journal, sched),
-        window=sched.window.size,
-        total=total,
-        rehearsal=sched.rehearsal,
-        unreachable=sched.reach.seconds(),
-    )
-
-
-def _run_spend(journal: Journal, sched: Scheduler) -> float:
-    spent0, rehearsal0 = sched.spent_at_start
-    if sched.rehearsal:
-        return journal.rehearsal_estimate() - rehearsal0
-    return journal.spent_estimate() - spent0

@@ -35,12 +35,14 @@ from typing import Any
 import httpx
 
 from batchgen.config import Settings
+from batchgen.errors import DiskFull, is_disk_full
 from batchgen.fal import Handle, QueueClient
 from batchgen.fal.uploads import Uploads
 from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool
+from batchgen.outputs.reserve import Reserve
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.retry import RetryEvent, Sleep
@@ -83,8 +85,16 @@ class Scheduler:
         o = settings.options
         emit, changed = Emitter(on_event), asyncio.Event()
         stop = Stop(emit, changed)
+        # Room for the journal's last transactions when the disk fills (outputs/reserve.py).
+        self.reserve = Reserve(settings.out_dir)
+        journal.on_full = self._disk_full
         record = Recorder(
-            journal, out_dir=settings.out_dir, max_attempts=o.max_attempts, emit=emit, stop=stop
+            journal,
+            out_dir=settings.out_dir,
+            max_attempts=o.max_attempts,
+            emit=emit,
+            stop=stop,
+            on_disk_full=self._disk_full,
         )
         # Whether the server answers, from what every request sees; submits wait for it.
         reach = Watch(clock, emit, back=changed.set)
@@ -185,6 +195,13 @@ class Scheduler:
             for task in list(self._tasks):
                 task.cancel()
 
+    def _disk_full(self) -> bool:
+        """The disk is full: give back the reserve, so the results of requests in flight can
+        still be recorded, and submit nothing more. True when that made room."""
+        freed = self.reserve.release() > 0
+        self.ctx.stop.request(ev.StopReason.DISK_FULL)
+        return freed
+
     def on_client_retry(self, retry: RetryEvent) -> None:
         """Hook for ``QueueClient(on_retry=...)``: its retried GETs are logged like ours."""
         self.ctx.reach.failed(retry.outcome)
@@ -213,6 +230,7 @@ class Scheduler:
         )
         self._submitter.no_emulator = self._recovery.real_work
         self.spent_at_start = journal.spent_estimate(), journal.rehearsal_estimate()
+        self.reserve.keep()
 
     async def run(self) -> None:
         """Resume, submit, drain. A fatal stop is left in ``fatal`` for the caller."""
@@ -234,6 +252,7 @@ class Scheduler:
             for job in self._unstarted:  # cancelled before their first step: nothing sent
                 self.ctx.journal.transition(job, S.PENDING)
             self._unstarted.clear()
+            self.reserve.discard()  # kept for this run's last transactions only
 
     def _resume(self) -> None:
         journal, rec = self.ctx.journal, self._recovery or Recovery()
@@ -304,7 +323,7 @@ class Scheduler:
         return False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(self._no_room_stops(coro))
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -312,6 +331,19 @@ class Scheduler:
             self.ctx.changed.set()
 
         task.add_done_callback(done)
+
+    async def _no_room_stops(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A job's task that found no room even after the reserve went stops the run at once:
+        the journal cannot record more. What it did record is consistent (a transaction that
+        failed for room changed nothing); a submit cut short is resent and counted."""
+        try:
+            await coro
+        except DiskFull:
+            self.stop(now=True, reason=ev.StopReason.DISK_FULL)
+        except OSError as exc:  # a view of the journal (failures.jsonl) found no room
+            if not is_disk_full(exc):
+                raise
+            self._disk_full()
 
     async def _fresh(self, row: JobRow, in_flight: int) -> None:
         seq = self.pacing.begin()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from batchgen.config import Settings, Target
+from batchgen.errors import DiskFull
 from batchgen.fal import QueueClient
 from batchgen.journal.writer import Journal
 from batchgen.outputs.download import MAX_REDIRECTS
@@ -185,7 +186,8 @@ async def gallery_every(
             await asyncio.sleep(every or GALLERY_EVERY_S)
             problem = await asyncio.to_thread(_refreshed, out, 1)
             if problem is not None:
-                log(None, "gallery", problem)
+                with contextlib.suppress(DiskFull):  # the run itself stops for that
+                    log(None, "gallery", problem)
 
     task = asyncio.create_task(loop())
     try:

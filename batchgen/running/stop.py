@@ -1,8 +1,9 @@
 """Why and how a run stops, as one value every part reads: ``Stop``.
 
 A stop comes from the user (Ctrl-C, SIGTERM, a declined cost), from the clock (``--stop-at``),
-from the budget (``--max-cost``), or from an answer that ends the run (a refused key, real
-work in a folder an emulator was given). Each part asks it one question:
+from the budget (``--max-cost``), from fal locking the account (its credit ran out), from a
+full disk, or from an answer that ends the run (a refused key, real work in a folder an
+emulator was given). Each part asks it one question:
 
 - the submit loop: ``requested``, no new claims;
 - a submit waiting out a backoff: ``abandons_claims``, then give the job back (nothing was
@@ -10,8 +11,9 @@ work in a folder an emulator was given). Each part asks it one question:
   passed its check are still sent, and only the jobs after them are refused;
 - the scheduler's loop: ``now``, cancel what is in flight (the journal stays consistent).
 
-When several stops come, the exit code reports the strongest (``RANK``): a refused key over
-Ctrl-C over the budget. A fatal stop keeps its error (``error``), which the run reports as it
+When several stops come, the exit code reports the strongest (``RANK``): a refused key over a
+full disk over a locked account over Ctrl-C over the budget (what the user must act on
+first wins). A fatal stop keeps its error (``error``), which the run reports as it
 is: a refused key is an ``AuthError``, a folder mistake a ``UsageError``.
 """
 
@@ -24,7 +26,15 @@ from batchgen.errors import BatchgenError
 from batchgen.running import events as ev
 
 R = ev.StopReason
-RANK: tuple[R, ...] = (R.BUDGET, R.STOP_AT, R.DECLINED, R.INTERRUPTED, R.FATAL)
+RANK: tuple[R, ...] = (
+    R.BUDGET,
+    R.STOP_AT,
+    R.DECLINED,
+    R.INTERRUPTED,
+    R.LOCKED,
+    R.DISK_FULL,
+    R.FATAL,
+)
 
 
 class Stop:
@@ -36,6 +46,7 @@ class Stop:
         self.requested = False  # no new claims
         self.now = False  # cancel what is in flight
         self.error: BatchgenError | None = None  # a fatal stop's cause
+        self.causes: dict[R, str] = {}  # what first asked for each stop, when it said
 
     @property
     def abandons_claims(self) -> bool:
@@ -46,9 +57,14 @@ class Stop:
         """Returns once the run abandons its claims (a backoff waits on this beside its sleep)."""
         await self._abandon.wait()
 
-    def request(self, reason: R = R.INTERRUPTED, *, now: bool = False) -> None:
+    def request(
+        self, reason: R = R.INTERRUPTED, *, now: bool = False, error: BaseException | None = None
+    ) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all.
-        Each change is announced once as a ``Stopping`` event."""
+        Each change is announced once as a ``Stopping`` event. ``error``: the answer that
+        asked for it, kept in ``causes`` for the end of the run."""
+        if error is not None:
+            self.causes.setdefault(reason, str(error))
         if self.reason is None or RANK.index(reason) > RANK.index(self.reason):
             self.reason = reason
         first = not self.requested

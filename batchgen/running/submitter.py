@@ -154,6 +154,11 @@ class Submitter:
                     job, S.UNKNOWN, error_class=o.reason, error=o.message, bump_attempts=True
                 )
                 self._ctx.emit(ev.Requeued(job, o.reason, o.message, lost=False))
+        elif o.action is Action.LOCKED:
+            # The account's credit ran out: nothing was created. Requests fal accepted before
+            # still run and are collected; nothing new is sent until a top-up.
+            self._journal.transition(job, S.PENDING)
+            self._ctx.stop.request(ev.StopReason.LOCKED, error=exc)
         elif o.action is Action.FATAL:
             self._journal.transition(job, S.PENDING)  # refused: nothing was created
             fatal = exc if isinstance(exc, BatchgenError) else AuthError(o.message)

@@ -16,12 +16,15 @@ from batchgen.running.events import RunStats, StopReason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STOP_AT = 4
+EXIT_DISK_FULL = 5
+EXIT_LOCKED = 6
 
 
 def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
-    """0 all done, 1 some failed for good (or left unfinished), 2 a fatal stop (the key or
-    account refused, or real work given to an emulator), 3 stopped at the budget, 4 stopped at
-    --stop-at with jobs left, 130 interrupted (or the cost not approved).
+    """0 all done, 1 some failed for good (or left unfinished), 2 a fatal stop (the key
+    refused, or real work given to an emulator), 3 stopped at the budget, 4 stopped at
+    --stop-at with jobs left, 5 stopped by a full disk, 6 stopped by a locked account (its
+    credit ran out), 130 interrupted (or the cost not approved).
 
     A --stop-at stop is planned, not an interrupt: when the jobs it left are none (it came
     after the last submit and everything in flight finished), the run ends as any other."""
@@ -29,6 +32,10 @@ def exit_code(*, stop: StopReason | None, failed: int, unfinished: int) -> int:
         return EXIT_INTERRUPTED
     if stop is StopReason.FATAL:
         return EXIT_USAGE
+    if stop is StopReason.DISK_FULL:
+        return EXIT_DISK_FULL
+    if stop is StopReason.LOCKED:
+        return EXIT_LOCKED
     if stop is StopReason.BUDGET:
         return EXIT_BUDGET
     if stop is StopReason.STOP_AT and unfinished:
@@ -56,6 +63,7 @@ class Summary:
     out_dir: str = ""  # where the images, the index and the gallery are
     stats: RunStats = field(default_factory=RunStats)  # this run's counters
     webhooks: dict[str, int] | None = None  # --watch webhook: what the receiver saw
+    stop_line: str = ""  # a full disk or a locked account: what happened, and what to do
 
     @property
     def exit_code(self) -> int:
@@ -122,6 +130,8 @@ class Summary:
             out.append("stopped at the budget (--max-cost): raise it to continue")
         elif self.stop is StopReason.DECLINED:
             out.append("not started: the estimated cost was not confirmed; nothing new was sent")
+        elif self.stop in (StopReason.DISK_FULL, StopReason.LOCKED) and self.stop_line:
+            out.append(self.stop_line)
         elif self.stop is StopReason.INTERRUPTED:
             out.append("interrupted: run the same command again to resume")
         elif self.stop is StopReason.STOP_AT and self.unfinished:
@@ -157,6 +167,7 @@ def build_summary(
     usages: Iterable[tuple[object, int]] = (),
     out_dir: str = "",
     webhooks: dict[str, int] | None = None,
+    stop_line: str = "",
 ) -> Summary:
     """``failures`` is (class, count, example message) per class, as the journal groups them;
     ``usages`` is (usage, images) per job whose result carried token counts
@@ -188,6 +199,7 @@ def build_summary(
         actual=actual if (actual := actual_cost(usages)).jobs else None,
         stats=stats,
         webhooks=webhooks,
+        stop_line=stop_line,
     )
 
 
