@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,8 @@ import batchgen
 from batchgen.cli import build_parser
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.options import RunOptions
+from batchgen.outputs.index import METADATA
+from batchgen.outputs.scan import SUPERSEDING
 from batchgen.planning.gptimage import PRESETS
 from batchgen.planning.jobs import JobState
 
@@ -456,3 +459,21 @@ async def test_byok_through_the_api_takes_the_key_from_environ(tmp_path: Path) -
     for f in out.rglob("*"):
         if f.is_file():
             assert key.encode() not in f.read_bytes(), f
+
+
+def test_images_made_again_where_they_lay_leave_one_index_row_each(tmp_path: Path) -> None:
+    # A rehearsal stopped between an image's index row and its journal commit (a full disk,
+    # a kill) has its request sent again by the next run, which makes the image again in
+    # the same place: the index must still hold one row per image for ImageFolder.
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    assert batchgen.run_sync(m, out=out, emulate=True, time_scale=0, environ=NO_KEY).ok
+    with sqlite3.connect(out / "journal.sqlite") as db:  # the state such a stop leaves
+        db.execute(
+            "UPDATE jobs SET state = 'PENDING', files = NULL, result = NULL,"
+            " request_id = NULL, handle = NULL, submitted_at = NULL"
+        )
+    again = batchgen.run_sync(m, out=out, emulate=True, time_scale=0, environ=NO_KEY)
+    assert (again.exit_code, again.images) == (0, 3)
+    assert len((out / METADATA).read_bytes().splitlines()) == 3
+    assert not (out / SUPERSEDING).exists()

@@ -53,6 +53,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seed of the fault dice and the latency jitter: the same seed and order of"
         " requests fail the same way",
     )
+    p.add_argument(
+        "--credit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the account pays for N requests, then is locked as fal locks one whose balance"
+        " ran out (new submits refused, accepted ones still run); top up with"
+        " POST /_emulator/credit?requests=N",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--time-scale must not be negative")
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
+    if args.credit is not None and args.credit < 0:
+        raise UsageError("--credit must not be negative")
     config = EmulatorConfig(
         concurrency_limit=args.concurrency_limit,
         time_scale=args.time_scale,
         faults=parse_faults(args.faults),
         seed=args.seed,
+        credit=args.credit,
     )
     asyncio.run(_serve_forever(config, args.host, args.port))
     return 0

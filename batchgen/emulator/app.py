@@ -22,6 +22,7 @@ from starlette.routing import Route
 from batchgen.emulator import bodies
 from batchgen.emulator.config import EmulatorConfig
 from batchgen.emulator.controls import count, read_controls
+from batchgen.emulator.credit import Credit, locked, top_up
 from batchgen.emulator.http import (
     DropConnection,
     TrickleResponse,
@@ -100,6 +101,9 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
     model.counters["submit_attempts"] += 1
     if not authorized(request):
         return unauthorized(request)
+    if not request.app.state.credit.pay():  # a locked account: nothing is created
+        model.counters["submits_refused_locked"] += 1
+        return locked()
     try:
         body: Any = json.loads(await request.body() or b"{}")
     except ValueError:
@@ -308,6 +312,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
 
     routes = [
         Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/_emulator/credit", top_up, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *storage_routes(),
         Route("/media/{media_id}/{name}", media, methods=["GET", "HEAD"]),
@@ -318,6 +323,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     app.state.emulator = model
     app.state.files = FileStore()
     app.state.media = {}
+    app.state.credit = Credit(config.credit)
     app.state.wall = bodies.wall_clock(config.clock(), bodies.now_utc())
     app.state.webhooks = WebhookDispatcher(model, config, _webhook_payload(app))
     return app

@@ -31,6 +31,7 @@ class EmulatorConfig:
     webhook_attempts: int = 3
     webhook_retry_s: float = 1.0
     webhook_delay_s: float = 2.0  # how late a webhook_delay delivery comes
+    credit: int | None = None  # submits the account pays for, then it is locked (credit.py)
     # Say "X-Batchgen-Emulator" on each submit answer, so a client never counts its placeholder
     # images as real work. Off only in tests where it stands in for fal itself.
     announce: bool = True

@@ -40,6 +40,7 @@ from batchgen.outputs.index import (
     read_rows,
     sync_index,
 )
+from batchgen.outputs.scan import mark_superseding
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.gptimage import DEFAULTS
 from batchgen.planning.jobs import JobSpec, JobState
@@ -223,6 +224,8 @@ class DownloadPool:
             dest = self._dest(row.spec, n)
             name = self._name(dest)
             indexed = self._known.pop(name, None)
+            if indexed is None and dest.exists():  # made again: its old row may be indexed
+                mark_superseding(self._out)
             d = await download_image(
                 self._media,
                 url,

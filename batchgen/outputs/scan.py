@@ -12,9 +12,11 @@ at the place of its first) while holding only what it must:
 2. The second pass parses every row; a candidate's first row is replaced by the row at its last
    offset, and its later rows are skipped.
 
-Rows are written twice only when a crash made the run fetch an image again, so the candidates
-are few, and memory is the filter (at most ``MAX_FILTER_BYTES``) plus them. Both passes stop
-where the first one ended, so rows a run appends meanwhile are not half-counted.
+Rows are written twice only when an image is made again where one already lay (a rehearsal's
+request sent again after a crash), and a run's end compacts them away (:func:`compact_index`),
+so the candidates are few, and memory is the filter (at most ``MAX_FILTER_BYTES``) plus them.
+Both passes stop where the first one ended, so rows a run appends meanwhile are not
+half-counted.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from batchgen.outputs.index import METADATA
+from batchgen.outputs.index import METADATA, rewrite_rows
 
 # 16 filter bits per row (5 probes: under 0.1% false positives) for rows of at least 300
 # bytes (a real row is 700 or more), up to 16 MiB: 8 million rows before false positives
@@ -137,3 +139,26 @@ def iter_index(out_dir: Path) -> Iterator[dict[str, Any]]:
                 lookup.seek(at)
                 row = parse_row(lookup.readline()) or row
             yield row
+
+
+# Left in the folder before a row that may supersede an older one is appended (an image made
+# again where one already lay), removed once the index holds one row per image again.
+SUPERSEDING = ".metadata-superseding"
+
+
+def mark_superseding(out_dir: Path) -> None:
+    """Say that rows about to be appended may repeat a file name: :func:`compact_index` then
+    leaves one row per image, even after a crash in between."""
+    os.close(os.open(Path(out_dir) / SUPERSEDING, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def compact_index(out_dir: Path) -> bool:
+    """When :func:`mark_superseding` was called: rewrite ``metadata.jsonl`` with each image's
+    last row only (as readers take it), atomically, so ImageFolder loads one example per
+    image. Run with no appends under way (a run's end). True when it rewrote the index."""
+    mark = Path(out_dir) / SUPERSEDING
+    if not mark.exists():
+        return False
+    rewrite_rows(Path(out_dir) / METADATA, iter_index(out_dir))
+    mark.unlink(missing_ok=True)
+    return True

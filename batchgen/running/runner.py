@@ -34,6 +34,7 @@ from batchgen.outputs.download import sweep_parts
 from batchgen.outputs.index import ensure_index, write_manifest_copy
 from batchgen.outputs.rebuild import rewrite_failures
 from batchgen.outputs.reserve import free_bytes
+from batchgen.outputs.scan import compact_index
 from batchgen.outputs.status import run_command
 from batchgen.outputs.thumbs import THUMBS
 from batchgen.outputs.workers import CheckPool, machine_cores
@@ -194,6 +195,8 @@ async def _in_folder(
         # (Not on a full disk: the next run does it, the rows appended so far stand.)
         if result.stop is not StopReason.DISK_FULL:
             rewrite_failures(journal, out)
+            if compact_index(out):  # an image made again left its old row: one row each
+                log.write("index: rows of images made again were compacted")
         if result.fatal is not None:
             log.write(f"fatal: {result.fatal}")
         for line in result.lines():
