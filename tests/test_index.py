@@ -23,6 +23,7 @@ from batchgen.outputs.index import (
     METADATA,
     append_failure,
     append_rows,
+    cut_torn_tail,
     failure_row,
     index_row,
     read_failures,
@@ -111,16 +112,27 @@ def test_appended_rows_read_back_and_load_as_one_table(tmp_path: Path) -> None:
     assert table.num_rows == 3 and table.column_names == list(INDEX_FIELDS)
 
 
-def test_a_torn_last_line_is_skipped_then_cut_off_by_the_next_append(tmp_path: Path) -> None:
+def test_a_torn_last_line_is_skipped_and_cut_off_at_the_next_start(tmp_path: Path) -> None:
     spec = spec_for("a")
     row = index_row(spec, 0, place_image(tmp_path, spec, 0), out_dir=tmp_path, manifest_sha256="m")
+    other = row | {"image_index": 1, "file_name": "images/other.png"}
     append_rows(tmp_path, [row])
     with (tmp_path / METADATA).open("ab") as f:
         f.write(b'{"file_name": "images/torn')  # a crash in the middle of a write
-    append_rows(tmp_path, [row | {"image_index": 1, "file_name": "images/other.png"}])
-    got = read_index(tmp_path)
-    assert [r["file_name"] for r in got] == [row["file_name"], "images/other.png"]
-    # Every line is a whole row again: what ImageFolder's JSON loader needs.
+    # Readers skip it; an append (a library caller, no run start) begins a fresh line.
+    assert [r["file_name"] for r in read_index(tmp_path)] == [row["file_name"]]
+    append_rows(tmp_path, [other])
+    assert [r["file_name"] for r in read_index(tmp_path)] == [row["file_name"], "images/other.png"]
+
+    # A run's start cuts a torn tail off before it appends: every line is a whole row, as
+    # ImageFolder's JSON loader needs.
+    (tmp_path / METADATA).unlink()
+    append_rows(tmp_path, [row])
+    with (tmp_path / METADATA).open("ab") as f:
+        f.write(b'{"file_name": "images/torn')
+    assert cut_torn_tail(tmp_path / METADATA)
+    assert not cut_torn_tail(tmp_path / METADATA)  # whole: nothing to cut
+    append_rows(tmp_path, [other])
     table = pajson.read_json(io.BytesIO((tmp_path / METADATA).read_bytes()))
     assert table.num_rows == 2
 

@@ -8,8 +8,9 @@ one example per image with every index column. (ImageFolder skips hidden folders
 
 Appends are line-atomic: each row is one ``os.write`` on an ``O_APPEND`` descriptor, so rows
 from one process never interleave, and a crash can only tear the last line. Readers skip a torn
-line, and the next append cuts it off first; an append the disk has no room for is cut off
-at once. So every line of the file is a whole row, which ImageFolder's loader needs. Each
+line, and the next append starts on a fresh line; a run's start cuts such a line off
+(:func:`cut_torn_tail`), and an append the disk has no room for is cut off at once. So the
+lines of a folder no run is writing are whole rows, which ImageFolder's loader needs. Each
 ``append_*`` call ends with one fsync (batch rows into one call when appending many). A rebuild
 writes a whole new file and renames it into place.
 """
@@ -247,15 +248,15 @@ def _append(path: Path, rows: Iterable[Mapping[str, Any]], *, sync: bool = True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             st = os.fstat(fd)
-            if st.st_size and _left_at.get(path) != (st.st_ino, st.st_size):
-                _drop_torn_tail(fd, st.st_size)
-            start = os.fstat(fd).st_size
+            changed = st.st_size and _left_at.get(path) != (st.st_ino, st.st_size)
+            if changed and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                data = b"\n" + data  # a crash tore the last line: ours starts a fresh one
             written = 0
             try:
                 while written < len(data):  # short only on a full disk or a signal: finish it
                     written += os.write(fd, data[written:])
             except OSError:
-                os.ftruncate(fd, start)  # a full disk: no half row left for readers to trip on
+                _cut_short_write(fd, written)  # a full disk: no half row left behind
                 raise
             if sync:
                 os.fsync(fd)
@@ -265,22 +266,40 @@ def _append(path: Path, rows: Iterable[Mapping[str, Any]], *, sync: bool = True)
             os.close(fd)
 
 
-def _drop_torn_tail(fd: int, size: int) -> None:
-    """Cut a last line a crash tore (no newline at its end) off the file. Its rows were never
-    committed anywhere: the journal commits a download only after its rows are on disk. Left
-    in place it would be a line no JSON reader accepts (ImageFolder's loader stops at it)."""
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        chunk = os.pread(fd, end - start, start)
-        if end == size and chunk.endswith(b"\n"):
-            return  # whole: the last append was someone else's, or ours from another process
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            os.ftruncate(fd, start + cut + 1)
-            return
-        end = start
-    os.ftruncate(fd, 0)
+def _cut_short_write(fd: int, written: int) -> None:
+    """Remove the ``written`` bytes of an append that could not finish, when nothing was
+    appended after them."""
+    end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: just past what this descriptor wrote
+    if written and os.fstat(fd).st_size == end:
+        os.ftruncate(fd, end - written)
+
+
+def cut_torn_tail(path: Path) -> bool:
+    """Cut a last line a crash tore (no newline at its end) off an index file; True if it
+    did. Call with no writer at work (a run's start, under the folder's lock). Its rows were
+    never committed anywhere (the journal commits a download only after its rows are on
+    disk), and left in place it would be a line no JSON reader accepts: ImageFolder's loader
+    stops at it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        end = size = os.fstat(fd).st_size
+        while end > 0:
+            start = max(0, end - 65536)
+            chunk = os.pread(fd, end - start, start)
+            if end == size and chunk.endswith(b"\n"):
+                return False
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                os.ftruncate(fd, start + cut + 1)
+                return True
+            end = start
+        os.ftruncate(fd, 0)
+        return size > 0
+    finally:
+        os.close(fd)
 
 
 def ensure_index(out_dir: Path) -> None:

@@ -31,7 +31,7 @@ from batchgen.journal.origin import describe
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import Manifest, plan
 from batchgen.outputs.download import sweep_parts
-from batchgen.outputs.index import ensure_index, write_manifest_copy
+from batchgen.outputs.index import METADATA, cut_torn_tail, ensure_index, write_manifest_copy
 from batchgen.outputs.rebuild import rewrite_failures
 from batchgen.outputs.reserve import free_bytes
 from batchgen.outputs.scan import compact_index
@@ -175,6 +175,8 @@ async def _in_folder(
             deliver(Planned(report.new, report.kept, report.not_in_manifest))
         # and thumbnails a killed worker process was writing (their .part names)
         removed = sum(sweep_parts(out / d) for d in (IMAGES_DIR, THUMBS) if (out / d).is_dir())
+        if cut_torn_tail(out / METADATA):
+            log.write("resume: cut off an index line a crash left half-written")
         if removed:
             log.write(f"resume: removed {removed} partial downloads left by a crash")
         try:
