@@ -53,6 +53,7 @@ from batchgen.option_rules import (
     as_path,
     as_stop_at,
     as_url,
+    as_webhook_url,
     check_media_expiry,
     check_start_timeout,
     flag_name,
@@ -141,7 +142,7 @@ class RunOptions(BaseModel):
         " any free port on loopback)",
     )
     webhook_url: Annotated[
-        str | None, BeforeValidator(as_url), Flag(_WATCH, "URL", resume=True)
+        str | None, BeforeValidator(as_webhook_url), Flag(_WATCH, "URL", resume=True)
     ] = Field(
         None,
         description="with --watch webhook: the public URL fal POSTs to, a tunnel or reverse"
