@@ -66,6 +66,7 @@ PUBLIC = {
     "Unreachable",
     "Reachable",
     "Ready",
+    "WebhooksSilent",
     # what they raise
     "BatchgenError",
     "UsageError",
