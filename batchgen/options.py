@@ -145,9 +145,9 @@ class RunOptions(BaseModel):
         str | None, BeforeValidator(as_webhook_url), Flag(_WATCH, "URL", resume=True)
     ] = Field(
         None,
-        description="with --watch webhook: the public URL fal POSTs to, a tunnel or reverse"
-        " proxy to --webhook-listen (required against fal; default elsewhere: the listen"
-        " address)",
+        description="with --watch webhook: the public URL fal POSTs to, given to fal as typed"
+        " and served at its own path, a tunnel or reverse proxy to --webhook-listen (required"
+        " against fal; default elsewhere: the listen address, at /batchgen/webhook)",
     )
     out: Annotated[Path | None, BeforeValidator(as_path), Flag(_FOLDER, "DIR")] = Field(
         None, description="output folder (default: outputs/<manifest name>)"
