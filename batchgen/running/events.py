@@ -216,7 +216,7 @@ def silent_text(e: WebhooksSilent) -> str:
     )
     refused = refusals_text(dict(e.refused))
     if refused:
-        text += f" The receiver refused {refused}"
+        text += f" The receiver refused requests: {refused}"
         text += f" (the last at {e.last_path!r})." if e.last_path is not None else "."
     return text + " See docs/webhooks.md."
 
