@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         StopReason,
         Submitted,
         Unreachable,
+        WebhooksSilent,
         WindowChanged,
     )
     from batchgen.running.runner import RunResult
@@ -69,7 +70,7 @@ _HOME = {
     "batchgen.running.snapshot": "RunEvent Snapshot",
     "batchgen.running.events": "BudgetReached Failed Finished Planned Reachable Ready Requeued "
     "Resumed "
-    "Retrying Saved Started Stopping StopReason Submitted Unreachable WindowChanged",
+    "Retrying Saved Started Stopping StopReason Submitted Unreachable WebhooksSilent WindowChanged",
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names.split()}
 
@@ -102,6 +103,7 @@ __all__ = [
     "Submitted",
     "Unreachable",
     "UsageError",
+    "WebhooksSilent",
     "WindowChanged",
     "__version__",
     "iter_index",

@@ -100,6 +100,16 @@ def as_url(value: object) -> object:
     return text.rstrip("/")
 
 
+def as_webhook_url(value: object) -> object:
+    """``--webhook-url``: checked as ``as_url``, but kept as typed, a trailing slash included:
+    fal is given it verbatim (a proxy may route ``/hook/`` and ``/hook`` apart), and the
+    receiver serves its path (running/receiver.py)."""
+    if value is None:
+        return None
+    as_url(value)
+    return str(value).strip()
+
+
 def check_url(value: str, flag: str) -> str:
     """``value`` as an http(s) URL without credentials, or a ``UsageError`` naming ``flag``
     (for ``BATCHGEN_ENDPOINT``, which comes from the environment, not from a field)."""

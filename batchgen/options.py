@@ -53,6 +53,7 @@ from batchgen.option_rules import (
     as_path,
     as_stop_at,
     as_url,
+    as_webhook_url,
     check_media_expiry,
     check_start_timeout,
     flag_name,
@@ -141,12 +142,12 @@ class RunOptions(BaseModel):
         " any free port on loopback)",
     )
     webhook_url: Annotated[
-        str | None, BeforeValidator(as_url), Flag(_WATCH, "URL", resume=True)
+        str | None, BeforeValidator(as_webhook_url), Flag(_WATCH, "URL", resume=True)
     ] = Field(
         None,
-        description="with --watch webhook: the public URL fal POSTs to, a tunnel or reverse"
-        " proxy to --webhook-listen (required against fal; default elsewhere: the listen"
-        " address)",
+        description="with --watch webhook: the public URL fal POSTs to, given to fal as typed"
+        " and served at its own path, a tunnel or reverse proxy to --webhook-listen (required"
+        " against fal; default elsewhere: the listen address, at /batchgen/webhook)",
     )
     out: Annotated[Path | None, BeforeValidator(as_path), Flag(_FOLDER, "DIR")] = Field(
         None, description="output folder (default: outputs/<manifest name>)"

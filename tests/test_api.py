@@ -69,6 +69,7 @@ PUBLIC = {
     "Unreachable",
     "Reachable",
     "Ready",
+    "WebhooksSilent",
     # what they raise
     "BatchgenError",
     "UsageError",

@@ -30,6 +30,7 @@ from batchgen.planning.pricing import estimate_cost
 from batchgen.retry import RetryPolicy
 from batchgen.running.events import Event, Failed, Requeued, Submitted
 from batchgen.running.scheduler import Scheduler
+from batchgen.running.setup import receiver
 from batchgen.running.window import Window, make_window
 
 BASE = "http://emulator"
@@ -167,29 +168,32 @@ class Rig:
                     sleep=sleep,
                     retry=RetryPolicy(rng=lambda: 0.0),
                 )
-                sched = Scheduler(
-                    journal,
-                    client,
-                    http,
-                    settings=settings,
-                    window=window or make_window(settings.options.concurrency),
-                    manifest_sha256=self.manifest.sha256,
-                    on_event=on_event,
-                    sleep=sleep,
-                    rng=lambda: 0.0,
-                    checks=checks,
-                    **({"clock": clock} if clock is not None else {}),
-                    **({"wall": wall} if wall is not None else {}),
-                )
-                holder.append(sched)
-                result = RunResult(sched, events)
-                try:
-                    await sched.run()
-                except Exception as exc:
-                    result.error = exc
-                else:
-                    result.error = sched.fatal  # a stop at once for an answer, if any
-                return result
+                # --watch webhook: the receiver on loopback, as the runner starts it
+                async with receiver(settings, client, journal, on_event) as webhook:
+                    sched = Scheduler(
+                        journal,
+                        client,
+                        http,
+                        settings=settings,
+                        window=window or make_window(settings.options.concurrency),
+                        manifest_sha256=self.manifest.sha256,
+                        on_event=on_event,
+                        sleep=sleep,
+                        rng=lambda: 0.0,
+                        checks=checks,
+                        webhook=webhook,
+                        **({"clock": clock} if clock is not None else {}),
+                        **({"wall": wall} if wall is not None else {}),
+                    )
+                    holder.append(sched)
+                    result = RunResult(sched, events)
+                    try:
+                        await sched.run()
+                    except Exception as exc:
+                        result.error = exc
+                    else:
+                        result.error = sched.fatal  # a stop at once for an answer, if any
+                    return result
         finally:
             journal.close()
 

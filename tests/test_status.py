@@ -193,7 +193,7 @@ def test_a_killed_run_reads_as_interrupted(
                 "webhook_url": "https://hooks.example.com/",
             },
             {"FAL_KEY": "k"},
-            " --watch webhook --webhook-listen 0.0.0.0:8787 --webhook-url https://hooks.example.com",
+            " --watch webhook --webhook-listen 0.0.0.0:8787 --webhook-url https://hooks.example.com/",
         ),
     ],
 )

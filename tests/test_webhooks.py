@@ -136,9 +136,15 @@ def test_a_webhook_run_through_lost_repeated_late_and_forged_deliveries(
     assert states(out) == {S.DOWNLOADED: 24} and len(read_index(out)) == 24
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "webhooks:" in ln)
-    # batchgen: webhooks: D delivered, R repeats ignored, F refused (...), L late ... checked ...
-    delivered, repeats, refused, late = (int(n) for n in re.findall(r"(\d+) \w", line))
+    said = re.search(
+        r"(\d+) delivered, (\d+) repeats ignored, (\d+) refused \((\d+) unsigned or badly"
+        r" signed\), (\d+) late deliveries checked",
+        line,
+    )
+    assert said is not None, line
+    delivered, repeats, refused, forged, late = (int(n) for n in said.groups())
     assert refused > 0 and repeats > 0 and late > 0  # each fault happened
+    assert forged == refused  # the forged copies, and nothing else
     assert delivered + late == 24  # every job: its delivery, or one check for a lost one
     with Journal.open_readonly(out / JOURNAL_NAME) as j:
         noted = [e for e in j.events() if e[2] == "webhook"]

@@ -32,7 +32,9 @@ from batchgen.running.events import (
     Stopping,
     StopReason,
     Unreachable,
+    WebhooksSilent,
     announce,
+    silent_text,
 )
 from batchgen.running.runner import Approve
 from batchgen.running.snapshot import RunEvent, Snapshot
@@ -219,6 +221,8 @@ class _View:
                 ] + ([UNTRUSTED] if "CERTIFICATE_VERIFY_FAILED" in msg else [])
             case Reachable(seconds=s):
                 return [f"{self._where} answers again, after {s:.0f} s"]
+            case WebhooksSilent():
+                return [silent_text(event)]
             case Stopping(now=False, reason=StopReason.STOP_AT):
                 return [
                     "--stop-at reached: no new submits; waiting for paid requests to finish and"

@@ -9,6 +9,7 @@ them down, and the Python API can hand them to its caller. The end of the run is
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -174,6 +175,52 @@ class Stopping:
     reason: str
 
 
+# Why the webhook receiver refused a request (running/receiver.py), as the summary words it.
+REFUSALS = {
+    "signature": "unsigned or badly signed",
+    "path": "at another path",
+    "method": "not a POST",
+    "size": "too large",
+}
+
+
+def refusals_text(counts: Mapping[str, int]) -> str:
+    """``counts`` (``refused_<reason>``, as ``Inbox.counts`` gives them) in words: "2 at
+    another path, 1 too large"; empty when nothing was refused."""
+    return ", ".join(
+        f"{counts[f'refused_{why}']} {words}"
+        for why, words in REFUSALS.items()
+        if counts.get(f"refused_{why}")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksSilent:
+    """``--watch webhook``: the late checks found requests complete, and no delivery has come
+    for ``seconds``: fal cannot reach ``url``, or what answers there is not the receiver (a
+    proxy that changes the path). Said once a run; the run goes on with status requests."""
+
+    seconds: float
+    completed: int  # requests found complete without their delivery meanwhile
+    url: str  # the URL fal was given, its query string left out (it may carry a token)
+    refused: tuple[tuple[str, int], ...] = ()  # (``refused_<reason>``, count): the receiver's
+    last_path: str | None = None  # the last other path a request came to
+
+
+def silent_text(e: WebhooksSilent) -> str:
+    """The notice the CLI prints and run.log keeps."""
+    text = (
+        f"webhooks: no delivery for {e.seconds / 60:.0f} min while {e.completed} requests"
+        f" completed (each fetched with status requests instead): can fal reach {e.url},"
+        " and does it lead to --webhook-listen with that path unchanged?"
+    )
+    refused = refusals_text(dict(e.refused))
+    if refused:
+        text += f" The receiver refused requests: {refused}"
+        text += f" (the last at {e.last_path!r})." if e.last_path is not None else "."
+    return text + " See docs/webhooks.md."
+
+
 Event = (
     Planned
     | Resumed
@@ -190,6 +237,7 @@ Event = (
     | WindowChanged
     | BudgetReached
     | Stopping
+    | WebhooksSilent
 )
 
 

@@ -29,8 +29,10 @@ from batchgen.running.events import (
     Retrying,
     Stopping,
     Unreachable,
+    WebhooksSilent,
     WindowChanged,
     announce,
+    silent_text,
 )
 
 RUN_LOG = "run.log"
@@ -86,6 +88,8 @@ def describe(event: Event) -> str | None:
                 f"budget: spent ${spent:.2f} + in flight ${fl:.2f} + next job ${c:.2f} "
                 f"would pass --max-cost ${cap:.2f}; no more submits"
             )
+        case WebhooksSilent():
+            return silent_text(event)
         case Stopping(now=now, reason=reason):
             return f"stop ({reason}): " + (
                 "cancelling everything now" if now else "no new submits; finishing paid requests"

@@ -246,7 +246,7 @@ async def _execute(
             redact=settings.redact,
             on_retry=lambda ev: sched.on_client_retry(ev) if sched is not None else None,
         )
-        webhook = await stack.enter_async_context(receiver(settings, client, journal))
+        webhook = await stack.enter_async_context(receiver(settings, client, journal, deliver))
         sched = Scheduler(
             journal,
             client,

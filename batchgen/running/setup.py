@@ -18,6 +18,7 @@ from batchgen.fal import QueueClient
 from batchgen.journal.writer import Journal
 from batchgen.outputs.download import MAX_REDIRECTS
 from batchgen.outputs.gallery import refresh_gallery
+from batchgen.running.events import Event, WebhooksSilent
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.window import DEFAULT_MAX_WINDOW, WatchMode
 
@@ -128,20 +129,27 @@ def signals(sched: Scheduler, *, enabled: bool) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def receiver(
-    settings: Settings, client: QueueClient, journal: Journal
+    settings: Settings, client: QueueClient, journal: Journal, emit: Callable[[Event], None]
 ) -> AsyncIterator[Webhook | None]:
     """``--watch webhook``: fal's deliveries received on ``--webhook-listen`` (their signature
-    checked against the JWKS of the server the run talks to), and the URL to give fal.
-    Nothing for the other ways of watching."""
+    checked against the JWKS of the server the run talks to), and the URL to give fal; a
+    ``WebhooksSilent`` to ``emit`` if they stop coming. Nothing for the other ways of
+    watching."""
     if settings.options.watch is not WatchMode.WEBHOOK or settings.webhook_listen is None:
         yield None
         return
     # Imported here: starlette, uvicorn and cryptography are for webhook runs only (~30 ms of
     # every other run's start-up).
     from batchgen.fal.webhook import Verifier
-    from batchgen.running.webhooks import Inbox, Webhook, receive
+    from batchgen.running.receiver import receive, shown_url
+    from batchgen.running.webhooks import Inbox, Webhook
 
-    inbox = Inbox()
+    def silent(seconds: float, completed: int) -> None:  # called once ``url`` is given fal
+        counts = inbox.counts()
+        refused = tuple((k, n) for k, n in counts.items() if k.startswith("refused_") and n)
+        emit(WebhooksSilent(seconds, completed, shown_url(url), refused, inbox.last_path))
+
+    inbox = Inbox(silent)
     verifier = Verifier(client.jwks)
 
     def refused(why: str) -> None:

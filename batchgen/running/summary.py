@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import ActualCost, actual_cost
-from batchgen.running.events import RunStats, StopReason
+from batchgen.running.events import RunStats, StopReason, refusals_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STOP_AT = 4
@@ -115,12 +115,7 @@ class Summary:
             example = self.failure_examples.get(cls, "")
             out.append(f"  failed {n} × {cls}" + (f": {example}" if example else ""))
         if self.webhooks is not None:
-            w = self.webhooks
-            out.append(
-                f"webhooks: {w['delivered']} delivered, {w['duplicates']} repeats ignored,"
-                f" {w['refused']} refused (unsigned or badly signed), {w['checked']} late"
-                " deliveries checked with one status request"
-            )
+            out.append(webhooks_text(self.webhooks))
         if self.out_dir and self.done:
             o = self.out_dir.rstrip("/")
             out.append(f"images in {o}/images, index {o}/metadata.jsonl, gallery {o}/index.html")
@@ -147,6 +142,22 @@ class Summary:
         if again and (self.stop or self.unfinished):
             out.append(f"  {again}")
         return out
+
+
+def webhooks_text(w: dict[str, int]) -> str:
+    """What the receiver saw; when nothing came through, the likely cause."""
+    why = refusals_text(w)
+    text = (
+        f"webhooks: {w['delivered']} delivered, {w['duplicates']} repeats ignored,"
+        f" {w['refused']} refused{f' ({why})' if why else ''}, {w['checked']} late"
+        " deliveries checked with one status request"
+    )
+    if not w["delivered"] and not w["duplicates"] and w["checked"]:
+        text += (
+            "; none came through: fal could not reach the URL it was given, or not at the"
+            " receiver's path (docs/webhooks.md)"
+        )
+    return text
 
 
 def build_summary(
