@@ -299,6 +299,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         faults=config.fault_spec,
         seed=config.seed,
         retention_scale=config.retention_scale,
+        result_ttl=config.result_ttl_s,
     )
 
     @asynccontextmanager

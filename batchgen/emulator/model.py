@@ -62,6 +62,7 @@ class QueueModel:
         faults: FaultSpec | None = None,
         seed: int = 0,
         retention_scale: float | None = None,
+        result_ttl: float | None = None,
     ) -> None:
         if concurrency_limit < 1:
             raise ValueError("concurrency_limit must be at least 1")
@@ -74,6 +75,10 @@ class QueueModel:
         self.retention_scale = (
             retention_scale if retention_scale is not None else (time_scale or 1.0)
         )
+        if result_ttl is not None and not result_ttl > 0:
+            raise ValueError("result_ttl must be positive")
+        # Set: every result is kept this many clock seconds, whatever its size or the scale.
+        self.result_ttl = result_ttl
         self.dice = FaultDice(faults or FaultSpec(), seed)
         self._rng = random.Random(f"{seed}:latency")
         self.requests: dict[str, Request] = {}
@@ -188,6 +193,8 @@ class QueueModel:
         req.completed_at = t
         large = bool(req.outcome is Outcome.OK and req.input.get("sync_mode") is True)
         keep = (RETENTION_LARGE_S if large else RETENTION_S) * self.retention_scale
+        if self.result_ttl is not None:
+            keep = self.result_ttl
         req.expires_at = t + keep
         heapq.heappush(self._expiry, (req.expires_at, req.id))
         if req.media_expiry is not None and req.outcome is Outcome.OK:
