@@ -5,6 +5,7 @@
     ├── ManifestError              a bad manifest: every ``Problem`` at once (exit 2)
     ├── JournalError               a journal from another version / manifest (exit 2)
     ├── AuthError                  401/403 or a locked account: the whole run stops (exit 2)
+    │   └── AdminKeyRequired       403 from an admin route of fal's platform API (billing)
     ├── QueueError                 talking to the fal queue went wrong
     │   ├── QueueHTTPError         an HTTP error answer: status, error_type, detail, request id
     │   ├── QueueTransportError    no HTTP answer; ``sent`` says whether the request left us
@@ -68,6 +69,10 @@ class JournalError(BatchgenError):
 
 class AuthError(BatchgenError):
     exit_code = 2
+
+
+class AdminKeyRequired(AuthError):
+    """The key is valid but not an admin key, which the route needs (fal's billing events)."""
 
 
 class QueueError(BatchgenError):
