@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "index": "rebuild metadata.jsonl and failures.jsonl from the journal",
     "gallery": "rebuild the static HTML gallery of an output folder",
     "export": "export a run's index as parquet, CSV or webdataset shards",
+    "reconcile": "fetch what fal billed for a run's requests and set it beside the estimate",
     "emulator": "serve the fal-compatible emulator on loopback",
 }
 

@@ -5,7 +5,8 @@
     ├── ManifestError              a bad manifest: every ``Problem`` at once (exit 2)
     ├── JournalError               a journal from another version / manifest (exit 2)
     ├── AuthError                  401/403: the key is refused, the whole run stops (exit 2)
-    │   └── AccountLocked          the account can pay for nothing more (exit 6)
+    │   ├── AccountLocked          the account can pay for nothing more (exit 6)
+    │   └── AdminKeyRequired       403 from an admin route of fal's platform API (billing)
     ├── DiskFull                   the output folder's disk has no room left (exit 5)
     ├── QueueError                 talking to the fal queue went wrong
     │   ├── QueueHTTPError         an HTTP error answer: status, error_type, detail, request id
@@ -108,6 +109,10 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, DownloadError):
         return exc.reason == DISK_FULL_REASON
     return False
+
+
+class AdminKeyRequired(AuthError):
+    """The key is valid but not an admin key, which the route needs (fal's billing events)."""
 
 
 class QueueError(BatchgenError):

@@ -188,6 +188,14 @@ class RunOptions(BaseModel):
         " (--concurrency 1), fails the same ones the same way; another seed rehearses another"
         " bad night",
     )
+    result_ttl: Annotated[float | None, Flag(_REHEARSAL, "SECONDS", resume=True)] = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="how long the emulator's queue keeps a result after it completes (default:"
+        " fal's 1 hour, or 6 minutes for a large one, at the emulator's pace); a result fetched"
+        " later is lost",
+    )
     priority: Annotated[Literal["low", "normal"] | None, Flag(_CONTROLS, resume=True)] = Field(
         None,
         description="fal's queue priority: low waits behind every normal request to the"

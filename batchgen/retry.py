@@ -51,7 +51,7 @@ from batchgen.errors import (
 )
 
 OPS: frozenset[str] = frozenset(
-    {"submit", "status", "result", "cancel", "media", "upload", "notify"}
+    {"submit", "status", "result", "cancel", "media", "upload", "notify", "platform"}
 )
 
 T = TypeVar("T")

@@ -153,6 +153,7 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
         "faults": "content_policy=1",
         "time_scale": 0.0,
         "seed": 7,
+        "result_ttl": 600.0,
         "on_event": events.append,
         "approve": lambda ready: asked.append(ready) or True,
         "progress_every": None,

@@ -27,7 +27,7 @@ def test_a_journal_of_another_schema_version_is_refused_clearly(path: Path) -> N
     with conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
-    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 2"):
+    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 3"):
         open_journal(path)
     with pytest.raises(JournalError, match="schema 99"):
         Journal.open_readonly(path)
@@ -237,4 +237,4 @@ def test_a_schema_1_journal_is_read_as_it_is_and_migrated_by_the_next_run(path: 
         assert j.get(waiting.job_id).origin is None  # type: ignore[union-attr]
         assert j.upload_get("e3b0").origin == "emulator"  # type: ignore[union-attr]
         assert j.tallies().rehearsal == pytest.approx(0.25) and j.tallies().spent == 0
-        assert ("migrate", "journal schema 1 -> 2") in {(e[2], e[3]) for e in j.events()}
+        assert ("migrate", "journal schema 1 -> 3") in {(e[2], e[3]) for e in j.events()}

@@ -27,6 +27,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("fal",),
     ("emulator",),
     ("running", "config", "options", "option_rules"),  # RunOptions, Settings: what a run is told
+    ("billing",),  # reconcile: the folder's journal beside fal's billing events
     ("api",),
     ("commands", "cli", "__main__", "__init__"),
 )

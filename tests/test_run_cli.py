@@ -8,6 +8,7 @@ import pytest
 from test_run_support import emulator_thread, states, stats, write_manifest
 
 from batchgen.cli import main
+from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.outputs.index import read_failures, read_index
 from batchgen.planning.jobs import JobState
 
@@ -172,3 +173,27 @@ def test_seed_picks_which_requests_a_rehearsal_fails(tmp_path: Path) -> None:
     assert 0 < len(first) < 16
     assert refused("b", 1) == first
     assert refused("c", 2) != first
+
+
+def test_result_ttl_shorter_than_a_round_trip_loses_every_result(tmp_path: Path) -> None:
+    """--result-ttl reaches the in-process emulator: results that expire before they can be
+    read are lost work, sent again up to --max-attempts, then failed as lost."""
+    m = write_manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    flags = ["--emulate", "--time-scale", "0", "--quiet", "--max-attempts", "2"]
+    code = main(["run", str(m), *flags, "--result-ttl", "0.000001", "--out", str(out)])
+    assert code == 1
+    failures = read_failures(out)
+    assert len(failures) == 2
+    with Journal.open_readonly(out / JOURNAL_NAME) as j:
+        assert all(r.lost >= 1 for r in j.iter_jobs())
+        (run,) = j.runs()
+    assert run.settings["result_ttl"] == 0.000001
+    assert "--result-ttl" in run.settings["resume"]
+
+
+def test_result_ttl_needs_emulate(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path, 1)
+    code = main(["run", str(m), "--result-ttl", "60", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert not (tmp_path / "o").exists()

@@ -46,6 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--faults", default="none", metavar="SPEC", help=FAULTS_HELP)
     p.add_argument(
+        "--result-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the queue keeps each result after it completes, then answers 404"
+        " (default: fal's, 1 hour, or 6 minutes for a result of 10 KB or more, times the time"
+        " scale); the request history (/v1/models/requests/by-endpoint) keeps it regardless",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -72,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--concurrency-limit must be at least 1")
     if args.time_scale < 0:
         raise UsageError("--time-scale must not be negative")
+    if args.result_ttl is not None and not args.result_ttl > 0:
+        raise UsageError("--result-ttl must be a positive number of seconds")
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
     if args.credit is not None and args.credit < 0:
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         faults=parse_faults(args.faults),
         seed=args.seed,
         credit=args.credit,
+        result_ttl_s=args.result_ttl,
     )
     asyncio.run(_serve_forever(config, args.host, args.port))
     return 0

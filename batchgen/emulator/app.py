@@ -1,5 +1,5 @@
 """The emulator's Starlette app: fal's queue routes (docs/emulator.md, Routes), the storage routes,
-the media it hands out, and ``GET /_emulator/stats``.
+the media it hands out, fal's platform API (``platform``) and ``GET /_emulator/stats``.
 
 Every handler reads the injected clock once and asks the model what is true at that instant.
 Counters record what the server saw, so tests can assert on traffic (polls, duplicate submits).
@@ -36,6 +36,7 @@ from batchgen.emulator.http import (
 )
 from batchgen.emulator.images import ImageSpec, render_async
 from batchgen.emulator.model import Outcome, Phase, QueueModel
+from batchgen.emulator.platform import platform_routes
 from batchgen.emulator.references import check_references
 from batchgen.emulator.storage import FileStore, storage_routes
 from batchgen.emulator.webhooks import WebhookDispatcher
@@ -154,6 +155,7 @@ async def submit(request: Request, app_id: str, rest: list[str]) -> Response:
         media_expiry=ctl.media_expiry,
         fallbacks=ctl.fallbacks,
     )
+    req.store_io = ctl.store_io
     if webhook:
         request.app.state.webhooks.watch(req, base)
     # The job now exists (and will be billed); dropping here is what makes naive clients pay
@@ -303,6 +305,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         faults=config.fault_spec,
         seed=config.seed,
         retention_scale=config.retention_scale,
+        result_ttl=config.result_ttl_s,
     )
 
     @asynccontextmanager
@@ -316,6 +319,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *storage_routes(),
         Route("/media/{media_id}/{name}", media, methods=["GET", "HEAD"]),
+        *platform_routes(),
         Route("/{path:path}", queue_route, methods=["GET", "POST", "PUT"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -165,8 +165,18 @@ def result_parts(
         # official client retries).
         headers["x-fal-request-timeout-type"] = "user"
         return 504, {"detail": err[0], "error_type": err[1]}, headers
-    code = req.runner_error[0] if req.runner_error else 499
-    return code, {"detail": err[0], "error_type": err[1]}, headers
+    return status_code(req), {"detail": err[0], "error_type": err[1]}, headers
+
+
+def status_code(req: Request) -> int:
+    """The HTTP status of a completed request's result (what ``result_parts`` answers)."""
+    if req.outcome is Outcome.OK:
+        return 200
+    if req.outcome in (Outcome.INVALID, Outcome.CONTENT_POLICY):
+        return 422
+    if req.outcome is Outcome.START_TIMEOUT:
+        return 504
+    return req.runner_error[0] if req.runner_error else 499
 
 
 def webhook_body(status: int, body: dict[str, Any], req: Request) -> dict[str, Any]:

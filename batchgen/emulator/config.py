@@ -25,6 +25,9 @@ class EmulatorConfig:
     sleep: Sleep = asyncio.sleep
     public_url: str | None = None  # base of the URLs handed out; default: the request's own
     retention_scale: float | None = None  # result retention multiplier; None: follow time_scale
+    # The queue's result lifetime in clock seconds, for every result (None: fal's 1 h, or 6 min
+    # for a large one, × the retention scale). fal's request history outlives it.
+    result_ttl_s: float | None = None
     keepalive_s: float = 15.0  # SSE comment interval, as fal sends
     slow_media_s: float = 5.0  # how long a slow_media download trickles for
     webhook_client: httpx.AsyncClient | None = None  # None: one client of its own, pooled

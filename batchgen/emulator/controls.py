@@ -4,8 +4,9 @@ The client's side is ``batchgen.fal.headers`` (which also says what is confirmed
 Here: the priority picks the request's lane (``lanes``), the start timeout fails it if no slot
 frees in time (the new name first, then the deprecated one fal-client still sends, as fal's
 docs say the new one wins), the lifecycle preference ends its images' life on the media route,
-and ``x-fal-disable-fallbacks`` keeps the ``fallback`` fault from rerouting it. The runner hint,
-``X-Fal-Store-IO`` and ``x-fal-no-retry`` change nothing in the emulator.
+``x-fal-disable-fallbacks`` keeps the ``fallback`` fault from rerouting it, and
+``X-Fal-Store-IO: 0`` keeps the request's payloads out of its history entry
+(``/v1/models/requests/by-endpoint``). The runner hint and ``x-fal-no-retry`` change nothing.
 
 Every one of them is counted per value in the stats (``control_headers``), so a test asserts on
 what the server was asked, not on what the client meant to send.
@@ -37,6 +38,7 @@ class Controls:
     start_timeout: float | None = None  # seconds
     media_expiry: float | None = None  # seconds the images are served after completion
     fallbacks: bool = True  # fal may reroute (no x-fal-disable-fallbacks)
+    store_io: bool = True  # fal keeps the payloads (no X-Fal-Store-IO: 0)
 
 
 def read_controls(headers: Mapping[str, str]) -> Controls:
@@ -48,6 +50,7 @@ def read_controls(headers: Mapping[str, str]) -> Controls:
         start_timeout=_start_timeout(headers),
         media_expiry=_media_expiry(headers.get("x-fal-object-lifecycle-preference")),
         fallbacks=disable is None or disable.strip().lower() in FALSE,
+        store_io=headers.get("x-fal-store-io", "1").strip() != "0",
     )
 
 

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from batchgen.emulator import byok
+from batchgen.emulator import billing, byok
 from batchgen.emulator.counters import STAT_KEYS, canonical_input_key
 from batchgen.emulator.faults import EVIL_NAMES, FaultDice, FaultSpec
 from batchgen.emulator.lanes import PRIORITIES, Line
@@ -62,6 +62,7 @@ class QueueModel:
         faults: FaultSpec | None = None,
         seed: int = 0,
         retention_scale: float | None = None,
+        result_ttl: float | None = None,
     ) -> None:
         if concurrency_limit < 1:
             raise ValueError("concurrency_limit must be at least 1")
@@ -74,10 +75,19 @@ class QueueModel:
         self.retention_scale = (
             retention_scale if retention_scale is not None else (time_scale or 1.0)
         )
+        if result_ttl is not None and not result_ttl > 0:
+            raise ValueError("result_ttl must be positive")
+        # Set: every result is kept this many clock seconds, whatever its size or the scale.
+        self.result_ttl = result_ttl
         self.dice = FaultDice(faults or FaultSpec(), seed)
         self._rng = random.Random(f"{seed}:latency")
         self.requests: dict[str, Request] = {}
         self.expired: set[str] = set()
+        # fal's own record: every request that ended, in the order they ended, kept after the
+        # queue forgets its result (the platform routes read it: emulator/platform.py).
+        self.history: dict[str, Request] = {}
+        self.bills: dict[str, billing.Charge] = {}  # request id -> what it was billed
+        self.billed_nano = 0
         self._lanes: dict[str, Line[Request]] = {
             p: Line(lambda r: r.phase is Phase.QUEUED) for p in PRIORITIES
         }
@@ -186,8 +196,15 @@ class QueueModel:
             self._n_queued -= 1
         req.phase = Phase.DONE
         req.completed_at = t
+        self.history[req.id] = req
+        bill = billing.charge(req)
+        if bill is not None:
+            self.bills[req.id] = bill
+            self.billed_nano += bill.nano_usd
         large = bool(req.outcome is Outcome.OK and req.input.get("sync_mode") is True)
         keep = (RETENTION_LARGE_S if large else RETENTION_S) * self.retention_scale
+        if self.result_ttl is not None:
+            keep = self.result_ttl
         req.expires_at = t + keep
         heapq.heappush(self._expiry, (req.expires_at, req.id))
         if req.media_expiry is not None and req.outcome is Outcome.OK:
@@ -345,5 +362,8 @@ class QueueModel:
             "peak_queue_length": self.peak_queue_length,
             "requests_kept": len(self.requests),
             "requests_expired": len(self.expired),
+            "requests_ended": len(self.history),
+            "billed_requests": len(self.bills),
+            "billed_usd": self.billed_nano / billing.NANO,
             "control_headers": {h: dict(v) for h, v in sorted(self.control_headers.items())},
         }

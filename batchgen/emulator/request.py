@@ -47,6 +47,7 @@ class Request:
     evil_name: str | None = None  # the file_name its result gives (faults: evil_name)
     file_url: bool = False  # its result's image URLs are file:// (faults: file_url)
     retryable_refusal: bool = False  # its 422 says X-Fal-Retryable: true (policy_retryable)
+    store_io: bool = True  # False (X-Fal-Store-IO: 0): its history entry carries no payloads
     phase: Phase = Phase.QUEUED
     started_at: float | None = None
     finish_at: float | None = None  # planned completion, set when it starts

@@ -55,12 +55,14 @@ class Endpoints:
     queue: str = "https://queue.fal.run"
     rest: str = "https://rest.fal.ai"
     cdn: str = "https://v3.fal.media"
+    platform: str = "https://api.fal.ai/v1"  # the platform API: history, billing (platform.py)
 
     @classmethod
     def single(cls, base_url: str) -> Endpoints:
-        """All three hosts at one server: ``--endpoint URL`` or the emulator."""
+        """Every host at one server: ``--endpoint URL`` or the emulator (the platform API
+        under ``URL/v1``, where the emulator serves it)."""
         base = base_url.rstrip("/")
-        return cls(queue=base, rest=base, cdn=base)
+        return cls(queue=base, rest=base, cdn=base, platform=f"{base}/v1")
 
 
 class Transport:

@@ -30,7 +30,7 @@ import filelock
 
 from batchgen.errors import JournalError
 from batchgen.journal.origin import of_target
-from batchgen.journal.schema import DDL, SCHEMA_VERSION, dumps, redact_settings
+from batchgen.journal.schema import BILLS_TABLE, DDL, SCHEMA_VERSION, dumps, redact_settings
 
 # A `status` probe holds the writer lock for microseconds: a starting run waits this long for
 # it before saying the folder is in use, and a probe waits as long for another probe.
@@ -224,12 +224,14 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
         conn.close()
         raise JournalError(f"{path} is not a batchgen journal ({exc})") from exc
     have = found[0] if found else "none"
-    if have == "1":
-        # A reader must not write, so an old journal is read through a view with the newer
-        # columns empty (a temp view shadows the table for unqualified names); the next
-        # `batchgen run` on the folder migrates the file itself.
+    # A reader must not write, so an old journal is read as it is, with what it lacks made up
+    # in the connection's temp schema (which shadows the main one for unqualified names); the
+    # next `batchgen run` (or `reconcile`) on the folder migrates the file itself.
+    if have == "1":  # no origin columns: views with them empty
         conn.execute("CREATE TEMP VIEW jobs AS SELECT *, NULL AS origin FROM main.jobs")
         conn.execute("CREATE TEMP VIEW uploads AS SELECT *, NULL AS origin FROM main.uploads")
+    if have in ("1", "2"):  # no bills table: an empty one
+        conn.execute(BILLS_TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
     elif have != str(SCHEMA_VERSION):
         conn.close()
         raise JournalError(
@@ -258,9 +260,14 @@ def _v1_to_v2(c: sqlite3.Connection) -> None:
     c.execute("UPDATE uploads SET origin = ?", (where,))
 
 
+def _v2_to_v3(c: sqlite3.Connection) -> None:
+    """Schema 3 keeps what fal billed (``bills``, filled by `batchgen reconcile`)."""
+    c.execute(BILLS_TABLE)
+
+
 # version -> the step that brings it to the next one ("skip what is recorded": each step runs
 # once, in the same transaction as the version it writes).
-MIGRATIONS = {1: _v1_to_v2}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(conn: sqlite3.Connection, have: int) -> None:

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from batchgen.errors import JournalError
+from batchgen.journal.bills import RequestTrail, StoredBill, read_bills, read_trail
 from batchgen.journal.origin import EMULATOR
 from batchgen.journal.schema import (
     IN_FLIGHT,
@@ -265,6 +266,14 @@ class JournalReader:
         if job_id is None:
             return list(self._db().execute(sql + " ORDER BY id"))
         return list(self._db().execute(sql + " WHERE job_id = ? ORDER BY id", (job_id,)))
+
+    def request_trail(self) -> RequestTrail:
+        """Every request the folder made, from the audit trail (``bills.request_trail``)."""
+        return read_trail(self._db())
+
+    def bills(self, server: str | None = None) -> list[StoredBill]:
+        """What `batchgen reconcile` recorded fal (or ``server``) billed."""
+        return read_bills(self._db(), server)
 
     def upload_get(self, sha256: str) -> Upload | None:
         sql = (

@@ -18,14 +18,32 @@ from batchgen.planning.jobs import SECRET_FIELDS, JobSpec, JobState
 
 # Bump when a table changes shape, with a migration in ``opening.MIGRATIONS``. A journal of a
 # newer version is refused: mixing two layouts is how a resume would pay twice.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 JOURNAL_NAME = "journal.sqlite"
+
+# What fal billed, as `batchgen reconcile` fetched it (schema 3): one row per billing event,
+# ``n`` its place among the events of the same request on the same server (a request billed
+# twice has two rows). ``job_id`` is NULL for a request the folder never knew of. Rows are
+# only added or updated: an event fal no longer lists was still billed once.
+BILLS_TABLE = """
+CREATE TABLE IF NOT EXISTS bills (
+    server TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    job_id TEXT,
+    endpoint_id TEXT,
+    billed_at TEXT,
+    cost REAL NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (server, request_id, n)
+)"""
 
 # ``seq`` is the rowid: FIFO order is insertion order, and ``jobs_state`` (state, in_manifest)
 # implicitly ends with the rowid, so "the first N PENDING jobs in the manifest" is an index
 # range scan with no sort, however many rows are done already.
-DDL = """
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -79,6 +97,9 @@ CREATE TABLE IF NOT EXISTS uploads (
     origin TEXT
 );
 """
+    + BILLS_TABLE
+    + ";\n"
+)
 
 JOB_COLUMNS = (
     "seq, job_id, spec, state, in_manifest, request_id, handle, attempts, submits, "

@@ -38,6 +38,7 @@ async def target(settings: Settings) -> AsyncIterator[str | None]:
         time_scale=settings.time_scale if settings.time_scale is not None else 1.0,
         faults=settings.faults or "none",
         seed=settings.options.seed,
+        result_ttl_s=settings.options.result_ttl,
     )
     async with serve(config, host="127.0.0.1", port=0) as url:
         yield url

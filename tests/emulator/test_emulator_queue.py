@@ -287,3 +287,20 @@ async def test_fal_max_queue_length_refuses_with_429(
     assert r.status_code == 200
     s = await stats(client)
     assert (s["submits_refused_queue_length"], s["submits_accepted"]) == (1, 4)
+
+
+async def test_result_ttl_sets_the_queues_result_lifetime(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """result_ttl_s: every result (a large one too) is kept that many clock seconds."""
+    client, _ = await make_client(time_scale=0.001, result_ttl_s=30.0)
+    small = await submit(client, LOW)
+    large = await submit(client, {**LOW, "sync_mode": True})
+    clock.advance(1.0)
+    assert (await client.get(small["response_url"])).status_code == 200
+    clock.advance(28.0)
+    assert (await client.get(large["response_url"])).status_code == 200  # past fal's 6 min x 0.001
+    clock.advance(2.0)
+    for h in (small, large):
+        r = await client.get(h["response_url"])
+        assert r.status_code == 404 and "expired" in r.json()["detail"]

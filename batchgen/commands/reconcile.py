@@ -1,0 +1,79 @@
+"""``batchgen reconcile OUT [--json] [--endpoint URL]``: fal's bill beside the folder's estimate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from batchgen.errors import UsageError
+from batchgen.option_rules import check_url
+
+EXAMPLES = """\
+examples:
+  FAL_KEY=<admin key> batchgen reconcile outputs/demo
+                                  what fal billed for the folder, beside its estimate
+  batchgen reconcile outputs/demo --json
+                                  the same as one JSON object
+  FAL_KEY=admin-x batchgen reconcile outputs/demo --endpoint http://127.0.0.1:8765
+                                  a rehearsal's bill, from the 'batchgen emulator' it ran against
+fal's billing events need an admin key (fal's dashboard makes one). The bill is recorded in the
+folder's journal; a refused key changes nothing (exit 2).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="a run's output folder")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="ask this fal-compatible server (its platform API under URL/v1) instead of the one"
+        " the folder's requests went to (default: that one: fal, or the --endpoint of its runs)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `batchgen --help` does not pay for httpx and the journal.
+    import httpx
+
+    from batchgen.billing.compare import Reconciliation, render_text
+    from batchgen.billing.reconcile import reconcile
+    from batchgen.fal import Endpoints
+    from batchgen.fal.auth import FalKey, key_from_env
+    from batchgen.fal.platform import PLATFORM_URL, PlatformClient
+    from batchgen.journal.writer import JOURNAL_NAME
+
+    out = Path(args.out)
+    if not (out / JOURNAL_NAME).is_file():
+        raise UsageError(f"{out} has no {JOURNAL_NAME}: is it a batchgen output folder?")
+    server = None if args.endpoint is None else check_url(args.endpoint, "--endpoint").rstrip("/")
+    key = key_from_env(os.environ)
+
+    async def main() -> Reconciliation:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=15.0)) as http:
+
+            def client_for(where: str) -> PlatformClient:
+                base = PLATFORM_URL if where == "fal" else Endpoints.single(where).platform
+                if key is None and where == "fal":
+                    raise UsageError(
+                        "fal's billing events need an admin key: set FAL_KEY to one"
+                        " (fal's dashboard makes them)"
+                    )
+                # An --endpoint server without FAL_KEY is sent the same stand-in key a run
+                # sends it (not a secret); the emulator answers 403 to it, as fal would.
+                return PlatformClient(http, key=key or FalKey("batchgen-emulator"), base_url=base)
+
+            return await reconcile(out, client_for, server=server, now=time.time())
+
+    rec = asyncio.run(main())
+    if args.json:
+        json.dump(rec.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(rec, str(out / JOURNAL_NAME)))
+    return 0
