@@ -30,6 +30,7 @@ from batchgen.planning.pricing import estimate_cost
 from batchgen.retry import RetryPolicy
 from batchgen.running.events import Event, Failed, Requeued, Submitted
 from batchgen.running.scheduler import Scheduler
+from batchgen.running.webhooks import Webhook
 from batchgen.running.window import Window, make_window
 
 BASE = "http://emulator"
@@ -135,6 +136,7 @@ class Rig:
         wall: Callable[[], float] | None = None,
         stop_at: float | None = None,
         checks: CheckPool | None = None,
+        webhook: Webhook | None = None,
         **flags: Any,
     ) -> RunResult:
         settings = self.settings(**flags)
@@ -178,6 +180,7 @@ class Rig:
                     sleep=sleep,
                     rng=lambda: 0.0,
                     checks=checks,
+                    webhook=webhook,
                     **({"clock": clock} if clock is not None else {}),
                     **({"wall": wall} if wall is not None else {}),
                 )
