@@ -127,7 +127,8 @@ class RunOptions(BaseModel):
         DEADLINE_S,
         gt=0,
         allow_inf_nan=False,
-        description="seconds from submit to result before a request is cancelled and sent again",
+        description="seconds from submit to result before fal is asked about a request: one it"
+        " finished is fetched, one still queued or running is cancelled and sent again",
     )
     watch: Annotated[WatchMode, Flag(_WATCH, resume=True)] = Field(
         WatchMode.STREAM,

@@ -122,6 +122,27 @@ def test_requeue_forgets_the_old_request_and_counts_attempts_and_losses(path: Pa
         assert j.attached() == []
 
 
+def test_a_requeue_of_a_request_that_ran_counts_a_possible_duplicate(path: Path) -> None:
+    with open_journal(path) as j:
+        j.add_jobs([spec(0), spec(1)], cost_of=lambda s: 0.5)
+        ran, queued = j.claim(2, origin="https://queue.fal.run")
+        for row, rid in ((ran, "req-ran"), (queued, "req-queued")):
+            j.set_submitted(row.job_id, handle(rid))
+        j.transition(ran.job_id, S.RUNNING)
+        j.requeue(ran.job_id, "deadline: cancelled while running", dup=True)
+        j.requeue(queued.job_id, "deadline: cancelled in the queue")
+        a, b = j.get(ran.job_id), j.get(queued.job_id)
+        assert a is not None and b is not None
+        assert (a.possible_duplicates, b.possible_duplicates) == (1, 0)
+        assert (a.attempts, a.lost, b.attempts) == (1, 0, 1)
+        # The cancelled request may be billed: the budget counts it, the tallies agree, and
+        # the server it was made at is kept (a server is owed), unlike the queued one's.
+        assert j.spent_estimate() == pytest.approx(0.5) == j.tallies().spent
+        assert j.tallies().possible_duplicates == 1
+        assert a.origin is not None and b.origin is None
+        assert "possible duplicate" in j.events(ran.job_id)[-1][3]
+
+
 def test_transition_back_to_pending_can_bump_attempts(path: Path) -> None:
     with open_journal(path) as j:
         j.add_jobs([spec(0)])

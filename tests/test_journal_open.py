@@ -187,7 +187,7 @@ def test_the_public_api_other_modules_build_on() -> None:
         "error=",
         "bump_attempts=",
     ]
-    assert params(Journal.requeue) == ["self", "job_id", "reason", "lost="]
+    assert params(Journal.requeue) == ["self", "job_id", "reason", "lost=", "dup="]
     assert params(Journal.fail) == ["self", "job_id", "error_class", "message"]
     assert params(Journal.event) == ["self", "job_id", "kind", "detail"]
     others = "set_result mark_downloaded retry_failed attached interrupted_submits counts"

@@ -92,6 +92,7 @@ OPS = st.lists(
                 "fail",
                 "requeue",
                 "lost",
+                "dup",
                 "unknown",
                 "retry_failed",
                 "interrupted",
@@ -123,8 +124,8 @@ def _apply(j: Journal, op: str, i: int) -> None:
         j.mark_downloaded(row.job_id, [])
     elif op == "fail" and allowed(S.FAILED):
         j.fail(row.job_id, "x", "y")
-    elif op in ("requeue", "lost") and allowed(S.PENDING):
-        j.requeue(row.job_id, "again", lost=op == "lost")
+    elif op in ("requeue", "lost", "dup") and allowed(S.PENDING):
+        j.requeue(row.job_id, "again", lost=op == "lost", dup=op == "dup")
     elif op == "unknown" and state is S.SUBMITTING:
         j.transition(row.job_id, S.UNKNOWN)
     elif op == "retry_failed":

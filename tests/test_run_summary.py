@@ -52,14 +52,18 @@ def test_run_stats_tally() -> None:
         Retrying("a", "submit", "http_429", "m", 0.1, 1),
         Requeued("c", "submit_dropped", "m", lost=False),
         Requeued("d", "expired", "m", lost=True),
+        Requeued("g", "deadline", "cancelled while it ran", lost=False, possible_duplicate=True),
+        Requeued("h", "deadline", "cancelled in fal's queue", lost=False),
         Failed("e", "content_policy_violation", "m"),
         Failed("f", "submit_dropped", "m"),
         Saved("a", 2),
         Started("a"),
     ]:
         st.add(e)
-    assert (st.submitted, st.retries, st.requeued, st.lost) == (2, 1, 2, 1)
-    assert st.possible_duplicates == 2  # each dropped submit may have made a billed job
+    assert (st.submitted, st.retries, st.requeued, st.lost) == (2, 1, 4, 1)
+    # each dropped submit may have made a billed job; so may a request cancelled as it ran,
+    # but not one cancelled while it waited in the queue
+    assert st.possible_duplicates == 3
     assert (st.saved_jobs, st.images) == (1, 2)
     assert st.failed == {"content_policy_violation": 1, "submit_dropped": 1}
 

@@ -31,6 +31,7 @@ from batchgen.retry import RetryPolicy
 from batchgen.running.events import Event, Failed, Requeued, Submitted
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import receiver
+from batchgen.running.webhooks import Webhook
 from batchgen.running.window import Window, make_window
 
 BASE = "http://emulator"
@@ -136,6 +137,7 @@ class Rig:
         wall: Callable[[], float] | None = None,
         stop_at: float | None = None,
         checks: CheckPool | None = None,
+        webhook: Webhook | None = None,
         **flags: Any,
     ) -> RunResult:
         settings = self.settings(**flags)
@@ -169,7 +171,8 @@ class Rig:
                     retry=RetryPolicy(rng=lambda: 0.0),
                 )
                 # --watch webhook: the receiver on loopback, as the runner starts it
-                async with receiver(settings, client, journal, on_event) as webhook:
+                # (or the one a test gives: a receiver nobody delivers to)
+                async with receiver(settings, client, journal, on_event) as started:
                     sched = Scheduler(
                         journal,
                         client,
@@ -181,7 +184,7 @@ class Rig:
                         sleep=sleep,
                         rng=lambda: 0.0,
                         checks=checks,
-                        webhook=webhook,
+                        webhook=webhook or started,
                         **({"clock": clock} if clock is not None else {}),
                         **({"wall": wall} if wall is not None else {}),
                     )

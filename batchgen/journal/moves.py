@@ -53,17 +53,19 @@ def move_row(
     billed: int,
     detail: str,
     now: float,
+    dup: bool = False,
 ) -> None:
-    """Job ``job_id`` (now ``r``) to ``new`` with the columns ``cols``: attempts, lost and
-    billed counted up as asked, and the change written to the audit trail (naming the request
-    it abandons)."""
+    """Job ``job_id`` (now ``r``) to ``new`` with the columns ``cols``: attempts, lost,
+    billed and possible duplicates counted up as asked, and the change written to the audit
+    trail (naming the request it abandons)."""
     cols = {**cols, "state": str(new), "updated_at": now}
     assign = ", ".join(f"{k} = ?" for k in cols)
     assign += ", attempts = attempts + ?, lost = lost + ?, billed = billed + ?"
+    assign += ", possible_duplicates = possible_duplicates + ?"
     with transaction(conn) as c:
         c.execute(
             f"UPDATE jobs SET {assign} WHERE seq = ?",
-            (*cols.values(), int(bump), int(lost), billed, r.seq),
+            (*cols.values(), int(bump), int(lost), billed, int(dup), r.seq),
         )
         old_req = f" (was {r.request_id})" if new is S.PENDING and r.request_id else ""
         c.execute(

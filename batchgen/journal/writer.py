@@ -279,15 +279,12 @@ class Journal(JournalReader):
         """A final failure with its class (``http_422``, ``content_policy_violation``, ...)."""
         self.transition(job_id, S.FAILED, error_class=error_class, error=message)
 
-    def requeue(self, job_id: str, reason: str, *, lost: bool = False) -> None:
-        """Back to PENDING with attempts + 1 (retry or resubmit); ``lost`` = the result expired."""
-        self._move(
-            job_id,
-            S.PENDING,
-            bump=True,
-            lost=lost,
-            detail=("lost: " if lost else "") + (one_line(reason) or ""),
-        )
+    def requeue(self, job_id: str, reason: str, *, lost: bool = False, dup: bool = False) -> None:
+        """Back to PENDING with attempts + 1 (retry or resubmit); ``lost`` = the result expired;
+        ``dup`` = the request it abandons ran, so fal may bill it too: a possible duplicate."""
+        why = ("lost: " if lost else "") + ("possible duplicate: " if dup else "")
+        detail = why + (one_line(reason) or "")
+        self._move(job_id, S.PENDING, bump=True, lost=lost, dup=dup, detail=detail)
 
     # ---- before a run submits: bulk changes (resets.py), tallies rebuilt after each -----
 
@@ -368,6 +365,7 @@ class Journal(JournalReader):
         sets: dict[str, Any] | None = None,
         bump: bool = False,
         lost: bool = False,
+        dup: bool = False,
         same_ok: bool = False,
         detail: str = "",
     ) -> None:
@@ -377,7 +375,7 @@ class Journal(JournalReader):
         cols = dict(sets or {})
         if new is S.PENDING:  # the old request is abandoned: never re-attach it
             cols.update(request_id=None, handle=None, result=None, submitted_at=None)
-            if not (r.billed or r.possible_duplicates):  # no server is owed: forget it too
+            if not (r.billed or r.possible_duplicates or dup):  # no server is owed: forget it
                 cols["origin"] = None
         billed = charges(r.state, new, lost=lost)
         move_row(
@@ -391,7 +389,8 @@ class Journal(JournalReader):
             billed=billed,
             detail=detail,
             now=self._clock(),
+            dup=dup,
         )
         self._live.move(
-            r, new, dup=r.possible_duplicates, billed=r.billed + billed, origin=r.origin
+            r, new, dup=r.possible_duplicates + dup, billed=r.billed + billed, origin=r.origin
         )

@@ -131,6 +131,7 @@ class Requeued:
     reason: str
     message: str
     lost: bool  # a finished result that expired before we fetched it
+    possible_duplicate: bool = False  # the request it abandons ran: fal may bill it too
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,11 +270,12 @@ class RunStats:
                 self.submitted += 1
             case Retrying():
                 self.retries += 1
-            case Requeued(lost=lost, reason=reason):
+            case Requeued(lost=lost, reason=reason, possible_duplicate=dup):
                 self.requeued += 1
                 self.lost += int(lost)
-                # a submit with no answer may have created a job that fal will bill
-                self.possible_duplicates += int(reason == DROPPED)
+                # a submit with no answer may have created a job that fal will bill; a
+                # request cancelled while it ran may be billed as well as the next
+                self.possible_duplicates += int(reason == DROPPED or dup)
                 self.start_timeouts += int(reason == START_TIMEOUT)
             case Saved(images=n):
                 self.saved_jobs += 1

@@ -93,12 +93,16 @@ class Recorder:
         else:
             self.resubmit(row, o.reason, o.message, lost=o.reason == "expired")
 
-    def resubmit(self, row: JobRow, reason: str, message: str, *, lost: bool) -> None:
+    def resubmit(
+        self, row: JobRow, reason: str, message: str, *, lost: bool, dup: bool = False
+    ) -> None:
         """Back in line for a new request, or FAILED once ``--max-attempts`` is spent. A lost
         result (fal no longer has it, or its images) is resubmitted whatever the attempts
         say: it is not the job's fault, and it is counted apart. Only a job lost more than
         ``--max-attempts`` times over is failed (as ``lost``), so a server that never keeps
-        what it makes cannot spend without bound."""
+        what it makes cannot spend without bound. ``dup``: the request it abandons may be
+        billed as well as the next (it was cancelled while it ran), so the journal counts a
+        possible duplicate charge when the job is sent again."""
         current = self._journal.get(row.job_id) or row
         if lost and current.lost >= self._max_attempts:
             self.fail(row, "lost", f"{message} (its result was lost {current.lost + 1} times)")
@@ -106,5 +110,5 @@ class Recorder:
         if current.attempts + 1 >= self._max_attempts and not lost:
             self.fail(row, reason, f"{message} (after {current.attempts + 1} attempts)")
             return
-        self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost)
-        self._emit(ev.Requeued(row.job_id, reason, message, lost))
+        self._journal.requeue(row.job_id, f"{reason}: {message}", lost=lost, dup=dup)
+        self._emit(ev.Requeued(row.job_id, reason, message, lost, possible_duplicate=dup))

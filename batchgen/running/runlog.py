@@ -68,11 +68,11 @@ def describe(event: Event) -> str | None:
         case Retrying(job_id=job, op=op, reason=reason, message=msg, delay=delay, attempt=n):
             who = f"job {job[:16]} " if job else ""
             return f"retry: {who}{op} #{n} {reason} ({msg}); waiting {delay:.2f} s"
-        case Requeued(job_id=job, reason=reason, message=msg, lost=lost):
+        case Requeued(job_id=job, reason=reason, message=msg, lost=lost, possible_duplicate=d):
             what = (
                 "result expired before it was fetched (lost); resubmitting"
                 if lost
-                else ("resubmitting")
+                else ("resubmitting (a possible duplicate charge)" if d else "resubmitting")
             )
             return f"requeue: job {job[:16]} {reason} ({msg}); {what}"
         case Failed(job_id=job, reason=reason, message=msg):
