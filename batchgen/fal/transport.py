@@ -196,10 +196,7 @@ def http_error(resp: httpx.Response, redact: Callable[[str], str] | None = None)
 
 def auth_error(err: QueueHTTPError) -> AuthError:
     if err.locked:
-        return AccountLocked(
-            f"fal refused the request: the account is locked ({err}); top up its balance and"
-            " run the same command again"
-        )
+        return AccountLocked(f"fal refused a new request ({err})")
     hint = "check FAL_KEY" if err.status == 401 else "check the key and the account's credit"
     return AuthError(f"fal refused the request ({err}); {hint}")
 

@@ -34,9 +34,8 @@ def stop_line(
         )
     if stop is StopReason.LOCKED:
         left = counts.get(S.PENDING, 0) + counts.get(S.UNKNOWN, 0)
-        said = f" ({cause})" if cause else ""
         return (
-            f"account locked: fal refused new requests{said}. Every request it had accepted"
+            f"account locked: {cause or 'fal refused new requests'}. Every request it had accepted"
             f" was {'followed' if on_fal else 'collected'}{'; ' + waiting if waiting else ''};"
             f" {left:,} jobs not sent. Top up the balance and run the same command again"
         )
