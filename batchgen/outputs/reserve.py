@@ -68,7 +68,7 @@ class Reserve:
     def discard(self) -> None:
         """Remove the reserve at the end of a run (best effort)."""
         with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
+            self.release()
 
 
 def _allocate(fd: int, size: int) -> None:

@@ -83,7 +83,7 @@ class Recorder:
             # fal would not answer for it now; it is still running there, paid for: the
             # request stays attached and the next run (after a top-up) follows it again.
             self._journal.event(row.job_id, "locked", o.message)
-            self._stop.request(ev.StopReason.LOCKED, error=Exception(o.message))
+            self._stop.request(ev.StopReason.LOCKED, cause=o.message)
         elif o.action is Action.FINAL:
             self.fail(row, o.reason, o.message)
         elif o.action is Action.RETRY:

@@ -58,13 +58,13 @@ class Stop:
         await self._abandon.wait()
 
     def request(
-        self, reason: R = R.INTERRUPTED, *, now: bool = False, error: BaseException | None = None
+        self, reason: R = R.INTERRUPTED, *, now: bool = False, cause: str | None = None
     ) -> None:
         """First call: submit nothing more, finish what is paid for. ``now``: cancel all.
-        Each change is announced once as a ``Stopping`` event. ``error``: the answer that
+        Each change is announced once as a ``Stopping`` event. ``cause``: the answer that
         asked for it, kept in ``causes`` for the end of the run."""
-        if error is not None:
-            self.causes.setdefault(reason, str(error))
+        if cause is not None:
+            self.causes.setdefault(reason, cause)
         if self.reason is None or RANK.index(reason) > RANK.index(self.reason):
             self.reason = reason
         first = not self.requested

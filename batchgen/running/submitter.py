@@ -158,7 +158,7 @@ class Submitter:
             # The account's credit ran out: nothing was created. Requests fal accepted before
             # still run and are collected; nothing new is sent until a top-up.
             self._journal.transition(job, S.PENDING)
-            self._ctx.stop.request(ev.StopReason.LOCKED, error=exc)
+            self._ctx.stop.request(ev.StopReason.LOCKED, cause=o.message)
         elif o.action is Action.FATAL:
             self._journal.transition(job, S.PENDING)  # refused: nothing was created
             fatal = exc if isinstance(exc, BatchgenError) else AuthError(o.message)
