@@ -227,7 +227,9 @@ class RunOptions(BaseModel):
     no_store_io: Annotated[bool, Flag(_CONTROLS, resume=True)] = Field(
         False,
         description="ask fal not to keep the requests' input and output payloads"
-        " (X-Fal-Store-IO: 0)",
+        " (X-Fal-Store-IO: 0). Costs the safety net of fal's history: a submit whose answer"
+        " is lost is sent again, counted as a possible duplicate charge, and a result that"
+        " expired before it was fetched is paid for again",
     )
     stop_at: Annotated[str | None, BeforeValidator(as_stop_at), Flag(_END, "HH:MM")] = Field(
         None,

@@ -168,25 +168,36 @@ def test_fail_records_class_and_one_line_message(path: Path) -> None:
         assert "\n" not in failed.error and len(failed.error) <= 1000
 
 
-def test_resume_sees_interrupted_submits_as_unknown_then_resubmits_them_first(
+def test_resume_sorts_interrupted_claims_into_sent_or_not_by_the_attempt_record(
     path: Path,
 ) -> None:
     with open_journal(path) as j:
         j.add_jobs([spec(i) for i in range(4)], cost_of=lambda s: 1.0)
-        j.claim(1)  # the POST for p0 may or may not have left: the process dies here
+        j.claim(1)
+        j.sending(spec(0).job_id, "key-p0")  # the POST for p0 may have left: the process dies
         j.claim(1)
         j.set_submitted(spec(1).job_id, handle("req-p1"))
+        j.claim(1)  # p2 claimed, its POST never begun
     with open_journal(path) as j:
         (unknown,) = j.interrupted_submits()
         assert unknown.spec.prompt_id == "p0" and unknown.state is S.UNKNOWN
+        (lost,) = j.lost_submits()  # what the look-up in fal's history needs
+        assert (lost.job_id, lost.key, lost.endpoint) == (
+            spec(0).job_id,
+            "key-p0",
+            spec(0).endpoint,
+        )
+        assert lost.known and lost.at is not None
+        assert j.get(spec(2).job_id).state is S.PENDING  # nothing was sent for it
         assert [r.request_id for r in j.attached()] == ["req-p1"]
-        claimed = j.claim(2)
-        assert [r.spec.prompt_id for r in claimed] == ["p0", "p2"]
-        assert claimed[0].possible_duplicates == 1 and claimed[0].submits == 2
-        assert claimed[1].possible_duplicates == 0
-        # A possible duplicate is counted as spent: the budget must not under-count.
-        assert j.spent_estimate() == pytest.approx(1.0)
-        assert j.tallies().possible_duplicates == 1
+        # an UNKNOWN job is never claimed: it waits for the look-up
+        assert [r.spec.prompt_id for r in j.claim(4)] == ["p2", "p3"]
+        # The lost submit may be billed: the budget counts it as in flight meanwhile.
+        assert j.in_flight_estimate() == pytest.approx(4.0)  # p0, p1, p2, p3
+        # found in the history: re-attached, its request id kept, its attempt forgotten
+        j.set_submitted(spec(0).job_id, handle("req-p0"), at=lost.at)
+        assert j.get(spec(0).job_id).submitted_at == lost.at
+        assert j.lost_submits() == [] and j.tallies().possible_duplicates == 0
 
 
 def test_attached_returns_live_requests_with_their_handles(path: Path) -> None:

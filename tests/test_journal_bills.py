@@ -89,6 +89,8 @@ def _as_schema_2(path: Path) -> None:
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("DROP TABLE bills")
+        conn.execute("ALTER TABLE jobs DROP COLUMN attempt_at")
+        conn.execute("ALTER TABLE jobs DROP COLUMN sent_key")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()
 
@@ -105,7 +107,7 @@ def test_a_schema_2_journal_is_read_as_it_is_and_migrated_by_the_first_write(
     record_bills(path, "fal", [bill("r-1")], "billed", now=1.0)
     with Journal.open_readonly(path) as r:
         assert r.bills() == [bill("r-1")]
-        assert ("migrate", "journal schema 2 -> 3") in {(e[2], e[3]) for e in r.events()}
+        assert ("migrate", "journal schema 2 -> 4") in {(e[2], e[3]) for e in r.events()}
     _as_schema_2(path)
     with open_journal(path) as j:  # a run migrates it too
         assert j.bills() == []

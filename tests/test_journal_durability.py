@@ -31,6 +31,9 @@ CHILD = textwrap.dedent(
     for (row,) in iter(lambda: j.claim(1), []):
         if mode == "kill-after-claim":
             os.kill(os.getpid(), signal.SIGKILL)
+        j.sending(row.job_id, "key")
+        if mode == "kill-while-sending":
+            os.kill(os.getpid(), signal.SIGKILL)
         j.set_submitted(row.job_id, handle("req-" + row.spec.prompt_id))
         if mode == "kill-after-submit":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -62,15 +65,26 @@ def test_a_request_id_survives_kill_9_right_after_set_submitted(path: Path) -> N
         assert j.claim(1) == []  # never submitted twice
 
 
-def test_a_claim_interrupted_by_kill_9_resumes_as_a_possible_duplicate(path: Path) -> None:
+def test_a_claim_killed_before_its_post_is_sent_again_uncounted(path: Path) -> None:
     proc = start_child(path, "kill-after-claim")
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with open_journal(path) as j:
+        assert j.interrupted_submits() == []  # its POST was never begun: nothing to look for
+        (again,) = j.claim(1)
+        assert again.possible_duplicates == 0 and again.submits == 2
+
+
+def test_a_post_killed_mid_way_resumes_as_a_lost_submit_to_look_for(path: Path) -> None:
+    proc = start_child(path, "kill-while-sending")
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     with open_journal(path) as j:
         (unknown,) = j.interrupted_submits()
         assert unknown.state is JobState.UNKNOWN
-        (again,) = j.claim(1)
-        assert again.job_id == unknown.job_id and again.possible_duplicates == 1
+        (lost,) = j.lost_submits()
+        assert lost.job_id == unknown.job_id and lost.key == "key" and lost.known
+        assert unknown.job_id not in {r.job_id for r in j.claim(5)}  # looked for first
 
 
 def test_kill_9_from_outside_loses_no_returned_commit(path: Path) -> None:

@@ -27,7 +27,7 @@ def test_a_journal_of_another_schema_version_is_refused_clearly(path: Path) -> N
     with conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
-    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 3"):
+    with pytest.raises(JournalError, match=r"schema 99; this batchgen \(0\.1\.0\) reads schema 4"):
         open_journal(path)
     with pytest.raises(JournalError, match="schema 99"):
         Journal.open_readonly(path)
@@ -177,7 +177,7 @@ def test_the_public_api_other_modules_build_on() -> None:
     assert {"clock=", "manifest_path=", "allow_manifest_change="} <= set(params(Journal.open))
     assert params(Journal.add_jobs) == ["self", "specs", "cost_of="]
     assert params(Journal.claim) == ["self", "limit", "origin="]
-    assert params(Journal.set_submitted) == ["self", "job_id", "handle", "origin=", "sync="]
+    assert params(Journal.set_submitted) == ["self", "job_id", "handle", "origin=", "sync=", "at="]
     assert params(Journal.sync_wal) == ["self"]
     assert params(Journal.transition) == [
         "self",
@@ -211,6 +211,8 @@ def _as_schema_1(path: Path) -> None:
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("ALTER TABLE jobs DROP COLUMN origin")
+        conn.execute("ALTER TABLE jobs DROP COLUMN attempt_at")
+        conn.execute("ALTER TABLE jobs DROP COLUMN sent_key")
         conn.execute("ALTER TABLE uploads DROP COLUMN origin")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
@@ -237,4 +239,27 @@ def test_a_schema_1_journal_is_read_as_it_is_and_migrated_by_the_next_run(path: 
         assert j.get(waiting.job_id).origin is None  # type: ignore[union-attr]
         assert j.upload_get("e3b0").origin == "emulator"  # type: ignore[union-attr]
         assert j.tallies().rehearsal == pytest.approx(0.25) and j.tallies().spent == 0
-        assert ("migrate", "journal schema 1 -> 3") in {(e[2], e[3]) for e in j.events()}
+        assert ("migrate", "journal schema 1 -> 4") in {(e[2], e[3]) for e in j.events()}
+
+
+def test_a_schema_3_lost_submit_is_migrated_as_sent_with_no_record_of_what(path: Path) -> None:
+    """A journal an older batchgen left with a POST that may have gone out: the look-up in
+    fal's history cannot match it (nothing says what was sent), so it is sent again and
+    counted, as that version would have done."""
+    with open_journal(path) as j:
+        j.add_jobs([spec(i) for i in range(2)])
+        lost, _ = j.claim(2)
+        j.transition(lost.job_id, S.UNKNOWN)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN attempt_at")
+        conn.execute("ALTER TABLE jobs DROP COLUMN sent_key")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.close()
+    with Journal.open_readonly(path) as r:  # `status` reads it as it is
+        assert r.counts()[S.UNKNOWN] == 1
+    with open_journal(path) as j:
+        (unknown,) = j.interrupted_submits()  # the SUBMITTING one: sent, for all it knows
+        rows = {r.job_id: r for r in j.lost_submits()}
+        assert set(rows) == {lost.job_id, unknown.job_id}
+        assert not any(r.known for r in rows.values())

@@ -147,13 +147,14 @@ async def test_after_retry_failed_failures_jsonl_gallery_and_status_say_the_same
 async def test_one_definition_of_spend_for_summary_status_gallery_and_budget(
     tmp_path: Path,
 ) -> None:
-    # Dropped submits (possible duplicates) and lost results make spend differ from the plan.
+    # Dropped submits (possible duplicates: fal keeps no payloads to find them by) and lost
+    # results make spend differ from the plan.
     rig = Rig(
         tmp_path,
         12,
         emulator={"faults": "submitdrop=0.3,runner_error=0.2", "seed": 9, "announce": False},
     )
-    await rig.run(concurrency=4)
+    await rig.run(concurrency=4, no_store_io=True)
     with rig.journal() as j:
         summary_figure = j.tallies().spent  # what the runner's summary reads (RunResult.spent)
         status_figure = build_report(j, rig.out, now=0.0, writer_pid=None).spent_usd
@@ -166,7 +167,8 @@ async def test_one_definition_of_spend_for_summary_status_gallery_and_budget(
     page = build_gallery(rig.out).path.read_text()
     assert f"${summary_figure:,.2f}</b> spent" in page
     # --max-cost caps the same figure: a cap just under it stops at once, naming it.
-    budget = await rig.run(concurrency=4, retry_failed=True, max_cost=summary_figure - 0.001)
+    cap = summary_figure - 0.001
+    budget = await rig.run(concurrency=4, retry_failed=True, max_cost=cap, no_store_io=True)
     stops = budget.of(BudgetReached)
     if stops:  # only when something was left to submit
         assert stops[0].spent == pytest.approx(summary_figure)

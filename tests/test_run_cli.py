@@ -177,10 +177,11 @@ def test_seed_picks_which_requests_a_rehearsal_fails(tmp_path: Path) -> None:
 
 def test_result_ttl_shorter_than_a_round_trip_loses_every_result(tmp_path: Path) -> None:
     """--result-ttl reaches the in-process emulator: results that expire before they can be
-    read are lost work, sent again up to --max-attempts, then failed as lost."""
+    read, with fal keeping no payloads to read them from instead (--no-store-io), are lost
+    work, sent again up to --max-attempts, then failed as lost."""
     m = write_manifest(tmp_path, 2)
     out = tmp_path / "out"
-    flags = ["--emulate", "--time-scale", "0", "--quiet", "--max-attempts", "2"]
+    flags = ["--emulate", "--time-scale", "0", "--quiet", "--max-attempts", "2", "--no-store-io"]
     code = main(["run", str(m), *flags, "--result-ttl", "0.000001", "--out", str(out)])
     assert code == 1
     failures = read_failures(out)
@@ -190,6 +191,16 @@ def test_result_ttl_shorter_than_a_round_trip_loses_every_result(tmp_path: Path)
         (run,) = j.runs()
     assert run.settings["result_ttl"] == 0.000001
     assert "--result-ttl" in run.settings["resume"]
+
+
+def test_results_that_expire_at_once_are_read_from_fals_history(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    flags = ["--emulate", "--time-scale", "0", "--quiet", "--result-ttl", "0.000001"]
+    assert main(["run", str(m), *flags, "--out", str(out)]) == 0
+    with Journal.open_readonly(out / JOURNAL_NAME) as j:
+        assert {(r.state, r.lost, r.submits) for r in j.iter_jobs()} == {(S.DOWNLOADED, 0, 1)}
+        assert sum(e[2] == "history" for e in j.events()) == 3
 
 
 def test_result_ttl_needs_emulate(tmp_path: Path) -> None:

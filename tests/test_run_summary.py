@@ -13,6 +13,9 @@ from batchgen.planning.jobs import JobState
 from batchgen.running.events import (
     BudgetReached,
     Failed,
+    Found,
+    LookedUp,
+    Recovered,
     Requeued,
     Retrying,
     RunStats,
@@ -20,6 +23,7 @@ from batchgen.running.events import (
     Started,
     Stopping,
     StopReason,
+    SubmitLost,
     Submitted,
 )
 from batchgen.running.runlog import RunLog, describe
@@ -50,7 +54,13 @@ def test_run_stats_tally() -> None:
         Submitted("a", "r1", False),
         Submitted("b", "r2", True),
         Retrying("a", "submit", "http_429", "m", 0.1, 1),
-        Requeued("c", "submit_dropped", "m", lost=False),
+        Requeued("c", "submit_dropped", "not in fal's history", lost=False),
+        Requeued("i", "submit_dropped", "the history cannot tell", False, possible_duplicate=True),
+        SubmitLost("c", "submit_dropped", "m"),
+        SubmitLost("j", "submit_dropped", "m"),
+        LookedUp(2, 1),
+        Found("j", "r9"),
+        Recovered("k", "r10"),
         Requeued("d", "expired", "m", lost=True),
         Requeued("g", "deadline", "cancelled while it ran", lost=False, possible_duplicate=True),
         Requeued("h", "deadline", "cancelled in fal's queue", lost=False),
@@ -60,10 +70,12 @@ def test_run_stats_tally() -> None:
         Started("a"),
     ]:
         st.add(e)
-    assert (st.submitted, st.retries, st.requeued, st.lost) == (2, 1, 4, 1)
-    # each dropped submit may have made a billed job; so may a request cancelled as it ran,
-    # but not one cancelled while it waited in the queue
-    assert st.possible_duplicates == 3
+    assert (st.submitted, st.retries, st.requeued, st.lost) == (2, 1, 5, 1)
+    # a lost submit fal's history could not rule out may have made a billed request; so may a
+    # request cancelled as it ran, but not one cancelled while it waited in the queue, nor a
+    # lost submit the history settled (found, or not made by the time it would have ended)
+    assert st.possible_duplicates == 2
+    assert (st.lost_submits, st.lookups, st.found, st.recovered) == (2, 1, 1, 1)
     assert (st.saved_jobs, st.images) == (1, 2)
     assert st.failed == {"content_policy_violation": 1, "submit_dropped": 1}
 

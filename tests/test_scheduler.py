@@ -19,11 +19,13 @@ from batchgen.running.events import (
     Event,
     Failed,
     Finished,
+    Found,
     Requeued,
     Resumed,
     Retrying,
     Saved,
     StopReason,
+    SubmitLost,
     Submitted,
     WindowChanged,
 )
@@ -85,16 +87,20 @@ async def test_hostile_profile_no_submit_without_a_reason(tmp_path: Path) -> Non
     assert stats["results_evil_name"] > 0 and stats["refusals_retryable"] > 0
 
 
-async def test_submitdrop_is_resubmitted_and_counted(tmp_path: Path) -> None:
+async def test_a_dropped_submit_is_found_in_fals_history_not_sent_again(tmp_path: Path) -> None:
     rig = Rig(tmp_path, 10, emulator={"faults": "submitdrop=0.3", "seed": 1})
     r = await rig.run(concurrency="4", max_attempts=6)
     stats = rig.stats()
     assert stats["submits_dropped"] > 0
-    dropped = [e for e in r.of(Requeued) if e.reason == "submit_dropped"]
-    assert len(dropped) == stats["submits_dropped"]
-    assert r.sched.stats.possible_duplicates == stats["submits_dropped"]
+    lost = r.of(SubmitLost)
+    assert len(lost) == stats["submits_dropped"]
+    # each request the dropped answers made was found and followed: nothing paid twice
+    assert sorted(e.job_id for e in r.of(Found)) == sorted(e.job_id for e in lost)
+    assert stats["duplicate_submits"] == 0
+    assert r.sched.stats.possible_duplicates == 0 and r.sched.stats.lookups >= 1
+    assert set(rig.states()) == {S.DOWNLOADED}
     with rig.journal() as j:
-        assert j.tallies().possible_duplicates == stats["submits_dropped"]
+        assert j.tallies().possible_duplicates == 0
     submits_explained(rig, [r])
 
 

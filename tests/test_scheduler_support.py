@@ -28,7 +28,7 @@ from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import estimate_cost
 from batchgen.retry import RetryPolicy
-from batchgen.running.events import Event, Failed, Requeued, Submitted
+from batchgen.running.events import Event, SubmitLost, Submitted
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import receiver
 from batchgen.running.webhooks import Webhook
@@ -235,13 +235,11 @@ class Rig:
 
 def submits_explained(rig: Rig, runs: list[RunResult]) -> None:
     """No input reached the server more often than our own events explain: one accepted
-    submit per ``Submitted``, plus one per dropped submit (``Requeued`` for submit_dropped)."""
+    submit per ``Submitted``, plus one per submit whose answer was lost (``SubmitLost``)."""
     expected: Counter[str] = Counter()
     for r in runs:
         for e in r.events:
-            if isinstance(e, Submitted) or (
-                isinstance(e, Requeued | Failed) and e.reason == "submit_dropped"
-            ):
+            if isinstance(e, Submitted | SubmitLost):
                 expected[rig.input_key(e.job_id)] += 1
     seen = Counter(rig.stats()["submits_per_input"])
     assert seen == expected

@@ -26,6 +26,7 @@ from batchgen.config import Settings, build_settings
 from batchgen.journal.origin import describe
 from batchgen.manifest import Manifest, load_manifest
 from batchgen.running.events import (
+    HistoryUnavailable,
     Reachable,
     Ready,
     Resumed,
@@ -34,6 +35,7 @@ from batchgen.running.events import (
     Unreachable,
     WebhooksSilent,
     announce,
+    history_text,
     silent_text,
 )
 from batchgen.running.runner import Approve
@@ -223,6 +225,8 @@ class _View:
                 return [f"{self._where} answers again, after {s:.0f} s"]
             case WebhooksSilent():
                 return [silent_text(event)]
+            case HistoryUnavailable():
+                return [history_text(event)]
             case Stopping(now=False, reason=StopReason.STOP_AT):
                 return [
                     "--stop-at reached: no new submits; waiting for paid requests to finish and"

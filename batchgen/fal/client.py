@@ -33,6 +33,7 @@ import httpx
 from batchgen.errors import ProtocolError, QueueTransportError, UnknownOutcome
 from batchgen.fal.auth import FalKey
 from batchgen.fal.headers import ANSWERED_BY_KEY, answered_by
+from batchgen.fal.platform import PlatformClient
 from batchgen.fal.statuses import Status, parse_status
 from batchgen.fal.storage import Storage
 from batchgen.fal.stream import logs_param, stream_statuses
@@ -107,6 +108,7 @@ class QueueClient:
             redact=redact,
         )
         self._storage = Storage(self._t, self.endpoints, wall_clock)
+        self._sleep, self._retry, self._on_retry = sleep, retry, on_retry
 
     def __repr__(self) -> str:
         return f"QueueClient(endpoints={self.endpoints!r}, key={self._key!r})"
@@ -139,6 +141,26 @@ class QueueClient:
         # fal never sends this header: a rehearsal against `batchgen emulator` says so itself.
         emulator = EMULATOR_HEADER in resp.headers
         return Handle.from_json({**body, "emulator": emulator})
+
+    def handle_for(self, endpoint: str, request_id: str) -> Handle:
+        """The handle of a request known by its id alone (found in fal's history): its URLs as
+        fal builds them, from the queue host and the endpoint's owner/app (docs/fal.md)."""
+        app = "/".join(endpoint.strip("/").split("/")[:2])
+        base = f"{self.endpoints.queue}/{app}/requests/{request_id}"
+        return Handle(request_id, f"{base}/status", base, f"{base}/cancel")
+
+    def platform(self) -> PlatformClient:
+        """fal's platform API (history, billing) of the same account and hosts, on the same
+        pool: ``Endpoints.platform``."""
+        return PlatformClient(
+            self._t.http,
+            key=self._key,
+            base_url=self.endpoints.platform,
+            sleep=self._sleep,
+            retry=self._retry,
+            on_retry=self._on_retry,
+            timeout=self._t.timeout,
+        )
 
     async def status(self, h: Handle, *, logs: bool = False) -> Status:
         resp = await self._t.retrying("status", "GET", h.status_url, params=logs_param(logs))

@@ -29,6 +29,7 @@ and requests in the order they were made.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,9 +43,11 @@ CLOCK_SKEW_S = 60.0
 
 
 def input_key(body: Mapping[str, Any]) -> str:
-    """The canonical JSON of a request's input without the OpenAI key: equal for the same
-    input whatever the key order, and whoever's key was in it."""
-    return canonical_json({k: v for k, v in body.items() if k not in SECRET_FIELDS | {KEY_FIELD}})
+    """The sha256 (hex) of a request's input as canonical JSON without the OpenAI key: equal
+    for the same input whatever the key order, and whoever's key was in it. A digest, so the
+    journal keeps 64 characters per lost submit, not an edit's inline images."""
+    clean = {k: v for k, v in body.items() if k not in SECRET_FIELDS | {KEY_FIELD}}
+    return hashlib.sha256(canonical_json(clean).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +86,14 @@ def entry_of(item: RequestItem) -> HistoryEntry:
 class Matching:
     """``pairs``: job id -> the request it re-attaches to. ``unmatched``: lost jobs no request
     was found for. ``spare``: unowned requests with a lost job's input, made after its first
-    lost attempt, that no job took (more requests than jobs: a duplicate, billed)."""
+    lost attempt, that no job took (more requests than jobs: a duplicate, billed). ``blind``:
+    the unmatched jobs that an entry without its input (or its time) might be: the history
+    cannot say they were not made (``X-Fal-Store-IO: 0``)."""
 
     pairs: dict[str, str] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
     spare: list[str] = field(default_factory=list)
+    blind: list[str] = field(default_factory=list)
 
 
 def match(
@@ -105,6 +111,7 @@ def match(
         group = jobs[(a.input_key, a.endpoint)]
         group[a.job_id] = min(a.at, group.get(a.job_id, a.at))
     requests: dict[str, list[HistoryEntry]] = defaultdict(list)
+    unreadable: list[HistoryEntry] = []  # unowned entries that cannot be compared
     seen: set[str] = set()
     for e in history:
         if e.request_id in owned or e.request_id in seen:
@@ -112,6 +119,8 @@ def match(
         seen.add(e.request_id)
         if e.input_key is not None and e.at is not None:
             requests[e.input_key].append(e)
+        else:
+            unreadable.append(e)
     pairs: dict[str, str] = {}
     taken: set[str] = set()
     for (key, endpoint), group in sorted(jobs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
@@ -139,7 +148,18 @@ def match(
         if e.request_id not in taken and e.at is not None and e.at >= first - skew_s
     )
     unmatched = sorted({a.job_id for a in lost} - pairs.keys())
-    return Matching(pairs, unmatched, spare)
+    blind = sorted(
+        {
+            a.job_id
+            for a in lost
+            if a.job_id in unmatched
+            and any(
+                _same_endpoint(a.endpoint, e.endpoint) and (e.at is None or e.at >= a.at - skew_s)
+                for e in unreadable
+            )
+        }
+    )
+    return Matching(pairs, unmatched, spare, blind)
 
 
 def _same_endpoint(asked: str | None, listed: str | None) -> bool:

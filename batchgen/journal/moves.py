@@ -20,17 +20,15 @@ S = JobState
 def claim_rows(
     conn: sqlite3.Connection, limit: int, origin: str | None, now: float
 ) -> list[JobRow]:
-    """Up to ``limit`` claimable rows moved to SUBMITTING, FIFO, UNKNOWN ones (resubmits of
-    unknown outcomes) first; their rows as they were before the move."""
-    rows: list[JobRow] = []
+    """Up to ``limit`` PENDING rows of the manifest moved to SUBMITTING, FIFO; their rows as
+    they were before the move. The attempt's time and input are cleared: the submitter writes
+    them just before its POST (``schema``), so a claim without them was never sent."""
     with transaction(conn) as c:
-        for state in ("UNKNOWN", "PENDING"):
-            sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? AND in_manifest = 1"
-            rows += map(job_row, c.execute(sql + " ORDER BY seq LIMIT ?", (state, limit)))
-        rows = rows[:limit]
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'PENDING' AND in_manifest = 1"
+        rows = list(map(job_row, c.execute(sql + " ORDER BY seq LIMIT ?", (limit,))))
         c.executemany(
             "UPDATE jobs SET state = 'SUBMITTING', submits = submits + 1,"
-            " possible_duplicates = possible_duplicates + (state = 'UNKNOWN'),"
+            " attempt_at = NULL, sent_key = NULL,"
             " origin = coalesce(?, origin), updated_at = ? WHERE seq = ?",
             [(origin, now, r.seq) for r in rows],
         )

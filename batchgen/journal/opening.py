@@ -232,7 +232,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
         conn.execute("CREATE TEMP VIEW uploads AS SELECT *, NULL AS origin FROM main.uploads")
     if have in ("1", "2"):  # no bills table: an empty one
         conn.execute(BILLS_TABLE.replace("TABLE IF NOT EXISTS", "TEMP TABLE"))
-    elif have != str(SCHEMA_VERSION):
+    elif have not in ("3", str(SCHEMA_VERSION)):  # 3 lacks only what no reader reads
         conn.close()
         raise JournalError(
             f"{path} has journal schema {have}; this batchgen reads schema {SCHEMA_VERSION}"
@@ -265,9 +265,18 @@ def _v2_to_v3(c: sqlite3.Connection) -> None:
     c.execute(BILLS_TABLE)
 
 
+def _v3_to_v4(c: sqlite3.Connection) -> None:
+    """Schema 4 keeps each submit attempt's time and input until its answer comes (``schema``).
+    A row schema 3 left SUBMITTING or UNKNOWN may have been sent, with no record of what:
+    ``'?'`` says so, and the look-up sends it again, counted, as schema 3 would have."""
+    c.execute("ALTER TABLE jobs ADD COLUMN attempt_at REAL")
+    c.execute("ALTER TABLE jobs ADD COLUMN sent_key TEXT")
+    c.execute("UPDATE jobs SET sent_key = '?' WHERE state IN ('SUBMITTING', 'UNKNOWN')")
+
+
 # version -> the step that brings it to the next one ("skip what is recorded": each step runs
 # once, in the same transaction as the version it writes).
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(conn: sqlite3.Connection, have: int) -> None:

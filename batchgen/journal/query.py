@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from batchgen.errors import JournalError
+from batchgen.journal.attempts import LostRow, lost_rows, requests_made
 from batchgen.journal.bills import RequestTrail, StoredBill, read_bills, read_trail
 from batchgen.journal.origin import EMULATOR
 from batchgen.journal.schema import (
@@ -106,6 +107,13 @@ class JournalReader:
     ) -> list[JobRow]:
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY {order} LIMIT ?"
         return [job_row(r) for r in self._db().execute(sql, (*params, limit))]
+
+    def lost_submits(self) -> list[LostRow]:
+        """The UNKNOWN jobs with their last attempt (``attempts.py``); schema 4 only."""
+        return lost_rows(self._db())
+
+    def requests_made(self, after: int = 0) -> tuple[set[str], int]:
+        return requests_made(self._db(), after)
 
     # ---- jobs ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from batchgen.planning.jobs import SECRET_FIELDS, JobSpec, JobState
 
 # Bump when a table changes shape, with a migration in ``opening.MIGRATIONS``. A journal of a
 # newer version is refused: mixing two layouts is how a resume would pay twice.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 JOURNAL_NAME = "journal.sqlite"
 
@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS bills (
     PRIMARY KEY (server, request_id, n)
 )"""
 
+# ``attempt_at`` and ``sent_key`` (schema 4) are written just before each submit's POST: when it
+# was made (our clock) and ``fal.matching.input_key`` of the input sent. They outlive the POST
+# only when its answer is lost (UNKNOWN), for the look-up in fal's history that finds the
+# request it made (``running/lookup.py``); a claim clears them, so a claimed row without them
+# was never sent. ``sent_key = '?'``: sent, what is unknown (a journal of schema 3).
+#
 # ``seq`` is the rowid: FIFO order is insertion order, and ``jobs_state`` (state, in_manifest)
 # implicitly ends with the rowid, so "the first N PENDING jobs in the manifest" is an index
 # range scan with no sort, however many rows are done already.
@@ -77,7 +83,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     submitted_at REAL,
-    origin TEXT
+    origin TEXT,
+    attempt_at REAL,
+    sent_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, in_manifest);
 CREATE TABLE IF NOT EXISTS events (

@@ -32,6 +32,7 @@ import filelock
 
 from batchgen.errors import JournalError, is_disk_full
 from batchgen.journal import resets
+from batchgen.journal.attempts import record_attempt
 from batchgen.journal.loading import plan_into
 from batchgen.journal.moves import claim_rows, move_row
 from batchgen.journal.opening import (
@@ -183,39 +184,45 @@ class Journal(JournalReader):
 
     @needs_room
     def claim(self, limit: int, *, origin: str | None = None) -> list[JobRow]:
-        """Move up to ``limit`` jobs to SUBMITTING, FIFO, UNKNOWN ones (resubmits) first, their
-        requests to be made at ``origin`` (recorded before the POST; None keeps the old one).
+        """Move up to ``limit`` PENDING jobs to SUBMITTING, FIFO, their requests to be made at
+        ``origin`` (recorded before the POST; None keeps the old one).
 
         Committed before returning: a crash after this leaves SUBMITTING rows, which
-        :meth:`interrupted_submits` turns into UNKNOWN (the POST may have been sent)."""
+        :meth:`interrupted_submits` sorts out (sent or not, by :meth:`sending`)."""
         if limit <= 0:
             return []
         now = self._clock()
-        rows = claim_rows(self._db(), limit, origin, now)
         out = []
-        for r in rows:
-            dup = r.possible_duplicates + (r.state is S.UNKNOWN)
+        for r in claim_rows(self._db(), limit, origin, now):
             where = origin or r.origin
-            self._live.move(r, S.SUBMITTING, dup=dup, billed=r.billed, origin=where)
-            out.append(
-                replace(
-                    r,
-                    state=S.SUBMITTING,
-                    updated_at=now,
-                    submits=r.submits + 1,
-                    possible_duplicates=dup,
-                    origin=where,
-                )
+            self._live.move(
+                r, S.SUBMITTING, dup=r.possible_duplicates, billed=r.billed, origin=where
             )
+            new = replace(r, state=S.SUBMITTING, updated_at=now, submits=r.submits + 1)
+            out.append(replace(new, origin=where))
         return out
 
+    @needs_room
+    def sending(self, job_id: str, input_key: str) -> None:
+        """Just before a POST: when it is made and what it sends (``attempts.py``), so a lost
+        answer can be looked for in fal's history. Not fsynced: a crash that loses it loses
+        the claim's SUBMITTING too, or leaves a row that looks unsent and is sent again."""
+        record_attempt(self._db(), job_id, self._clock(), input_key)
+
     def set_submitted(
-        self, job_id: str, handle: dict[str, Any], *, origin: str | None = None, sync: bool = True
+        self,
+        job_id: str,
+        handle: dict[str, Any],
+        *,
+        origin: str | None = None,
+        sync: bool = True,
+        at: float | None = None,
     ) -> None:
         """SUBMITTING -> QUEUED with the request id and handle, committed (fsynced) at once;
         ``origin`` corrects where it was made when the answer said more than the claim knew.
         ``sync=False`` leaves the fsync to the caller: it calls :meth:`sync_wal` (from any
-        thread, once for many jobs) before acting on the job, as the scheduler does."""
+        thread, once for many jobs) before acting on the job, as the scheduler does. Also
+        UNKNOWN -> QUEUED, for a request found in fal's history, ``at`` its attempt's time."""
         request_id = handle.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise JournalError(f"a submit handle without a request_id for job {job_id[:16]}")
@@ -224,7 +231,8 @@ class Journal(JournalReader):
             self._db().execute("PRAGMA synchronous = FULL")
         try:
             sets: dict[str, Any] = {"request_id": request_id, "handle": dumps(handle)}
-            sets.update(submitted_at=self._clock(), **({"origin": origin} if origin else {}))
+            sets.update(submitted_at=at or self._clock(), attempt_at=None, sent_key=None)
+            sets.update({"origin": origin} if origin else {})
             self._move(job_id, S.QUEUED, detail=request_id, sets=sets)
         finally:
             if durable:
@@ -288,35 +296,28 @@ class Journal(JournalReader):
 
     # ---- before a run submits: bulk changes (resets.py), tallies rebuilt after each -----
 
-    def replace_rehearsal(self, keep: str | None = None) -> int:
-        return self._bulk(lambda c, now: resets.replace_rehearsal(c, now, keep))
-
-    def drop_emulator_requests(self, keep: str | None = None) -> int:
-        return self._bulk(lambda c, now: resets.drop_emulator_requests(c, now, keep))
-
-    def redownload_failed(self, origin: str, alias: str | None = None) -> int:
-        pair = (origin, alias or origin)
-        return self._bulk(lambda c, now: resets.redownload_failed(c, now, pair))
-
-    def retry_failed(self) -> int:
-        """``--retry-failed`` (after :meth:`redownload_failed`): failures back to PENDING."""
-        return self._bulk(resets.retry_failed)
-
-    def _bulk(self, change: Callable[[sqlite3.Connection, float], int]) -> int:
+    def bulk(self, change: Callable[[sqlite3.Connection, float], int]) -> int:
+        """One of ``resets``' changes (``change(conn, now)``), with the tallies rebuilt."""
         n = change(self._db(), self._clock())
         if n:
             self._live = LiveTallies(tallies(self._db()))
         return n
 
+    def retry_failed(self) -> int:
+        """``--retry-failed`` (after ``resets.redownload_failed``): failures back to PENDING."""
+        return self.bulk(resets.retry_failed)
+
     def interrupted_submits(self) -> list[JobRow]:
-        """SUBMITTING rows left by a crash become UNKNOWN (the POST may have gone out).
+        """SUBMITTING rows left by a crash: those whose POST was made (:meth:`sending`) become
+        UNKNOWN, to be looked for in fal's history; the rest were never sent: PENDING.
 
         Call once when resuming, before claiming: it would also catch this run's own claims.
-        They are resubmitted by :meth:`claim` and counted as possible duplicates then.
-        """
-        rows = self._select("state = 'SUBMITTING'")
+        Returns the UNKNOWN ones."""
+        rows = self._select("state = 'SUBMITTING' AND sent_key IS NOT NULL")
         for r in rows:
             self._move(r.job_id, S.UNKNOWN, detail="interrupted submit")
+        for r in self._select("state = 'SUBMITTING'"):
+            self._move(r.job_id, S.PENDING, detail="interrupted before its submit was sent")
         return [replace(r, state=S.UNKNOWN) for r in rows]
 
     @needs_room

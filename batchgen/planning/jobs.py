@@ -157,7 +157,7 @@ S = JobState
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.PENDING: frozenset({S.SUBMITTING, S.FAILED}),
     S.SUBMITTING: frozenset({S.QUEUED, S.UNKNOWN, S.PENDING, S.FAILED}),
-    S.UNKNOWN: frozenset({S.SUBMITTING, S.PENDING, S.FAILED}),
+    S.UNKNOWN: frozenset({S.QUEUED, S.PENDING, S.FAILED}),  # QUEUED: found in fal's history
     S.QUEUED: frozenset({S.RUNNING, S.COMPLETED, S.PENDING, S.FAILED}),
     S.RUNNING: frozenset({S.COMPLETED, S.PENDING, S.FAILED}),
     S.COMPLETED: frozenset({S.DOWNLOADED, S.PENDING, S.FAILED}),

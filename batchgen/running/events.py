@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-DROPPED = "submit_dropped"  # retry.classify's reason for a submit sent without an answer
 START_TIMEOUT = "start_timeout"  # ...and for fal's 504 when --start-timeout ran out (not billed)
 
 
@@ -135,6 +134,58 @@ class Requeued:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitLost:
+    """A submit sent with no answer: fal may have made the request. Nothing is sent again
+    until fal's history has been asked (``running/lookup.py``)."""
+
+    job_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """fal's history holds what a job's lost submit made (``request_id``): it is followed
+    like any other request, never sent again."""
+
+    job_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LookedUp:
+    """One look in fal's history for ``lost`` lost submits: ``found`` of them were there."""
+
+    lost: int
+    found: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryUnavailable:
+    """fal's history could not settle ``jobs`` lost submits (``why``): they are sent again and
+    counted as possible duplicate charges. Said once a run."""
+
+    why: str
+    jobs: int
+
+
+def history_text(e: HistoryUnavailable) -> str:
+    """The notice the CLI prints and run.log keeps."""
+    return (
+        f"{e.jobs} lost submit{'s' if e.jobs != 1 else ''} sent again without knowing whether"
+        f" fal made them ({e.why}): each is counted as a possible duplicate charge"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A result the queue no longer had, read from fal's history instead: no new submit."""
+
+    job_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     job_id: str
     reason: str
@@ -232,6 +283,11 @@ Event = (
     | Saved
     | Retrying
     | Requeued
+    | SubmitLost
+    | Found
+    | LookedUp
+    | HistoryUnavailable
+    | Recovered
     | Failed
     | Unreachable
     | Reachable
@@ -261,6 +317,10 @@ class RunStats:
     resubmitted_free: int = 0  # requests of a stopped emulator, sent again at no cost
     replaced: int = 0  # a rehearsal's jobs made for real
     start_timeouts: int = 0  # requests no runner started within --start-timeout (not billed)
+    lost_submits: int = 0  # submits sent with no answer (each looked for in fal's history)
+    found: int = 0  # ...whose request fal's history held: followed, not sent again
+    lookups: int = 0  # looks in fal's history for them
+    recovered: int = 0  # expired results read from fal's history: no new submit
 
     def add(self, event: Event) -> None:
         match event:
@@ -273,16 +333,23 @@ class RunStats:
             case Requeued(lost=lost, reason=reason, possible_duplicate=dup):
                 self.requeued += 1
                 self.lost += int(lost)
-                # a submit with no answer may have created a job that fal will bill; a
-                # request cancelled while it ran may be billed as well as the next
-                self.possible_duplicates += int(reason == DROPPED or dup)
+                # a lost submit fal's history could not rule out, or a request cancelled
+                # while it ran: fal may bill it as well as the next
+                self.possible_duplicates += int(dup)
                 self.start_timeouts += int(reason == START_TIMEOUT)
+            case SubmitLost():
+                self.lost_submits += 1
+            case Found():
+                self.found += 1
+            case LookedUp():
+                self.lookups += 1
+            case Recovered():
+                self.recovered += 1
             case Saved(images=n):
                 self.saved_jobs += 1
                 self.images += n
             case Failed(reason=reason):
                 self.failed[reason] += 1
-                self.possible_duplicates += int(reason == DROPPED)
                 self.start_timeouts += int(reason == START_TIMEOUT)
             case _:
                 pass

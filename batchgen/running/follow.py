@@ -31,7 +31,7 @@ request's slot in the window is free from that moment.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from batchgen.fal import Completed, Handle, InProgress, Status
 from batchgen.journal.writer import JobRow
@@ -66,6 +66,8 @@ class Follower:
         self._pool = pool
         self._retry = FOLLOW.jittered(ctx.rng)
         self._deadline = ctx.settings.options.deadline
+        # A result the queue no longer has, read from fal's history (lookup.KeptResults).
+        self.kept: Callable[[JobRow], Awaitable[dict[str, Any] | None]] | None = None
 
     async def follow(
         self, row: JobRow, handle: Handle, submitted_at: float, first: tuple[int, int] | None
@@ -120,11 +122,27 @@ class Follower:
             got = await self._past_deadline(row, handle, note, lambda: started)
         if got is None:  # cancelled and sent again
             return
+        if isinstance(got, Outcome) and got.reason == "expired":
+            got = await self._from_history(row, got)
+            late = True  # how long it took is not known: the run times learn nothing
         if isinstance(got, Outcome):
             ctx.record.after_failure(row, got)  # decided and recorded before any await
             await keep_logs(ctx.client, ctx.journal, job, handle, got, ctx.settings.redact)
             return
         self._finished(row, got, submitted_at, late=late)
+
+    async def _from_history(self, row: JobRow, expired: Outcome) -> Done | Outcome:
+        """The queue no longer has the request: its result from fal's history, else the
+        queue's answer stands (sent again, counted as lost)."""
+        if self.kept is None:
+            return expired
+        current = self._ctx.journal.get(row.job_id) or row
+        try:
+            result = await self.kept(current)
+        except Exception as exc:  # the history cannot say: the queue's answer stands
+            self._ctx.journal.event(row.job_id, "history", f"not asked: {exc}")
+            return expired
+        return expired if result is None else Done(result, None)
 
     async def _past_deadline(
         self, row: JobRow, handle: Handle, note: Note, started: Callable[[], bool]

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from batchgen.errors import UsageError
+from batchgen.journal import resets
 from batchgen.journal.origin import describe, emulator_at, is_rehearsal
 from batchgen.journal.writer import Journal
 from batchgen.outputs.rebuild import prune_index, rewrite_failures
@@ -53,9 +55,10 @@ def recover(
     real = check_mixing(journal, out_dir, origin)
     # An --endpoint server may be a `batchgen emulator`: its work is followed, not replaced.
     same = emulator_at(endpoint) if endpoint else None
-    replaced = 0 if is_rehearsal(origin) else journal.replace_rehearsal(keep=same)
-    dropped = journal.drop_emulator_requests(keep=same)
-    redownload = journal.redownload_failed(origin, same)
+    bulk = journal.bulk
+    replaced = 0 if is_rehearsal(origin) else bulk(partial(resets.replace_rehearsal, keep=same))
+    dropped = bulk(partial(resets.drop_emulator_requests, keep=same))
+    redownload = bulk(partial(resets.redownload_failed, origins=(origin, same or origin)))
     retried = journal.retry_failed() if retry_failed else 0
     if replaced:  # their placeholder images and index rows go before anything is submitted
         prune_index(journal, out_dir)

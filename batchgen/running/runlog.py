@@ -21,17 +21,23 @@ from batchgen.running.events import (
     BudgetReached,
     Event,
     Failed,
+    Found,
+    HistoryUnavailable,
+    LookedUp,
     Planned,
     Reachable,
     Ready,
+    Recovered,
     Requeued,
     Resumed,
     Retrying,
     Stopping,
+    SubmitLost,
     Unreachable,
     WebhooksSilent,
     WindowChanged,
     announce,
+    history_text,
     silent_text,
 )
 
@@ -60,7 +66,7 @@ def describe(event: Event) -> str | None:
                 return None
             return (
                 f"resume: {r} requests re-attached, {d} results to download, "
-                f"{u} interrupted submits to resend (possible duplicates), "
+                f"{u} lost submits to look for in fal's history, "
                 f"{f} failed jobs put back" + "".join(f", {x}" for x in more)
             )
         case Ready():
@@ -75,6 +81,16 @@ def describe(event: Event) -> str | None:
                 else ("resubmitting (a possible duplicate charge)" if d else "resubmitting")
             )
             return f"requeue: job {job[:16]} {reason} ({msg}); {what}"
+        case SubmitLost(job_id=job, reason=reason, message=msg):
+            return f"lost: job {job[:16]} {reason} ({msg}); looking in fal's history first"
+        case Found(job_id=job, request_id=rid):
+            return f"found: job {job[:16]} made request {rid} (fal's history); following it"
+        case LookedUp(lost=n, found=f):
+            return f"history: looked for {n} lost submits, found {f}"
+        case HistoryUnavailable():
+            return "notice: " + history_text(event)
+        case Recovered(job_id=job, request_id=rid):
+            return f"recovered: job {job[:16]} result of {rid} read from fal's history"
         case Failed(job_id=job, reason=reason, message=msg):
             return f"failed: job {job[:16]} {reason}: {msg}"
         case WindowChanged(size=size):

@@ -26,7 +26,6 @@ and counted), a watched request keeps its id (re-attached), a half download leav
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -37,6 +36,7 @@ import httpx
 from batchgen.config import Settings
 from batchgen.errors import DiskFull, is_disk_full
 from batchgen.fal import Handle, QueueClient
+from batchgen.fal.platform import PlatformClient
 from batchgen.fal.uploads import Uploads
 from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.origin import emulator_at, is_rehearsal
@@ -50,6 +50,7 @@ from batchgen.running import clock as stop_clock
 from batchgen.running import events as ev
 from batchgen.running.context import Emitter, RunContext
 from batchgen.running.follow import Follower
+from batchgen.running.lookup import KeptResults, Lookup
 from batchgen.running.pacing import Pacing
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
@@ -81,6 +82,7 @@ class Scheduler:
         rng: Callable[[], float] = random.random,
         checks: CheckPool | None = None,
         webhook: Webhook | None = None,
+        history: PlatformClient | None = None,
     ) -> None:
         o = settings.options
         emit, changed = Emitter(on_event), asyncio.Event()
@@ -122,7 +124,7 @@ class Scheduler:
             max_image_bytes=o.max_image_bytes,
             workers=o.download_concurrency,
             changed=changed,
-            refetch=functools.partial(_read_result, client),
+            refetch=lambda row: self._results.read_again(row),
             checks=checks,
             sleep=sleep,
             rng=rng,
@@ -149,6 +151,14 @@ class Scheduler:
         self.durable = GroupSync(journal.sync_wal)  # request ids fsynced off the loop
         url = webhook.url if webhook is not None else None
         self._submitter = Submitter(ctx, self._uploads, self.durable, webhook=url)
+        # fal's record of its requests: lost submits looked for before they are sent again,
+        # expired results read from it (lookup.py). The same account and hosts as ``client``.
+        self.history = history or client.platform()
+        times, guard = self.pacing.runtimes, self._no_room_stops
+        self._lookup = Lookup(ctx, self.history, self._found, slowest=times.slowest, guard=guard)
+        self._submitter.on_lost = self._lookup.start
+        self._results = KeptResults(ctx, self.history)
+        self._follower.kept = self._results.from_history
         self._tasks: set[asyncio.Task[None]] = set()
         self._unstarted: set[str] = set()  # claimed, but their task has not run yet
         self._recovery: Recovery | None = None  # what prepare() did to the folder
@@ -241,13 +251,13 @@ class Scheduler:
         try:
             self._resume()
             await self._submit_loop()
-            while not self.ctx.stop.now and (self._tasks or self.pool.backlog):
+            while not self.ctx.stop.now and self._busy:
                 await self._changed()
         finally:
             stop_clock.cancel(timer)
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, self._lookup.cancel(), return_exceptions=True)
             await self.pool.close()
             for job in self._unstarted:  # cancelled before their first step: nothing sent
                 self.ctx.journal.transition(job, S.PENDING)
@@ -256,8 +266,7 @@ class Scheduler:
 
     def _resume(self) -> None:
         journal, rec = self.ctx.journal, self._recovery or Recovery()
-        unknown = self._submitter.unknown
-        unknown |= {r.job_id for r in journal.iter_jobs(S.UNKNOWN)}
+        unknown = journal.counts()[S.UNKNOWN]
         completed: list[JobRow] = []
         for row in journal.attached():
             if row.state is S.COMPLETED:
@@ -269,7 +278,7 @@ class Scheduler:
         resumed = ev.Resumed(
             self.pacing.reattached,
             len(completed),
-            len(unknown),
+            unknown,
             rec.retried,
             rec.redownload,
             rec.dropped,
@@ -278,6 +287,23 @@ class Scheduler:
         self.ctx.emit(resumed)
         if resumed != ev.Resumed(0, 0, 0, 0):
             journal.event(None, "resume", repr(resumed))
+        if unknown:
+            self._lookup.start()
+
+    # -- lost submits and expired results: fal's history (lookup.py) -------------------------
+
+    def _found(self, job_id: str, handle: Handle, at: float) -> None:
+        """Follow a request fal's history says a lost submit made (already QUEUED)."""
+        row = self.ctx.journal.get(job_id)
+        if row is None:
+            return
+        age = max(0.0, self.ctx.wall() - at)
+        self._spawn(self._follower.follow(row, handle, self.ctx.clock() - age, None))
+
+    @property
+    def _busy(self) -> bool:
+        """Work in flight: requests followed, images to save, lost submits to settle."""
+        return bool(self._tasks or self.pool.backlog or self._lookup.busy)
 
     async def _submit_loop(self) -> None:
         ctx = self.ctx
@@ -295,8 +321,8 @@ class Scheduler:
             n = 1 if cap is not None else min(free, CLAIM_BATCH)
             rows = ctx.journal.claim(n, origin=self.origin)
             if not rows:
-                if not (self._tasks or self.pool.backlog):
-                    return  # nothing pending, nothing in flight or downloading to requeue
+                if not self._busy:
+                    return  # nothing pending, in flight, downloading or lost to requeue
                 await self._changed()
                 continue
             for i, row in enumerate(rows):
@@ -372,8 +398,3 @@ class Scheduler:
         window moved, the server answers again, a stop)."""
         self.ctx.changed.clear()
         await self.ctx.changed.wait()
-
-
-async def _read_result(client: QueueClient, row: JobRow) -> dict[str, Any]:
-    """A job's result read again from the queue (fresh image URLs after a failed download)."""
-    return await client.result(Handle.from_json(row.handle or {}))

@@ -4,18 +4,21 @@ written down before anything else happens.
 A refusal that created nothing (429, 408, 409, a load balancer's 5xx, no connection at all)
 is tried again with backoff (``retry.SUBMITS``). When the server cannot be reached at all, the
 job is never failed for it: it keeps trying (``retry.SUBMITS_UNREACHABLE``) while the run
-lasts, and the scheduler sends no other submit meanwhile. A POST sent with no answer is
-UNKNOWN: resubmitted later, counted as a possible duplicate charge. A stop leaves the journal
-consistent: nothing sent -> PENDING, maybe sent -> UNKNOWN.
+lasts, and the scheduler sends no other submit meanwhile. Just before each POST the journal
+records when it is made and what it sends (``Journal.sending``); a POST sent with no answer is
+UNKNOWN, and looked for in fal's history before it is sent again (``lookup.py``). A stop
+leaves the journal consistent: nothing sent -> PENDING, maybe sent -> UNKNOWN.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from batchgen.errors import AuthError, BatchgenError, UsageError
 from batchgen.fal import Handle
 from batchgen.fal.byok import submit_input
+from batchgen.fal.matching import input_key
 from batchgen.fal.uploads import UploadError, Uploads
 from batchgen.journal.groupsync import GroupSync
 from batchgen.journal.origin import emulator_at
@@ -48,7 +51,7 @@ class Submitter:
         # fal's platform headers (priority, start timeout, media expiry, fallbacks, payload
         # storage): the same on every submit of the run (fal/headers.py).
         self._headers = ctx.settings.controls.headers()
-        self.unknown: set[str] = set()  # jobs whose last POST may have created a request
+        self.on_lost: Callable[[], None] = lambda: None  # a POST's answer was lost
         # Why an emulator may not work in this folder (it holds real work), if so: an
         # --endpoint server shows it is one only in its first answer.
         self.no_emulator: str | None = None
@@ -65,7 +68,7 @@ class Submitter:
 
     async def _submit(self, row: JobRow) -> Handle | None:
         job, spec = row.job_id, row.spec
-        dup = job in self.unknown
+        dup = row.possible_duplicates > 0  # an earlier request of the job may be billed too
         attempt = 0
         while True:
             attempt += 1
@@ -73,13 +76,13 @@ class Submitter:
             # stop refuses only the jobs after it); Ctrl-C or a refused key abandons it.
             if self._ctx.stop.abandons_claims:
                 self._journal.transition(job, S.PENDING)  # nothing sent for this claim
-                self.unknown.discard(job)  # its possible duplicate is already counted
                 return None
             posting = False
             try:
                 body = await self._uploads.resolve(spec)  # local files -> hosted URLs
                 # A BYOK job's OpenAI key joins the body here only: it is never stored.
                 body = submit_input(spec, self._s.openai_key, body)
+                self._journal.sending(job, input_key(body))  # before the POST: the look-up's
                 posting = True
                 handle = await self._client.submit(
                     spec.endpoint, body, webhook=self.webhook, headers=self._headers
@@ -92,6 +95,7 @@ class Submitter:
                 self._journal.transition(
                     job, S.UNKNOWN, error_class="interrupted", error="stopped while submitting"
                 )
+                self.on_lost()
                 raise
             except Exception as exc:
                 o = exc.outcome if isinstance(exc, UploadError) else classify(exc, op="submit")
@@ -119,7 +123,6 @@ class Submitter:
             # for the jobs committed meanwhile) before this job goes further.
             self._journal.set_submitted(job, handle.to_json(), origin=made_at, sync=False)
             await self._sync.wait()
-            self.unknown.discard(job)
             if made_at and self.no_emulator:  # free, and dropped by the next real run
                 self._ctx.stop.fail(UsageError(self.no_emulator))
                 return None
@@ -146,14 +149,11 @@ class Submitter:
     def _after_refusal(self, row: JobRow, o: Outcome, exc: BaseException) -> None:
         job = row.job_id
         if o.action is Action.UNKNOWN:
-            self.unknown.add(job)
-            if row.attempts + 1 >= self._s.options.max_attempts:
-                self._ctx.record.fail(row, o.reason, o.message)
-            else:
-                self._journal.transition(
-                    job, S.UNKNOWN, error_class=o.reason, error=o.message, bump_attempts=True
-                )
-                self._ctx.emit(ev.Requeued(job, o.reason, o.message, lost=False))
+            # fal may have made the request: it is looked for before anything is sent again
+            # (lookup.py), which also fails the job once --max-attempts is spent.
+            self._journal.transition(job, S.UNKNOWN, error_class=o.reason, error=o.message)
+            self._ctx.emit(ev.SubmitLost(job, o.reason, o.message))
+            self.on_lost()
         elif o.action is Action.LOCKED:
             # The account's credit ran out: nothing was created. Requests fal accepted before
             # still run and are collected; nothing new is sent until a top-up.

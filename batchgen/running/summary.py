@@ -99,10 +99,19 @@ class Summary:
                     ("stopped emulator's requests sent again", self.stats.resubmitted_free),
                     ("rehearsal jobs made for real", self.stats.replaced),
                     ("not started in time (resubmitted, not billed)", self.stats.start_timeouts),
+                    ("results read from fal's history", self.stats.recovered),
                 )
                 if n
             ),
         ]
+        st = self.stats
+        if st.lost_submits:
+            out.insert(
+                2,
+                f"submits without an answer {st.lost_submits}: {st.found} found in fal's"
+                f" history ({st.lookups} look-up{'s' if st.lookups != 1 else ''}), the rest"
+                " sent again",
+            )
         if self.actual is not None:
             a = self.actual
             out.insert(

@@ -206,3 +206,6 @@ class RunTimes:
     def expected(self) -> float | None:
         """The median: one very slow request should not slow everyone's polling."""
         return statistics.median(self._recent) if self._recent else None
+
+    def slowest(self) -> float | None:
+        return max(self._recent) if self._recent else None
