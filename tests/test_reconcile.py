@@ -175,3 +175,24 @@ def test_compare_names_requests_billed_twice_and_counted_but_not_billed() -> Non
     assert "the folder's estimate: $0.1000 (+$0.0200 billed)" in text
     assert "billed more than once: 1 request\n    r1" in text
     assert "counted as paid by the folder, not billed: 1 request\n    r2" in text
+
+
+def test_status_shows_the_bill_reconcile_recorded(
+    folder: Path,
+    emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FAL_KEY", ADMIN)
+    assert main(["reconcile", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main(["status", str(folder), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["billed_usd"] == pytest.approx(report["billed_usd"]) == stats(emulator)["billed_usd"]
+    assert doc["billed_requests"] == report["billed_requests"] > 6  # dropped submits too
+    assert doc["billed_server"] == emulator and doc["reconciled_before_last_run"] is False
+    assert main(["status", str(folder)]) == 0
+    n = report["billed_requests"]
+    assert f"  billed by {emulator} ${n / 100:.2f} for {n} requests, reconciled " in (
+        capsys.readouterr().out
+    )
