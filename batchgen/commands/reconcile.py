@@ -96,3 +96,50 @@ async def reconcile_folder(
     if (out / GALLERY).is_file():  # the page is a view: a failure to write it is only said
         refresh_view(out, lambda problem: print(f"batchgen: {problem}", file=stderr))
     return rec
+
+
+# `batchgen run --emulate --reconcile` is refused before anything happens (commands/run.py):
+# the emulator of --emulate runs inside the run and stops before the run returns, its record
+# with it. Reconciling before it stops would mean doing it inside the runner, while the run's
+# journal is open and locked (a reconcile writes under that lock and refuses a folder a run
+# holds), and would record the bill of a server no later `batchgen reconcile` can ask again;
+# `batchgen reconcile` refuses such a folder for the same reason.
+EMULATE_REFUSED = (
+    "--reconcile does not go with --emulate: that emulator runs inside the run and its record"
+    " stops with it (and it bills nothing). To rehearse a reconcile, run against 'batchgen"
+    " emulator' with --endpoint URL and an emulator admin key (FAL_KEY=admin-...)"
+)
+
+
+async def after_run(
+    out: Path, origin: str, *, interrupted: bool, env: Mapping[str, str], stderr: IO[str]
+) -> tuple[Reconciliation | None, str | None]:
+    """`batchgen run --reconcile`, once the run has ended (its journal closed, its lock
+    released): ``out`` reconciled against the server the run's requests went to (``origin``,
+    ``journal.origin``), as ``reconcile_folder`` does. The bill or the line that says why
+    there is none: a refused key, a server that does not answer, an interrupted run, a
+    Ctrl-C during the reconcile (nothing is recorded then). Neither changes the run's exit
+    code: the bill is a report on the run, not part of it."""
+    import shlex
+
+    from batchgen.errors import BatchgenError
+    from batchgen.journal.origin import FAL, server_of
+
+    server = server_of(origin)
+    if server is None:  # --emulate: refused before the run (EMULATE_REFUSED)
+        return None, EMULATE_REFUSED
+    again = ["batchgen", "reconcile", str(out)] + ([] if server == FAL else ["--endpoint", server])
+    later = f"the run's exit code is its own; later: FAL_KEY=<admin key> {shlex.join(again)}"
+    if interrupted:
+        return None, f"--reconcile: not reconciled, the run was interrupted; {later}"
+    try:
+        return await reconcile_folder(out, server=server, env=env, stderr=stderr), None
+    except (BatchgenError, OSError) as exc:
+        why = str(exc)
+    except asyncio.CancelledError:
+        # A Ctrl-C stops the reconcile only: the run's result stands and is reported.
+        task = asyncio.current_task()
+        if task is None or task.uncancel() > 0:  # cancelled by someone else: theirs
+            raise
+        why = "interrupted"
+    return None, f"--reconcile: not reconciled: {why}; {later}"
