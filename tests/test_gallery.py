@@ -163,6 +163,38 @@ def test_bare_word_tags_show_as_words(tmp_path: Path) -> None:
     assert records[0][9] == ["nature", "set=A"]
 
 
+def test_the_header_shows_what_fal_billed_once_reconciled(tmp_path: Path) -> None:
+    """The estimate until `batchgen reconcile` recorded a bill for the server the folder's
+    last run went to; then the bill too, marked billed, its server escaped like any text."""
+    import time
+
+    from test_journal_support import FakeClock, handle, open_journal, spec
+
+    from batchgen.journal.bills import StoredBill, reconcile_head, record_bills
+
+    out = tmp_path / "out"
+    make_output(out)
+    server = "http://127.0.0.1:9/<x>&y"
+    settings = {"target": "endpoint", "endpoint": server}
+    path = out / "journal.sqlite"
+    with open_journal(path, settings=settings, clock=FakeClock(1000.0)) as j:
+        j.add_jobs([spec(0), spec(1)], cost_of=lambda s: 0.15)
+        for r in j.claim(2):
+            j.set_submitted(r.job_id, handle(f"req-{r.job_id}"))
+            j.set_result(r.job_id, {"images": []})
+    page = build_gallery(out).path.read_text()
+    assert "<b>$0.30</b> spent (estimated)" in page and "billed by" not in page
+    bills = [StoredBill("a", 0, None, None, None, 0.25), StoredBill("b", 0, None, None, None, 0.1)]
+    at = time.time()
+    record_bills(path, server, bills, f"{reconcile_head(server)}$0.3500 for 2 requests", now=at)
+    page = build_gallery(out).path.read_text()
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+    assert (
+        "<span>billed by http://127.0.0.1:9/&lt;x&gt;&amp;y <b>$0.35</b> for 2 requests,"
+        f" reconciled {when}</span><span><b>$0.30</b> spent (estimated)</span>" in page
+    )
+
+
 def test_gallery_command(tmp_path: Path) -> None:
     out = tmp_path / "out"
     make_output(out)

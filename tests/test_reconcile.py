@@ -14,6 +14,7 @@ from test_run_support import emulator_thread, stats, write_manifest
 from batchgen.billing.compare import Event, Folder, FolderJob, compare, render_text
 from batchgen.cli import main
 from batchgen.journal.writer import JOURNAL_NAME, Journal
+from batchgen.outputs.gallery_page import money
 
 ADMIN = "admin-reconcile-test"
 ORDINARY = "kid-1234:s3cr3t-value-that-must-not-leak"
@@ -51,7 +52,7 @@ def journal_state(out: Path) -> tuple[int, int]:
 def test_without_an_admin_key_one_line_exit_2_and_nothing_changes(
     folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = journal_state(folder)
+    before, page = journal_state(folder), (folder / "index.html").stat().st_mtime_ns
     monkeypatch.setenv("FAL_KEY", ORDINARY)
     assert main(["reconcile", str(folder)]) == 2
     captured = capsys.readouterr()
@@ -62,6 +63,7 @@ def test_without_an_admin_key_one_line_exit_2_and_nothing_changes(
     assert main(["reconcile", str(folder), "--json"]) == 2  # no key at all: refused the same
     assert "admin key" in capsys.readouterr().err
     assert journal_state(folder) == before
+    assert (folder / "index.html").stat().st_mtime_ns == page
 
 
 def test_the_bill_equals_what_the_emulator_billed(
@@ -177,3 +179,26 @@ def test_compare_names_requests_billed_twice_and_counted_but_not_billed() -> Non
     assert "the folder's estimate: $0.1000 (+$0.0200 billed)" in text
     assert "billed more than once: 1 request\n    r1" in text
     assert "counted as paid by the folder, not billed: 1 request\n    r2" in text
+
+
+def test_status_and_the_gallery_show_the_bill_reconcile_recorded(
+    folder: Path,
+    emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FAL_KEY", ADMIN)
+    assert main(["reconcile", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main(["status", str(folder), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["billed_usd"] == pytest.approx(report["billed_usd"]) == stats(emulator)["billed_usd"]
+    assert doc["billed_requests"] == report["billed_requests"] > 6  # dropped submits too
+    assert doc["billed_server"] == emulator and doc["reconciled_before_last_run"] is False
+    assert main(["status", str(folder)]) == 0
+    n = report["billed_requests"]
+    assert f"  billed by {emulator} ${n / 100:.2f} for {n} requests, reconciled " in (
+        capsys.readouterr().out
+    )
+    page = (folder / "index.html").read_text()  # rewritten by reconcile: the header says it
+    assert f"billed by {emulator} <b>{money(n / 100)}</b> for {n} requests, reconciled " in page

@@ -225,3 +225,52 @@ def test_a_folder_from_before_the_recorded_flags_still_resumes_where_it_ran() ->
     run = RunInfo(1, "0" * 64, "/m.yaml", "t", old, 0.0, 0.0, None, None)
     expected = "batchgen run /m.yaml --out /o --emulate --concurrency 8 --max-cost 5"
     assert resume_command(Path("/o"), run) == expected
+
+
+def test_the_bill_once_reconciled_beside_the_estimate_and_marked_stale_after_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`batchgen reconcile` records fal's bill (here written as it writes it); status shows it,
+    for the server the folder's last run went to, and says when a later run is missing."""
+    import time
+
+    from batchgen.journal.bills import StoredBill, reconcile_head, record_bills
+
+    out = tmp_path / "out"
+    _populate(out, FakeClock(1000.0)).close(exit_code=1)  # a run long ago
+    assert main(["status", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["billed_usd"] is None and doc["reconciled_at"] is None
+    assert doc["billed_requests"] is None and doc["spent_usd"] == 0.25  # unchanged fields
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "billed by" not in text and "spent ~$0.25" in text and "(estimates)" in text
+
+    at = time.time() - 120
+    bills = [StoredBill("req-0", 0, None, None, None, 0.25)]
+    bills += [StoredBill("req-9", n, None, None, None, 0.125) for n in (0, 1)]  # billed twice
+    path = out / "journal.sqlite"
+    record_bills(path, "fal", bills, f"{reconcile_head('fal')}$0.5000 for 2 requests", now=at)
+    elsewhere = [StoredBill("x", 0, None, None, None, 9.0)]  # a server the folder's run left
+    record_bills(path, "http://127.0.0.1:9", elsewhere, "billed by http://127.0.0.1:9: ...")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"  billed by fal $0.50 for 2 requests, reconciled {when}\n" in text
+    assert "spent ~$0.25, in flight ~$0.50, still to submit ~$0.25 (estimates)" in text
+    assert main(["status", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["billed_usd"], doc["billed_requests"], doc["billed_server"]) == (0.5, 2, "fal")
+    assert doc["reconciled_at"] == pytest.approx(at) and doc["spent_usd"] == 0.25
+    assert doc["reconciled_before_last_run"] is False and "billed" not in doc
+
+    with open_journal(path, manifest_path=MANIFEST):  # another run, writing now
+        assert main(["status", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert main(["status", str(out), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+    assert (
+        f"billed by fal $0.50 for 2 requests, reconciled {when}, before the last run started"
+        f" (its requests: batchgen reconcile {out})" in text
+    )
+    assert doc["reconciled_before_last_run"] is True and doc["running"] is True

@@ -22,8 +22,8 @@ from pathlib import Path
 from batchgen.billing.compare import Event, Folder, FolderJob, Reconciliation, compare
 from batchgen.errors import AdminKeyRequired, JournalError, UsageError
 from batchgen.fal.platform import BillingEvent, PlatformClient
-from batchgen.journal.bills import record_bills
-from batchgen.journal.origin import EMULATOR, FAL
+from batchgen.journal.bills import reconcile_head, record_bills
+from batchgen.journal.origin import FAL, server_of
 from batchgen.journal.writer import JOURNAL_NAME, Journal, writer_pid
 from batchgen.planning.gptimage import with_defaults
 
@@ -39,15 +39,6 @@ EMULATE_FOLDER = (
     " --endpoint URL, then 'batchgen reconcile {out} --endpoint URL' with an admin key"
     " (FAL_KEY=admin-...)"
 )
-
-
-def server_of(origin: str | None) -> str | None:
-    """``fal``, an --endpoint server's base URL, or None (the in-process emulator, or none)."""
-    if origin is None or origin == EMULATOR:
-        return None
-    if origin == FAL:
-        return FAL
-    return origin.split(":", 1)[1]
 
 
 def read_folder(out: Path, server: str | None) -> Folder:
@@ -157,7 +148,8 @@ async def reconcile(
         raise AdminKeyRequired(f"{exc}{hint}") from None
     rec = compare(folder, events)
     summary = (
-        f"billed by {folder.server}: ${rec.billed_usd:.4f} for {rec.billed_requests} requests;"
+        f"{reconcile_head(folder.server)}${rec.billed_usd:.4f} for {rec.billed_requests}"
+        " requests;"
         f" estimated ${rec.estimated_usd:.4f}; {len(rec.unknown_requests)} unknown,"
         f" {len(rec.billed_twice)} billed twice, {len(rec.not_billed)} not billed"
     )

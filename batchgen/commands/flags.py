@@ -19,8 +19,9 @@ from batchgen.option_rules import flag_name
 from batchgen.options import RunOptions
 
 
-def add_option_flags(parser: argparse.ArgumentParser) -> None:
-    """Add every ``RunOptions`` field to ``parser``, grouped under its section's heading."""
+def add_option_flags(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Add every ``RunOptions`` field to ``parser``, grouped under its section's heading;
+    returns the groups by heading (a command lists its own flags beside the options)."""
     sections: dict[str, Any] = {}
     exclusive: dict[str, Any] = {}
     for name, info, flag in RunOptions.flags():
@@ -40,6 +41,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
             if choices:
                 kwargs["choices"] = choices
         group.add_argument(flag_name(name), **kwargs)
+    return sections
 
 
 def options_from(args: argparse.Namespace) -> RunOptions:

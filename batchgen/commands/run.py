@@ -14,17 +14,23 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 from batchgen.api import execute
+from batchgen.billing.compare import render_text as render_bill
 from batchgen.commands.confirm import DEFAULT_CONFIRM_OVER, approval
 from batchgen.commands.flags import add_option_flags, options_from
 from batchgen.commands.progress import LOG_EVERY_S, Progress
+from batchgen.commands.reconcile import EMULATE_REFUSED, after_run
 from batchgen.commands.runjson import result_json
 from batchgen.config import Settings, build_settings
+from batchgen.errors import UsageError
 from batchgen.journal.origin import describe
+from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.manifest import Manifest, load_manifest
+from batchgen.options import RunOptions, flag_of
 from batchgen.running.events import (
     HistoryUnavailable,
     Reachable,
@@ -50,6 +56,8 @@ examples:
                                                       for real, stopping before $5
   batchgen run manifests/demo.yaml --emulate --quiet --json > run.json
                                                       for a script: one JSON object on stdout
+  FAL_KEY=<admin key> batchgen run manifests/demo.yaml --reconcile
+                                                      then fetch and record what fal billed
 
 Run the same command again to resume after a stop, a crash or Ctrl-C: nothing is paid twice.
 """
@@ -57,7 +65,17 @@ Run the same command again to resume after a stop, a crash or Ctrl-C: nothing is
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="a YAML, CSV or JSONL manifest")
-    add_option_flags(p)  # every run option, from options.RunOptions
+    groups = add_option_flags(p)  # every run option, from options.RunOptions
+    # Not a run option (batchgen.run never reconciles): this command does it once the run has
+    # ended, so it is listed with the options about the end of a run.
+    groups[flag_of(RunOptions.model_fields["on_exit"]).section].add_argument(
+        "--reconcile",
+        action="store_true",
+        help="once the run has ended, fetch what the server billed for the folder's requests"
+        " and record it, as 'batchgen reconcile OUT' does (status and the gallery then show"
+        " the billed figure); needs an admin FAL_KEY: without one a notice says so and the exit"
+        " code stays the run's. Not with --emulate (its emulator stops with the run)",
+    )
     # How this command talks to the terminal: not options of the run itself.
     here = p.add_argument_group("this command's output")
     here.add_argument(
@@ -84,6 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)  # every bad flag at once, before the manifest is read
+    if args.reconcile and options.emulate:
+        raise UsageError(EMULATE_REFUSED)
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
     settings = build_settings(options, os.environ, manifest)
@@ -97,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             json_out=json_out,
             approve=approve,
             quiet=args.quiet,
+            reconcile=args.reconcile,
         )
     )
 
@@ -110,9 +131,13 @@ async def run_manifest(
     approve: Approve | None = None,
     json_out: IO[str] | None = None,
     quiet: bool = False,
+    reconcile: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Run and report: the summary lines on ``stderr``, or, given ``json_out``, one JSON
-    object there instead (stdout stays clean for the script reading it)."""
+    object there instead (stdout stays clean for the script reading it). With ``reconcile``
+    the folder's bill is then fetched (the key from ``env``, default ``os.environ``) and
+    reported the same way; it never changes the exit code."""
     bar = not quiet and stderr.isatty()
     view = _View(
         stderr, bar=bar, quiet=quiet, where=describe(settings.origin), out=settings.out_dir
@@ -131,13 +156,35 @@ async def run_manifest(
         view.close()
     if result.fatal is not None:
         print(f"batchgen: {result.fatal}", file=stderr)
-    if json_out is not None:
-        json.dump(result_json(result), json_out, indent=2, ensure_ascii=False)
-        json_out.write("\n")
-        json_out.flush()
-    else:
+    if json_out is None:
         for line in result.lines():
             print(f"batchgen: {line}", file=stderr)
+    bill, notice = None, None
+    if reconcile:
+        if json_out is None and not quiet:
+            print(
+                f"batchgen: --reconcile: asking {describe(settings.origin)} what it billed",
+                file=stderr,
+            )
+        bill, notice = await after_run(
+            result.out_dir,
+            settings.origin,
+            interrupted=result.stop is StopReason.INTERRUPTED,
+            env=os.environ if env is None else env,
+            stderr=stderr,
+        )
+        if notice is not None:
+            print(f"batchgen: {notice}", file=stderr)
+        elif bill is not None and json_out is None:
+            for line in render_bill(bill, str(result.out_dir / JOURNAL_NAME)).splitlines():
+                print(f"batchgen: {line}", file=stderr)
+    if json_out is not None:
+        doc = result_json(result)
+        if reconcile:
+            doc.update(reconcile=bill.to_json() if bill else None, reconcile_error=notice)
+        json.dump(doc, json_out, indent=2, ensure_ascii=False)
+        json_out.write("\n")
+        json_out.flush()
     return result.exit_code
 
 

@@ -9,7 +9,9 @@ completed, and one whose result was lost (``journal.schema.charges`` counts the 
 
 ``record_bills`` is the one write outside a run: it takes the folder's writer lock (so never
 while a run writes), brings an old journal up to this schema, and upserts the billing events
-of one server with one audit event, in one transaction.
+of one server with one audit event, in one transaction. ``read_billed`` reads back what the
+last of them found at the server the folder's last run went to (`batchgen status`, the
+gallery).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from batchgen.journal.opening import (
     transaction,
     unlock_folder,
 )
-from batchgen.journal.origin import of_target
+from batchgen.journal.origin import of_target, server_of
 from batchgen.journal.schema import SCHEMA_VERSION, one_line
 
 _QUEUED = re.compile(r"->QUEUED (\S+)")
@@ -135,6 +137,44 @@ def read_bills(conn: sqlite3.Connection, server: str | None = None) -> list[Stor
         (server,) if server else (),
     )
     return [StoredBill(*r) for r in rows]
+
+
+def reconcile_head(server: str) -> str:
+    """How the detail of a ``reconcile`` event begins: ``read_billed`` finds its server there."""
+    return f"billed by {server}: "
+
+
+@dataclass(frozen=True, slots=True)
+class Billed:
+    """The bill of one server as the journal holds it after the last reconcile against it."""
+
+    server: str  # "fal", or an --endpoint server's base URL
+    usd: float  # every billing event recorded for the server
+    requests: int  # the distinct requests they billed
+    reconciled_at: float  # when (seconds since the epoch, our clock)
+    before_last_run: bool  # the folder's last run started after it: its requests are missing
+
+
+def read_billed(conn: sqlite3.Connection) -> Billed | None:
+    """What the last reconcile against the server of the folder's last run found; None when
+    none was, or when that run had no server to ask (``--emulate``). Cheap on a large
+    journal: the run-level events (``job_id`` NULL, indexed) are few."""
+    last = runs_of(conn.execute("SELECT started_at, settings FROM runs ORDER BY id DESC LIMIT 1"))
+    server = server_of(last[0].origin) if last else None
+    if server is None:
+        return None
+    head = reconcile_head(server)
+    (at,) = conn.execute(
+        "SELECT max(ts) FROM events WHERE job_id IS NULL AND kind = 'reconcile'"
+        " AND substr(detail, 1, ?) = ?",
+        (len(head), head),
+    ).fetchone()
+    if at is None:
+        return None
+    usd, n = conn.execute(
+        "SELECT total(cost), count(DISTINCT request_id) FROM bills WHERE server = ?", (server,)
+    ).fetchone()
+    return Billed(server, usd, n, at, last[0].started_at > at)
 
 
 def open_for_update(path: Path) -> tuple[sqlite3.Connection, filelock.BaseFileLock]:

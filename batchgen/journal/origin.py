@@ -39,6 +39,16 @@ def of_target(target: str, endpoint_url: str | None) -> str:
     return FAL
 
 
+def server_of(origin: str | None) -> str | None:
+    """The server an origin's requests went to, as `batchgen reconcile` names it: ``fal``, an
+    --endpoint server's base URL, or None (the in-process emulator, which no one can ask)."""
+    if origin is None or origin == EMULATOR:
+        return None
+    if origin == FAL:
+        return FAL
+    return origin.split(":", 1)[1]
+
+
 def is_rehearsal(origin: str | None) -> bool:
     """Work an emulator did: nothing billed, placeholder images."""
     return origin is not None and (origin == EMULATOR or origin.startswith(EMULATOR + ":"))

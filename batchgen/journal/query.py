@@ -17,7 +17,14 @@ from typing import Any, Self
 
 from batchgen.errors import JournalError
 from batchgen.journal.attempts import LostRow, lost_rows, requests_made
-from batchgen.journal.bills import RequestTrail, StoredBill, read_bills, read_trail
+from batchgen.journal.bills import (
+    Billed,
+    RequestTrail,
+    StoredBill,
+    read_billed,
+    read_bills,
+    read_trail,
+)
 from batchgen.journal.origin import EMULATOR
 from batchgen.journal.schema import (
     IN_FLIGHT,
@@ -282,6 +289,10 @@ class JournalReader:
     def bills(self, server: str | None = None) -> list[StoredBill]:
         """What `batchgen reconcile` recorded fal (or ``server``) billed."""
         return read_bills(self._db(), server)
+
+    def billed(self) -> Billed | None:
+        """The last reconcile's bill of the server the last run went to (``bills.read_billed``)."""
+        return read_billed(self._db())
 
     def upload_get(self, sha256: str) -> Upload | None:
         sql = (

@@ -43,7 +43,7 @@ from batchgen.outputs.gallery_data import (
     summary,
     write_script,
 )
-from batchgen.outputs.gallery_page import PageFacts, render_page, write_failures
+from batchgen.outputs.gallery_page import PageFacts, Spend, render_page, write_failures
 from batchgen.outputs.index import METADATA
 from batchgen.outputs.scan import parse_row
 from batchgen.outputs.thumbs import THUMBS as THUMBS  # re-exported: where the page looks
@@ -68,18 +68,20 @@ class GalleryReport:
     refreshed: bool = False  # False: a full build (asked for, or a refresh had to)
 
 
-def journal_spend(out_dir: Path) -> tuple[float, float] | None:
-    """(spent, rehearsal) as the journal counts them: the one figure the run summary,
-    ``batchgen status`` and ``--max-cost`` use. None for a folder without its journal."""
+def journal_spend(out_dir: Path) -> Spend | None:
+    """(spent, rehearsal, billed) as the journal counts them: the one estimate the run
+    summary, ``batchgen status`` and ``--max-cost`` use, and fal's bill as `batchgen
+    reconcile` last recorded it (as status shows it). None for a folder without its journal."""
     path = out_dir / JOURNAL_NAME
     if not path.is_file():
         return None
     try:
-        with Journal.open_readonly(path) as reader:
+        with Journal.open_readonly(path) as reader, reader.snapshot():
             t = reader.tallies()
+            billed = reader.billed()
     except JournalError:
         return None
-    return t.spent, t.rehearsal
+    return Spend(t.spent, t.rehearsal, billed)
 
 
 # ---- one chunk of rows ---------------------------------------------------------------------

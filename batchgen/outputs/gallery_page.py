@@ -22,16 +22,18 @@ import html
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from batchgen._version import __version__
 from batchgen.errors import JournalError
+from batchgen.journal.bills import Billed
 from batchgen.journal.query import JournalReader
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.outputs import gallery_scan as scan
 from batchgen.outputs.gallery_data import Totals, chunk_name, failure_record, write_script
 from batchgen.outputs.index import FAILURES, METADATA, input_value
 from batchgen.outputs.scan import parse_row
+from batchgen.outputs.status import reconciled_when
 from batchgen.planning.paths import size_label
 
 _e = html.escape  # quote=True by default: safe in text and in double-quoted attributes
@@ -52,6 +54,15 @@ SORTS = (
 )
 
 
+class Spend(NamedTuple):
+    """What the journal says the folder cost: the estimate (the figure of the run summary,
+    `batchgen status` and --max-cost), the rehearsal's, and fal's bill once reconciled."""
+
+    spent: float
+    rehearsal: float
+    billed: Billed | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PageFacts:
     title: str
@@ -59,7 +70,7 @@ class PageFacts:
     jobs: int
     failures: int
     failure_chunks: int
-    spend: tuple[float, float] | None
+    spend: Spend | None
     chunk_rows: int
     script: str
 
@@ -94,11 +105,18 @@ def _options(element_id: str, label: str, counts: dict[str, int], unlisted: int)
     )
 
 
-def _spend_text(cost: float, spend: tuple[float, float] | None) -> str:
+def _spend_text(cost: float, spend: Spend | None) -> str:
     if spend is None:  # a copied dataset: what its images' estimates add up to
         return f"<span><b>{_e(money(cost))}</b> estimated cost</span>"
-    spent, rehearsal = spend
+    spent, rehearsal, billed = spend
     parts = []
+    if billed is not None:  # what `batchgen reconcile` fetched, beside the estimate
+        n = f"{billed.requests:,} request{'' if billed.requests == 1 else 's'}"
+        late = ", before the last run started" if billed.before_last_run else ""
+        parts.append(
+            f"<span>billed by {_e(billed.server)} <b>{_e(money(billed.usd))}</b> for {n},"
+            f" reconciled {_e(reconciled_when(billed))}{late}</span>"
+        )
     if spent or not rehearsal:
         parts.append(f"<span><b>{_e(money(spent))}</b> spent (estimated)</span>")
     if rehearsal:

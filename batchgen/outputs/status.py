@@ -8,11 +8,13 @@ separate and pure: text for people, :meth:`StatusReport.to_json` for scripts.
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from batchgen.journal.bills import Billed
 from batchgen.journal.query import JournalReader
 from batchgen.journal.schema import FailureGroup, RunInfo
 from batchgen.planning.jobs import JobState
@@ -50,6 +52,7 @@ class StatusReport:
     resume_command: str
     actual: ActualCost | None = None  # real cost of the results that carried usage (BYOK)
     rehearsal_usd: float = 0.0  # what the emulator's requests would cost on fal (not billed)
+    billed: Billed | None = None  # what `batchgen reconcile` last found billed (None: never)
 
     @property
     def done(self) -> bool:
@@ -60,6 +63,14 @@ class StatusReport:
         doc = asdict(self)
         doc["done"] = self.done
         doc["running"] = self.writer_pid is not None
+        # The bill, flat beside the estimate: null when the folder was never reconciled.
+        doc.pop("billed")
+        b = self.billed
+        doc["billed_usd"] = round(b.usd, 6) if b else None
+        doc["billed_requests"] = b.requests if b else None
+        doc["billed_server"] = b.server if b else None
+        doc["reconciled_at"] = b.reconciled_at if b else None
+        doc["reconciled_before_last_run"] = b.before_last_run if b else None
         return doc
 
 
@@ -110,6 +121,7 @@ def build_report(
         live = reader.in_flight(limit=MAX_IN_FLIGHT_SHOWN)
         failures = reader.failures_by_class()
         actual = actual_cost(reader.usages())
+        billed = reader.billed()
     last = runs[-1] if runs else None
     return StatusReport(
         out_dir=str(out_dir),
@@ -134,6 +146,7 @@ def build_report(
         resume_command=resume_command(out_dir, last),
         actual=actual if actual.jobs else None,
         rehearsal_usd=round(t.rehearsal, 4),
+        billed=billed,
     )
 
 
@@ -154,6 +167,8 @@ def render_text(rep: StatusReport) -> str:
     lines.append(
         "  " + "  ".join(f"{s.lower()} {n}" for s, n in rep.counts.items() if n) or "  (no jobs)"
     )
+    if rep.billed is not None:
+        lines.append(f"  {billed_text(rep.billed, rep.out_dir)}")
     lines.append(
         f"  spent ~${rep.spent_usd:.2f}, in flight ~${rep.in_flight_usd:.2f},"
         f" still to submit ~${rep.remaining_usd:.2f} (estimates)"
@@ -190,6 +205,22 @@ def render_text(rep: StatusReport) -> str:
         lines.append(f"{n} jobs are no longer in the manifest and will not run ({parts})")
     lines.append(_state_line(rep))
     return "\n".join(lines) + "\n"
+
+
+def reconciled_when(b: Billed) -> str:
+    """When the bill was fetched, local time to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(b.reconciled_at))
+
+
+def billed_text(b: Billed, out_dir: str) -> str:
+    """``billed by fal $0.17 for 17 requests, reconciled 2026-05-01 14:03``, and what it
+    misses when a run came after it."""
+    n = f"{b.requests:,} request{'' if b.requests == 1 else 's'}"
+    text = f"billed by {b.server} ${b.usd:,.2f} for {n}, reconciled {reconciled_when(b)}"
+    if b.before_last_run:
+        again = shlex.join(["batchgen", "reconcile", out_dir])
+        text += f", before the last run started (its requests: {again})"
+    return text
 
 
 def _state_line(rep: StatusReport) -> str:
