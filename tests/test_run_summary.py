@@ -171,3 +171,30 @@ def test_progress_without_a_terminal_prints_lines() -> None:
     p.refresh()
     p.close()
     assert out.getvalue().startswith("progress: done 10/16")
+
+
+def test_the_lost_submits_line_adds_up() -> None:
+    def line(st: RunStats) -> str:
+        s = build_summary(
+            {S.DOWNLOADED: 9},
+            failures=[],
+            journal_retries=0,
+            possible_duplicates=0,
+            lost=0,
+            spent=0.0,
+            spent_run=0.0,
+            stats=st,
+            wall_seconds=1.0,
+            stop=None,
+            resume_hint="",
+        )
+        (found,) = [x for x in s.lines() if x.startswith("submits without an answer")]
+        return found
+
+    all_found = RunStats(lost_submits=3, found=3, lookups=2)
+    assert line(all_found) == "submits without an answer 3: 3 found in fal's history (2 look-ups)"
+    mixed = RunStats(lost_submits=5, found=2, lookups=1, resent=1)
+    assert line(mixed) == (
+        "submits without an answer 5: 2 found in fal's history (1 look-up), 1 not there, sent"
+        " again, 2 left to look for next run"
+    )

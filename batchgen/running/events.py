@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+SUBMIT_DROPPED = "submit_dropped"  # retry.classify's reason for a submit without an answer
 START_TIMEOUT = "start_timeout"  # ...and for fal's 504 when --start-timeout ran out (not billed)
 
 
@@ -32,7 +33,7 @@ class Resumed:
 
     reattached: int  # requests fal still has (QUEUED/RUNNING): watched, never resubmitted
     to_download: int  # results already fetched (COMPLETED): downloaded first
-    unknown: int  # submits a crash interrupted: resubmitted, counted as possible duplicates
+    unknown: int  # submits whose answer a crash or an earlier run lost: looked for in fal's history
     retried_failed: int  # --retry-failed
     redownload: int = 0  # failed only in their download: fetched again, no new submit
     dropped: int = 0  # requests of an in-process emulator that is gone: resubmitted, free
@@ -317,15 +318,23 @@ class RunStats:
     resubmitted_free: int = 0  # requests of a stopped emulator, sent again at no cost
     replaced: int = 0  # a rehearsal's jobs made for real
     start_timeouts: int = 0  # requests no runner started within --start-timeout (not billed)
-    lost_submits: int = 0  # submits sent with no answer (each looked for in fal's history)
+    lost_submits: int = 0  # submits with no answer, this run's and those it found (each looked for)
+    resent: int = 0  # ...that fal's history did not hold: sent again
     found: int = 0  # ...whose request fal's history held: followed, not sent again
     lookups: int = 0  # looks in fal's history for them
     recovered: int = 0  # expired results read from fal's history: no new submit
 
+    @property
+    def unsettled(self) -> int:
+        """Lost submits this run neither found, nor sent again, nor failed (it stopped)."""
+        gone = self.found + self.resent + self.failed[SUBMIT_DROPPED]
+        return max(0, self.lost_submits - gone)
+
     def add(self, event: Event) -> None:
         match event:
-            case Resumed(redownload=r, dropped=d, replaced=p):
+            case Resumed(unknown=u, redownload=r, dropped=d, replaced=p):
                 self.redownloaded, self.resubmitted_free, self.replaced = r, d, p
+                self.lost_submits += u  # an earlier run's lost submits, settled by this one
             case Submitted():
                 self.submitted += 1
             case Retrying():
@@ -337,6 +346,7 @@ class RunStats:
                 # while it ran: fal may bill it as well as the next
                 self.possible_duplicates += int(dup)
                 self.start_timeouts += int(reason == START_TIMEOUT)
+                self.resent += int(reason == SUBMIT_DROPPED)
             case SubmitLost():
                 self.lost_submits += 1
             case Found():

@@ -212,10 +212,10 @@ class Lookup:
         if not r.in_manifest:  # no longer wanted: nothing is sent for it
             ctx.journal.requeue(r.job_id, message)
         elif r.attempts + 1 >= ctx.settings.options.max_attempts:
-            ctx.record.fail(row, "submit_dropped", f"{message} (after {r.attempts + 1} attempts)")
+            ctx.record.fail(row, ev.SUBMIT_DROPPED, f"{message} (after {r.attempts + 1} attempts)")
         else:
             ctx.journal.requeue(r.job_id, message, dup=dup)
-            ctx.emit(ev.Requeued(r.job_id, "submit_dropped", message, False, dup))
+            ctx.emit(ev.Requeued(r.job_id, ev.SUBMIT_DROPPED, message, False, dup))
 
 
 class KeptResults:

@@ -109,8 +109,9 @@ class Summary:
             out.insert(
                 2,
                 f"submits without an answer {st.lost_submits}: {st.found} found in fal's"
-                f" history ({st.lookups} look-up{'s' if st.lookups != 1 else ''}), the rest"
-                " sent again",
+                f" history ({st.lookups} look-up{'s' if st.lookups != 1 else ''})"
+                + (f", {st.resent} not there, sent again" if st.resent else "")
+                + (f", {left} left to look for next run" if (left := st.unsettled) else ""),
             )
         if self.actual is not None:
             a = self.actual
