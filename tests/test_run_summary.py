@@ -193,8 +193,8 @@ def test_the_lost_submits_line_adds_up() -> None:
 
     all_found = RunStats(lost_submits=3, found=3, lookups=2)
     assert line(all_found) == "submits without an answer 3: 3 found in fal's history (2 look-ups)"
-    mixed = RunStats(lost_submits=5, found=2, lookups=1, resent=1)
+    mixed = RunStats(lost_submits=6, found=2, lookups=1, resent=2, resent_unsure=1)
     assert line(mixed) == (
-        "submits without an answer 5: 2 found in fal's history (1 look-up), 1 not there, sent"
-        " again, 2 left to look for next run"
+        "submits without an answer 6: 2 found in fal's history (1 look-up), 1 not there, sent"
+        " again, 1 it could not tell of, sent again, 2 left to look for next run"
     )

@@ -163,18 +163,17 @@ class LookedUp:
 
 @dataclass(frozen=True, slots=True)
 class HistoryUnavailable:
-    """fal's history could not settle ``jobs`` lost submits (``why``): they are sent again and
-    counted as possible duplicate charges. Said once a run."""
+    """fal's history could not settle lost submits (``why``): they are sent again and counted
+    as possible duplicate charges. Said once a run, at the first."""
 
     why: str
-    jobs: int
 
 
 def history_text(e: HistoryUnavailable) -> str:
     """The notice the CLI prints and run.log keeps."""
     return (
-        f"{e.jobs} lost submit{'s' if e.jobs != 1 else ''} sent again without knowing whether"
-        f" fal made them ({e.why}): each is counted as a possible duplicate charge"
+        f"fal's history cannot tell whether lost submits made their requests ({e.why}): each"
+        " is sent again and counted as a possible duplicate charge"
     )
 
 
@@ -319,7 +318,8 @@ class RunStats:
     replaced: int = 0  # a rehearsal's jobs made for real
     start_timeouts: int = 0  # requests no runner started within --start-timeout (not billed)
     lost_submits: int = 0  # submits with no answer, this run's and those it found (each looked for)
-    resent: int = 0  # ...that fal's history did not hold: sent again
+    resent: int = 0  # ...that fal's history did not hold, or could not tell of: sent again
+    resent_unsure: int = 0  # ...of which it could not tell: possible duplicates
     found: int = 0  # ...whose request fal's history held: followed, not sent again
     lookups: int = 0  # looks in fal's history for them
     recovered: int = 0  # expired results read from fal's history: no new submit
@@ -347,6 +347,7 @@ class RunStats:
                 self.possible_duplicates += int(dup)
                 self.start_timeouts += int(reason == START_TIMEOUT)
                 self.resent += int(reason == SUBMIT_DROPPED)
+                self.resent_unsure += int(reason == SUBMIT_DROPPED and dup)
             case SubmitLost():
                 self.lost_submits += 1
             case Found():

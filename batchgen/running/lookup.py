@@ -54,8 +54,8 @@ SETTLE_FACTOR = 3.0  # a request ends within this many times the slowest one see
 SETTLE_FLOOR_S = 10.0  # ...plus this, for the history to list it (and clocks to differ)
 FIRST_WAIT_S = 1.0  # the first look again: a request made by the lost submit may end soon
 MAX_WAIT_S = 30.0  # looks double their interval up to this
-NO_INPUTS = "fal's history keeps no inputs for these requests (payload storage off: --no-store-io)"
-NOT_RECORDED = "the journal has no record of what was sent (written by an older batchgen)"
+NO_INPUTS = "its entries keep no inputs: payload storage is off (--no-store-io)"
+NOT_RECORDED = "the journal has no record of what was sent (an older batchgen wrote it)"
 
 Attach = Callable[[str, Handle, float], None]  # job id, the request found, its attempt's time
 
@@ -204,8 +204,7 @@ class Lookup:
         ctx = self._ctx
         if why is not None and not self._told:
             self._told = True
-            pending = len(ctx.journal.lost_submits())
-            ctx.emit(ev.HistoryUnavailable(why, pending))
+            ctx.emit(ev.HistoryUnavailable(why))
         row = ctx.journal.get(r.job_id)
         if row is None:
             return

@@ -105,12 +105,14 @@ class Summary:
             ),
         ]
         st = self.stats
+        sure, unsure = st.resent - st.resent_unsure, st.resent_unsure
         if st.lost_submits:
             out.insert(
                 2,
                 f"submits without an answer {st.lost_submits}: {st.found} found in fal's"
                 f" history ({st.lookups} look-up{'s' if st.lookups != 1 else ''})"
-                + (f", {st.resent} not there, sent again" if st.resent else "")
+                + (f", {st.resent - st.resent_unsure} not there, sent again" if sure else "")
+                + (f", {st.resent_unsure} it could not tell of, sent again" if unsure else "")
                 + (f", {left} left to look for next run" if (left := st.unsettled) else ""),
             )
         if self.actual is not None:
