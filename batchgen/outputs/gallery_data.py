@@ -175,6 +175,7 @@ class Totals:
     bytes: int = 0
     cost: float = 0.0  # the rows' estimates, for a folder without its journal
     missing: int = 0
+    stale: int = 0  # rows left out: images of prompts no longer in the manifest
     facets: dict[str, dict[str, int]] = field(default_factory=lambda: {f: {} for f in FACETS})
     unlisted: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FACETS})
 
@@ -201,6 +202,7 @@ class Totals:
             "bytes": self.bytes,
             "cost": self.cost,
             "missing": self.missing,
+            "stale": self.stale,
             "facets": {k: dict(v) for k, v in self.facets.items()},
             "unlisted": dict(self.unlisted),
         }
@@ -212,6 +214,7 @@ class Totals:
             int(d["bytes"]),
             float(d["cost"]),
             int(d["missing"]),
+            int(d["stale"]),
             {f: {str(k): int(n) for k, n in d["facets"][f].items()} for f in FACETS},
             {f: int(d["unlisted"][f]) for f in FACETS},
         )
