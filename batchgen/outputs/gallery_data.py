@@ -103,7 +103,8 @@ def epoch(r: Mapping[str, Any]) -> float | None:
 
 def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
-    index, quality, size, tags, cost, references]. The order is gallery.js's ``R`` table."""
+    index, quality, size, tags, cost, references, take]. The order is gallery.js's ``card``.
+    The take is the job's ``variant``: which of a ``repeat``'s requests made the image."""
     return [
         str(r["file_name"]),
         thumb,
@@ -117,6 +118,7 @@ def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
         tags_of(r),
         _number(r.get("cost_estimate")),
         references(r),
+        _int(r.get("variant")),
     ]
 
 
