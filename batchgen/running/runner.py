@@ -153,7 +153,12 @@ async def _in_folder(
         raise
     code = 1
     try:
-        write_sources(out, manifest)  # the manifest and every file it read, as run
+        uncopied = write_sources(out, manifest)  # the manifest and every file it read, as run
+        if uncopied:
+            log.write(
+                f"manifest: {len(uncopied)} reference images (over 1 GiB) kept in "
+                ".manifest/files.json by sha256 only, not copied"
+            )
         ensure_index(out)  # a folder where nothing succeeds yet is still a valid folder
         log.write(
             f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
