@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from batchgen.errors import ManifestError
+from batchgen.journal import stale as stale_module
 from batchgen.journal.stale import StaleJobs
 from batchgen.manifest import load_manifest
 from batchgen.outputs import sources
@@ -106,8 +107,12 @@ def test_references_past_the_limit_are_kept_by_sha256_only(
     assert record["not_copied"] == left and set(record["files"]) == set(left)
 
 
-def test_stale_jobs_hold_eight_bytes_a_job() -> None:
+@pytest.mark.parametrize("set_max", [0, 100_000])  # a binary search, or a set of a few
+def test_stale_jobs_hold_eight_bytes_a_job(set_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stale_module, "SET_MAX", set_max)
     ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    assert list(StaleJobs(sorted(ids[::2]), ordered=True)._keys) == list(StaleJobs(ids[::2])._keys)
+    assert len(StaleJobs(ids[::2], ordered=True)) == 500  # not sorted after all: sorted here
     stale = StaleJobs(ids[::2])
     assert len(stale) == 500
     assert all(j in stale for j in ids[::2]) and not any(j in stale for j in ids[1::2])
