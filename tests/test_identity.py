@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from test_gallery import chromium, find_chromium
-from test_gallery_support import read_chunk
+from test_gallery_support import gallery_data, read_chunk
 from test_run_support import states
 
 from batchgen.cli import main
 from batchgen.journal.opening import lock_folder, unlock_folder
 from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.manifest import load_manifest
+from batchgen.outputs.gallery import build_gallery, refresh_gallery
 from batchgen.outputs.index import read_index
 from batchgen.planning.jobs import JobState
 
@@ -240,3 +241,36 @@ def test_export_while_a_run_writes_warns(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("batchgen: warning: a batchgen run (pid ")
     assert "is writing to" in err[0] and "only the images saved so far" in err[0]
+
+
+def test_a_refresh_leaves_stale_images_out_as_a_full_build_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = [(f"p{i}", f"a tea house, picture {i}") for i in range(7)]
+    m = yaml_manifest(tmp_path / "m", "prompts.csv")
+    write_csv(tmp_path / "m" / "prompts.csv", prompts)
+    out = tmp_path / "out"
+    run(m, out, capsys)
+    prompts[1] = ("p1", "a tea house in the rain")
+    prompts[5] = ("p5", "a tea house at night")
+    write_csv(tmp_path / "m" / "prompts.csv", prompts)
+    run(m, out, capsys)
+    assert len(stale_ids(out)) == 2
+    index = out / "metadata.jsonl"
+    lines = index.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 9
+    # A build of the first rows, then a refresh that reads the rest (chunks of 2 rows).
+    index.write_bytes(b"".join(lines[:4]))  # the same file: a refresh may resume
+    first = build_gallery(out, chunk_rows=2)
+    with index.open("ab") as f:
+        f.writelines(lines[4:])
+    report = refresh_gallery(out, chunk_rows=2)
+    assert report.refreshed and report.rows_read < 7
+    assert (first.stale, report.stale, report.images) == (
+        sum(json.loads(x)["job_id"] in stale_ids(out) for x in lines[:4]),
+        2,
+        7,
+    )
+    refreshed = gallery_data(out)
+    build_gallery(out, chunk_rows=2)
+    assert gallery_data(out) == refreshed
