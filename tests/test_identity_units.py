@@ -120,3 +120,14 @@ def test_stale_jobs_hold_eight_bytes_a_job(set_max: int, monkeypatch: pytest.Mon
     assert not StaleJobs() and "0" * 64 not in StaleJobs()
     assert StaleJobs(ids[:3]).fingerprint() == StaleJobs(reversed(ids[:3])).fingerprint()
     assert StaleJobs(ids[:3]).fingerprint() != StaleJobs(ids[:4]).fingerprint()
+
+
+def test_a_csv_manifest_covers_its_reference_images(tmp_path: Path) -> None:
+    Image.new("RGB", (16, 16), "#336699").save(tmp_path / "room.png")
+    m = tmp_path / "jobs.csv"
+    m.write_text("prompt,image_urls\nrestyle the room,room.png\n")
+    first = load_manifest(m)
+    assert set(first.reads) == {"room.png"} and first.sha256 != first.file_sha256
+    Image.new("RGB", (16, 16), "#000000").save(tmp_path / "room.png")
+    second = load_manifest(m)
+    assert second.file_sha256 == first.file_sha256 and second.sha256 != first.sha256
