@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from batchgen.errors import UsageError
+from batchgen.journal.opening import writer_pid
 from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.outputs.export import FORMATS, export
 from batchgen.outputs.index import METADATA
@@ -14,6 +16,8 @@ examples:
   batchgen export outputs/demo --format csv --dest demo.csv
   batchgen export outputs/demo --format webdataset --shard-size 500
                                                       OUT/exports/webdataset/shard-000000.tar ...
+  batchgen export outputs/demo --format csv --include-stale
+                                                      stale images too (prompts since edited)
 """
 
 
@@ -35,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard-size", type=int, default=1000, metavar="N", help="samples per webdataset shard"
     )
+    p.add_argument(
+        "--include-stale",
+        action="store_true",
+        help="keep the images of prompts no longer in the manifest (stale: an edited or"
+        " removed prompt's images; left out by default)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,11 +53,26 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{out} has neither {METADATA} nor {JOURNAL_NAME}: is it a batchgen output folder?"
         )
+    pid = writer_pid(out / JOURNAL_NAME)
+    if pid is not None:  # `batchgen index` refuses here; a snapshot is still worth having
+        print(
+            f"batchgen: warning: a batchgen run (pid {pid if pid > 0 else '?'}) is writing to "
+            f"{out}: this export holds only the images saved so far",
+            file=sys.stderr,
+        )
     dest = Path(args.dest) if args.dest else None
-    result = export(out, args.format, dest, shard_size=args.shard_size)
+    result = export(
+        out, args.format, dest, shard_size=args.shard_size, include_stale=args.include_stale
+    )
     for path in result.paths:
         print(path)
     print(f"{result.rows} rows exported as {args.format}")
+    if result.stale:
+        n = result.stale
+        print(
+            f"left out {n:,} stale image{'s' if n != 1 else ''} (of prompts no longer in the"
+            " manifest; --include-stale keeps them)"
+        )
     if result.skipped_count:
         print(f"skipped {result.skipped_count:,} images missing or changed on disk:")
         shown = result.skipped[:20]

@@ -5,7 +5,9 @@ Separate from ``writer`` (the state changes) because none of this runs after ``o
 The manifest rule (what a user sees):
 
 * The same manifest file, edited since the last run (same absolute path, new sha256): allowed.
-  That is the everyday "add a few prompts and re-run" case. The caller re-plans
+  That is the everyday "add a few prompts and re-run" case. The sha256 is the manifest's
+  identity (``manifest/identity.py``): it covers every file the manifest read, so an edited
+  prompts file or reference image counts as an edit of the manifest. The caller re-plans
   (``needs_plan``): new jobs are added, finished ones kept, and jobs the file no longer names
   are reported and never run (kept in the journal, so paid work is never forgotten).
 * Another manifest file aimed at a folder that holds a run: refused with

@@ -37,6 +37,7 @@ from batchgen.journal.schema import (
     Upload,
     job_row,
 )
+from batchgen.journal.stale import StaleJobs, stale_images, stale_jobs
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import usage_of
 
@@ -240,6 +241,13 @@ class JournalReader:
             if usage is not None:
                 images = result.get("images")
                 yield usage, len(images) if isinstance(images, list) else 0
+
+    def stale(self) -> StaleJobs:
+        """The jobs the manifest no longer names (``stale.py``): their images are stale."""
+        return stale_jobs(self._db())
+
+    def stale_images(self) -> int:
+        return stale_images(self._db())
 
     def failures_by_class(self) -> list[FailureGroup]:
         """Final failures of the manifest's jobs (what ``counts`` calls FAILED, what

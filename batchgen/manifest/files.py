@@ -94,6 +94,10 @@ class LocalFiles:
     max_bytes: int = MAX_REFERENCE_BYTES
     files: dict[str, LocalFile] = field(default_factory=dict)  # path as named -> file
     globs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # pattern -> paths, sorted
+    # Every file read besides the manifest (references, matches, a prompts file): its path
+    # relative to the manifest's folder, normalised (`read_name`) -> sha256. The manifest's
+    # identity covers them (`identity.py`); the output folder keeps a copy of each.
+    reads: dict[str, str] = field(default_factory=dict)
     _seen: dict[str, list[str]] = field(default_factory=dict)  # value -> its problems
 
     def check(self, value: str) -> list[str]:
@@ -115,9 +119,15 @@ class LocalFiles:
         except OSError as exc:
             return [f"cannot read {short(rel)}: {exc.strerror or exc}"]
         content_type, width, height = inspect_reference(data)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = self.read(rel, data)
         self.files[rel] = LocalFile(rel, digest, len(data), content_type, width, height)
         return []
+
+    def read(self, rel: str, data: bytes) -> str:
+        """Record that the manifest read ``data`` from ``rel``; returns its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        self.reads[read_name(rel, self.folder)] = digest
+        return digest
 
     def _glob(self, pattern: str) -> list[str]:
         why = scheme_problem(pattern)
@@ -148,6 +158,18 @@ class LocalFiles:
 
     def sha256s(self) -> dict[str, str]:
         return {path: f.sha256 for path, f in self.files.items()}
+
+
+def read_name(rel: str, folder: Path) -> str:
+    """``rel`` (a path the manifest names, checked to stay inside its folder) as one name:
+    ``./refs/../refs/a.png`` and ``refs/a.png`` are ``refs/a.png``. Symbolic links are kept as
+    named, so a copy laid out by these names next to the manifest reads the same; a name that
+    only a link brings back inside the folder is named by its target instead."""
+    name = PurePath(os.path.normpath(rel)).as_posix()
+    if name.startswith("../") or name == ".." or os.path.isabs(name):
+        base = folder.resolve()
+        name = (base / rel).resolve().relative_to(base).as_posix()
+    return name
 
 
 # ---- expansion helpers (pure: they use what `LocalFiles` found) ---------------------------

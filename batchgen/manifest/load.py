@@ -11,6 +11,7 @@ from pathlib import Path
 
 from batchgen.errors import ManifestError, Problem
 from batchgen.manifest.files import files_notice
+from batchgen.manifest.identity import identity
 from batchgen.manifest.model import Manifest, quality_notice
 from batchgen.manifest.prompts import PromptContext, unify_tags
 from batchgen.manifest.source import ProblemList, decode, load_yaml, read_bytes
@@ -40,13 +41,14 @@ def load_manifest(path: Path) -> Manifest:
             ]
         )
     data = read_bytes(path, shown)
-    sha256 = hashlib.sha256(data).hexdigest()  # of exactly the bytes that were checked
+    own = hashlib.sha256(data).hexdigest()  # of exactly the bytes that were checked
     text = decode(data, shown)
     # Names come from the file's stem only when the manifest has none; keep them folder-safe.
     name_default = slug(path.stem)
     if suffix in YAML_SUFFIXES:
         fields = build_yaml(load_yaml(text, shown), path, shown, name_default)
-        return Manifest(path=path, sha256=sha256, **fields)
+        sha256 = identity(own, fields["reads"], fields["globs"])
+        return Manifest(path=path, sha256=sha256, file_sha256=own, **fields)
     problems = ProblemList()
     ctx = PromptContext(
         folder=path.parent, endpoint=TEXT_TO_IMAGE, problems=problems, templated=False
@@ -69,9 +71,11 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest(
         name=name_default,
         path=path,
-        sha256=sha256,
+        sha256=identity(own, ctx.files.reads, ctx.files.globs),
+        file_sha256=own,
         prompts=tuple(prompts),
         notices=tuple(notices),
         files=ctx.files.sha256s(),
         globs=dict(ctx.files.globs),
+        reads=dict(ctx.files.reads),
     )

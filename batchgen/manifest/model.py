@@ -53,7 +53,10 @@ class Manifest(BaseModel):
 
     name: str
     path: Path
-    sha256: str  # of the manifest file's bytes
+    # The identity (`identity.py`): the file's bytes and every file it read. What decides a
+    # re-plan and what each index row records as manifest_sha256.
+    sha256: str
+    file_sha256: str | None = None  # of the manifest file's own bytes (None: same as sha256)
     endpoint: str = TEXT_TO_IMAGE
     output: str = DEFAULT_OUTPUT_TEMPLATE
     pricing: PriceTable = DEFAULT_TABLE
@@ -66,6 +69,9 @@ class Manifest(BaseModel):
     notices: tuple[str, ...] = ()
     files: dict[str, str] = Field(default_factory=dict)  # local reference path -> sha256
     globs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # pattern -> paths, sorted
+    # Every other file read (prompts file, references, matches): normalised path relative to
+    # the manifest's folder -> sha256 (files.read_name); the output folder keeps a copy of each.
+    reads: dict[str, str] = Field(default_factory=dict)
     # How the run's requests ask fal to treat them (YAML keys; flags win): not part of any
     # job's identity, since the same request at another priority makes the same image.
     priority: Literal["low", "normal"] | None = None

@@ -24,7 +24,7 @@ from batchgen.manifest.prompts import (
     typo_endpoint,
     unify_tags,
 )
-from batchgen.manifest.source import Located, ProblemList, dotted, read_text
+from batchgen.manifest.source import Located, ProblemList, decode, dotted, read_bytes
 from batchgen.manifest.tabular import csv_prompts, jsonl_prompts
 from batchgen.manifest.templates import output_template_problems, parse
 from batchgen.manifest.yamldoc import ManifestDoc, PricingDoc, read_doc
@@ -46,7 +46,7 @@ _BUCKET = re.compile(r"(\d+)x(\d+)")
 
 
 def build_yaml(located: Located, path: Path, file: str, name_default: str) -> dict[str, Any]:
-    """The keyword arguments of `Manifest` (minus path and sha256), or a ManifestError."""
+    """The keyword arguments of `Manifest` (minus path and the sha256s), or a ManifestError."""
     problems = ProblemList()
     if not isinstance(located.data, dict):
         problems.add(
@@ -140,6 +140,7 @@ def build_yaml(located: Located, path: Path, file: str, name_default: str) -> di
         "notices": tuple(notices),
         "files": ctx.files.sha256s(),
         "globs": dict(ctx.files.globs),
+        "reads": dict(ctx.files.reads),
     }
 
 
@@ -279,10 +280,12 @@ def _prompts_file(
         return []
     shown = str(Path(file).parent / rel)
     try:
-        text = read_text(folder / rel, shown)
+        data = read_bytes(folder / rel, shown)
+        text = decode(data, shown)
     except ManifestError as exc:  # report it beside the manifest's own problems
         ctx.problems.extend(exc.problems)
         return []
+    ctx.files.read(rel, data)  # part of the manifest's identity: an edit re-plans
     if rel.lower().endswith(".csv"):
         return csv_prompts(text, shown, ctx, standalone=False)
     return jsonl_prompts(text, shown, ctx)

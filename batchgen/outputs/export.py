@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import UsageError
+from batchgen.journal.stale import StaleJobs, folder_stale
+from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.outputs.checks import sha256_file
 from batchgen.outputs.index import INDEX_FIELDS
 from batchgen.outputs.scan import iter_index
@@ -49,6 +51,7 @@ class ExportResult:
     # File names missing or changed on disk: the first MAX_SKIPPED_LISTED, and how many in all.
     skipped: list[str] = field(default_factory=list)
     skipped_count: int = 0
+    stale: int = 0  # rows of stale images left out (journal/stale.py)
 
     def skip(self, name: str) -> None:
         self.skipped_count += 1
@@ -65,17 +68,38 @@ def default_dest(out_dir: Path, fmt: str) -> Path:
 
 
 def export(
-    out_dir: Path, fmt: str, dest: Path | None = None, *, shard_size: int = 1000
+    out_dir: Path,
+    fmt: str,
+    dest: Path | None = None,
+    *,
+    shard_size: int = 1000,
+    include_stale: bool = False,
 ) -> ExportResult:
-    """Export ``out_dir``'s index as ``fmt`` to ``dest`` (default: under ``out/exports``)."""
+    """Export ``out_dir``'s index as ``fmt`` to ``dest`` (default: under ``out/exports``).
+    Stale images (of jobs the manifest no longer names, as the folder's journal says) are left
+    out unless ``include_stale``."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     target = dest if dest is not None else default_dest(out_dir, fmt)
+    stale = StaleJobs() if include_stale else folder_stale(Path(out_dir) / JOURNAL_NAME)
+    left_out = [0]
+
+    def rows() -> Iterator[dict[str, Any]]:
+        left_out[0] = 0  # parquet may read the rows twice (its tags' type)
+        for r in iter_index(out_dir):
+            if stale and r.get("job_id") in stale:
+                left_out[0] += 1
+                continue
+            yield r
+
     if fmt == "parquet":
-        return export_parquet(lambda: iter_index(out_dir), target)
-    if fmt == "csv":
-        return export_csv(iter_index(out_dir), target)
-    return export_webdataset(out_dir, iter_index(out_dir), target, shard_size=shard_size)
+        result = export_parquet(rows, target)
+    elif fmt == "csv":
+        result = export_csv(rows(), target)
+    else:
+        result = export_webdataset(out_dir, rows(), target, shard_size=shard_size)
+    result.stale = left_out[0]
+    return result
 
 
 def _atomic_write(dest: Path, write: Callable[[Path], int]) -> int:

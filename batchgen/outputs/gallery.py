@@ -32,6 +32,7 @@ from typing import Any
 
 from batchgen._version import __version__
 from batchgen.errors import JournalError
+from batchgen.journal.stale import StaleJobs, folder_stale
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.outputs import gallery_scan as scan
 from batchgen.outputs.gallery_data import (
@@ -66,6 +67,7 @@ class GalleryReport:
     failures: int
     rows_read: int = 0  # index rows read by this call (a refresh reads only the new ones)
     refreshed: bool = False  # False: a full build (asked for, or a refresh had to)
+    stale: int = 0  # images of prompts no longer in the manifest, left out
 
 
 def journal_spend(out_dir: Path) -> Spend | None:
@@ -145,10 +147,16 @@ class _Pass:
 
 
 def _read(
-    out_dir: Path, start: _Resume, skip: set[int], pool: ThreadPoolExecutor, chunk_rows: int
+    out_dir: Path,
+    start: _Resume,
+    skip: set[int],
+    pool: ThreadPoolExecutor,
+    chunk_rows: int,
+    stale: StaleJobs,
 ) -> tuple[_Pass, set[int]]:
     """Stream the index from ``start``, writing chunks; also the offsets a later row for the
-    same file supersedes (when not empty, the caller reads again, skipping them)."""
+    same file supersedes (when not empty, the caller reads again, skipping them). Rows of
+    ``stale`` jobs are counted and left out, keys included (a stale image is not a card)."""
     totals = Totals.from_json(start.totals.to_json())
     keys = scan.Keys(start.keys.data[:])
     resume = start
@@ -164,6 +172,9 @@ def _read(
         for off, raw in scan.lines(f, start.offset, end):
             row = None if off in skip else parse_row(raw, "file_name")
             if row is None:
+                continue
+            if stale and row.get("job_id") in stale:
+                totals.stale += 1
                 continue
             batch.append(row)
             keys.add(row["file_name"], str(row.get("job_id")), off)
@@ -182,12 +193,13 @@ def _read(
 # ---- the state a refresh resumes from -------------------------------------------------------
 
 
-def _save_state(out_dir: Path, p: _Pass, chunk_rows: int) -> None:
+def _save_state(out_dir: Path, p: _Pass, chunk_rows: int, stale: str) -> None:
     (out_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
     state = {
         "format": STATE_FORMAT,
         "batchgen_version": __version__,
         "chunk_rows": chunk_rows,
+        "stale": stale,
         "metadata": p.metadata_id,
         "end": p.end,
         "resume": {"offset": p.resume.offset, "totals": p.resume.totals.to_json()},
@@ -199,9 +211,10 @@ def _save_state(out_dir: Path, p: _Pass, chunk_rows: int) -> None:
     os.replace(tmp, dest)
 
 
-def _load_resume(out_dir: Path, chunk_rows: int) -> _Resume | None:
+def _load_resume(out_dir: Path, chunk_rows: int, stale: str) -> _Resume | None:
     """The last build's resume point, or None when a full build is needed: no state, another
-    format or chunk size, or an index that was replaced (``batchgen index``) or shrank."""
+    format or chunk size, another set of stale jobs (a run re-planned), or an index that was
+    replaced (``batchgen index``) or shrank."""
     try:
         state = json.loads((out_dir / STATE).read_text(encoding="utf-8"))
         keys = scan.Keys.from_bytes((out_dir / KEYS).read_bytes())
@@ -210,6 +223,7 @@ def _load_resume(out_dir: Path, chunk_rows: int) -> _Resume | None:
             state["format"] == STATE_FORMAT
             and state["batchgen_version"] == __version__
             and state["chunk_rows"] == chunk_rows
+            and state["stale"] == stale
             and state["metadata"] == [st.st_dev, st.st_ino]
             and st.st_size >= state["end"]
         )
@@ -231,9 +245,12 @@ def build_gallery(
     title: str | None = None,
     workers: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    include_stale: bool = False,
 ) -> GalleryReport:
-    """(Re)write the whole gallery from the index, making any missing thumbnails."""
-    return _build(out_dir, None, title, workers, chunk_rows)
+    """(Re)write the whole gallery from the index, making any missing thumbnails. Stale
+    images (``journal/stale.py``) are left out unless ``include_stale``."""
+    stale, mark = _stale(out_dir, include_stale)
+    return _build(out_dir, None, title, workers, chunk_rows, stale, mark)
 
 
 def refresh_gallery(
@@ -242,11 +259,23 @@ def refresh_gallery(
     title: str | None = None,
     workers: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    include_stale: bool = False,
 ) -> GalleryReport:
     """Bring the gallery up to date with rows appended since the last build, reading only
     those (and the last, partial chunk's); a full build when there is nothing to resume
     from or a new row replaces an older one's file. Safe while a run writes the folder."""
-    return _build(out_dir, _load_resume(out_dir, chunk_rows), title, workers, chunk_rows)
+    stale, mark = _stale(out_dir, include_stale)
+    resume = _load_resume(out_dir, chunk_rows, mark)
+    return _build(out_dir, resume, title, workers, chunk_rows, stale, mark)
+
+
+def _stale(out_dir: Path, include: bool) -> tuple[StaleJobs, str]:
+    """The jobs to leave out, and what the state file says of them (a refresh resumes only a
+    build that left out the same ones)."""
+    if include:
+        return StaleJobs(), "included"
+    stale = folder_stale(out_dir / JOURNAL_NAME)
+    return stale, stale.fingerprint()
 
 
 def _build(
@@ -255,18 +284,20 @@ def _build(
     title: str | None,
     workers: int | None,
     chunk_rows: int,
+    stale: StaleJobs,
+    mark: str,
 ) -> GalleryReport:
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
     fresh = _Resume(0, Totals(), scan.Keys())
     with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 2)) as pool:
-        p, skip = _read(out_dir, resume or fresh, set(), pool, chunk_rows)
+        p, skip = _read(out_dir, resume or fresh, set(), pool, chunk_rows, stale)
         if skip:  # a file written twice keeps its last row: read again, leaving out the rest
-            again, _ = _read(out_dir, fresh, skip, pool, chunk_rows)
+            again, _ = _read(out_dir, fresh, skip, pool, chunk_rows, stale)
             again.made += p.made
             p, resume = again, None
     failures, failure_chunks = write_failures(out_dir, chunk_rows)
-    _save_state(out_dir, p, chunk_rows)
+    _save_state(out_dir, p, chunk_rows, mark)
     script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
     (out_dir / SCRIPT).write_text(script.read_text("utf-8"), encoding="utf-8")
     facts = PageFacts(
@@ -285,7 +316,14 @@ def _build(
     os.replace(tmp, dest)
     _remove_stale(out_dir, -(-p.totals.rows // chunk_rows), failure_chunks)
     return GalleryReport(
-        dest, p.totals.rows, p.made, p.totals.missing, failures, p.rows_read, resume is not None
+        dest,
+        p.totals.rows,
+        p.made,
+        p.totals.missing,
+        failures,
+        p.rows_read,
+        resume is not None,
+        p.totals.stale,
     )
 
 

@@ -103,7 +103,8 @@ def epoch(r: Mapping[str, Any]) -> float | None:
 
 def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
-    index, quality, size, tags, cost, references]. The order is gallery.js's ``R`` table."""
+    index, quality, size, tags, cost, references, take]. The order is gallery.js's ``card``.
+    The take is the job's ``variant``: which of a ``repeat``'s requests made the image."""
     return [
         str(r["file_name"]),
         thumb,
@@ -117,6 +118,7 @@ def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
         tags_of(r),
         _number(r.get("cost_estimate")),
         references(r),
+        _int(r.get("variant")),
     ]
 
 
@@ -175,6 +177,7 @@ class Totals:
     bytes: int = 0
     cost: float = 0.0  # the rows' estimates, for a folder without its journal
     missing: int = 0
+    stale: int = 0  # rows left out: images of prompts no longer in the manifest
     facets: dict[str, dict[str, int]] = field(default_factory=lambda: {f: {} for f in FACETS})
     unlisted: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FACETS})
 
@@ -201,6 +204,7 @@ class Totals:
             "bytes": self.bytes,
             "cost": self.cost,
             "missing": self.missing,
+            "stale": self.stale,
             "facets": {k: dict(v) for k, v in self.facets.items()},
             "unlisted": dict(self.unlisted),
         }
@@ -212,6 +216,7 @@ class Totals:
             int(d["bytes"]),
             float(d["cost"]),
             int(d["missing"]),
+            int(d["stale"]),
             {f: {str(k): int(n) for k, n in d["facets"][f].items()} for f in FACETS},
             {f: int(d["unlisted"][f]) for f in FACETS},
         )

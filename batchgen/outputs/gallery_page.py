@@ -136,6 +136,12 @@ def render_page(facts: PageFacts) -> str:
         _spend_text(t.cost, facts.spend),
         f"<span><b>{_bytes(t.bytes)}</b></span>",
         f"<span><b>{t.missing:,}</b> missing files</span>" if t.missing else "",
+        (
+            f"<span><b>{t.stale:,}</b> stale (of prompts no longer in the manifest) left out:"
+            " batchgen gallery --include-stale shows them</span>"
+            if t.stale
+            else ""
+        ),
         '<span>showing <b id="shown">…</b></span><span id="status"></span>',
     ]
     labels = {"prompt": "prompt", "size": "size", "quality": "quality", "tag": "tag"}

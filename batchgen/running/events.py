@@ -55,6 +55,7 @@ class Ready:
     out_dir: str
     rehearsal: bool
     notices: tuple[str, ...] = ()  # the plan's notices (batchgen plan shows the same)
+    stale: int = 0  # images kept of jobs the manifest no longer names (journal/stale.py)
 
 
 def announce(r: Ready) -> list[str]:
@@ -77,6 +78,12 @@ def announce(r: Ready) -> list[str]:
     ]
     if already:
         lines.append("already: " + ", ".join(already))
+    if r.stale:
+        lines.append(
+            f"{_n(r.stale, 'image')} from prompts no longer in the manifest "
+            f"{'is' if r.stale == 1 else 'are'} kept, marked stale (exports and the gallery "
+            "leave them out; --include-stale keeps them)"
+        )
     lines.append(f"output folder: {r.out_dir}")
     return lines + [f"notice: {n}" for n in r.notices]
 

@@ -31,10 +31,11 @@ from batchgen.journal.origin import describe
 from batchgen.journal.writer import JOURNAL_NAME, Journal
 from batchgen.manifest import Manifest, plan
 from batchgen.outputs.download import sweep_parts
-from batchgen.outputs.index import METADATA, cut_torn_tail, ensure_index, write_manifest_copy
+from batchgen.outputs.index import METADATA, cut_torn_tail, ensure_index
 from batchgen.outputs.rebuild import rewrite_failures
 from batchgen.outputs.reserve import free_bytes
 from batchgen.outputs.scan import compact_index
+from batchgen.outputs.sources import write_sources
 from batchgen.outputs.status import run_command
 from batchgen.outputs.thumbs import THUMBS
 from batchgen.outputs.workers import CheckPool, machine_cores
@@ -152,7 +153,12 @@ async def _in_folder(
         raise
     code = 1
     try:
-        write_manifest_copy(out, manifest.path)
+        uncopied = write_sources(out, manifest)  # the manifest and every file it read, as run
+        if uncopied:
+            log.write(
+                f"manifest: {len(uncopied)} reference images (over 1 GiB) kept in "
+                ".manifest/files.json by sha256 only, not copied"
+            )
         ensure_index(out)  # a folder where nothing succeeds yet is still a valid folder
         log.write(
             f"start: batchgen {__version__}, {settings.manifest_path} -> {out} "
@@ -164,9 +170,10 @@ async def _in_folder(
                 settings.controls, settings.stop_at, settings.notify, settings.options.on_exit
             )
         )
-        # Local files can change while the manifest does not: re-plan (cheap, incremental).
+        # The identity covers every file the manifest read (manifest/identity.py): a prompts
+        # file or a reference edited since the last run re-plans, as an edited manifest does.
         notices = manifest.notices
-        if journal.needs_plan or manifest.files:
+        if journal.needs_plan:
             tally, specs = Tally(), plan(manifest)  # the plan's notices, from the same pass
             report = journal.add_jobs(
                 tally.feed(specs), cost_of=lambda s: estimate_cost(s, manifest.pricing)
@@ -342,6 +349,7 @@ def _ready(
         target=describe(sched.origin),
         out_dir=str(settings.out_dir),
         rehearsal=sched.rehearsal,
+        stale=journal.stale_images(),
         notices=(*notices, *_disk(journal, images, sched.rehearsal, settings.out_dir)),
     )
 

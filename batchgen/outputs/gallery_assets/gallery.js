@@ -181,7 +181,7 @@
   }
 
   function card(r) {
-    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs] = r;
+    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take] = r;
     const art = el("article", "card");
     art.dataset.promptId = pid;
     art.dataset.file = file;
@@ -203,7 +203,10 @@
     const meta = el("div", "meta");
     meta.append(el("span", "", (w ?? "?") + "\u00d7" + (h ?? "?")), el("span", "", quality));
     if (typeof price === "number") meta.append(el("span", "cost", money(price)));
-    meta.append(el("span", "", pid + " #" + n));
+    // take: which of a repeat's requests (the index's variant); #: the image of that request
+    const which = el("span", "", pid + (typeof take === "number" ? " take " + take : "") + " #" + n);
+    which.title = "prompt id, take (variant: which of its repeats), # (image of the request)";
+    meta.append(which);
     for (const t of tags) meta.append(el("span", "tag", t));
     for (const [label, title] of refs) {
       const s = el("span", "ref", label);
