@@ -56,6 +56,9 @@ class Ready:
     notices: tuple[str, ...] = ()  # the plan's notices (batchgen plan shows the same)
 
 
+NOTICE = "notice: "  # what starts the announcement's lines that --quiet keeps
+
+
 def announce(r: Ready) -> list[str]:
     """A ``Ready`` as the lines `batchgen run` prints before it submits (and run.log keeps)."""
     what = f"{_n(r.to_submit, 'job')} to submit ({_n(r.images, 'image')}) to {r.target}"
@@ -77,7 +80,7 @@ def announce(r: Ready) -> list[str]:
     if already:
         lines.append("already: " + ", ".join(already))
     lines.append(f"output folder: {r.out_dir}")
-    return lines + [f"notice: {n}" for n in r.notices]
+    return lines + [f"{NOTICE}{n}" for n in r.notices]
 
 
 def _n(count: int, word: str) -> str:
@@ -227,6 +230,14 @@ class Stopping:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class TellFailed:
+    """``--notify`` or ``--on-exit`` failed when the run ended: ``text`` says which and why,
+    with no part of the URL (run.log has the same line). The exit code stays the run's."""
+
+    text: str
+
+
 # Why the webhook receiver refused a request (running/receiver.py), as the summary words it.
 REFUSALS = {
     "signature": "unsigned or badly signed",
@@ -295,6 +306,7 @@ Event = (
     | BudgetReached
     | Stopping
     | WebhooksSilent
+    | TellFailed
 )
 
 

@@ -9,7 +9,8 @@ refused key) it builds one JSON summary (``end_message``) and
   (``shell=False``): nothing in the summary or the folder name can be read as shell syntax.
   A user who wants a pipe writes ``sh -c '...'`` and sees that they asked for a shell.
 
-Either failing is written to run.log and changes nothing else: the exit code is the run's.
+Either failing is written to run.log and said on stderr (``warn``, one line), and changes
+nothing else: the exit code is the run's.
 
 The URL is a secret. An incoming-webhook URL is its own credential (Slack's carries the token
 in its path), so it is held as a ``NotifyURL``: never printed, left out of the journal's
@@ -188,8 +189,10 @@ async def tell_the_end(
     notify: NotifyURL | None,
     on_exit: Sequence[str] | None,
     log: Callable[[str], None],
+    warn: Callable[[str], None] = lambda line: None,
 ) -> None:
-    """Both deliveries, each failure logged (through run.log's redaction), never raised."""
+    """Both deliveries, each failure logged (through run.log's redaction) and given to
+    ``warn`` (the same line, for the user's terminal), never raised."""
     if notify is not None:
         try:
             failed = await post_message(notify, message)
@@ -197,9 +200,13 @@ async def tell_the_end(
             failed = notify.redact(f"{type(exc).__name__}: {exc}")
         where = f"--notify ({notify.host})"
         log(f"notify: {where} failed: {failed}" if failed else f"notify: sent to {where}")
+        if failed:
+            warn(f"notify: {where} failed: {failed} (the run's exit code stands)")
     if on_exit:
         try:
             failed = await run_on_exit(on_exit, message)
         except Exception as exc:
             failed = f"{type(exc).__name__}: {exc}"
         log(f"on-exit: {failed}" if failed else f"on-exit: {on_exit[0]!r} exited 0")
+        if failed:
+            warn(f"on-exit: {failed} (the run's exit code stands)")

@@ -1,0 +1,111 @@
+"""What `batchgen run` says, as a user reads it: --quiet keeps the notices, a failed --notify
+is said on stderr, the files notice says how --inline-uploads sends them, a run with nothing
+to do shows no rate or ETA, the summary labels this run's figures and the folder's, the
+resume command leaves defaults out, and money reaches the user rounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_run_support import write_manifest
+
+from batchgen.cli import main
+from batchgen.planning.gptimage import EDIT
+
+TOKEN = "xoxb-0123456789-secret-token"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "BATCHGEN_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("BATCHGEN_NOTIFY_URL", raising=False)
+
+
+def edit_manifest(folder: Path) -> Path:
+    """One edit of a local file: its plan has a notice about how the file travels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (1, 100, 200)).save(folder / "a.png", format="PNG")
+    path = folder / "m.yaml"
+    path.write_text(
+        f"name: m\nmodel: {EDIT}\ndefaults: {{quality: low, image_size: square}}\n"
+        "prompts: [{prompt: x, image_urls: [a.png]}]\n"
+    )
+    return path
+
+
+def rehearse(manifest: Path, out: Path, *flags: str) -> int:
+    argv = ["run", str(manifest), "--emulate", "--time-scale", "0", "--out", str(out)]
+    return main([*argv, *flags])
+
+
+def test_quiet_drops_the_progress_and_routine_lines_but_keeps_every_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = edit_manifest(tmp_path / "m")
+    assert rehearse(m, tmp_path / "out", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "batchgen: notice: 1 local file (a.png) will be uploaded to the storage of" in err
+    assert "progress:" not in err
+    assert "to submit" not in err and "output folder:" not in err  # routine: dropped
+    assert "batchgen: done 1, failed 0, unfinished 0" in err  # the summary stays
+
+
+def test_the_quiet_help_says_what_it_keeps(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--help"]) == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    said = flat[flat.index("--quiet no ") :]
+    assert said.startswith("--quiet no progress bar or progress lines")
+    for kept in ("errors", "every notice", "the plan's", "the summary"):
+        assert kept in said[:400], kept
+
+
+def test_the_files_notice_says_inline_uploads_send_data_uris(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = edit_manifest(tmp_path / "m")
+    assert rehearse(m, tmp_path / "out", "--inline-uploads") == 0
+    err = capsys.readouterr().err
+    assert (
+        "batchgen: notice: 1 local file (a.png) will be sent inside every request that names"
+        " them, as data URIs (--inline-uploads): nothing is uploaded or stored"
+    ) in err
+    assert "uploaded to" not in err
+
+
+def test_the_plan_still_says_where_files_go_without_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = edit_manifest(tmp_path / "m")
+    assert main(["plan", str(m)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "will be uploaded to fal storage once each" in said
+    assert "(--inline-uploads sends them as data URIs instead)" in said
+
+
+def test_a_failed_notify_is_said_on_stderr_in_one_line_and_the_exit_code_stands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 1)
+    dead = f"http://127.0.0.1:9/hooks/{TOKEN}"  # nothing listens on the discard port
+    assert rehearse(m, tmp_path / "out", "--quiet", "--notify", dead) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "--notify" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith("batchgen: notify: --notify (127.0.0.1) failed: ConnectError")
+    assert said[0].endswith("(the run's exit code stands)")
+    assert TOKEN not in err and "hooks" not in err
+    # after the summary it tells of
+    assert err.index("batchgen: done 1") < err.index("batchgen: notify:")
+
+
+def test_a_failed_on_exit_is_said_on_stderr_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 1)
+    assert rehearse(m, tmp_path / "out", "--quiet", "--json", "--on-exit", "false") == 0
+    captured = capsys.readouterr()
+    assert "batchgen: on-exit: 'false' exited 1 (the run's exit code stands)" in captured.err
+    assert '"exit_code": 0' in captured.out
