@@ -12,6 +12,7 @@ from PIL import Image
 from test_run_support import write_manifest
 
 from batchgen.cli import main
+from batchgen.commands.progress import Snapshot, bar_postfix, status_line
 from batchgen.planning.gptimage import EDIT
 
 TOKEN = "xoxb-0123456789-secret-token"
@@ -109,3 +110,35 @@ def test_a_failed_on_exit_is_said_on_stderr_too(
     captured = capsys.readouterr()
     assert "batchgen: on-exit: 'false' exited 1 (the run's exit code stands)" in captured.err
     assert '"exit_code": 0' in captured.out
+
+
+def test_a_progress_line_with_nothing_done_or_to_do_has_no_rate_or_eta() -> None:
+    idle = Snapshot(
+        pending=0, queued=0, running=0, in_flight=0, done=12, failed=0, window=2, spent=0.0
+    )
+    line = status_line(idle, total=12, images=0, done_now=0, elapsed=0.3)
+    assert "images/min" not in line and "ETA" not in line
+    assert line.startswith("progress: done 12/12, failed 0,")
+    postfix = bar_postfix(idle, per_min=None, eta=None, room=200)
+    assert "images/min" not in postfix and "ETA" not in postfix
+    busy = Snapshot(
+        pending=4, queued=0, running=0, in_flight=0, done=8, failed=0, window=2, spent=0.0
+    )
+    line = status_line(busy, total=12, images=0, done_now=0, elapsed=1.0)
+    assert "0.0 images/min" in line and "ETA ?" in line  # work waits: the pace is news
+
+
+def test_a_run_with_nothing_to_do_prints_no_rate_or_eta(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    assert rehearse(m, out) == 0
+    capsys.readouterr()
+    assert rehearse(m, out) == 0
+    err = capsys.readouterr().err
+    assert "batchgen: nothing to submit" in err
+    progress = [line for line in err.splitlines() if line.startswith("progress:")]
+    assert progress, err
+    for line in progress:
+        assert "images/min" not in line and "ETA" not in line, line
