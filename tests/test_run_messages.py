@@ -13,6 +13,7 @@ from test_run_support import write_manifest
 
 from batchgen.cli import main
 from batchgen.commands.progress import Snapshot, bar_postfix, status_line
+from batchgen.options import RunOptions
 from batchgen.planning.gptimage import EDIT
 
 TOKEN = "xoxb-0123456789-secret-token"
@@ -142,3 +143,32 @@ def test_a_run_with_nothing_to_do_prints_no_rate_or_eta(
     assert progress, err
     for line in progress:
         assert "images/min" not in line and "ETA" not in line, line
+
+
+def test_the_resume_flags_leave_out_values_that_are_the_default_anyway() -> None:
+    given = {"emulate": True, "time_scale": "0.02", "seed": "0", "watch": "stream"}
+    assert RunOptions.parse(given).resume_flags() == ["--emulate"]
+    chosen = {"emulate": True, "time_scale": "0", "seed": "3", "max_cost": "5"}
+    assert RunOptions.parse(chosen).resume_flags() == [
+        "--emulate",
+        "--max-cost",
+        "5",
+        "--time-scale",
+        "0",
+        "--seed",
+        "3",
+    ]
+
+
+def test_the_suggested_command_repeats_no_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    argv = ["run", str(m), "--emulate", "--out", str(out), "--quiet", "--time-scale", "0.02"]
+    assert main([*argv, "--seed", "0", "--faults", "content_policy=1"]) == 1
+    err = capsys.readouterr().err
+    (hint,) = [line for line in err.splitlines() if "to retry the failures:" in line]
+    assert hint.endswith(
+        f"batchgen run {m} --out {out} --emulate --faults content_policy=1 --retry-failed"
+    )
