@@ -5,6 +5,7 @@ resume command leaves defaults out, and money reaches the user rounded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,31 @@ def test_the_suggested_command_repeats_no_default(
     assert hint.endswith(
         f"batchgen run {m} --out {out} --emulate --faults content_policy=1 --retry-failed"
     )
+
+
+def test_the_summary_labels_the_folders_totals_and_this_runs_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = write_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    flags = ["--quiet", "--faults", "runner_error=0.5", "--seed", "1", "--max-attempts", "9"]
+    assert rehearse(m, out, *flags) == 0
+    first = json.loads(rehearse_json(m, out, capsys))  # nothing left to do
+    assert first["retried"] > 0  # the folder's, from the first run
+    assert (first["submitted_run"], first["retried_run"]) == (0, 0)
+    assert (first["possible_duplicates_run"], first["lost_results_run"]) == (0, 0)
+    lines = first["summary"]
+    assert lines[1] == (
+        "this run: submitted 0, retried 0, possible duplicate charges 0, lost results 0"
+        " (resubmitted)"
+    )
+    assert lines[2] == (
+        f"folder totals (all runs): retried {first['retried']}, possible duplicate charges"
+        f" {first['possible_duplicates']}, lost results {first['lost_results']}"
+    )
+
+
+def rehearse_json(manifest: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert rehearse(manifest, out, "--quiet", "--json") == 0
+    return capsys.readouterr().out

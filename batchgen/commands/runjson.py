@@ -38,9 +38,15 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "rehearsal": round(result.rehearsal, 6),
         "stop": None if result.stop is None else str(result.stop),
         "fatal": result.fatal,
+        # The folder's totals, all runs (the summary's "folder totals" line)...
         "retried": s.retried,
         "possible_duplicates": s.possible_duplicates,
         "lost_results": s.lost,
+        # ...and this run's figures (its "this run" line).
+        "submitted_run": s.stats.submitted,
+        "retried_run": s.retried_run,
+        "possible_duplicates_run": s.stats.possible_duplicates,
+        "lost_results_run": s.stats.lost,
         "wall_seconds": round(s.wall_seconds, 3),
         "metadata": _path(result.out_dir, METADATA),
         "failures": _path(result.out_dir, FAILURES),

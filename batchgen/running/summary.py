@@ -49,8 +49,8 @@ class Summary:
     failed: dict[str, int]  # by class, across the folder's runs
     unfinished: int  # pending or in flight when the run ended
     retried: int  # fresh requests after a failure (journal) + transient retries (this run)
-    possible_duplicates: int
-    lost: int
+    possible_duplicates: int  # the folder's, all runs (this run's: stats.possible_duplicates)
+    lost: int  # the folder's, all runs (this run's: stats.lost)
     spent: float  # what fal may bill for the folder, all runs (journal.schema.Tallies)
     wall_seconds: float
     stop: StopReason | None
@@ -85,13 +85,19 @@ class Summary:
             )
         return "; ".join(parts)
 
+    @property
+    def retried_run(self) -> int:
+        """This run's tries again: of the same request (transient) or as a fresh one."""
+        return self.stats.retries + self.stats.requeued
+
     def lines(self) -> list[str]:
         n_failed = sum(self.failed.values())
+        st = self.stats
         out = [
             f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
             f" in {duration_text(self.wall_seconds)}; {self.spend_text()}",
-            f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
-            f" lost results {self.lost} (resubmitted)"
+            f"this run: submitted {st.submitted}, retried {self.retried_run}, possible duplicate"
+            f" charges {st.possible_duplicates}, lost results {st.lost} (resubmitted)"
             + "".join(
                 f", {text} {n}"
                 for text, n in (
@@ -104,14 +110,16 @@ class Summary:
                 if n
             ),
         ]
-        st = self.stats
         if st.lost_submits:
-            out.insert(
-                2,
+            out.append(
                 f"submits without an answer {st.lost_submits}: {st.found} found in fal's"
                 f" history ({st.lookups} look-up{'s' if st.lookups != 1 else ''}), the rest"
                 " sent again",
             )
+        out.append(
+            f"folder totals (all runs): retried {self.retried}, possible duplicate charges"
+            f" {self.possible_duplicates}, lost results {self.lost}"
+        )
         if self.actual is not None:
             a = self.actual
             out.insert(
