@@ -6,16 +6,23 @@ resume command leaves defaults out, and money reaches the user rounded."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from test_run_support import write_manifest
 
+import batchgen
 from batchgen.cli import main
 from batchgen.commands.progress import Snapshot, bar_postfix, status_line
 from batchgen.options import RunOptions
 from batchgen.planning.gptimage import EDIT
+from batchgen.planning.jobs import JobState
+from batchgen.planning.pricing import usd
+from batchgen.running.events import RunStats
+from batchgen.running.notify import end_message
+from batchgen.running.summary import build_summary
 
 TOKEN = "xoxb-0123456789-secret-token"
 
@@ -201,3 +208,35 @@ def rehearse_json(manifest: Path, out: Path, capsys: pytest.CaptureFixture[str])
     capsys.readouterr()
     assert rehearse(manifest, out, "--quiet", "--json") == 0
     return capsys.readouterr().out
+
+
+def test_money_reaches_the_user_rounded_to_a_millionth() -> None:
+    s = build_summary(
+        {JobState.DOWNLOADED: 402},
+        failures=[],
+        journal_retries=0,
+        possible_duplicates=0,
+        lost=0,
+        spent=0.0,
+        stats=RunStats(),
+        rehearsal=4.0199999999999925,  # 402 × $0.01, summed as floats
+        rehearsal_run=0.1 + 0.2,
+        wall_seconds=1.0,
+        stop=None,
+    )
+    assert (s.rehearsal, s.rehearsal_run) == (4.02, 0.3)
+    assert "4.0199" not in repr(s) and "0.30000000000000004" not in repr(s)
+    message = end_message(
+        replace(s, spent=0.0123456789, spent_run=0.0123456789), name="m", images=1, exit_code=0
+    )
+    # the same precision as --json and status: a millionth, everywhere
+    assert (message["spent_usd"], message["spent_run_usd"]) == (0.012346, 0.012346)
+    assert usd(4.0199999999999925) == 4.02
+
+
+def test_a_run_result_holds_rounded_money(tmp_path: Path) -> None:
+    m = write_manifest(tmp_path, 3)
+    result = batchgen.run_sync(m, out=tmp_path / "out", emulate=True, time_scale=0)
+    for figure in (result.spent, result.spent_run, result.rehearsal):
+        assert figure == usd(figure)
+    assert result.rehearsal == 0.03

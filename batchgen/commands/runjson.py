@@ -13,6 +13,7 @@ from typing import Any
 
 from batchgen.outputs.gallery import GALLERY
 from batchgen.outputs.index import FAILURES, METADATA
+from batchgen.planning.pricing import usd
 from batchgen.running.runner import RunResult
 
 
@@ -33,9 +34,9 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "images": result.images,  # saved by this run
         # Estimates in USD (fal bills per token): the folder's, this run's part, and what
         # the folder's emulator requests would cost on fal (billed nowhere).
-        "spent": round(result.spent, 6),
-        "spent_run": round(result.spent_run, 6),
-        "rehearsal": round(result.rehearsal, 6),
+        "spent": usd(result.spent),
+        "spent_run": usd(result.spent_run),
+        "rehearsal": usd(result.rehearsal),
         "stop": None if result.stop is None else str(result.stop),
         "fatal": result.fatal,
         # The folder's totals, all runs (the summary's "folder totals" line)...

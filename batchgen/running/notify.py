@@ -30,6 +30,7 @@ import httpx
 
 from batchgen.errors import UsageError
 from batchgen.fal.auth import Secret
+from batchgen.planning.pricing import usd
 from batchgen.retry import NOTIFY, call_with_retries
 from batchgen.running.events import StopReason
 from batchgen.running.summary import Summary, duration_text
@@ -116,10 +117,10 @@ def end_message(summary: Summary, *, name: str, images: int, exit_code: int) -> 
         "failed_by_class": dict(summary.failed),
         "unfinished": summary.unfinished,
         "images": images,
-        "spent_usd": round(summary.spent, 4),
-        "spent_run_usd": round(summary.spent_run, 4),
+        "spent_usd": usd(summary.spent),
+        "spent_run_usd": usd(summary.spent_run),
         "rehearsal": rehearsal,
-        "rehearsal_usd": round(summary.rehearsal, 4),
+        "rehearsal_usd": usd(summary.rehearsal),
         "duration_s": round(summary.wall_seconds, 1),
         "text": text,
     }

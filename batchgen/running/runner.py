@@ -40,7 +40,7 @@ from batchgen.outputs.thumbs import THUMBS
 from batchgen.outputs.workers import CheckPool, machine_cores
 from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
-from batchgen.planning.pricing import estimate_cost
+from batchgen.planning.pricing import estimate_cost, usd
 from batchgen.planning.summary import Tally
 from batchgen.running.controls import describe_controls
 from batchgen.running.events import Planned, Ready, StopReason, TellFailed
@@ -339,7 +339,7 @@ def _ready(
     return Ready(
         to_submit=jobs,
         images=images,
-        cost=cost,
+        cost=usd(cost),
         done=c[S.DOWNLOADED],
         failed=c[S.FAILED],
         following=c[S.QUEUED] + c[S.RUNNING] + c[S.COMPLETED],

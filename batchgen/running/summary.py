@@ -8,10 +8,10 @@ and this run's counters (``events.RunStats``) into a ``Summary`` whose ``exit_co
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batchgen.planning.jobs import JobState
-from batchgen.planning.pricing import ActualCost, actual_cost
+from batchgen.planning.pricing import ActualCost, actual_cost, usd
 from batchgen.running.events import RunStats, StopReason, refusals_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -215,16 +215,17 @@ def build_summary(
         retried=journal_retries + stats.retries,
         possible_duplicates=possible_duplicates,
         lost=lost,
-        spent=spent,
-        spent_run=spent_run,
-        rehearsal=rehearsal,
-        rehearsal_run=rehearsal_run,
+        # Money to a millionth (pricing.usd): these reach RunResult, --json and --notify.
+        spent=usd(spent),
+        spent_run=usd(spent_run),
+        rehearsal=usd(rehearsal),
+        rehearsal_run=usd(rehearsal_run),
         wall_seconds=wall_seconds,
         stop=stop,
         failure_examples=examples,
         resume_hint=resume_hint,
         out_dir=out_dir,
-        actual=actual if (actual := actual_cost(usages)).jobs else None,
+        actual=replace(a, usd=usd(a.usd)) if (a := actual_cost(usages)).jobs else None,
         stats=stats,
         webhooks=webhooks,
         stop_line=stop_line,
