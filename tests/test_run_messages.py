@@ -17,6 +17,7 @@ import batchgen
 from batchgen.cli import main
 from batchgen.commands.progress import Snapshot, bar_postfix, status_line
 from batchgen.options import RunOptions
+from batchgen.planning.disk import over_limit_text, size_text
 from batchgen.planning.gptimage import EDIT
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import usd
@@ -240,3 +241,40 @@ def test_a_run_result_holds_rounded_money(tmp_path: Path) -> None:
     for figure in (result.spent, result.spent_run, result.rehearsal):
         assert figure == usd(figure)
     assert result.rehearsal == 0.03
+
+
+def test_sizes_are_printed_in_one_unit_system() -> None:
+    assert [size_text(n) for n in (900, 812 * 1024, 50 * 1024**2, 52_400_000, 3.4 * 1024**3)] == [
+        "900 bytes",
+        "812 KiB",
+        "50 MiB",
+        "50 MiB",
+        "3.4 GiB",
+    ]
+    # a size and the limit it passes: the same units, never shown equal
+    assert over_limit_text(55_000_000, 50 * 1024**2) == ("52.5 MiB", "50 MiB")
+    assert over_limit_text(50 * 1024**2 + 1, 50 * 1024**2) == (
+        "52,428,801 bytes",
+        "52,428,800 bytes",
+    )
+
+
+def test_a_reference_over_the_limit_is_told_in_the_limits_units(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = edit_manifest(tmp_path / "m")
+    with (tmp_path / "m" / "a.png").open("ab") as f:
+        f.truncate(55_000_000)  # PNG's header, then zeros: too big before it is read
+    assert main(["plan", str(m)]) == 2
+    err = capsys.readouterr().err
+    assert "'a.png' is 52.5 MiB; a reference image may be at most 50 MiB" in err
+    assert " MB" not in err
+
+
+def test_an_image_over_the_download_cap_says_both_in_the_same_units() -> None:
+    from batchgen.outputs.download import _too_large
+
+    assert str(_too_large(50_000_000, 60_000_000)) == (
+        "image of 57.2 MiB is over the cap of 47.7 MiB (--max-image-bytes)"
+    )
+    assert str(_too_large(1000)) == "image over the cap of 1000 bytes (--max-image-bytes)"

@@ -32,6 +32,7 @@ from batchgen.manifest.local import (
     scheme_problem,
     short,
 )
+from batchgen.planning.disk import over_limit_text
 
 # OpenAI's image edit API takes reference images below 50 MB each, and fal documents no limit
 # of its own (docs/fal.md, Storage and uploads): a larger file would be uploaded only to be
@@ -77,10 +78,8 @@ def read_reference(path: Path, max_bytes: int = MAX_REFERENCE_BYTES) -> tuple[by
     """The file's bytes and content type, after the size cap and the image check."""
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(
-            f"is {size / 1e6:.1f} MB; a reference image may be at most "
-            f"{max_bytes / (1024 * 1024):g} MiB"
-        )
+        shown, most = over_limit_text(size, max_bytes)
+        raise ValueError(f"is {shown}; a reference image may be at most {most}")
     data = path.read_bytes()
     content_type, _, _ = inspect_reference(data)
     return data, content_type
