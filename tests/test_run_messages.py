@@ -275,6 +275,6 @@ def test_an_image_over_the_download_cap_says_both_in_the_same_units() -> None:
     from batchgen.outputs.download import _too_large
 
     assert str(_too_large(50_000_000, 60_000_000)) == (
-        "image of 57.2 MiB is over the cap of 47.7 MiB (--max-image-bytes)"
+        "image of 57.2 MiB is over the cap of 47.7 MiB (--max-image-bytes 50000000)"
     )
-    assert str(_too_large(1000)) == "image over the cap of 1000 bytes (--max-image-bytes)"
+    assert str(_too_large(1000)) == "image over the cap of 1000 bytes (--max-image-bytes 1000)"

@@ -205,14 +205,17 @@ def _check_type(declared: str, expected_format: str | None, url: str) -> None:
 
 
 def _too_large(limit: int, size: int | None = None) -> DownloadError:
-    """An image over --max-image-bytes, its size (when known) and the cap in the same units."""
+    """An image over --max-image-bytes: its size (when known) and the cap in the same units,
+    and the flag as the user gave it (in bytes)."""
     if size is None:
         return DownloadError(
-            f"image over the cap of {size_text(limit)} (--max-image-bytes)", reason="too_large"
+            f"image over the cap of {size_text(limit)} (--max-image-bytes {limit})",
+            reason="too_large",
         )
     shown, cap = over_limit_text(size, limit)
     return DownloadError(
-        f"image of {shown} is over the cap of {cap} (--max-image-bytes)", reason="too_large"
+        f"image of {shown} is over the cap of {cap} (--max-image-bytes {limit})",
+        reason="too_large",
     )
 
 
