@@ -278,3 +278,20 @@ def test_an_image_over_the_download_cap_says_both_in_the_same_units() -> None:
         "image of 57.2 MiB is over the cap of 47.7 MiB (--max-image-bytes 50000000)"
     )
     assert str(_too_large(1000)) == "image over the cap of 1000 bytes (--max-image-bytes 1000)"
+
+
+def test_a_result_waiting_for_its_download_still_counts_as_work_left() -> None:
+    waiting = Snapshot(
+        pending=0,
+        queued=0,
+        running=0,
+        in_flight=0,
+        done=0,
+        failed=0,
+        window=2,
+        spent=0.0,
+        total=12,
+    )
+    postfix = bar_postfix(waiting, per_min=0.0, eta=None, room=200)
+    assert "ETA ?" in postfix
+    assert "ETA ?" in status_line(waiting, total=12, images=0, done_now=0, elapsed=1.0)

@@ -56,8 +56,10 @@ def images_per_min(images: int, elapsed: float) -> float:
 
 
 def remaining(snap: Snapshot) -> int:
-    """Jobs still to finish: waiting to be sent, or in flight."""
-    return snap.pending + snap.in_flight
+    """Jobs still to finish: waiting to be sent, in flight, or (when the total is known)
+    anything neither done nor failed, such as a result waiting for its download."""
+    unfinished = snap.total - snap.done - snap.failed if snap.total else 0
+    return max(snap.pending + snap.in_flight, unfinished)
 
 
 def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elapsed: float) -> str:
