@@ -32,18 +32,14 @@ from batchgen.fal.headers import RequestControls
 from batchgen.journal.origin import of_target
 from batchgen.manifest import Manifest
 from batchgen.option_rules import as_notify, check_url
-from batchgen.options import RunOptions
+from batchgen.options import EMULATE_TIME_SCALE, WEBHOOK_LISTEN, RunOptions
 from batchgen.running.clock import local_text, next_time
 from batchgen.running.notify import ENV_NOTIFY, NotifyURL
 from batchgen.running.window import WatchMode
 
-# The emulator's latency model is real time (a high-quality image takes ~30 s); a rehearsal
-# should finish in seconds, so --emulate runs 50× faster unless told otherwise.
-EMULATE_TIME_SCALE = 0.02
 # Sent to the emulator or a --endpoint server when no key is set: not a secret.
 DUMMY_KEY = "batchgen-emulator"
 ENV_ENDPOINT = "BATCHGEN_ENDPOINT"
-WEBHOOK_LISTEN = "127.0.0.1:0"  # the receiver's default: any free port on loopback
 
 
 class Target(StrEnum):

@@ -68,6 +68,10 @@ from batchgen.running.window import WatchMode
 DOWNLOAD_CONCURRENCY = 32
 DEADLINE_S = 1200.0  # submit to result; gpt-image-2 at high quality takes about a minute
 MAX_IMAGE_BYTES = 50_000_000  # a 4K PNG is ~20 MB: more than this is not an image we asked for
+# The emulator's latency model is real time (a high-quality image takes ~30 s); a rehearsal
+# should finish in seconds, so --emulate runs 50× faster unless told otherwise.
+EMULATE_TIME_SCALE = 0.02
+WEBHOOK_LISTEN = "127.0.0.1:0"  # the receiver's default: any free port on loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class Flag:
     exclusive: str | None = None  # flags that name the same group cannot be given together
     secret: bool = False  # recorded only as whether it was set; never echoed in a message
     resume: bool = False  # repeated by the resume command when it is not the default
+    implied: Any = None  # what a default of None stands for (--time-scale: 0.02): not repeated
 
 
 # -- the options ---------------------------------------------------------------------------
@@ -136,10 +141,12 @@ class RunOptions(BaseModel):
         " polling, or webhook: fal POSTs each result to --webhook-url (docs/webhooks.md)",
     )
     webhook_listen: Annotated[
-        str | None, BeforeValidator(as_listen), Flag(_WATCH, "HOST:PORT", resume=True)
+        str | None,
+        BeforeValidator(as_listen),
+        Flag(_WATCH, "HOST:PORT", resume=True, implied=WEBHOOK_LISTEN),
     ] = Field(
         None,
-        description="with --watch webhook: where the receiver listens (default: 127.0.0.1:0,"
+        description=f"with --watch webhook: where the receiver listens (default: {WEBHOOK_LISTEN},"
         " any free port on loopback)",
     )
     webhook_url: Annotated[
@@ -177,11 +184,14 @@ class RunOptions(BaseModel):
     faults: Annotated[
         str | None, BeforeValidator(as_faults), Flag(_REHEARSAL, "SPEC", resume=True)
     ] = Field(None, description=f"the emulator's faults: {FAULTS_HELP}")
-    time_scale: Annotated[float | None, Flag(_REHEARSAL, "X", resume=True)] = Field(
+    time_scale: Annotated[
+        float | None, Flag(_REHEARSAL, "X", resume=True, implied=EMULATE_TIME_SCALE)
+    ] = Field(
         None,
         ge=0,
         allow_inf_nan=False,
-        description="the emulator's pace, 1 as fal's, 0 with no model time (default: 0.02)",
+        description="the emulator's pace, 1 as fal's, 0 with no model time (default:"
+        f" {EMULATE_TIME_SCALE:g})",
     )
     seed: Annotated[int, Flag(_REHEARSAL, "N", resume=True)] = Field(
         0,
@@ -310,11 +320,12 @@ class RunOptions(BaseModel):
     def resume_flags(self) -> list[str]:
         """The flags that make the same command continue this run: those marked ``resume``
         that differ from their default (a rehearsal resumed without --emulate would run for
-        real; without --max-cost, past its cap)."""
+        real; without --max-cost, past its cap). A value given that is the default anyway
+        (``--time-scale 0.02``, ``--seed 0``) is left out: the command shows only choices."""
         args: list[str] = []
         for name, info, flag in self.flags():
             value = getattr(self, name)
-            if not flag.resume or value is None or value == info.default:
+            if not flag.resume or value is None or value in (info.default, flag.implied):
                 continue
             if value is True:
                 args.append(flag_name(name))

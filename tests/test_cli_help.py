@@ -4,10 +4,12 @@ default, every command shows examples, and --faults names every profile and faul
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
 from batchgen import cli, option_rules
+from batchgen.commands.helptext import SAYS_DEFAULT, HelpFormatter, default_text
 from batchgen.emulator.faults import FAULT_NAMES, PROFILES
 
 
@@ -42,7 +44,39 @@ def test_every_default_is_shown(name: str) -> None:
             continue
         if default == argparse.SUPPRESS:
             continue
-        assert f"(default: {default})" in flat, f"batchgen {name} {action.option_strings}"
+        if SAYS_DEFAULT.search(action.help or ""):
+            continue  # said in words ("(default: auto)"): checked once below
+        assert f"(default: {default_text(default)})" in flat, (
+            f"batchgen {name} {action.option_strings}"
+        )
+
+
+def help_of(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """One option's help as `--help` prints it, unwrapped."""
+    return " ".join(parser._get_formatter()._expand_help(action).split())
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_each_default_is_said_once_in_one_form(name: str) -> None:
+    parser = subparsers()[name]
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        text = help_of(parser, action)
+        what = f"batchgen {name} {action.option_strings}: {text}"
+        assert len(re.findall(r"\(default\b", text)) <= 1, what
+        assert "(default " not in text, what  # one form: "(default: X)"
+        assert not re.search(r"\(default: \d+\.0\)", text), what  # 1200, not 1200.0
+
+
+def test_a_help_that_names_its_default_gets_no_second_one() -> None:
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    a = parser.add_argument("--n", default=32, help="images at once (default 32)")
+    b = parser.add_argument("--m", default=32, help="images at once")
+    c = parser.add_argument("--s", default=1200.0, help="seconds")
+    assert help_of(parser, a) == "images at once (default 32)"
+    assert help_of(parser, b) == "images at once (default: 32)"
+    assert help_of(parser, c) == "seconds (default: 1200)"
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))

@@ -159,7 +159,11 @@ def assert_nothing_paid_twice(rig: Rig, r: RunResult, n: int, retries: int = 0) 
     s = summary_of(rig, r)
     assert (s.done, s.retried, s.possible_duplicates, s.lost, s.unfinished) == (n, retries, 0, 0, 0)
     assert s.lines()[1] == (
-        f"retried {retries}, possible duplicate charges 0, lost results 0 (resubmitted)"
+        f"this run: submitted {n}, retried {retries}, possible duplicate charges 0,"
+        " lost results 0 (resubmitted)"
+    )
+    assert s.lines()[2] == (
+        f"folder totals (all runs): retried {retries}, possible duplicate charges 0, lost results 0"
     )
     assert s.exit_code == 0
 
@@ -255,7 +259,13 @@ async def test_at_the_deadline_only_a_request_that_ran_counts_as_a_possible_dupl
     assert dups[ran] == 1 and sum(dups.values()) == 1
     s = summary_of(rig, r)
     assert (s.done, s.retried, s.possible_duplicates, s.lost) == (2, 2, 1, 0)
-    assert s.lines()[1] == "retried 2, possible duplicate charges 1, lost results 0 (resubmitted)"
+    assert s.lines()[1] == (
+        "this run: submitted 4, retried 2, possible duplicate charges 1, lost results 0"
+        " (resubmitted)"
+    )
+    assert s.lines()[2] == (
+        "folder totals (all runs): retried 2, possible duplicate charges 1, lost results 0"
+    )
 
 
 async def test_a_deadline_check_fal_cannot_answer_is_asked_again_then_left_for_the_next_run(

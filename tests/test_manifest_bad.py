@@ -313,7 +313,7 @@ def test_fifty_megabyte_prompt_fails_fast(
     assert time.perf_counter() - started < 2.0
     assert (code, out) == (2, "")
     assert err == expected(
-        ["huge.yaml: the file is 50.0 MB; a manifest or prompts file may be at most 32 MiB"]
+        ["huge.yaml: the file is 47.7 MiB; a manifest or prompts file may be at most 32 MiB"]
     )
 
 

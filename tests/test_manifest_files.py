@@ -204,8 +204,9 @@ def test_every_file_problem_is_reported_at_once_with_its_line(tmp_path: Path) ->
         f"{path}:4: prompts[1].image_urls[0]: 'text.png' is not an image (PNG, JPEG or WebP)",
         f"{path}:5: prompts[2].image_urls[0]: 'anim.gif' is a GIF image; gpt-image-2 takes "
         "PNG, JPEG or WebP",
-        f"{path}:6: prompts[3].image_urls[0]: 'huge.png' is 52.4 MB; a reference image may be "
-        "at most 50 MiB",
+        # one byte over: in bytes, since "50 MiB; at most 50 MiB" would say nothing
+        f"{path}:6: prompts[3].image_urls[0]: 'huge.png' is 52,428,801 bytes; a reference image"
+        " may be at most 52,428,800 bytes",
         f"{path}:7: prompts[4].image_urls[0]: 'empty/*.png' matches no file (patterns are "
         "relative to the manifest)",
         f"{path}:8: prompts[5].mask_url: '*.png': patterns are allowed in image_urls only",

@@ -104,7 +104,14 @@ def test_summary_lines() -> None:
         "done 8, failed 2, unfinished 0 in 1m15s; estimated spend $0.50 this run,"
         " $1.23 for the folder"
     ) in text
-    assert "retried 5, possible duplicate charges 1, lost results 1 (resubmitted)" in text
+    # this run's figures and the folder's, each labelled as such
+    assert lines[1] == (
+        "this run: submitted 0, retried 2, possible duplicate charges 0, lost results 0"
+        " (resubmitted)"
+    )
+    assert (
+        "folder totals (all runs): retried 5, possible duplicate charges 1, lost results 1" in text
+    )
     assert "failed 2 × content_policy_violation: HTTP 422: prompt refused" in text
     assert "resume" not in text
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchgen.journal.bills import StoredBill
+from batchgen.planning.pricing import usd
 
 UNKNOWN_QUALITY = "unknown"
 SHOWN = 20  # request ids listed per finding in the text; --json lists them all
@@ -77,17 +78,17 @@ class Reconciliation:
     def to_json(self) -> dict[str, Any]:
         return {
             "server": self.server,
-            "billed_usd": round(self.billed_usd, 9),
+            "billed_usd": usd(self.billed_usd),
             "billed_requests": self.billed_requests,
-            "estimated_usd": round(self.estimated_usd, 9),
-            "difference_usd": round(self.billed_usd - self.estimated_usd, 9),
+            "estimated_usd": usd(self.estimated_usd),
+            "difference_usd": usd(self.billed_usd - self.estimated_usd),
             "by_quality": {
-                q: {"requests": n, "usd": round(usd, 9), "average_usd": round(usd / n, 9)}
-                for q, (n, usd) in sorted(self.by_quality.items())
+                q: {"requests": n, "usd": usd(cost), "average_usd": usd(cost / n)}
+                for q, (n, cost) in sorted(self.by_quality.items())
             },
             "billed_twice": self.billed_twice,
             "unknown_requests": self.unknown_requests,
-            "unknown_usd": round(self.unknown_usd, 9),
+            "unknown_usd": usd(self.unknown_usd),
             "not_billed": self.not_billed,
             "possible_duplicates": self.possible_duplicates,
         }
@@ -152,8 +153,8 @@ def render_text(rec: Reconciliation, where: str) -> str:
         f"the folder's estimate: {_usd(rec.estimated_usd)}"
         + (f" ({'+' if diff >= 0 else '-'}{_usd(abs(diff))} billed)" if abs(diff) >= 5e-5 else ""),
     ]
-    for q, (n, usd) in sorted(rec.by_quality.items()):
-        lines.append(f"  {q}: {_n(n)}, {_usd(usd / n)} each on average")
+    for q, (n, cost) in sorted(rec.by_quality.items()):
+        lines.append(f"  {q}: {_n(n)}, {_usd(cost / n)} each on average")
     if rec.billed_twice:
         lines.append(f"billed more than once: {_n(len(rec.billed_twice))}")
         lines += _ids(rec.billed_twice)

@@ -6,7 +6,8 @@ each refresh, reads the latest ``Snapshot`` (pending, in flight, spend, window) 
 scheduler itself.
 
 Both forms give the same figures in the same units: jobs finished of the total, failed, the
-spend, the ETA (from this run's pace in jobs) and images/min. The bar is drawn by us, not by
+spend, the ETA (from this run's pace in jobs) and images/min; a run with nothing to do shows
+neither pace nor ETA. The bar is drawn by us, not by
 tqdm's default layout, so at 80 columns the figures that matter (done/total, failed, spend,
 ETA) are kept and the rest dropped, rather than tqdm cutting the line's end (the spend) off.
 """
@@ -54,27 +55,41 @@ def images_per_min(images: int, elapsed: float) -> float:
     return images * 60.0 / elapsed if elapsed > 0 else 0.0
 
 
+def remaining(snap: Snapshot) -> int:
+    """Jobs still to finish: waiting to be sent, in flight, or (when the total is known)
+    anything neither done nor failed, such as a result waiting for its download."""
+    unfinished = snap.total - snap.done - snap.failed if snap.total else 0
+    return max(snap.pending + snap.in_flight, unfinished)
+
+
 def status_line(snap: Snapshot, *, total: int, images: int, done_now: int, elapsed: float) -> str:
-    eta = eta_seconds(snap.pending + snap.in_flight, done_now, elapsed)
+    """One ``progress:`` line. The pace (images/min) only once there is work, done or to do,
+    and the ETA only while jobs remain: a run with nothing to do shows neither."""
+    left = remaining(snap)
+    eta = eta_seconds(left, done_now, elapsed)
+    pace = f" {images_per_min(images, elapsed):.1f} images/min," if done_now or left else ""
     return (
         f"progress: done {snap.done}/{total}, failed {snap.failed}, queued {snap.queued},"
         f" running {snap.running}, in flight {snap.in_flight} (window {snap.window}),"
-        f" pending {snap.pending}, {images_per_min(images, elapsed):.1f} images/min,"
-        f" {spend_label(snap)}, ETA {eta_text(eta)}"
+        f" pending {snap.pending},{pace} {spend_label(snap)}"
+        + (f", ETA {eta_text(eta)}" if left else "")
         + (f", SERVER UNREACHABLE {snap.unreachable:.0f}s" if snap.unreachable else "")
     )
 
 
-def bar_postfix(snap: Snapshot, *, per_min: float, eta: float | None, room: int) -> str:
+def bar_postfix(snap: Snapshot, *, per_min: float | None, eta: float | None, room: int) -> str:
     """The figures after the bar, most important first, as many as fit in ``room`` columns.
 
-    failed, the spend and the ETA are always kept (the spend shortened first); what follows
-    them is dropped from the end when the terminal is narrow.
+    failed, the spend and the ETA (while jobs remain) are always kept (the spend shortened
+    first); what follows them is dropped from the end when the terminal is narrow. No pace
+    when ``per_min`` is None (nothing was or is to be done).
     """
-    must = [f"failed {snap.failed}", spend_label(snap), f"ETA {eta_text(eta)}"]
+    must = [f"failed {snap.failed}", spend_label(snap)]
+    if remaining(snap):
+        must.append(f"ETA {eta_text(eta)}")
     extra = [
         *([f"UNREACHABLE {snap.unreachable:.0f}s"] if snap.unreachable else []),
-        f"{per_min:.1f} images/min",
+        *([f"{per_min:.1f} images/min"] if per_min is not None else []),
         f"running {snap.running}, queued {snap.queued}",
         f"window {snap.window}",
     ]
@@ -166,10 +181,11 @@ class Progress:
         digits = len(str(self._total))
         # What BAR_FORMAT draws besides the postfix: "100%|", the bar, "| n/total", ", ".
         room = ncols - 5 - MIN_BAR - 2 - (2 * digits + 1) - 2
+        left = remaining(snap)
         return bar_postfix(
             snap,
-            per_min=images_per_min(self._images, elapsed),
-            eta=eta_seconds(snap.pending + snap.in_flight, self._done_now, elapsed),
+            per_min=images_per_min(self._images, elapsed) if self._done_now or left else None,
+            eta=eta_seconds(left, self._done_now, elapsed),
             room=room,
         )
 

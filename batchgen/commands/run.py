@@ -32,12 +32,14 @@ from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.manifest import Manifest, load_manifest
 from batchgen.options import RunOptions, flag_of
 from batchgen.running.events import (
+    NOTICE,
     HistoryUnavailable,
     Reachable,
     Ready,
     Resumed,
     Stopping,
     StopReason,
+    TellFailed,
     Unreachable,
     WebhooksSilent,
     announce,
@@ -87,7 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     here.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress bar or progress lines; errors, notices and the summary only",
+        help="no progress bar or progress lines, and none of the routine lines (what the run"
+        " will submit, the output folder); still printed: errors, every notice (the plan's, a"
+        " server that stops answering, a stop, what a resumed folder held, a failed --notify)"
+        " and the summary",
     )
     here.add_argument(
         "--confirm-over",
@@ -178,6 +183,8 @@ async def run_manifest(
         elif bill is not None and json_out is None:
             for line in render_bill(bill, str(result.out_dir / JOURNAL_NAME)).splitlines():
                 print(f"batchgen: {line}", file=stderr)
+    for line in view.late:  # a failed --notify or --on-exit: after the summary it tells of
+        print(f"batchgen: {line}", file=stderr)
     if json_out is not None:
         doc = result_json(result)
         if reconcile:
@@ -199,9 +206,9 @@ UNTRUSTED = (
 class _View:
     """The terminal side of a run: the progress bar (or lines) and the stop notice.
 
-    With ``quiet`` there is no progress at all, neither bar nor lines; the notices (a stop, an
-    unreachable server, what a resume found) are still said, since they ask something of the
-    user or explain a wait.
+    With ``quiet`` there is no progress at all, neither bar nor lines, and of the announcement
+    only its notices; the notices (the plan's, a stop, an unreachable server, what a resume
+    found) are still said, since they ask something of the user or explain a wait.
     """
 
     def __init__(self, stderr: IO[str], *, bar: bool, quiet: bool, where: str, out: Path) -> None:
@@ -212,6 +219,7 @@ class _View:
         self._out = out
         self._progress: Progress | None = None
         self._latest: Snapshot | None = None
+        self.late: list[str] = []  # said after the summary: what went wrong telling of it
 
     def on_event(self, event: RunEvent) -> None:
         if isinstance(event, Snapshot):
@@ -225,14 +233,18 @@ class _View:
             else:
                 self._progress.refresh()
             return
+        if isinstance(event, TellFailed):
+            self.late.append(event.text)
+            return
         if isinstance(event, Stopping) and not event.now and event.reason == StopReason.INTERRUPTED:
             self._say(
                 "batchgen: stopping: no new submits; waiting for paid requests to finish"
                 " and download (press Ctrl-C again to stop at once)"
             )
-        if isinstance(event, Ready) and not self._quiet:
+        if isinstance(event, Ready):
             for line in announce(event):
-                self._say(f"batchgen: {line}")
+                if not self._quiet or line.startswith(NOTICE):  # the routine lines are not
+                    self._say(f"batchgen: {line}")
         for line in self._notice(event):
             self._say(f"batchgen: {line}")
         if self._progress is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from batchgen.outputs.gallery import GALLERY
 from batchgen.outputs.index import FAILURES, METADATA
+from batchgen.planning.pricing import usd
 from batchgen.running.runner import RunResult
 
 
@@ -33,14 +34,20 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "images": result.images,  # saved by this run
         # Estimates in USD (fal bills per token): the folder's, this run's part, and what
         # the folder's emulator requests would cost on fal (billed nowhere).
-        "spent": round(result.spent, 6),
-        "spent_run": round(result.spent_run, 6),
-        "rehearsal": round(result.rehearsal, 6),
+        "spent": usd(result.spent),
+        "spent_run": usd(result.spent_run),
+        "rehearsal": usd(result.rehearsal),
         "stop": None if result.stop is None else str(result.stop),
         "fatal": result.fatal,
+        # The folder's totals, all runs (the summary's "folder totals" line)...
         "retried": s.retried,
         "possible_duplicates": s.possible_duplicates,
         "lost_results": s.lost,
+        # ...and this run's figures (its "this run" line).
+        "submitted_run": s.stats.submitted,
+        "retried_run": s.retried_run,
+        "possible_duplicates_run": s.stats.possible_duplicates,
+        "lost_results_run": s.stats.lost,
         "wall_seconds": round(s.wall_seconds, 3),
         "metadata": _path(result.out_dir, METADATA),
         "failures": _path(result.out_dir, FAILURES),

@@ -32,6 +32,7 @@ from batchgen.manifest.local import (
     scheme_problem,
     short,
 )
+from batchgen.planning.disk import over_limit_text
 
 # OpenAI's image edit API takes reference images below 50 MB each, and fal documents no limit
 # of its own (docs/fal.md, Storage and uploads): a larger file would be uploaded only to be
@@ -77,10 +78,8 @@ def read_reference(path: Path, max_bytes: int = MAX_REFERENCE_BYTES) -> tuple[by
     """The file's bytes and content type, after the size cap and the image check."""
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(
-            f"is {size / 1e6:.1f} MB; a reference image may be at most "
-            f"{max_bytes / (1024 * 1024):g} MiB"
-        )
+        shown, most = over_limit_text(size, max_bytes)
+        raise ValueError(f"is {shown}; a reference image may be at most {most}")
     data = path.read_bytes()
     content_type, _, _ = inspect_reference(data)
     return data, content_type
@@ -192,17 +191,27 @@ def expand_globs(value: Any, globs: dict[str, tuple[str, ...]]) -> Iterator[Any]
         yield list(combo)
 
 
+def travel_text(*, inline: bool = False, storage: str = "fal storage") -> str:
+    """How local files reach the server, as the notice says it: the plan's words (uploaded
+    to fal storage), or a run's, which knows where its requests go and --inline-uploads."""
+    if inline:
+        return (
+            "will be sent inside every request that names them, as data URIs"
+            " (--inline-uploads): nothing is uploaded or stored"
+        )
+    return (
+        f"will be uploaded to {storage} once each, before the first job that needs them"
+        " (--inline-uploads sends them as data URIs instead)"
+    )
+
+
 def files_notice(files: LocalFiles) -> str | None:
     """The plan's word on local files: which, how they travel, what each pattern matched."""
     if not files.files:
         return None
     names = sorted(files.files)
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    text = (
-        f"{len(names)} local file{'s' if len(names) != 1 else ''} ({shown}) will be uploaded "
-        f"to fal storage once each, before the first job that needs them (--inline-uploads "
-        f"sends them as data URIs instead)"
-    )
+    text = f"{len(names)} local file{'s' if len(names) != 1 else ''} ({shown}) {travel_text()}"
     for pattern, matches in sorted(files.globs.items()):
         text += f"; {pattern} matches {len(matches)} file{'s' if len(matches) != 1 else ''}"
     return text

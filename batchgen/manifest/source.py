@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from batchgen.errors import ManifestError, Problem
+from batchgen.planning.disk import over_limit_text
 
 # A manifest (or prompts file) larger than this is refused before it is read: a 50 MB file is
 # a mistake (a pasted data dump), and parsing it would only waste minutes and memory.
@@ -68,8 +69,9 @@ def read_bytes(path: Path, shown: str) -> bytes:
             shown,
             None,
             None,
-            f"the file is {size / 1e6:.1f} MB; a manifest or prompts file may be at most "
-            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB",
+            "the file is {}; a manifest or prompts file may be at most {}".format(
+                *over_limit_text(size, MAX_FILE_BYTES)
+            ),
         )
     try:
         return path.read_bytes()

@@ -41,6 +41,7 @@ import httpx
 from batchgen.errors import DownloadError
 from batchgen.outputs.checks import FORMATS, Checked, check_file, mime_of
 from batchgen.outputs.workers import CheckPool
+from batchgen.planning.disk import over_limit_text, size_text
 from batchgen.retry import MEDIA, RetryPolicy, classify
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -203,6 +204,21 @@ def _check_type(declared: str, expected_format: str | None, url: str) -> None:
         )
 
 
+def _too_large(limit: int, size: int | None = None) -> DownloadError:
+    """An image over --max-image-bytes: its size (when known) and the cap in the same units,
+    and the flag as the user gave it (in bytes)."""
+    if size is None:
+        return DownloadError(
+            f"image over the cap of {size_text(limit)} (--max-image-bytes {limit})",
+            reason="too_large",
+        )
+    shown, cap = over_limit_text(size, limit)
+    return DownloadError(
+        f"image of {shown} is over the cap of {cap} (--max-image-bytes {limit})",
+        reason="too_large",
+    )
+
+
 async def _write_data_uri(url: str, part: Path, max_bytes: int, expected_format: str | None) -> int:
     """Decode a ``data:`` URI (fal's ``sync_mode``) to ``part``; returns its size."""
     header, comma, payload = url[5:].partition(",")
@@ -213,7 +229,7 @@ async def _write_data_uri(url: str, part: Path, max_bytes: int, expected_format:
     is_b64 = "base64" in (p.strip().lower() for p in params[1:])
     # Refuse before decoding: base64 is 4 characters per 3 bytes.
     if (len(payload) * 3 // 4 if is_b64 else len(payload) // 3) > max_bytes:
-        raise DownloadError(f"image larger than the cap of {max_bytes} bytes", reason="too_large")
+        raise _too_large(max_bytes)
     try:
         data = (
             base64.b64decode(payload, validate=True)
@@ -223,7 +239,7 @@ async def _write_data_uri(url: str, part: Path, max_bytes: int, expected_format:
     except (binascii.Error, ValueError):
         raise DownloadError("a data URI with bad base64", reason="bad_url") from None
     if len(data) > max_bytes:
-        raise DownloadError(f"image larger than the cap of {max_bytes} bytes", reason="too_large")
+        raise _too_large(max_bytes, len(data))
     await asyncio.to_thread(part.write_bytes, data)
     return len(data)
 
@@ -292,9 +308,7 @@ async def _save_body(
     _check_type(response.headers.get("content-type", ""), expected_format, url)
     declared = _declared_length(response)
     if declared is not None and declared > max_bytes:
-        raise DownloadError(
-            f"image of {declared} bytes is over the cap of {max_bytes}", reason="too_large"
-        )
+        raise _too_large(max_bytes, declared)
     size = 0
     # Each chunk (up to 64 KB, as the socket gives it) is written right here, on the event
     # loop: microseconds per chunk into the page cache. Handing blocks to a worker thread
@@ -305,9 +319,7 @@ async def _save_body(
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
-                    raise DownloadError(
-                        f"image over the cap of {max_bytes} bytes", reason="too_large"
-                    )
+                    raise _too_large(max_bytes)
                 f.write(chunk)
         except httpx.TransportError as exc:  # the connection died mid-body: usually truncation
             raise DownloadError(

@@ -34,6 +34,7 @@ from batchgen.outputs.gallery_data import Totals, chunk_name, failure_record, wr
 from batchgen.outputs.index import FAILURES, METADATA, input_value
 from batchgen.outputs.scan import parse_row
 from batchgen.outputs.status import reconciled_when
+from batchgen.planning.disk import size_text
 from batchgen.planning.paths import size_label
 
 _e = html.escape  # quote=True by default: safe in text and in double-quoted attributes
@@ -80,10 +81,7 @@ def money(x: float) -> str:
 
 
 def _bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n} bytes"
+    return size_text(n)  # binary units, as every size batchgen prints
 
 
 def _asset(name: str) -> str:

@@ -18,7 +18,7 @@ from batchgen.journal.bills import Billed
 from batchgen.journal.query import JournalReader
 from batchgen.journal.schema import FailureGroup, RunInfo
 from batchgen.planning.jobs import JobState
-from batchgen.planning.pricing import ActualCost, actual_cost
+from batchgen.planning.pricing import ActualCost, actual_cost, usd
 
 S = JobState
 MAX_IN_FLIGHT_SHOWN = 20
@@ -66,7 +66,7 @@ class StatusReport:
         # The bill, flat beside the estimate: null when the folder was never reconciled.
         doc.pop("billed")
         b = self.billed
-        doc["billed_usd"] = round(b.usd, 6) if b else None
+        doc["billed_usd"] = usd(b.usd) if b else None
         doc["billed_requests"] = b.requests if b else None
         doc["billed_server"] = b.server if b else None
         doc["reconciled_at"] = b.reconciled_at if b else None
@@ -127,9 +127,9 @@ def build_report(
         out_dir=str(out_dir),
         counts={str(s): n for s, n in t.counts.items()},
         total=sum(t.counts.values()),
-        spent_usd=round(t.spent, 4),
-        in_flight_usd=round(t.in_flight, 4),
-        remaining_usd=round(t.to_submit, 4),
+        spent_usd=usd(t.spent),
+        in_flight_usd=usd(t.in_flight),
+        remaining_usd=usd(t.to_submit),
         failures=failures,
         in_flight=[
             InFlight(r.job_id, r.request_id or "", str(r.state), _since(r.submitted_at, now))
@@ -145,7 +145,7 @@ def build_report(
         last_run=last,
         resume_command=resume_command(out_dir, last),
         actual=actual if actual.jobs else None,
-        rehearsal_usd=round(t.rehearsal, 4),
+        rehearsal_usd=usd(t.rehearsal),
         billed=billed,
     )
 

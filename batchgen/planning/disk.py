@@ -52,10 +52,24 @@ def jobs_bytes(specs: Iterable[JobSpec], *, emulated: bool) -> int:
     return sum(image_bytes(s, emulated=emulated) * s.num_images for s in specs)
 
 
+# Every size batchgen prints is in binary units (1 KiB = 1,024 bytes), as ls -lh and df -h
+# count: the limits it sets are round in them (a 32 MiB manifest, a 50 MiB reference image).
+SIZE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
+
+
 def size_text(n: float) -> str:
-    """Bytes for a person: "812 KB", "3.4 GB" (decimal units, as disk makers and df -H)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    """Bytes for a person, in binary units: "900 bytes", "812 KiB", "3.4 GiB", "50 MiB"."""
+    for unit in SIZE_UNITS:
+        if abs(n) < 1024 or unit == SIZE_UNITS[-1]:
+            if unit in SIZE_UNITS[:2]:
+                return f"{n:.0f} {unit}"
+            return f"{n:.1f}".removesuffix(".0") + f" {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def over_limit_text(size: int, limit: int) -> tuple[str, str]:
+    """``size`` and the ``limit`` it passes, in the same units; in bytes when rounding would
+    show them equal (a file one byte over 50 MiB is not "50 MiB, at most 50 MiB")."""
+    shown = size_text(size), size_text(limit)
+    return shown if shown[0] != shown[1] else (f"{size:,} bytes", f"{limit:,} bytes")

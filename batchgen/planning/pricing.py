@@ -97,6 +97,16 @@ class PriceTable(BaseModel):
 
 DEFAULT_TABLE = PriceTable()
 
+# Dollars as a user gets them (the summary, RunResult, --json, status, --notify): to a
+# millionth, the price table's own precision, so sums of float prices do not show their
+# binary noise (4.0199999999999925). The journal keeps every figure unrounded.
+USD_DIGITS = 6
+
+
+def usd(amount: float) -> float:
+    """``amount`` rounded to ``USD_DIGITS`` places, for a user's eyes or a script."""
+    return round(amount, USD_DIGITS)
+
 
 def job_estimate(spec: JobSpec, table: PriceTable | None = None) -> tuple[float, Basis]:
     """USD for the whole job (per image × num_images) and the basis of the price."""

@@ -58,6 +58,9 @@ class Ready:
     stale: int = 0  # images kept of jobs the manifest no longer names (journal/stale.py)
 
 
+NOTICE = "notice: "  # what starts the announcement's lines that --quiet keeps
+
+
 def announce(r: Ready) -> list[str]:
     """A ``Ready`` as the lines `batchgen run` prints before it submits (and run.log keeps)."""
     what = f"{_n(r.to_submit, 'job')} to submit ({_n(r.images, 'image')}) to {r.target}"
@@ -85,7 +88,7 @@ def announce(r: Ready) -> list[str]:
             "leave them out; --include-stale keeps them)"
         )
     lines.append(f"output folder: {r.out_dir}")
-    return lines + [f"notice: {n}" for n in r.notices]
+    return lines + [f"{NOTICE}{n}" for n in r.notices]
 
 
 def _n(count: int, word: str) -> str:
@@ -170,8 +173,7 @@ class LookedUp:
 
 @dataclass(frozen=True, slots=True)
 class HistoryUnavailable:
-    """fal's history could not settle lost submits (``why``): they are sent again and counted
-    as possible duplicate charges. Said once a run, at the first."""
+    """fal's history cannot settle lost submits (``why``): sent again, counted. Once a run."""
 
     why: str
 
@@ -232,6 +234,14 @@ class BudgetReached:
 class Stopping:
     now: bool  # False: finish what is paid for; True: stop at once
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TellFailed:
+    """``--notify`` or ``--on-exit`` failed when the run ended: ``text`` says which and why,
+    with no part of the URL (run.log has the same line). The exit code stays the run's."""
+
+    text: str
 
 
 # Why the webhook receiver refused a request (running/receiver.py), as the summary words it.
@@ -302,6 +312,7 @@ Event = (
     | BudgetReached
     | Stopping
     | WebhooksSilent
+    | TellFailed
 )
 
 

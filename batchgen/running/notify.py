@@ -9,7 +9,8 @@ refused key) it builds one JSON summary (``end_message``) and
   (``shell=False``): nothing in the summary or the folder name can be read as shell syntax.
   A user who wants a pipe writes ``sh -c '...'`` and sees that they asked for a shell.
 
-Either failing is written to run.log and changes nothing else: the exit code is the run's.
+Either failing is written to run.log and said on stderr (``warn``, one line), and changes
+nothing else: the exit code is the run's.
 
 The URL is a secret. An incoming-webhook URL is its own credential (Slack's carries the token
 in its path), so it is held as a ``NotifyURL``: never printed, left out of the journal's
@@ -29,6 +30,7 @@ import httpx
 
 from batchgen.errors import UsageError
 from batchgen.fal.auth import Secret
+from batchgen.planning.pricing import usd
 from batchgen.retry import NOTIFY, call_with_retries
 from batchgen.running.events import StopReason
 from batchgen.running.summary import Summary, duration_text
@@ -115,10 +117,10 @@ def end_message(summary: Summary, *, name: str, images: int, exit_code: int) -> 
         "failed_by_class": dict(summary.failed),
         "unfinished": summary.unfinished,
         "images": images,
-        "spent_usd": round(summary.spent, 4),
-        "spent_run_usd": round(summary.spent_run, 4),
+        "spent_usd": usd(summary.spent),
+        "spent_run_usd": usd(summary.spent_run),
         "rehearsal": rehearsal,
-        "rehearsal_usd": round(summary.rehearsal, 4),
+        "rehearsal_usd": usd(summary.rehearsal),
         "duration_s": round(summary.wall_seconds, 1),
         "text": text,
     }
@@ -188,8 +190,10 @@ async def tell_the_end(
     notify: NotifyURL | None,
     on_exit: Sequence[str] | None,
     log: Callable[[str], None],
+    warn: Callable[[str], None] = lambda line: None,
 ) -> None:
-    """Both deliveries, each failure logged (through run.log's redaction), never raised."""
+    """Both deliveries, each failure logged (through run.log's redaction) and given to
+    ``warn`` (the same line, for the user's terminal), never raised."""
     if notify is not None:
         try:
             failed = await post_message(notify, message)
@@ -197,9 +201,13 @@ async def tell_the_end(
             failed = notify.redact(f"{type(exc).__name__}: {exc}")
         where = f"--notify ({notify.host})"
         log(f"notify: {where} failed: {failed}" if failed else f"notify: sent to {where}")
+        if failed:
+            warn(f"notify: {where} failed: {failed} (the run's exit code stands)")
     if on_exit:
         try:
             failed = await run_on_exit(on_exit, message)
         except Exception as exc:
             failed = f"{type(exc).__name__}: {exc}"
         log(f"on-exit: {failed}" if failed else f"on-exit: {on_exit[0]!r} exited 0")
+        if failed:
+            warn(f"on-exit: {failed} (the run's exit code stands)")

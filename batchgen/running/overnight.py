@@ -2,7 +2,8 @@
 locked account. Both end only the submitting (``running/stop.py``): what fal already accepted
 is collected (a locked account) or kept in the journal (a full disk), so the same command,
 after a top-up or once there is room, goes on with nothing paid twice. Also the disk a run
-will take, weighed before its first submit against what the folder's filesystem has free.
+will take, weighed before its first submit against what the folder's filesystem has free,
+and the plan's notices as the run words them (``as_run``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from batchgen.errors import DiskFull
+from batchgen.journal.origin import FAL, describe
+from batchgen.manifest.files import travel_text
 from batchgen.outputs.reserve import free_bytes
 from batchgen.planning.disk import jobs_bytes, size_text
 from batchgen.planning.jobs import JobSpec, JobState
@@ -76,3 +79,11 @@ def no_room(out_dir: Path) -> DiskFull:
         f"the disk of {out_dir} is full ({size_text(free_bytes(out_dir))} free); nothing was"
         " lost: free some space and run the same command again"
     )
+
+
+def as_run(notices: Iterable[str], *, inline: bool, origin: str | None) -> tuple[str, ...]:
+    """The plan's notices as this run does it: local files sent inside each request with
+    --inline-uploads, else uploaded to the storage of the server the requests go to."""
+    storage = "fal storage" if origin == FAL else f"the storage of {describe(origin)}"
+    now = travel_text(inline=inline, storage=storage)
+    return tuple(n.replace(travel_text(), now) for n in notices)

@@ -41,12 +41,12 @@ from batchgen.outputs.thumbs import THUMBS
 from batchgen.outputs.workers import CheckPool, machine_cores
 from batchgen.planning.jobs import JobState
 from batchgen.planning.paths import IMAGES_DIR
-from batchgen.planning.pricing import estimate_cost
+from batchgen.planning.pricing import estimate_cost, usd
 from batchgen.planning.summary import Tally
 from batchgen.running.controls import describe_controls
-from batchgen.running.events import Planned, Ready, StopReason
+from batchgen.running.events import Planned, Ready, StopReason, TellFailed
 from batchgen.running.notify import end_message, tell_the_end
-from batchgen.running.overnight import disk_notice, no_room, stop_line
+from batchgen.running.overnight import as_run, disk_notice, no_room, stop_line
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, gallery_every, receiver, refresh_view, signals, target
@@ -217,7 +217,11 @@ async def _in_folder(
                 result.summary, name=settings.manifest_name, images=result.images, exit_code=code
             )
             await tell_the_end(
-                message, notify=settings.notify, on_exit=settings.options.on_exit, log=log.write
+                message,
+                notify=settings.notify,
+                on_exit=settings.options.on_exit,
+                log=log.write,
+                warn=lambda line: deliver(TellFailed(settings.redact(line))),
             )
     finally:
         journal.close(code)
@@ -342,7 +346,7 @@ def _ready(
     return Ready(
         to_submit=jobs,
         images=images,
-        cost=cost,
+        cost=usd(cost),
         done=c[S.DOWNLOADED],
         failed=c[S.FAILED],
         following=c[S.QUEUED] + c[S.RUNNING] + c[S.COMPLETED],
@@ -350,7 +354,10 @@ def _ready(
         out_dir=str(settings.out_dir),
         rehearsal=sched.rehearsal,
         stale=journal.stale_images(),
-        notices=(*notices, *_disk(journal, images, sched.rehearsal, settings.out_dir)),
+        notices=(
+            *as_run(notices, inline=settings.options.inline_uploads, origin=sched.origin),
+            *_disk(journal, images, sched.rehearsal, settings.out_dir),
+        ),
     )
 
 

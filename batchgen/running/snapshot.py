@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from batchgen.journal.writer import Journal
 from batchgen.planning.jobs import JobState
+from batchgen.planning.pricing import usd
 from batchgen.running.events import Event
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
@@ -81,7 +82,7 @@ def snapshot_of(journal: Journal, sched: Scheduler, total: int) -> Snapshot:
         in_flight=sched.in_flight,
         done=c[S.DOWNLOADED],
         failed=c[S.FAILED],
-        spent=run_spend(journal, sched),
+        spent=usd(run_spend(journal, sched)),  # on_event's callers see it: to a millionth
         window=sched.window.size,
         total=total,
         rehearsal=sched.rehearsal,

@@ -8,10 +8,10 @@ and this run's counters (``events.RunStats``) into a ``Summary`` whose ``exit_co
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batchgen.planning.jobs import JobState
-from batchgen.planning.pricing import ActualCost, actual_cost
+from batchgen.planning.pricing import ActualCost, actual_cost, usd
 from batchgen.running.events import RunStats, StopReason, refusals_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -49,8 +49,8 @@ class Summary:
     failed: dict[str, int]  # by class, across the folder's runs
     unfinished: int  # pending or in flight when the run ended
     retried: int  # fresh requests after a failure (journal) + transient retries (this run)
-    possible_duplicates: int
-    lost: int
+    possible_duplicates: int  # the folder's, all runs (this run's: stats.possible_duplicates)
+    lost: int  # the folder's, all runs (this run's: stats.lost)
     spent: float  # what fal may bill for the folder, all runs (journal.schema.Tallies)
     wall_seconds: float
     stop: StopReason | None
@@ -85,13 +85,19 @@ class Summary:
             )
         return "; ".join(parts)
 
+    @property
+    def retried_run(self) -> int:
+        """This run's tries again: of the same request (transient) or as a fresh one."""
+        return self.stats.retries + self.stats.requeued
+
     def lines(self) -> list[str]:
         n_failed = sum(self.failed.values())
+        st = self.stats
         out = [
             f"done {self.done}, failed {n_failed}, unfinished {self.unfinished}"
             f" in {duration_text(self.wall_seconds)}; {self.spend_text()}",
-            f"retried {self.retried}, possible duplicate charges {self.possible_duplicates},"
-            f" lost results {self.lost} (resubmitted)"
+            f"this run: submitted {st.submitted}, retried {self.retried_run}, possible duplicate"
+            f" charges {st.possible_duplicates}, lost results {st.lost} (resubmitted)"
             + "".join(
                 f", {text} {n}"
                 for text, n in (
@@ -104,17 +110,19 @@ class Summary:
                 if n
             ),
         ]
-        st = self.stats
         sure, unsure = st.resent - st.resent_unsure, st.resent_unsure
         if st.lost_submits:
-            out.insert(
-                2,
+            out.append(
                 f"submits without an answer {st.lost_submits}: {st.found} found in fal's"
                 f" history ({st.lookups} look-up{'s' if st.lookups != 1 else ''})"
                 + (f", {st.resent - st.resent_unsure} not there, sent again" if sure else "")
                 + (f", {st.resent_unsure} it could not tell of, sent again" if unsure else "")
                 + (f", {left} left to look for next run" if (left := st.unsettled) else ""),
             )
+        out.append(
+            f"folder totals (all runs): retried {self.retried}, possible duplicate charges"
+            f" {self.possible_duplicates}, lost results {self.lost}"
+        )
         if self.actual is not None:
             a = self.actual
             out.insert(
@@ -210,16 +218,17 @@ def build_summary(
         retried=journal_retries + stats.retries,
         possible_duplicates=possible_duplicates,
         lost=lost,
-        spent=spent,
-        spent_run=spent_run,
-        rehearsal=rehearsal,
-        rehearsal_run=rehearsal_run,
+        # Money to a millionth (pricing.usd): these reach RunResult, --json and --notify.
+        spent=usd(spent),
+        spent_run=usd(spent_run),
+        rehearsal=usd(rehearsal),
+        rehearsal_run=usd(rehearsal_run),
         wall_seconds=wall_seconds,
         stop=stop,
         failure_examples=examples,
         resume_hint=resume_hint,
         out_dir=out_dir,
-        actual=actual if (actual := actual_cost(usages)).jobs else None,
+        actual=replace(a, usd=usd(a.usd)) if (a := actual_cost(usages)).jobs else None,
         stats=stats,
         webhooks=webhooks,
         stop_line=stop_line,
