@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -91,13 +92,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     here.add_argument(
         "--confirm-over",
-        type=float,
+        type=_usd,
         default=DEFAULT_CONFIRM_OVER,
         metavar="USD",
         help="ask on the terminal before submitting more than this estimate (never in a"
         " rehearsal, with --yes, or without a terminal)",
     )
     here.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
+
+
+def _usd(text: str) -> float:
+    """``--confirm-over``'s value: a finite amount, not negative (argparse says which flag)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+_usd.__name__ = "USD amount"  # argparse's error: "invalid USD amount value: '-1'"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ from batchgen.running.controls import describe_controls
 from batchgen.running.events import Planned, Ready, StopReason
 from batchgen.running.notify import end_message, tell_the_end
 from batchgen.running.overnight import disk_notice, no_room, stop_line
+from batchgen.running.preflight import check_before_folder
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, gallery_every, receiver, refresh_view, signals, target
@@ -111,11 +112,14 @@ async def execute(
     and its estimated cost, where, the plan's notices) and asks ``approve`` when given: a
     False answer submits nothing new (paid requests are still fetched), stop ``declined``.
 
-    Raises JournalError when the folder belongs to another manifest or is in use, DiskFull
+    Raises UsageError before the folder is made or touched when it cannot be one, or when an
+    ``--endpoint`` run has no key and the server is not an emulator (``preflight``);
+    JournalError when the folder belongs to another manifest or is in use, DiskFull
     when the disk filled before the run could stop by itself; a job's failure is a recorded
     row, never an exception. An exception raised by ``on_event`` is re-raised once the run
     has ended cleanly (events stop reaching it after the first).
     """
+    await check_before_folder(settings)
     try:
         return await _in_folder(
             manifest, settings, on_event, progress_every, handle_signals, approve
