@@ -1,6 +1,7 @@
 """A usage mistake costs nothing and leaves nothing: `batchgen run` checks every option, the
 environment and the output folder's place before it makes the folder (exit 2, one line on
-stderr, no folder, no traceback); a run without a key that may be billed names FAL_KEY first."""
+stderr, no folder, no traceback); a run nobody can be asked about is refused above
+--confirm-over; a run without a key that may be billed names FAL_KEY first."""
 
 from __future__ import annotations
 
@@ -115,6 +116,54 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_not_a_traceback(
     assert err.count("\n") == 1 and "Traceback" not in err and "is a file" in err
     assert taken.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "taken"]
+
+
+# -- no unattended surprise spend ---------------------------------------------------------
+
+
+def test_a_run_over_the_threshold_without_a_terminal_is_refused_naming_the_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    with emulator_thread(time_scale=0, announce=False) as url:  # a server that bills
+        argv = ["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]
+        assert main([*argv, "--confirm-over", "0.01"]) == 2  # pytest's stdin: no terminal
+        assert stats(url)["submits_accepted"] == 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert "~$0.03 is over --confirm-over $0.01" in err
+        assert "add --yes" in err and "--max-cost USD" in err
+        assert main([*argv, "--confirm-over", "0.01", "--max-cost", "1"]) == 0
+        assert "capped by --max-cost $1" in capsys.readouterr().err
+        assert stats(url)["submits_accepted"] == 3
+
+
+def test_yes_goes_on_without_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAL_KEY", "test-key")
+    m = write_manifest(tmp_path, 3)
+    with emulator_thread(time_scale=0, announce=False) as url:
+        argv = ["run", str(m), "--endpoint", url, "--out", str(tmp_path / "out"), "--quiet"]
+        assert main([*argv, "--confirm-over", "0.01", "--yes"]) == 0
+        assert stats(url)["submits_accepted"] == 3
+
+
+@pytest.mark.parametrize("where", ["--emulate", "batchgen emulator"])
+def test_a_rehearsal_is_never_refused_for_its_cost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    m = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    base = ["run", str(m), "--out", str(out), "--quiet", "--confirm-over", "0.01"]
+    if where == "--emulate":
+        assert main([*base, "--emulate", "--time-scale", "0"]) == 0
+        return
+    with emulator_thread(time_scale=0) as url:  # announces itself: a rehearsal, no key
+        assert main([*base, "--endpoint", url]) == 0
+        assert stats(url)["submits_accepted"] == 3
 
 
 # -- a key before a run that may bill -----------------------------------------------------

@@ -96,7 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONFIRM_OVER,
         metavar="USD",
         help="ask on the terminal before submitting more than this estimate (never in a"
-        " rehearsal, with --yes, or without a terminal)",
+        " rehearsal or with --yes); without a terminal (cron, a script) such a run is"
+        " refused, exit 2, unless --yes or --max-cost is given",
     )
     here.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
 
@@ -119,7 +120,13 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
     settings = build_settings(options, os.environ, manifest)
-    approve = approval(over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
+    approve = approval(
+        over=args.confirm_over,
+        yes=args.yes,
+        stdin=sys.stdin,
+        stderr=sys.stderr,
+        max_cost=options.max_cost,
+    )
     json_out = sys.stdout if args.json else None
     return asyncio.run(
         run_manifest(

@@ -267,8 +267,14 @@ async def _execute(
         await sched.prepare()  # the folder in order: what follows is what will happen
         ready = _ready(journal, sched, settings, notices)
         deliver(ready)
-        if approve is not None and ready.to_submit and not await _asked(approve, ready):
-            sched.stop(reason=StopReason.DECLINED)
+        if approve is not None and ready.to_submit:
+            try:
+                approved = await _asked(approve, ready)
+            except BaseException:  # refused (a UsageError) or interrupted: nothing was sent
+                sched.reserve.discard()
+                raise
+            if not approved:
+                sched.stop(reason=StopReason.DECLINED)
         total = sum(journal.counts().values())
         s = sched
 
