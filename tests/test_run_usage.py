@@ -189,3 +189,19 @@ def test_an_endpoint_that_is_a_batchgen_emulator_needs_no_key(
     with emulator_thread(time_scale=0) as url:
         assert main(["run", str(m), "--endpoint", url, "--out", str(tmp_path / "out")]) == 0
         assert stats(url)["submits_accepted"] == 2
+
+
+def test_the_python_api_checks_the_folder_and_the_key_before_making_it(
+    tmp_path: Path,
+) -> None:
+    import batchgen
+    from batchgen.errors import UsageError
+
+    m = write_manifest(tmp_path / "m", 2)
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    with pytest.raises(UsageError, match="is a file"):
+        batchgen.run_sync(m, out=taken / "out", emulate=True, environ={})
+    with pytest.raises(UsageError, match="no fal key"):
+        batchgen.run_sync(m, out=tmp_path / "out", endpoint=DEAD, environ={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "taken"]
