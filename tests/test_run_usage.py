@@ -5,6 +5,7 @@ stderr, no folder, no traceback); a run nobody can be asked about is refused abo
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,22 @@ def test_a_bad_option_is_refused_before_the_folder_is_made(
     assert not out.exists() and not (tmp_path / "outputs").exists(), why
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("listen", ["taken", "no.such.host.invalid:0"])
+def test_a_webhook_address_that_cannot_be_bound_is_refused_before_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    m = write_manifest(tmp_path / "m", 2)
+    out = tmp_path / "out"
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        if listen == "taken":
+            listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        argv = ["run", str(m), "--emulate", "--watch", "webhook", "--webhook-listen", listen]
+        assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--webhook-listen cannot listen on {listen}" in err
+    assert not out.exists()
 
 
 def test_a_byok_manifest_without_its_key_is_refused_before_the_folder(

@@ -1,10 +1,11 @@
 """What is checked before a run touches its output folder.
 
-``config.build_settings`` checks what the options and the environment say on their own. Two
-things need a look outside: the output folder's place on disk, and, for an ``--endpoint``
-run without a key, the server itself. Both are checked here, before ``runner.execute`` makes
-the folder, so a mistake exits 2 with one line and leaves nothing behind (no folder, no
-journal, no run.log).
+``config.build_settings`` checks what the options and the environment say on their own. Three
+things need a look outside: the output folder's place on disk, ``--webhook-listen``'s address
+(a port another process holds, a host that does not resolve), and, for an ``--endpoint`` run
+without a key, the server itself. They are checked here, before ``runner.execute`` makes the
+folder, so a mistake exits 2 with one line and leaves nothing behind (no folder, no journal,
+no run.log).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PROBE_TIMEOUT_S = 10.0
 async def check_before_folder(settings: Settings) -> None:
     """Raise ``UsageError`` for what would stop the run once its folder exists."""
     check_folder(settings.out_dir)
+    check_listen(settings.webhook_listen)
     await check_key(settings)
 
 
@@ -46,6 +48,24 @@ def check_folder(out: Path) -> None:
         raise UsageError(f"{said} cannot be made: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
         raise UsageError(f"{said} cannot be made: {above} is not writable by this user")
+
+
+def check_listen(listen: str | None) -> None:
+    """``--webhook-listen`` can be bound now, as the receiver will bind it (the same socket
+    options, emulator/server.py's ``bind_socket``), and is let go at once. A port taken in
+    between is still said by the receiver, once the folder exists."""
+    if listen is None:
+        return
+    # Imported here: uvicorn is for webhook runs only (running/setup.py's receiver does so too).
+    from batchgen.emulator.server import bind_socket
+
+    host, _, port = listen.rpartition(":")  # checked as an option (option_rules.as_listen)
+    try:
+        bind_socket(host, int(port)).close()
+    except OSError as exc:
+        raise UsageError(
+            f"--webhook-listen cannot listen on {listen}: {exc.strerror or exc}"
+        ) from None
 
 
 async def check_key(settings: Settings) -> None:
