@@ -56,7 +56,7 @@ def check_listen(listen: str | None) -> None:
     between is still said by the receiver, once the folder exists."""
     if listen is None:
         return
-    # Imported here: uvicorn is for webhook runs only (running/setup.py's receiver does so too).
+    # Imported here: uvicorn is for webhook runs only (as in running/receiver.py's receive).
     from batchgen.emulator.server import bind_socket
 
     host, _, port = listen.rpartition(":")  # checked as an option (option_rules.as_listen)
