@@ -9,11 +9,13 @@ message and no traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any, NoReturn
 
 from batchgen._version import __version__
 from batchgen.commands.helptext import HelpFormatter
@@ -45,33 +47,63 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(f"batchgen.commands.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line and no abbreviated flags.
+
+    argparse prints the whole usage before the message that matters; here the error is one
+    line naming the command and where its help is (the usage shows with ``--help`` only).
+    ``allow_abbrev=False`` (argparse's documented switch) makes ``--emulat`` an error instead
+    of a silent ``--emulate``. ``add_subparsers`` builds each command's parser with this class.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+    def unrecognized(self, extra: Sequence[str]) -> NoReturn:
+        """The error for arguments no option takes, with the nearest flag when one is close."""
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        near = [m for x in extra for m in difflib.get_close_matches(x.split("=")[0], flags, 1)]
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="batchgen",
         description="Bulk image generation on fal.ai's queue API.",
         epilog=EXAMPLES,
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         module = _module(name)
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=module.EXAMPLES,
-            formatter_class=HelpFormatter,
-        )
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=module.EXAMPLES)
         module.add_arguments(p)
     return parser
+
+
+def _parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args``, but an unknown argument is reported by its command's parser (argparse
+    leaves it to the top one, whose hint would point at 'batchgen --help')."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices.get(getattr(args, "command", None) or "", parser)
+        assert isinstance(command, Parser)
+        command.unrecognized(extra)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        args = _parse(parser, argv)
+    except SystemExit as exc:  # a usage error exits 2 (one line on stderr), --help 0
         return int(exc.code or 0)
     try:
         code: int = _module(args.command).run(args)

@@ -67,6 +67,9 @@ class Settings:
     controls: RequestControls  # the headers sent with each submit (fal/headers.py)
     stop_at: float | None  # seconds since the epoch (--stop-at HH:MM, resolved once)
     notify: NotifyURL | None  # --notify or BATCHGEN_NOTIFY_URL: a credential, redacted
+    # False: no key in the environment, DUMMY_KEY stands in. Only a rehearsal may go on so:
+    # an --endpoint server must answer as a batchgen emulator first (running/preflight.py).
+    has_key: bool = True
 
     @property
     def origin(self) -> str:
@@ -113,11 +116,12 @@ def build_settings(
     the manifest.
 
     Raises UsageError (exit 2) before anything is written or sent: for a bad option, when
-    real fal is the target and no key is set, when the manifest is BYOK (see
-    ``byok.manifest_wants_key``) and ``OPENAI_API_KEY`` is not set, and for a webhook run
-    against fal without a public URL. The OpenAI key is read only for a BYOK manifest, and
-    is sent to the emulator too: a rehearsal must need what the real run needs, and the
-    emulator keeps it in memory only.
+    real fal is the target and no key is set (an ``--endpoint`` server without one is asked
+    whether it is an emulator before the folder is made: ``running/preflight.py``), when the
+    manifest is BYOK (see ``byok.manifest_wants_key``) and ``OPENAI_API_KEY`` is not set,
+    and for a webhook run against fal without a public URL. The OpenAI key is read only for
+    a BYOK manifest, and is sent to the emulator too: a rehearsal must need what the real
+    run needs, and the emulator keeps it in memory only.
     """
     o = options if isinstance(options, RunOptions) else RunOptions.parse(options)
     endpoint = o.endpoint
@@ -126,6 +130,7 @@ def build_settings(
     target = Target.EMULATE if o.emulate else Target.ENDPOINT if endpoint else Target.FAL
 
     key = key_from_env(environ)
+    has_key = key is not None
     if key is None:
         if target is Target.FAL:
             raise UsageError(
@@ -180,4 +185,5 @@ def build_settings(
         if o.stop_at
         else None,
         notify=notify,
+        has_key=has_key,
     )

@@ -248,7 +248,9 @@ def test_an_unreachable_server_shows_in_the_terminal_within_seconds(tmp_path: Pa
     out = tmp_path / "out"
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
     cmd = [sys.executable, "-m", "batchgen", "run", str(m), "--endpoint", url, "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # With a key: without one, a server that is not a batchgen emulator is refused up front.
+    e = env() | {"FAL_KEY": "test-key"}
+    proc = subprocess.Popen(cmd, env=e, cwd=REPO, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     started, said = time.monotonic(), ""
     while time.monotonic() - started < 20 and "unreachable for" not in said:
@@ -307,7 +309,8 @@ def test_an_untrusted_certificate_says_how_to_trust_it(tmp_path: Path) -> None:
             "--out",
             str(out),
         ]
-        proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stderr=subprocess.PIPE, text=True)
+        e = env() | {"FAL_KEY": "test-key"}  # a server that bills needs one (preflight.py)
+        proc = subprocess.Popen(cmd, env=e, cwd=REPO, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         started, said = time.monotonic(), ""
         while time.monotonic() - started < 20 and "SSL_CERT_FILE" not in said:

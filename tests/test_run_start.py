@@ -69,14 +69,19 @@ def test_a_run_says_what_it_will_do_before_it_submits_and_where_it_all_is_after(
     ) in err
 
 
-def test_a_run_over_the_threshold_without_a_terminal_says_so_and_goes_on(
+def test_a_run_over_the_threshold_without_a_terminal_is_refused_unless_capped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m = write_manifest(tmp_path, 3)
     out = tmp_path / "out"
     with emulator_thread(time_scale=0, announce=False) as url:
         argv = ["run", str(m), "--endpoint", url, "--out", str(out), "--quiet"]
-        assert main([*argv, "--confirm-over", "0.01"]) == 0  # pytest's stdin: no terminal
+        assert main([*argv, "--confirm-over", "0.01"]) == 2  # pytest's stdin: no terminal
+        assert stats(url)["submits_accepted"] == 0
+        assert "~$0.03 is over --confirm-over $0.01 and there is no terminal to ask on" in (
+            capsys.readouterr().err
+        )
+        assert main([*argv, "--confirm-over", "0.01", "--max-cost", "5"]) == 0
         assert stats(url)["submits_accepted"] == 3
     assert "not asking (no terminal): ~$0.03 is over --confirm-over $0.01" in (
         capsys.readouterr().err

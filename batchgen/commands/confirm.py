@@ -1,9 +1,11 @@
 """Asking before spending: `batchgen run` shows what it will submit and, above
 ``--confirm-over`` (estimated USD), asks on the terminal before the first submit.
 
-It never asks for a rehearsal (nothing is billed), with ``--yes``, or without a terminal: a
-script, cron or CI job must not hang on a question nobody sees, so there it says that it did
-not ask and goes on (``--max-cost`` is how a script caps its spend).
+It never asks for a rehearsal (nothing is billed) or with ``--yes``. Without a terminal (a
+script, cron, CI) nobody could answer, and going on would spend unattended what a person at
+a terminal would have been asked about: so there the run is refused (a ``UsageError``, exit
+2, nothing submitted), naming the flag that says the spend is meant, ``--yes``, or the one
+that caps it, ``--max-cost``. With ``--max-cost`` it goes on, capped.
 """
 
 from __future__ import annotations
@@ -12,21 +14,32 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import IO
 
+from batchgen.errors import UsageError
 from batchgen.running.events import Ready
 
 DEFAULT_CONFIRM_OVER = 20.0  # USD: a few thousand low-quality images, or ~130 at high
 
 
+def unattended(cost: float, over: float) -> str:
+    """The refusal of a run over ``--confirm-over`` that nobody can be asked about."""
+    return (
+        f"~${cost:.2f} is over --confirm-over ${over:g} and there is no terminal to ask on:"
+        " add --yes to spend it, or --max-cost USD to cap it"
+    )
+
+
 def approval(
-    *, over: float, yes: bool, stdin: IO[str], stderr: IO[str]
+    *, over: float, yes: bool, stdin: IO[str], stderr: IO[str], max_cost: float | None = None
 ) -> Callable[[Ready], Awaitable[bool]]:
     async def approve(ready: Ready) -> bool:
         if yes or ready.rehearsal or ready.cost <= over:
             return True
         if not stdin.isatty():
+            if max_cost is None:
+                raise UsageError(unattended(ready.cost, over))
             print(
                 f"batchgen: not asking (no terminal): ~${ready.cost:.2f} is over --confirm-over"
-                f" ${over:g}; going on (--max-cost caps a script's spend, --yes skips this)",
+                f" ${over:g}; going on, capped by --max-cost ${max_cost:g}",
                 file=stderr,
             )
             return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -96,13 +97,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     here.add_argument(
         "--confirm-over",
-        type=float,
+        type=_usd,
         default=DEFAULT_CONFIRM_OVER,
         metavar="USD",
         help="ask on the terminal before submitting more than this estimate (never in a"
-        " rehearsal, with --yes, or without a terminal)",
+        " rehearsal or with --yes); without a terminal (cron, a script) such a run is"
+        " refused, exit 2, unless --yes or --max-cost is given",
     )
     here.add_argument("--yes", "-y", action="store_true", help="do not ask (see --confirm-over)")
+
+
+def _usd(text: str) -> float:
+    """``--confirm-over``'s value: a finite amount, not negative (argparse says which flag)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+_usd.__name__ = "USD amount"  # argparse's error: "invalid USD amount value: '-1'"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +125,13 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     # Settings (and the key check) come before anything touches the output folder.
     settings = build_settings(options, os.environ, manifest)
-    approve = approval(over=args.confirm_over, yes=args.yes, stdin=sys.stdin, stderr=sys.stderr)
+    approve = approval(
+        over=args.confirm_over,
+        yes=args.yes,
+        stdin=sys.stdin,
+        stderr=sys.stderr,
+        max_cost=options.max_cost,
+    )
     json_out = sys.stdout if args.json else None
     return asyncio.run(
         run_manifest(

@@ -299,7 +299,7 @@ def _build(
     failures, failure_chunks = write_failures(out_dir, chunk_rows)
     _save_state(out_dir, p, chunk_rows, mark)
     script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
-    (out_dir / SCRIPT).write_text(script.read_text("utf-8"), encoding="utf-8")
+    _write_atomic(out_dir / SCRIPT, script.read_text("utf-8"))
     facts = PageFacts(
         title=title or out_dir.resolve().name,
         totals=p.totals,
@@ -311,9 +311,7 @@ def _build(
         script=SCRIPT,
     )
     dest = out_dir / GALLERY
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    tmp.write_text(render_page(facts), encoding="utf-8")
-    os.replace(tmp, dest)
+    _write_atomic(dest, render_page(facts))  # last: the page names the files above
     _remove_stale(out_dir, -(-p.totals.rows // chunk_rows), failure_chunks)
     return GalleryReport(
         dest,
@@ -325,6 +323,14 @@ def _build(
         resume is not None,
         p.totals.stale,
     )
+
+
+def _write_atomic(dest: Path, text: str) -> None:
+    """A killed build leaves the old file or the new one, never half of one: a temporary
+    file in the same folder, then ``os.replace``."""
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, dest)
 
 
 def _remove_stale(out_dir: Path, chunks: int, failure_chunks: int) -> None:

@@ -6,7 +6,8 @@ The rules, in the order they apply:
   work of a real server is refused (exit 2): its placeholders would sit beside paid images.
   A real run into a rehearsal's folder makes every job for real: the rehearsal's jobs go back
   to the queue as if never run, and their placeholder images and index rows are removed
-  before anything is submitted, so the folder never shows a mix, even if the run is stopped.
+  before anything is submitted, so the folder never shows a mix, even if the run is stopped;
+  the gallery is rebuilt at once, so it never links to a removed placeholder.
 * **Paid requests are fetched where they were made.** A real run aimed at another server than
   the one still holding requests of this folder is refused, with the command that fetches
   them: re-attaching would send this run's key to that server, and resubmitting would pay again.
@@ -21,6 +22,7 @@ The rules, in the order they apply:
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +32,7 @@ from batchgen.errors import UsageError
 from batchgen.journal import resets
 from batchgen.journal.origin import describe, emulator_at, is_rehearsal
 from batchgen.journal.writer import Journal
+from batchgen.outputs.gallery import GALLERY, build_gallery
 from batchgen.outputs.rebuild import prune_index, rewrite_failures
 from batchgen.planning.jobs import JobState
 
@@ -61,10 +64,24 @@ def recover(
     redownload = bulk(partial(resets.redownload_failed, origins=(origin, same or origin)))
     retried = journal.retry_failed() if retry_failed else 0
     if replaced:  # their placeholder images and index rows go before anything is submitted
-        prune_index(journal, out_dir)
+        replace_placeholders(journal, out_dir)
     if replaced or dropped or redownload or retried:
         rewrite_failures(journal, out_dir)
     return Recovery(replaced, dropped, redownload, retried, real)
+
+
+def replace_placeholders(journal: Journal, out_dir: Path) -> None:
+    """Remove a rehearsal's placeholder images and index rows, and the gallery with them.
+
+    The page goes first, so that a kill at any moment leaves no ``index.html`` that shows
+    the rehearsal's cards and counts with links to removed files: before the rebuild there is
+    none, after it the page shows the index as pruned (``build_gallery`` writes it last, by
+    ``os.replace``). A rebuild that fails leaves no page; the run's end builds one.
+    """
+    (out_dir / GALLERY).unlink(missing_ok=True)
+    prune_index(journal, out_dir)
+    with contextlib.suppress(Exception):  # the page is a view: the run goes on without it
+        build_gallery(out_dir)
 
 
 def check_mixing(journal: Journal, out_dir: Path, origin: str) -> str | None:

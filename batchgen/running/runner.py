@@ -47,6 +47,7 @@ from batchgen.running.controls import describe_controls
 from batchgen.running.events import Planned, Ready, StopReason, TellFailed
 from batchgen.running.notify import end_message, tell_the_end
 from batchgen.running.overnight import as_run, disk_notice, no_room, stop_line
+from batchgen.running.preflight import check_before_folder
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, gallery_every, receiver, refresh_view, signals, target
@@ -112,11 +113,14 @@ async def execute(
     and its estimated cost, where, the plan's notices) and asks ``approve`` when given: a
     False answer submits nothing new (paid requests are still fetched), stop ``declined``.
 
-    Raises JournalError when the folder belongs to another manifest or is in use, DiskFull
+    Raises UsageError before the folder is made or touched when it cannot be one, or when an
+    ``--endpoint`` run has no key and the server is not an emulator (``preflight``);
+    JournalError when the folder belongs to another manifest or is in use, DiskFull
     when the disk filled before the run could stop by itself; a job's failure is a recorded
     row, never an exception. An exception raised by ``on_event`` is re-raised once the run
     has ended cleanly (events stop reaching it after the first).
     """
+    await check_before_folder(settings)
     try:
         return await _in_folder(
             manifest, settings, on_event, progress_every, handle_signals, approve
@@ -274,8 +278,14 @@ async def _execute(
         await sched.prepare()  # the folder in order: what follows is what will happen
         ready = _ready(journal, sched, settings, notices)
         deliver(ready)
-        if approve is not None and ready.to_submit and not await _asked(approve, ready):
-            sched.stop(reason=StopReason.DECLINED)
+        if approve is not None and ready.to_submit:
+            try:
+                approved = await _asked(approve, ready)
+            except BaseException:  # refused (a UsageError) or interrupted: nothing was sent
+                sched.reserve.discard()
+                raise
+            if not approved:
+                sched.stop(reason=StopReason.DECLINED)
         total = sum(journal.counts().values())
         s = sched
 
