@@ -155,3 +155,34 @@ def test_a_rehearsal_s_broken_images_are_made_again(
     assert "2 saved images missing or broken on disk: made again" in capsys.readouterr().err
     assert states(out) == {S.DOWNLOADED: 4}
     _whole(out, 4)
+
+
+@pytest.mark.parametrize("emulate", [False, True])
+def test_one_image_of_two_one_row_per_image_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], emulate: bool
+) -> None:
+    m, out = write_manifest(tmp_path, 2), tmp_path / "out"
+    m.write_text(m.read_text().replace("  quality: low\n", "  quality: low\n  num_images: 2\n"))
+    with emulator_thread(time_scale=0.001) as url:
+        where = ["--emulate", "--time-scale", "0"] if emulate else ["--endpoint", url]
+        args = ["run", str(m), *where, "--out", str(out), "--quiet"]
+        assert main(args) == 0
+        _whole(out, 4)
+        (out / sorted(_recorded(out))[0]).unlink()
+        assert main(args) == 0
+        submits = stats(url)["submits_accepted"]
+    assert "1 saved images missing or broken on disk" in capsys.readouterr().err
+    assert submits == (0 if emulate else 2)
+    _whole(out, 4)
+
+
+def test_status_leaves_the_files_of_a_huge_folder_unchecked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m, out = write_manifest(tmp_path, 2), tmp_path / "out"
+    assert main(["run", str(m), "--emulate", "--time-scale", "0", "--out", str(out)]) == 0
+    (out / sorted(_recorded(out))[0]).unlink()
+    monkeypatch.setattr("batchgen.outputs.status.CHECK_FILES_MAX_JOBS", 1)
+    capsys.readouterr()
+    text, doc = _status(out, capsys)
+    assert doc["broken_files"] is None and "missing or broken" not in text
