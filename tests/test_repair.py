@@ -70,7 +70,8 @@ def test_a_deleted_and_a_broken_image_are_fetched_again_without_a_submit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     m, out = write_manifest(tmp_path, 6), tmp_path / "out"
-    with emulator_thread(time_scale=0.001) as url:
+    # results (and their media) kept an hour: fetched from the stored URLs themselves
+    with emulator_thread(time_scale=0.001, retention_scale=1.0) as url:
         assert _run(m, url, out) == 0
         capsys.readouterr()
         names = sorted(_recorded(out))
@@ -88,6 +89,7 @@ def test_a_deleted_and_a_broken_image_are_fetched_again_without_a_submit(
         after = stats(url)["submits_accepted"]
     assert after == before == 6  # fetched from the stored results, nothing sent again
     assert "2 saved images missing or broken on disk: fetched again from their results" in err
+    assert "read from fal's history" not in err
     assert states(out) == {S.DOWNLOADED: 6} and _lost(out) == 0
     _whole(out, 6)
     text, doc = _status(out, capsys)
