@@ -171,6 +171,11 @@ class RunOptions(BaseModel):
     retry_failed: Annotated[bool, Flag(_FOLDER)] = Field(
         False, description="put failed jobs back in the queue"
     )
+    verify: Annotated[bool, Flag(_FOLDER)] = Field(
+        False,
+        description="re-hash every saved image against its recorded sha256 before submitting"
+        " (every run checks each one's size); a missing or broken one is fetched again",
+    )
     reuse_folder: Annotated[bool, Flag(_FOLDER)] = Field(
         False,
         description="build on an output folder another manifest file ran in: the jobs both"

@@ -79,8 +79,9 @@ def test_spec_round_trips_through_json() -> None:
     assert JobSpec(job_id="x", endpoint="e", input={"num_images": "3"}).num_images == 1
 
 
-# The state rules (docs/interfaces.md, Job states; DOWNLOADED -> PENDING only when the files
-# vanished and the result is gone; FAILED -> COMPLETED when only the download failed: the result
+# The state rules (docs/interfaces.md, Job states; DOWNLOADED -> COMPLETED when its files are
+# missing or broken on disk (fetched again from the kept result), -> PENDING when the result
+# or its emulator is gone; FAILED -> COMPLETED when only the download failed: the result
 # is kept and fetched again, never paid for twice), written out here rather than read from
 # TRANSITIONS: a test that loops over the table it checks passes whatever the table says.
 ALLOWED = """
@@ -90,7 +91,7 @@ UNKNOWN     QUEUED PENDING FAILED
 QUEUED      RUNNING COMPLETED PENDING FAILED
 RUNNING     COMPLETED PENDING FAILED
 COMPLETED   DOWNLOADED PENDING FAILED
-DOWNLOADED  PENDING
+DOWNLOADED  PENDING COMPLETED
 FAILED      PENDING COMPLETED
 """
 EXPECTED = {

@@ -45,6 +45,7 @@ from batchgen.running.events import (
     WebhooksSilent,
     announce,
     history_text,
+    repair_notices,
     silent_text,
 )
 from batchgen.running.runner import Approve
@@ -276,6 +277,7 @@ class _View:
                 return [
                     text
                     for n, text in (
+                        *repair_notices(event),
                         (
                             replaced,
                             f"{self._out} held a rehearsal: its {replaced} jobs are made"

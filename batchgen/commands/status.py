@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(render_job(job))
         return 0
     with Journal.open_readonly(path) as reader:
-        report = build_report(reader, out, now=time.time(), writer_pid=writer_pid(path))
+        pid = writer_pid(path)
+        report = build_report(reader, out, now=time.time(), writer_pid=pid, check_files=True)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -26,6 +26,7 @@ from batchgen.journal.bills import (
     read_trail,
 )
 from batchgen.journal.origin import EMULATOR
+from batchgen.journal.saved import SavedFile, saved_files
 from batchgen.journal.schema import (
     IN_FLIGHT,
     JOB_COLUMNS,
@@ -119,6 +120,10 @@ class JournalReader:
     def lost_submits(self) -> list[LostRow]:
         """The UNKNOWN jobs with their last attempt (``attempts.py``); schema 4 only."""
         return lost_rows(self._db())
+
+    def saved_files(self, chunk: int = 5000) -> Iterator[list[SavedFile]]:
+        """The files every DOWNLOADED job of the manifest recorded (``saved.py``), chunked."""
+        return saved_files(self._db(), chunk)
 
     def requests_made(self, after: int = 0) -> tuple[set[str], int]:
         return requests_made(self._db(), after)

@@ -1,6 +1,6 @@
 """The bulk state changes a run makes before it submits anything (``running/recovery.py``
 decides which apply): work of another server that cannot count, requests whose server is
-gone, and final failures given another chance.
+gone, final failures given another chance, and saved images found missing or broken.
 
 Each is one transaction of set-based SQL over the jobs table, with one audit event per job,
 so a million-row folder resumes in seconds and a crash midway leaves the journal as it was.
@@ -10,6 +10,7 @@ The caller rebuilds its in-memory tallies afterwards.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 
 from batchgen.journal.opening import transaction
 from batchgen.journal.origin import EMULATOR
@@ -106,4 +107,53 @@ def retry_failed(conn: sqlite3.Connection, now: float) -> int:
         f"{_FORGET}, attempts = 0",
         "PENDING",
         "retry-failed",
+    )
+
+
+def _mark(conn: sqlite3.Connection, job_ids: Collection[str]) -> None:
+    """Name the jobs a repair looks at, in a temporary table of this connection (a million
+    ids never sit in one statement)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS repair (job_id TEXT PRIMARY KEY)")
+    with transaction(conn) as c:
+        c.execute("DELETE FROM temp.repair")
+        c.executemany("INSERT OR IGNORE INTO temp.repair VALUES (?)", ((j,) for j in job_ids))
+
+
+_REPAIR = "state = 'DOWNLOADED' AND job_id IN (SELECT job_id FROM temp.repair)"
+
+
+def repair_from_result(
+    conn: sqlite3.Connection, now: float, job_ids: Collection[str], origins: tuple[str, str]
+) -> int:
+    """Downloaded jobs of ``job_ids``, whose images are missing or broken
+    on disk, made on this run's server (either of ``origins``), go back to COMPLETED: their
+    result is kept, so their images are fetched again from it, never resubmitted (when fal
+    no longer has the media, the download reports the result lost and it is made again)."""
+    _mark(conn, job_ids)
+    return _apply(
+        conn,
+        now,
+        f"{_REPAIR} AND result IS NOT NULL AND origin IN (?, ?)",
+        origins,
+        "error_class = NULL, error = NULL",
+        "COMPLETED",
+        "saved images missing or broken: fetched again from the stored result",
+    )
+
+
+def remake_rehearsal(
+    conn: sqlite3.Connection, now: float, job_ids: Collection[str], keep: str | None
+) -> int:
+    """The same jobs, made by an emulator this run cannot ask (the in-process one is gone
+    with its run; ``keep`` is the one this run talks to): their media died with it, so they
+    are made again at once, free, as :func:`drop_emulator_requests` does."""
+    _mark(conn, job_ids)
+    return _apply(
+        conn,
+        now,
+        f"{_REPAIR} AND (origin = ? OR origin LIKE ?) AND origin IS NOT ?",
+        (EMULATOR, EMULATOR + ":%", keep),
+        f"{_FORGET}, billed = 0, possible_duplicates = 0, lost = 0",
+        "PENDING",
+        "saved images missing or broken, emulator gone: made again",
     )

@@ -17,12 +17,17 @@ from typing import Any
 from batchgen.journal.bills import Billed
 from batchgen.journal.query import JournalReader
 from batchgen.journal.schema import FailureGroup, RunInfo
+from batchgen.outputs.saved import check_saved
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import ActualCost, actual_cost, usd
 
 S = JobState
 MAX_IN_FLIGHT_SHOWN = 20
 EXIT_BUDGET = 3
+# Above this many downloaded jobs, status does not stat their files (a run always does):
+# about a second at a million files on a warm cache, but far more on a cold disk or a network
+# share (docs/outputs.md, Repair).
+CHECK_FILES_MAX_JOBS = 250_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,9 @@ class StatusReport:
     actual: ActualCost | None = None  # real cost of the results that carried usage (BYOK)
     rehearsal_usd: float = 0.0  # what the emulator's requests would cost on fal (not billed)
     billed: Billed | None = None  # what `batchgen reconcile` last found billed (None: never)
+    # downloaded images missing or of another size on disk (outputs/saved.py); None: not
+    # looked at (not asked, or over CHECK_FILES_MAX_JOBS downloaded jobs)
+    broken_files: int | None = None
 
     @property
     def done(self) -> bool:
@@ -113,8 +121,16 @@ def _flags_before_resume(s: Mapping[str, Any]) -> list[str]:
 
 
 def build_report(
-    reader: JournalReader, out_dir: Path, *, now: float, writer_pid: int | None
+    reader: JournalReader,
+    out_dir: Path,
+    *,
+    now: float,
+    writer_pid: int | None,
+    check_files: bool = False,
 ) -> StatusReport:
+    """The report; ``check_files``: each downloaded image's size on disk is checked too (one
+    ``stat`` per file, read-only), unless there are over ``CHECK_FILES_MAX_JOBS`` jobs."""
+    broken = None
     with reader.snapshot():  # counts, failures and in-flight rows from the same moment
         t = reader.tallies()
         runs = reader.runs()
@@ -122,6 +138,8 @@ def build_report(
         failures = reader.failures_by_class()
         actual = actual_cost(reader.usages())
         billed = reader.billed()
+        if check_files and t.counts[S.DOWNLOADED] <= CHECK_FILES_MAX_JOBS:
+            broken = check_saved(reader, out_dir).count
     last = runs[-1] if runs else None
     return StatusReport(
         out_dir=str(out_dir),
@@ -147,6 +165,7 @@ def build_report(
         actual=actual if actual.jobs else None,
         rehearsal_usd=usd(t.rehearsal),
         billed=billed,
+        broken_files=broken,
     )
 
 
@@ -184,6 +203,11 @@ def render_text(rep: StatusReport) -> str:
         lines.append(
             f"  {rep.lost} results expired before download (resubmitted),"
             f" {rep.possible_duplicates} possible duplicate charges"
+        )
+    if rep.broken_files:
+        lines.append(
+            f"  {rep.broken_files} downloaded images missing or broken on disk:"
+            " run again to repair (fetched again from their results)"
         )
     if rep.failures:
         lines.append("failed for good, by class:")
@@ -228,6 +252,8 @@ def _state_line(rep: StatusReport) -> str:
         pid = rep.writer_pid
         return f"a run is in progress (pid {pid}); to continue it later: {rep.resume_command}"
     run = rep.last_run
+    if rep.done and rep.broken_files:
+        return f"finished, but images are missing or broken; to repair: {rep.resume_command}"
     if rep.done:
         tail = " --retry-failed" if rep.counts[str(S.FAILED)] else ""
         if tail:

@@ -161,7 +161,9 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.RUNNING, S.COMPLETED, S.PENDING, S.FAILED}),
     S.RUNNING: frozenset({S.COMPLETED, S.PENDING, S.FAILED}),
     S.COMPLETED: frozenset({S.DOWNLOADED, S.PENDING, S.FAILED}),
-    S.DOWNLOADED: frozenset({S.PENDING}),  # only when files vanished and the result is gone
+    # its files missing or broken on disk: COMPLETED, fetched again from the kept result
+    # (running/recovery.py); PENDING when the result (or the emulator that made it) is gone
+    S.DOWNLOADED: frozenset({S.COMPLETED, S.PENDING}),
     # --retry-failed; COMPLETED again when only the download failed (the result is kept)
     S.FAILED: frozenset({S.PENDING, S.COMPLETED}),
 }

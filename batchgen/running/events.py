@@ -38,6 +38,19 @@ class Resumed:
     redownload: int = 0  # failed only in their download: fetched again, no new submit
     dropped: int = 0  # requests of an in-process emulator that is gone: resubmitted, free
     replaced: int = 0  # a rehearsal's jobs, now made for real (placeholders removed)
+    repaired: int = 0  # saved images missing or broken on disk: fetched again from results
+    remade: int = 0  # ...made by an emulator that is gone: made again, free
+    elsewhere: int = 0  # ...made on another server: left for a run against that server
+
+
+def repair_notices(r: Resumed) -> tuple[tuple[int, str], ...]:
+    """(count, text) of what the run found broken among the saved images (recovery.py)."""
+    what = "saved images missing or broken on disk"
+    return (
+        (r.repaired, f"{r.repaired} {what}: fetched again from their results"),
+        (r.remade, f"{r.remade} {what}: made again (the emulator that made them is gone)"),
+        (r.elsewhere, f"{r.elsewhere} {what}, made on another server: run against it to repair"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,12 @@ The rules, in the order they apply:
 * **A paid image is fetched, not paid again.** Jobs that failed only in their download are
   downloaded again from their stored result on every run; ``--retry-failed`` puts the other
   failures back in the queue.
+* **A saved image is what the journal recorded.** A downloaded job whose file is missing or
+  broken (``outputs/saved.py``: its size, or with ``--verify`` its sha256) goes back to
+  COMPLETED: its broken files and their index rows go, and its images are fetched again from
+  its stored result, without a new submit (made again, counted as lost, only when fal no
+  longer has the media). Made by an emulator that is gone, it is made again, free; made on
+  another server, it is left for a run against that server.
 * ``failures.jsonl`` is rewritten whenever a failure was put back, so it lists exactly the
   jobs failed now.
 """
@@ -31,9 +37,11 @@ from pathlib import Path
 from batchgen.errors import UsageError
 from batchgen.journal import resets
 from batchgen.journal.origin import describe, emulator_at, is_rehearsal
+from batchgen.journal.saved import SavedFile
 from batchgen.journal.writer import Journal
 from batchgen.outputs.gallery import GALLERY, build_gallery
 from batchgen.outputs.rebuild import prune_index, rewrite_failures
+from batchgen.outputs.saved import SavedCheck, drop_broken
 from batchgen.planning.jobs import JobState
 
 S = JobState
@@ -48,13 +56,28 @@ class Recovery:
     redownload: int = 0  # download-only failures: fetched again from the stored result
     retried: int = 0  # --retry-failed: failures back in the queue
     real_work: str | None = None  # the refusal for an emulator, when the folder holds real work
+    repaired: int = 0  # saved images missing or broken: fetched again from their results
+    remade: int = 0  # ...made by an emulator that is gone: made again, free
+    elsewhere: int = 0  # ...made on another server: left for a run against it
+
+    def resumed(self) -> tuple[int, ...]:
+        """The figures ``events.Resumed`` carries after its first three."""
+        fields = (self.retried, self.redownload, self.dropped, self.replaced, self.repaired)
+        return (*fields, self.remade, self.elsewhere)
 
 
 def recover(
-    journal: Journal, out_dir: Path, *, origin: str, endpoint: str | None, retry_failed: bool
+    journal: Journal,
+    out_dir: Path,
+    *,
+    origin: str,
+    endpoint: str | None,
+    retry_failed: bool,
+    broken: SavedCheck | None = None,
 ) -> Recovery:
     """Apply the rules above; raises UsageError (nothing changed) when the run must not go on.
-    ``endpoint`` is the run's ``--endpoint`` base URL (None for fal and ``--emulate``)."""
+    ``endpoint`` is the run's ``--endpoint`` base URL (None for fal and ``--emulate``);
+    ``broken`` what ``outputs.saved.find_broken`` found on disk before."""
     real = check_mixing(journal, out_dir, origin)
     # An --endpoint server may be a `batchgen emulator`: its work is followed, not replaced.
     same = emulator_at(endpoint) if endpoint else None
@@ -67,7 +90,40 @@ def recover(
         replace_placeholders(journal, out_dir)
     if replaced or dropped or redownload or retried:
         rewrite_failures(journal, out_dir)
-    return Recovery(replaced, dropped, redownload, retried, real)
+    fixed = repair(
+        journal, out_dir, broken.broken if broken else [], (origin, same or origin), same
+    )
+    return Recovery(replaced, dropped, redownload, retried, real, *fixed)
+
+
+def repair(
+    journal: Journal,
+    out_dir: Path,
+    broken: list[SavedFile],
+    origins: tuple[str, str],
+    keep: str | None,
+) -> tuple[int, int, int]:
+    """Saved files found broken, of jobs still DOWNLOADED: (fetched again, made again,
+    left for another server), in images."""
+    pre = _states(journal, {f.job_id for f in broken})
+    broken = [f for f in broken if pre.get(f.job_id) is S.DOWNLOADED]
+    if not broken:
+        return 0, 0, 0
+    jobs = {f.job_id for f in broken}
+    journal.bulk(partial(resets.remake_rehearsal, job_ids=jobs, keep=keep))
+    journal.bulk(partial(resets.repair_from_result, job_ids=jobs, origins=origins))
+    post = _states(journal, jobs)
+    drop_broken(out_dir, {f.name for f in broken if post.get(f.job_id) is not S.DOWNLOADED})
+    fetched = sum(post.get(f.job_id) is S.COMPLETED for f in broken)
+    remade = sum(post.get(f.job_id) is S.PENDING for f in broken)
+    return fetched, remade, len(broken) - fetched - remade
+
+
+def _states(journal: Journal, jobs: set[str], chunk: int = 900) -> dict[str, JobState]:
+    ids, out = sorted(jobs), {}
+    for i in range(0, len(ids), chunk):
+        out.update(journal.states(ids[i : i + chunk]))
+    return out
 
 
 def replace_placeholders(journal: Journal, out_dir: Path) -> None:

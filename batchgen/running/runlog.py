@@ -38,6 +38,7 @@ from batchgen.running.events import (
     WindowChanged,
     announce,
     history_text,
+    repair_notices,
     silent_text,
 )
 
@@ -61,7 +62,7 @@ def describe(event: Event) -> str | None:
                     (event.replaced, "rehearsal jobs to make for real (placeholders removed)"),
                 )
                 if n
-            ]
+            ] + [text for n, text in repair_notices(event) if n]
             if not (r or d or u or f or more):
                 return None
             return (

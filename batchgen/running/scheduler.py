@@ -43,6 +43,7 @@ from batchgen.journal.origin import emulator_at, is_rehearsal
 from batchgen.journal.writer import JobRow, Journal
 from batchgen.outputs.downloader import DownloadPool
 from batchgen.outputs.reserve import Reserve
+from batchgen.outputs.saved import find_broken
 from batchgen.outputs.workers import CheckPool
 from batchgen.planning.jobs import JobState
 from batchgen.retry import RetryEvent, Sleep
@@ -231,12 +232,15 @@ class Scheduler:
             self.origin, self.rehearsal = emulator_at(s.endpoint), True
             self._uploads.origin = self.origin
         journal.interrupted_submits()
+        # Saved images checked against the journal (outputs/saved.py), repaired by recover.
+        broken = await find_broken(journal, s.out_dir, verify=s.options.verify)
         self._recovery = recover(
             journal,
             s.out_dir,
             origin=self.origin,
             endpoint=s.endpoint,
             retry_failed=s.options.retry_failed,
+            broken=broken,
         )
         self._submitter.no_emulator = self._recovery.real_work
         self.spent_at_start = journal.spent_estimate(), journal.rehearsal_estimate()
@@ -275,15 +279,7 @@ class Scheduler:
                 self.pacing.reattached += 1
                 self._spawn(self._reattach(row))
         self.pool.resume(completed)
-        resumed = ev.Resumed(
-            self.pacing.reattached,
-            len(completed),
-            unknown,
-            rec.retried,
-            rec.redownload,
-            rec.dropped,
-            rec.replaced,
-        )
+        resumed = ev.Resumed(self.pacing.reattached, len(completed), unknown, *rec.resumed())
         self.ctx.emit(resumed)
         if resumed != ev.Resumed(0, 0, 0, 0):
             journal.event(None, "resume", repr(resumed))
