@@ -176,7 +176,9 @@ class Wall:
 async def test_stop_at_stops_submitting_and_finishes_what_is_paid_for(tmp_path: Path) -> None:
     wall = Wall()
     stop_at = wall.t + 3600
-    rig = Rig(tmp_path, 6)
+    # Slow enough that the first request cannot finish (and free a slot for a third) before
+    # the second one's answer has come, however loaded the machine.
+    rig = Rig(tmp_path, 6, emulator={"time_scale": 0.1})
 
     submitted: list[Submitted] = []
 

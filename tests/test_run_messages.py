@@ -21,8 +21,8 @@ from batchgen.planning.disk import over_limit_text, size_text
 from batchgen.planning.gptimage import EDIT
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import usd
-from batchgen.running.events import RunStats
 from batchgen.running.notify import end_message
+from batchgen.running.stats import RunStats
 from batchgen.running.summary import build_summary
 
 TOKEN = "xoxb-0123456789-secret-token"

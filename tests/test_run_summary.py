@@ -18,7 +18,6 @@ from batchgen.running.events import (
     Recovered,
     Requeued,
     Retrying,
-    RunStats,
     Saved,
     Started,
     Stopping,
@@ -27,6 +26,7 @@ from batchgen.running.events import (
     Submitted,
 )
 from batchgen.running.runlog import RunLog, describe
+from batchgen.running.stats import RunStats
 from batchgen.running.summary import build_summary, exit_code
 
 S = JobState

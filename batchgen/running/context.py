@@ -20,6 +20,7 @@ from batchgen.retry import Sleep
 from batchgen.running import events as ev
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
+from batchgen.running.stats import RunStats
 from batchgen.running.stop import Stop
 
 
@@ -27,7 +28,7 @@ class Emitter:
     """The run's event sink: each event counted in ``stats``, then handed to ``on_event``."""
 
     def __init__(self, on_event: Callable[[ev.Event], None] | None) -> None:
-        self.stats = ev.RunStats()
+        self.stats = RunStats()
         self._on_event = on_event
 
     def __call__(self, event: ev.Event) -> None:

@@ -92,10 +92,15 @@ class Lookup:
         if self._ctx.stop.now:
             return
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._guard(self.run()))
+            self._task = asyncio.create_task(self._guarded())
             self._task.add_done_callback(lambda _: self._ctx.changed.set())
         else:
             self._wake.set()
+
+    async def _guarded(self) -> None:
+        # The coroutine is made inside the task: one cancelled before it starts leaves none
+        # behind never awaited.
+        await self._guard(self.run())
 
     @property
     def busy(self) -> bool:

@@ -56,6 +56,7 @@ from batchgen.running.pacing import Pacing
 from batchgen.running.reach import Watch
 from batchgen.running.recorder import Recorder
 from batchgen.running.recovery import Recovery, recover
+from batchgen.running.stats import RunStats
 from batchgen.running.stop import Stop
 from batchgen.running.submitter import Submitter
 from batchgen.running.watching import QueueWatch, Watching, WebhookWatch
@@ -169,7 +170,7 @@ class Scheduler:
     # -- what the runner and the tests read -------------------------------------------------
 
     @property
-    def stats(self) -> ev.RunStats:
+    def stats(self) -> RunStats:
         return self.ctx.emit.stats
 
     @property

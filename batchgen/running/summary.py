@@ -1,7 +1,7 @@
 """The end of a run: its exit code and the summary `batchgen run` prints (and run.log keeps).
 
 ``build_summary`` folds the journal's tallies (the truth, across every run into the folder)
-and this run's counters (``events.RunStats``) into a ``Summary`` whose ``exit_code`` is what
+and this run's counters (``stats.RunStats``) into a ``Summary`` whose ``exit_code`` is what
 ``batchgen run`` returns.
 """
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 
 from batchgen.planning.jobs import JobState
 from batchgen.planning.pricing import ActualCost, actual_cost, usd
-from batchgen.running.events import RunStats, StopReason, refusals_text
+from batchgen.running.events import StopReason, refusals_text
+from batchgen.running.stats import RunStats
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_STOP_AT = 4
