@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -193,11 +194,19 @@ def test_result_ttl_shorter_than_a_round_trip_loses_every_result(tmp_path: Path)
     assert "--result-ttl" in run.settings["resume"]
 
 
-def test_results_that_expire_at_once_are_read_from_fals_history(tmp_path: Path) -> None:
+def test_results_that_expire_at_once_are_read_from_fals_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     m = write_manifest(tmp_path, 3)
     out = tmp_path / "out"
-    flags = ["--emulate", "--time-scale", "0", "--quiet", "--result-ttl", "0.000001"]
+    flags = ["--emulate", "--time-scale", "0", "--json", "--result-ttl", "0.000001"]
     assert main(["run", str(m), *flags, "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["results_recovered_run"], doc["lost_results_run"], doc["submitted_run"]) == (
+        3,
+        0,
+        3,
+    )
     with Journal.open_readonly(out / JOURNAL_NAME) as j:
         assert {(r.state, r.lost, r.submits) for r in j.iter_jobs()} == {(S.DOWNLOADED, 0, 1)}
         assert sum(e[2] == "history" for e in j.events()) == 3

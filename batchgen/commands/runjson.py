@@ -48,6 +48,10 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "retried_run": s.retried_run,
         "possible_duplicates_run": s.stats.possible_duplicates,
         "lost_results_run": s.stats.lost,
+        # what fal's history and the folder's checks saved this run from paying again
+        "lost_submits_found_run": s.stats.found,
+        "results_recovered_run": s.stats.recovered,
+        "images_repaired_run": s.stats.repaired,
         "wall_seconds": round(s.wall_seconds, 3),
         "metadata": _path(result.out_dir, METADATA),
         "failures": _path(result.out_dir, FAILURES),

@@ -45,6 +45,7 @@ class RunStats:
     found: int = 0  # ...whose request fal's history held: followed, not sent again
     lookups: int = 0  # looks in fal's history for them
     recovered: int = 0  # expired results read from fal's history: no new submit
+    repaired: int = 0  # saved images found missing or broken on disk, fetched or made again
 
     @property
     def unsettled(self) -> int:
@@ -56,6 +57,7 @@ class RunStats:
         match event:
             case Resumed(unknown=u, redownload=r, dropped=d, replaced=p):
                 self.redownloaded, self.resubmitted_free, self.replaced = r, d, p
+                self.repaired = event.repaired + event.remade
                 self.lost_submits += u  # an earlier run's lost submits, settled by this one
             case Submitted():
                 self.submitted += 1

@@ -107,6 +107,7 @@ class Summary:
                     ("rehearsal jobs made for real", self.stats.replaced),
                     ("not started in time (resubmitted, not billed)", self.stats.start_timeouts),
                     ("results read from fal's history", self.stats.recovered),
+                    ("saved images repaired", self.stats.repaired),
                 )
                 if n
             ),
