@@ -115,7 +115,7 @@ def test_verify_finds_a_same_size_change_the_cheap_check_misses(
         assert _run(m, url, out, "--verify") == 0
         err = capsys.readouterr().err
         submits = stats(url)["submits_accepted"]
-    assert "1 saved images missing or broken on disk: fetched again" in err
+    assert "1 saved image missing or broken on disk: fetched again" in err
     assert submits == 3
     _whole(out, 3)
 
@@ -135,7 +135,7 @@ def test_media_gone_the_job_is_made_again_and_counted_lost(
         assert _run(m, url, out, "--media-expiry", "600") == 0
         err = capsys.readouterr().err
         submits = stats(url)["submits_accepted"]
-    assert "1 saved images missing or broken on disk: fetched again" in err
+    assert "1 saved image missing or broken on disk: fetched again" in err
     assert submits == 4  # the one whose media were gone was made again...
     assert _lost(out) == 1  # ...and counted as a lost result
     assert "lost results 1" in err
@@ -173,7 +173,7 @@ def test_one_image_of_two_one_row_per_image_after(
         (out / sorted(_recorded(out))[0]).unlink()
         assert main(args) == 0
         submits = stats(url)["submits_accepted"]
-    assert "1 saved images missing or broken on disk" in capsys.readouterr().err
+    assert "1 saved image missing or broken on disk" in capsys.readouterr().err
     assert submits == (0 if emulate else 2)
     _whole(out, 4)
 

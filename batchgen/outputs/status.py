@@ -206,7 +206,8 @@ def render_text(rep: StatusReport) -> str:
         )
     if rep.broken_files:
         lines.append(
-            f"  {rep.broken_files} downloaded images missing or broken on disk:"
+            f"  {rep.broken_files} downloaded image{'s' * (rep.broken_files != 1)} missing or"
+            " broken on disk:"
             " run again to repair (fetched again from their results)"
         )
     if rep.failures:
@@ -226,7 +227,8 @@ def render_text(rep: StatusReport) -> str:
     if rep.not_in_manifest:
         n = sum(rep.not_in_manifest.values())
         parts = ", ".join(f"{s.lower()} {k}" for s, k in rep.not_in_manifest.items())
-        lines.append(f"{n} jobs are no longer in the manifest and will not run ({parts})")
+        jobs = f"{n} job is" if n == 1 else f"{n} jobs are"
+        lines.append(f"{jobs} no longer in the manifest and will not run ({parts})")
     lines.append(_state_line(rep))
     return "\n".join(lines) + "\n"
 

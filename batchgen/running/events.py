@@ -44,11 +44,14 @@ class Resumed:
 
 def repair_notices(r: Resumed) -> tuple[tuple[int, str], ...]:
     """(count, text) of what the run found broken among the saved images (recovery.py)."""
-    what = "saved images missing or broken on disk"
+
+    def what(n: int) -> str:
+        return f"{_n(n, 'saved image')} missing or broken on disk"
+
     return (
-        (r.repaired, f"{r.repaired} {what}: fetched again from their results"),
-        (r.remade, f"{r.remade} {what}: made again (the emulator that made them is gone)"),
-        (r.elsewhere, f"{r.elsewhere} {what}, made on another server: run against it to repair"),
+        (r.repaired, f"{what(r.repaired)}: fetched again from their results"),
+        (r.remade, f"{what(r.remade)}: made again (the emulator that made them is gone)"),
+        (r.elsewhere, f"{what(r.elsewhere)}, made on another server: run against it to repair"),
     )
 
 
