@@ -171,6 +171,11 @@ class RunOptions(BaseModel):
     retry_failed: Annotated[bool, Flag(_FOLDER)] = Field(
         False, description="put failed jobs back in the queue"
     )
+    replace_rejected: Annotated[bool, Flag(_FOLDER)] = Field(
+        False,
+        description="one new take (the same request, a new variant) of each image marked"
+        " rejected in the folder (marks.sqlite) whose job is in the manifest, once each",
+    )
     verify: Annotated[bool, Flag(_FOLDER)] = Field(
         False,
         description="re-hash every saved image against its recorded sha256 before submitting"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from batchgen.errors import JournalError
 from batchgen.journal.opening import transaction
+from batchgen.journal.replacing import follow_roots
 from batchgen.journal.schema import SECRET_MARKERS, AddReport, dumps, find_secret
 from batchgen.planning.jobs import SECRET_FIELDS, JobSpec
 
@@ -32,7 +33,8 @@ def plan_into(
     run_id: int,
     clock: Callable[[], float],
 ) -> AddReport:
-    """Insert the jobs not yet in the journal; flag the ones ``specs`` no longer names."""
+    """Insert the jobs not yet in the journal; flag the ones ``specs`` no longer names (a
+    replacement take, which no manifest names, follows the job it descends from)."""
     last_seq: int = conn.execute("SELECT coalesce(max(seq), 0) FROM jobs").fetchone()[0]
     fresh = last_seq == 0
     if not fresh:
@@ -94,6 +96,7 @@ def plan_into(
                 "UPDATE jobs SET in_manifest = 1 WHERE in_manifest = 0"
                 " AND seq IN (SELECT seq FROM temp.named)"
             )
+            follow_roots(c)  # run --replace-rejected's takes: in the manifest as their root is
             gone = c.execute("SELECT count(*) FROM jobs WHERE in_manifest = 0").fetchone()[0]
         c.execute("UPDATE runs SET planned_at = ? WHERE id = ?", (clock(), run_id))
         c.execute(

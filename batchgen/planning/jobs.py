@@ -82,7 +82,9 @@ class JobSpec:
     that local reference files are named by their path relative to the manifest (``files``
     maps each to the sha256 it had when planned; ``uploads`` resolves them at submit time);
     ``variant`` tells apart the ``repeat`` copies of one combination; ``source`` locates the
-    prompt in the manifest for messages ("demo.yaml:12").
+    prompt in the manifest for messages ("demo.yaml:12"); ``replaces`` is set on a take made
+    by ``run --replace-rejected``: the rejected image it replaces (``file_name``, ``job_id``)
+    and ``root``, the manifest's job the takes descend from (empty on the manifest's jobs).
     """
 
     job_id: str
@@ -97,6 +99,7 @@ class JobSpec:
     source: str = ""
     byok: bool = False
     files: Mapping[str, str] = field(default_factory=dict)  # local path -> sha256 when planned
+    replaces: Mapping[str, str] = field(default_factory=dict)  # run --replace-rejected's takes
 
     @property
     def short_id(self) -> str:
@@ -108,7 +111,7 @@ class JobSpec:
         return n if isinstance(n, int) and n > 0 else 1
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "job_id": self.job_id,
             "endpoint": self.endpoint,
             "input": dict(self.input),
@@ -122,6 +125,9 @@ class JobSpec:
             "byok": self.byok,
             "files": dict(self.files),
         }
+        if self.replaces:  # only on a replacement take: the manifest's rows stay as they were
+            doc["replaces"] = dict(self.replaces)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> JobSpec:
@@ -138,6 +144,7 @@ class JobSpec:
             source=doc.get("source", ""),
             byok=bool(doc.get("byok", False)),
             files=dict(doc.get("files", {})),
+            replaces=dict(doc.get("replaces", {})),
         )
 
 

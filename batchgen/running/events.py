@@ -71,6 +71,7 @@ class Ready:
     rehearsal: bool
     notices: tuple[str, ...] = ()  # the plan's notices (batchgen plan shows the same)
     stale: int = 0  # images kept of jobs the manifest no longer names (journal/stale.py)
+    replacing: str = ""  # run --replace-rejected: the rejected images and their new takes
 
 
 NOTICE = "notice: "  # what starts the announcement's lines that --quiet keeps
@@ -85,6 +86,8 @@ def announce(r: Ready) -> list[str]:
         lines = [f"{what}: a rehearsal, nothing billed (~${r.cost:.2f} on fal)"]
     else:
         lines = [f"{what}, estimated ~${r.cost:.2f}"]
+    if r.replacing:
+        lines.insert(0, r.replacing)
     already = [
         text
         for n, text in (

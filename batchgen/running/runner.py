@@ -48,6 +48,7 @@ from batchgen.running.events import Planned, Ready, StopReason, TellFailed
 from batchgen.running.notify import end_message, tell_the_end
 from batchgen.running.overnight import as_run, disk_notice, no_room, stop_line
 from batchgen.running.preflight import check_before_folder
+from batchgen.running.replacing import replace_rejected, replacing_line
 from batchgen.running.runlog import RunLog
 from batchgen.running.scheduler import Scheduler
 from batchgen.running.setup import clients, gallery_every, receiver, refresh_view, signals, target
@@ -184,6 +185,10 @@ async def _in_folder(
             )
             notices = tally.summary(manifest, specs).notices
             deliver(Planned(report.new, report.kept, report.not_in_manifest))
+        replacing = ""
+        if settings.options.replace_rejected:  # one new take a rejected image (marks.sqlite)
+            found = replace_rejected(journal, out, lambda s: estimate_cost(s, manifest.pricing))
+            replacing = replacing_line(found)
         # and thumbnails a killed worker process was writing (their .part names)
         removed = sum(sweep_parts(out / d) for d in (IMAGES_DIR, THUMBS) if (out / d).is_dir())
         if cut_torn_tail(out / METADATA):
@@ -200,6 +205,7 @@ async def _in_folder(
                 handle_signals,
                 approve,
                 notices,
+                replacing,
             )
         except BatchgenError as exc:  # refused before submitting (recovery): say so in runs
             code = exc.exit_code
@@ -244,6 +250,7 @@ async def _execute(
     handle_signals: bool,
     approve: Approve | None,
     notices: tuple[str, ...],
+    replacing: str = "",
 ) -> RunResult:
     start = time.monotonic()
     sched: Scheduler | None = None
@@ -276,7 +283,7 @@ async def _execute(
         # An overnight run can be looked at from a browser: the gallery catches up now and then.
         await stack.enter_async_context(gallery_every(settings.out_dir, log=journal.event))
         await sched.prepare()  # the folder in order: what follows is what will happen
-        ready = _ready(journal, sched, settings, notices)
+        ready = _ready(journal, sched, settings, notices, replacing)
         deliver(ready)
         if approve is not None and ready.to_submit:
             try:
@@ -349,7 +356,11 @@ async def _execute(
 
 
 def _ready(
-    journal: Journal, sched: Scheduler, settings: Settings, notices: tuple[str, ...]
+    journal: Journal,
+    sched: Scheduler,
+    settings: Settings,
+    notices: tuple[str, ...],
+    replacing: str = "",
 ) -> Ready:
     jobs, images, cost = journal.to_submit()
     c = journal.counts()
@@ -364,6 +375,7 @@ def _ready(
         out_dir=str(settings.out_dir),
         rehearsal=sched.rehearsal,
         stale=journal.stale_images(),
+        replacing=replacing,
         notices=(
             *as_run(notices, inline=settings.options.inline_uploads, origin=sched.origin),
             *_disk(journal, images, sched.rehearsal, settings.out_dir),
