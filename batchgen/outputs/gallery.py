@@ -54,7 +54,7 @@ GALLERY = "index.html"
 SCRIPT = f"{DATA_DIR}/gallery.js"
 STATE = f"{DATA_DIR}/state.json"
 KEYS = f"{DATA_DIR}/keys.bin"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: records carry replaces, summaries a take key
 _HEX = frozenset("0123456789abcdef")
 
 

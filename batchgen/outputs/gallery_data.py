@@ -21,6 +21,7 @@ search), and JSON, so that a refresh can resume from the totals of a chunk bound
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -103,8 +104,9 @@ def epoch(r: Mapping[str, Any]) -> float | None:
 
 def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
-    index, quality, size, tags, cost, references, take]. The order is gallery.js's ``card``.
-    The take is the job's ``variant``: which of a ``repeat``'s requests made the image."""
+    index, quality, size, tags, cost, references, take, replaces]. The order is gallery.js's
+    ``card``. The take is the job's ``variant``: which of a ``repeat``'s requests made the
+    image; ``replaces``: the rejected image a ``run --replace-rejected`` take replaces, or ""."""
     return [
         str(r["file_name"]),
         thumb,
@@ -119,7 +121,16 @@ def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
         _number(r.get("cost_estimate")),
         references(r),
         _int(r.get("variant")),
+        str(r.get("replaces") or ""),
     ]
+
+
+def take_key(r: Mapping[str, Any], rec: Sequence[Any]) -> str:
+    """The "takes side by side" sort's key: prompt id, the request apart from its take (a
+    short digest of prompt, endpoint, size, quality, format and inputs), take, image."""
+    request = [rec[4], r.get("endpoint"), rec[8], rec[7], r.get("output_format"), rec[11]]
+    digest = hashlib.sha256(json.dumps(request, default=str).encode()).hexdigest()[:8]
+    return f"{rec[5]}\t{digest}\t{rec[12] or 0:06d}\t{rec[6] or 0:04d}"
 
 
 def search_text(r: Mapping[str, Any], rec: Sequence[Any]) -> str:
@@ -151,7 +162,7 @@ class _Codes:
 def summary(rows: Sequence[Mapping[str, Any]], recs: Sequence[Sequence[Any]]) -> dict[str, Any]:
     """The columns of a chunk: codes into its dictionaries, then cost, time and pixel area.
     ``recs`` are the rows' :func:`record` (derived once a row)."""
-    dicts = {k: _Codes() for k in ("prompt", "size", "quality", "tags", "text")}
+    dicts = {k: _Codes() for k in ("prompt", "size", "quality", "tags", "text", "take")}
     cols: dict[str, list[Any]] = {k: [] for k in (*dicts, "cost", "time", "area")}
     for r, rec in zip(rows, recs, strict=True):
         cols["prompt"].append(dicts["prompt"].code(rec[5]))
@@ -159,6 +170,7 @@ def summary(rows: Sequence[Mapping[str, Any]], recs: Sequence[Sequence[Any]]) ->
         cols["quality"].append(dicts["quality"].code(rec[7]))
         cols["tags"].append(dicts["tags"].code(rec[9]))
         cols["text"].append(dicts["text"].code(search_text(r, rec)))
+        cols["take"].append(dicts["take"].code(take_key(r, rec)))
         cols["cost"].append(rec[10])
         cols["time"].append(epoch(r))
         w, h = rec[2], rec[3]

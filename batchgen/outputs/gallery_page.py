@@ -48,6 +48,7 @@ SORTS = (
     ("-time", "newest first"),
     ("time", "oldest first"),
     ("prompt", "prompt A–Z"),
+    ("take", "takes side by side"),
     ("-cost", "dearest first"),
     ("cost", "cheapest first"),
     ("-size", "largest first"),

@@ -57,6 +57,7 @@ INDEX_FIELDS = (
     "job_id",
     "image_index",
     "variant",
+    "replaces",
     "prompt_id",
     "prompt",
     "vars",
@@ -171,6 +172,7 @@ def index_row(
         "job_id": spec.job_id,
         "image_index": n,
         "variant": spec.variant,
+        "replaces": spec.replaces.get("file_name") or None,  # run --replace-rejected's takes
         "prompt_id": spec.prompt_id,
         "prompt": spec.prompt or str(spec.input.get("prompt", "")),
         "vars": dict(spec.vars),

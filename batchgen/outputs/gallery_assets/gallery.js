@@ -43,6 +43,7 @@
   let time = null;
   let area = null;
   let text = null; // search text per row, shared with its chunk's dictionary
+  let takeKey = null; // prompt id, request, take: the takes of one request side by side
 
   window.batchgenGallery = {
     records(k, rows) {
@@ -61,6 +62,7 @@
         time = new Float64Array(N);
         area = new Float64Array(N);
         text = new Array(N);
+        takeKey = new Array(N);
       }
       for (let i = 0; i < n; i++) {
         const g = start + i;
@@ -68,6 +70,7 @@
         time[g] = c.time[i] ?? NaN;
         area[g] = c.area[i] ?? NaN;
         text[g] = s.dict.text[c.text[i]];
+        takeKey[g] = c.take ? s.dict.take[c.take[i]] : "";
       }
       if (!summaries[k]) summarised += 1;
       summaries[k] = { n, start, dict: s.dict, cols: c };
@@ -152,9 +155,11 @@
     const desc = key.startsWith("-");
     const name = desc ? key.slice(1) : key;
     const sign = desc ? -1 : 1;
-    if (name === "prompt") {
+    const strings = { prompt: text, take: takeKey }[name];
+    if (strings) {
       // Ties keep the written order (the sort is stable and the rows come in that order).
-      return rows.sort((a, b) => (text[a] < text[b] ? -sign : text[a] > text[b] ? sign : 0));
+      const t = strings;
+      return rows.sort((a, b) => (t[a] < t[b] ? -sign : t[a] > t[b] ? sign : 0));
     }
     const col = { time: time, cost: cost, size: area }[name];
     if (!col) return rows;
@@ -181,7 +186,7 @@
   }
 
   function card(r) {
-    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take] = r;
+    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take, replaces] = r;
     const art = el("article", "card");
     art.dataset.promptId = pid;
     art.dataset.file = file;
@@ -207,6 +212,12 @@
     const which = el("span", "", pid + (typeof take === "number" ? " take " + take : "") + " #" + n);
     which.title = "prompt id, take (variant: which of its repeats), # (image of the request)";
     meta.append(which);
+    if (replaces) {
+      // a run --replace-rejected take: the rejected image it was made to replace
+      const rep = el("span", "replaces", "replaces " + replaces.split("/").pop());
+      rep.title = "a new take made for the rejected image " + replaces;
+      meta.append(rep);
+    }
     for (const t of tags) meta.append(el("span", "tag", t));
     for (const [label, title] of refs) {
       const s = el("span", "ref", label);
