@@ -148,6 +148,7 @@ def test_run_sync_takes_every_keyword_of_run_and_passes_it_on(tmp_path: Path) ->
         "download_concurrency": 3,
         "max_image_bytes": 9_000_000,
         "retry_failed": True,
+        "replace_rejected": True,
         "verify": True,
         "reuse_folder": True,
         "inline_uploads": True,
