@@ -3,13 +3,18 @@ through re-runs, re-plans, the budget and a kill, counted by the emulator on loo
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_gallery import card_files, chromium, complete, find_chromium
+from test_gallery_support import read_chunk
 from test_run_signals import REPO, command, env
 from test_run_support import emulator_thread, states, stats, write_manifest
 
@@ -106,6 +111,20 @@ def test_three_rejected_images_pay_for_three_takes_once(
     again = [t for t in _takes(out) if t["replaces"] == first["file_name"]]
     assert len(again) == 1 and again[0]["variant"] == 2
     assert len(read_index(out)) == 12
+    # the gallery: each take says what it replaces, and the takes sort sits it beside it
+    cards = _takes_side_by_side(out)
+    replacing = [(i, c) for i, c in enumerate(cards) if c[13]]
+    assert len(replacing) == 4
+    for i, card in replacing:
+        assert cards[i - 1][0] == card[13]
+
+
+def _takes_side_by_side(out: Path) -> list[list[Any]]:
+    """The gallery's cards in the order of its "takes side by side" sort."""
+    _, _, records = read_chunk(out / ".gallery" / "r-000000.js")
+    _, _, summary = read_chunk(out / ".gallery" / "s-000000.js")
+    keys = [summary["dict"]["take"][c] for c in summary["cols"]["take"]]
+    return [records[i] for i in sorted(range(len(records)), key=keys.__getitem__)]
 
 
 def test_a_repeated_combination_takes_the_next_free_variant(tmp_path: Path) -> None:
@@ -225,3 +244,27 @@ def _states_or_nothing(out: Path) -> Counter[JobState]:
         return states(out)
     except Exception:  # busy, or not there yet: look again
         return Counter()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_gallery_shows_a_take_beside_the_image_it_replaces(tmp_path: Path) -> None:
+    find_chromium(os.environ)  # no browser: a skip here, a failure under CI=true
+    m = write_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    base = ["run", str(m), "--emulate", "--time-scale", "0", "--out", str(out), "--quiet"]
+    assert main(base) == 0
+    rejected = _reject(out, 2, skip=1)
+    assert main([*base, "--replace-rejected"]) == 0
+    takes = {str(t["file_name"]): str(t["replaces"]) for t in _takes(out)}
+    profile = tmp_path / "chromium-profile"
+    page = (out / "index.html").resolve().as_uri()
+    dom, console = chromium(f"{page}#sort=take", profile)
+    shutil.rmtree(profile, ignore_errors=True)
+    assert console == [] and complete(dom)
+    files = card_files(dom)
+    assert len(files) == 8 and len(takes) == 2
+    for take, replaced in takes.items():
+        assert files[files.index(take) - 1] == replaced  # the take right after the rejected one
+    for r in rejected:
+        assert f"replaces {str(r['file_name']).rsplit('/', 1)[-1]}" in dom
