@@ -96,7 +96,8 @@ def _parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
     plain arguments after its options there: argparse fills such a positional, empty, together
     with the one before it, so ``batchgen mark OUT --reject NAME`` would leave NAME over."""
     args, extra = parser.parse_known_args(argv)
-    trailing = getattr(_module(args.command), "TRAILING", None) if extra else None
+    command_name = getattr(args, "command", None)
+    trailing = getattr(_module(command_name), "TRAILING", None) if extra and command_name else None
     if trailing:
         getattr(args, trailing).extend(x for x in extra if not x.startswith("-"))
         extra = [x for x in extra if x.startswith("-")]

@@ -23,6 +23,7 @@ from batchgen.errors import UsageError
 from batchgen.outputs.marks import MarkError, check_name
 
 MIN_PREFIX = 8
+JOB_ID_HEX = 64  # a whole job id (a sha256)
 WHERE = ("blank", "near-duplicate")
 # The Hamming distance (of 64-bit phashes) under which two images are near duplicates.
 NEAR_DUPLICATE_DISTANCE = 6
@@ -85,14 +86,19 @@ def select_targets(
     found = Selection()
     seen_names: set[str] = set()
     matched: dict[str, set[str]] = {j: set() for j in jobs}  # target -> job ids it matches
+    prefixes = [j for j in jobs if len(j) < JOB_ID_HEX]
     for row in rows:
         name, job = row.get("file_name"), row.get("job_id")
         hit = isinstance(name, str) and name in names
         if hit:
             seen_names.add(str(name))
         if jobs and isinstance(job, str):
-            for j in jobs:
-                if job.lower().startswith(j):
+            low = job.lower()
+            if low in jobs:  # a whole id: one look-up, however many are named
+                matched[low].add(job)
+                hit = True
+            for j in prefixes:
+                if low.startswith(j):
                     matched[j].add(job)
                     hit = True
         if hit:
