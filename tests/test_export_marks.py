@@ -130,10 +130,12 @@ def test_captions_refuse_a_dest_in_the_folder_and_write_nothing_outside_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, rows = made(tmp_path, capsys)
-    for bad in (out / "images" / "train", out / "images", out):
+    for bad in (out / "images" / "train", out / "images", out, out / "exports" / "captions"):
         code, said = export(out, capsys, "--format", "captions", "--dest", str(bad))
         assert code == 2 and len(said.strip().splitlines()) == 1, said
-    assert not (out / "images" / "train").exists()
+    code, said = export(out, capsys, "--format", "captions")
+    assert code == 2 and "needs --dest DIR" in said
+    assert not (out / "images" / "train").exists() and not (out / "exports").exists()
     # The index is data: rows naming files outside images/ or with a climbing job id are
     # skipped, never linked, never written outside DIR.
     evil = [

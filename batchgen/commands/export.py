@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dest",
         metavar="PATH",
-        help="where to write: a file for parquet and csv, a folder for webdataset and"
-        " captions (default: under OUT/exports); never inside OUT/images",
+        help="where to write: a file for parquet and csv, a folder for webdataset"
+        " (default: under OUT/exports) and captions (required, outside OUT)",
     )
     p.add_argument(
         "--shard-size", type=int, default=1000, metavar="N", help="samples per webdataset shard"

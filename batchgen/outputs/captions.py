@@ -16,8 +16,9 @@ folders (an output template without the job id) never collide, and no folder str
 needed.
 
 Nothing is written outside ``DIR``: names come from the checked key and extension only, and
-source files must lie inside ``OUT/images``. A ``DIR`` inside ``OUT/images`` (the run's own
-images) or ``OUT`` itself (its ``metadata.jsonl``) is refused. Each file is written to a
+source files must lie inside ``OUT/images``. ``DIR`` must be named, and a ``DIR`` inside
+``OUT`` is refused: its images and ``metadata.jsonl`` would change the folder's own dataset
+(ImageFolder reads ``OUT`` recursively) or overwrite its index. Each file is written to a
 ``.part`` and renamed into place; files of an earlier export into ``DIR`` (listed in its
 ``metadata.jsonl``) that this one leaves out (since rejected, or stale) are removed, so a
 trainer globbing ``DIR`` never reads them. Files are checked by size against the index, not
@@ -42,13 +43,15 @@ _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _EXT = re.compile(r"[a-z0-9]{1,8}")
 
 
-def check_dest(out_dir: Path, dest: Path) -> Path:
-    """``dest`` resolved, or UsageError when it is the folder itself or inside its images."""
+def check_dest(out_dir: Path, dest: Path | None) -> Path:
+    """``dest`` resolved, or UsageError when there is none or it lies inside the folder."""
+    if dest is None:
+        raise UsageError("--format captions needs --dest DIR (a folder outside the output folder)")
     where, out = dest.resolve(), out_dir.resolve()
-    if where == out or where.is_relative_to(out / "images"):
+    if where.is_relative_to(out):
         raise UsageError(
-            f"--dest {dest} is inside {out_dir}'s images or the folder itself: name another"
-            f" folder (default: {out_dir / 'exports' / 'captions'})"
+            f"--dest {dest} is inside {out_dir}: name a folder outside it (the output folder"
+            " loads as an ImageFolder dataset, which would count each image twice)"
         )
     if where.exists() and not where.is_dir():
         raise UsageError(f"--dest {dest} is a file: captions are written into a folder")
@@ -123,13 +126,15 @@ def _earlier(dest: Path) -> set[str]:
     return names
 
 
-def export_captions(out_dir: Path, rows: Iterable[Mapping[str, Any]], dest: Path) -> ExportResult:
+def export_captions(
+    out_dir: Path, rows: Iterable[Mapping[str, Any]], dest: Path | None
+) -> ExportResult:
     """Each row's image and a ``.txt`` of its prompt, flat in ``dest`` (module doc)."""
     target = check_dest(Path(out_dir), dest)
     images = (Path(out_dir) / "images").resolve()
     target.mkdir(parents=True, exist_ok=True)
     before = _earlier(target)
-    result = ExportResult(paths=[dest])
+    result = ExportResult(paths=[target])
     written: set[str] = set()
 
     def write(tmp: Path) -> int:

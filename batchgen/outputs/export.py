@@ -30,7 +30,7 @@ from typing import Any
 from batchgen.errors import UsageError
 from batchgen.journal.stale import StaleJobs, folder_stale
 from batchgen.journal.writer import JOURNAL_NAME
-from batchgen.outputs.captions import export_captions
+from batchgen.outputs.captions import check_dest, export_captions
 from batchgen.outputs.checks import sha256_file
 from batchgen.outputs.exportkit import ExportResult, atomic_write, sample_key
 from batchgen.outputs.index import INDEX_FIELDS
@@ -58,7 +58,6 @@ def default_dest(out_dir: Path, fmt: str) -> Path:
             "parquet": "index.parquet",
             "csv": "index.csv",
             "webdataset": "webdataset",
-            "captions": "captions",
         }[fmt]
     )
 
@@ -79,7 +78,10 @@ def export(
     ones with ``only_picked``. Each row gets its ``review``."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
-    target = dest if dest is not None else default_dest(out_dir, fmt)
+    if fmt == "captions":
+        target = check_dest(Path(out_dir), dest)  # named, outside the folder, before reading
+    else:
+        target = dest if dest is not None else default_dest(out_dir, fmt)
     stale = StaleJobs() if include_stale else folder_stale(Path(out_dir) / JOURNAL_NAME)
     marks = read_marks(out_dir)
     filtering = exclude_rejected or only_picked
