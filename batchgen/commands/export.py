@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(path)
     print(f"{result.rows} rows exported as {args.format}")
     if args.format == "captions":
-        print(f"{result.linked:,} images hard-linked, {result.copied:,} copied")
+        linked, copied = result.linked, result.copied
+        print(f"{linked:,} image{'s' if linked != 1 else ''} hard-linked, {copied:,} copied")
     if result.unmarked:
         n, s = result.unmarked, "s" if result.unmarked != 1 else ""
         why = "not marked picked" if args.only else "marked rejected"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from batchgen.errors import UsageError
 from batchgen.outputs.index import METADATA
@@ -18,10 +17,8 @@ from batchgen.outputs.marking import (
     MIN_PREFIX,
     WHERE,
     Selection,
-    has_quality_fields,
+    WhereScan,
     near_duplicate_grouping,
-    select_blank,
-    select_near_duplicates,
     select_targets,
 )
 from batchgen.outputs.marks import Mark, Marks, read_marks
@@ -70,26 +67,21 @@ def _noun(n: int) -> str:
 
 
 def select(out: Path, targets: list[str], where: list[str], marked: dict[str, Mark]) -> Selection:
-    """Every image the targets and ``--where`` name, or UsageError in one line."""
-    found = select_targets(iter_index(out), targets, marked=marked)
+    """Every image the targets and ``--where`` name (one pass over the index), or UsageError
+    in one line."""
+    grouping = near_duplicate_grouping() if "near-duplicate" in where else None
+    scan = WhereScan(where, grouping)
+    found = select_targets(scan.watch(iter_index(out)), targets, marked=marked)
     problem = found.problem()
     if problem:
-        raise UsageError(f"{problem} (nothing changed)")
-    if where:
-        keys = ("file_name", "job_id", "blank", "phash")
-        rows: list[dict[str, Any]] = [{k: r[k] for k in keys if k in r} for r in iter_index(out)]
-        if not has_quality_fields(rows):
-            raise UsageError(
-                f"{out / METADATA} has no quality fields (blank, phash): run batchgen index"
-                f" {out} --rebuild first (nothing changed)"
-            )
-        if "near-duplicate" in where:
-            grouping = near_duplicate_grouping()
-            for row in select_near_duplicates(rows, grouping):
-                found.add(row)
-        if "blank" in where:
-            for row in select_blank(rows):
-                found.add(row)
+        raise UsageError(f"{problem}; nothing changed")
+    if where and not scan.seen_quality:
+        raise UsageError(
+            f"{out / METADATA} has no quality fields (blank, phash): run batchgen index"
+            f" {out} --rebuild first; nothing changed"
+        )
+    for row in scan.selected():
+        found.add(row)
     return found
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,10 +116,6 @@ def select_targets(
     return found
 
 
-def has_quality_fields(rows: Iterable[Row]) -> bool:
-    return any(f in row for row in rows for f in QUALITY_FIELDS)
-
-
 def select_blank(rows: Iterable[Row]) -> list[Row]:
     """The rows whose ``blank`` is true; a row without the field is not blank."""
     return [r for r in rows if r.get("blank") is True]
@@ -134,6 +130,38 @@ def select_near_duplicates(rows: Sequence[Row], grouping: Grouping) -> list[Row]
         members = sorted(set(group))
         extra.update(members[1:])
     return [hashed[i] for i in sorted(extra)]
+
+
+@dataclass
+class WhereScan:
+    """``--where``'s selection, made on the way through the rows :func:`select_targets` reads
+    (one pass over the index); only the selected rows (and, for ``near-duplicate``, each
+    hashed row's name, job and phash) are kept."""
+
+    where: Sequence[str]
+    grouping: Grouping | None = None
+    seen_quality: bool = False  # some row has a quality field (else: index --rebuild first)
+    blank: list[Row] = field(default_factory=list)
+    hashed: list[Row] = field(default_factory=list)
+
+    def watch(self, rows: Iterable[Row]) -> Iterator[Row]:
+        for row in rows:
+            if self.where:
+                self._see(row)
+            yield row
+
+    def _see(self, row: Row) -> None:
+        if not self.seen_quality and any(f in row for f in QUALITY_FIELDS):
+            self.seen_quality = True
+        small = {"file_name": row.get("file_name"), "job_id": row.get("job_id")}
+        if "blank" in self.where and select_blank([row]):
+            self.blank.append(small)
+        if self.grouping is not None and isinstance(row.get("phash"), str):
+            self.hashed.append(dict(small, phash=row["phash"]))
+
+    def selected(self) -> list[Row]:
+        near = [] if self.grouping is None else select_near_duplicates(self.hashed, self.grouping)
+        return near + self.blank
 
 
 def near_duplicate_grouping(max_distance: int = NEAR_DUPLICATE_DISTANCE) -> Grouping:
