@@ -210,3 +210,19 @@ def test_marks_survive_a_rebuild_a_resumed_run_and_are_set_while_a_run_writes(
     assert read_marks(out) == {names[0]: R, names[1]: P}
     run(manifest(tmp_path / "m", ("a fox", "an owl", "a hare", "a crow")), out, capsys)
     assert len(read_index(out)) == 8 and read_marks(out) == {names[0]: R, names[1]: P}
+
+
+def test_marks_set_on_a_run_stopped_halfway_survive_its_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m, out = manifest(tmp_path / "m"), tmp_path / "out"
+    args = ["run", str(m), "--emulate", "--out", str(out), "--quiet", "--time-scale", "0"]
+    assert main([*args, "--max-cost", "0.03", "--concurrency", "1"]) == 3  # the budget
+    capsys.readouterr()
+    first, second = (r["file_name"] for r in read_index(out))
+    assert mark(out, capsys, "--reject", first)[0] == mark(out, capsys, "--pick", second)[0] == 0
+    assert main(args) == 0  # the resume
+    assert len(read_index(out)) == 6 and read_marks(out) == {first: R, second: P}
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "csv", "--exclude", "rejected"]) == 0
+    assert "5 rows exported" in capsys.readouterr().out
