@@ -27,7 +27,8 @@ COMMANDS: dict[str, str] = {
     "status": "show the state of a run's output folder",
     "index": "rebuild metadata.jsonl and failures.jsonl from the journal",
     "gallery": "rebuild the static HTML gallery of an output folder",
-    "export": "export a run's index as parquet, CSV or webdataset shards",
+    "mark": "mark a run's images picked or rejected (or clear their marks)",
+    "export": "export a run's index as parquet, CSV, webdataset shards or training captions",
     "reconcile": "fetch what fal billed for a run's requests and set it beside the estimate",
     "emulator": "serve the fal-compatible emulator on loopback",
 }
@@ -89,8 +90,17 @@ def build_parser() -> Parser:
 
 def _parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parse_args``, but an unknown argument is reported by its command's parser (argparse
-    leaves it to the top one, whose hint would point at 'batchgen --help')."""
+    leaves it to the top one, whose hint would point at 'batchgen --help').
+
+    A command whose module names a ``TRAILING`` list positional (``nargs="*"``) also gets the
+    plain arguments after its options there: argparse fills such a positional, empty, together
+    with the one before it, so ``batchgen mark OUT --reject NAME`` would leave NAME over."""
     args, extra = parser.parse_known_args(argv)
+    command_name = getattr(args, "command", None)
+    trailing = getattr(_module(command_name), "TRAILING", None) if extra and command_name else None
+    if trailing:
+        getattr(args, trailing).extend(x for x in extra if not x.startswith("-"))
+        extra = [x for x in extra if x.startswith("-")]
     if extra:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command = sub.choices.get(getattr(args, "command", None) or "", parser)

@@ -19,10 +19,11 @@ from PIL import Image
 from batchgen.cli import main
 from batchgen.errors import UsageError
 from batchgen.outputs import export as outputs_export
+from batchgen.outputs import exportkit
 from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
 from batchgen.outputs.download import Downloaded
-from batchgen.outputs.export import csv_cell, export
-from batchgen.outputs.index import INDEX_FIELDS, append_rows, index_row, read_index
+from batchgen.outputs.export import EXPORT_FIELDS, csv_cell, export
+from batchgen.outputs.index import append_rows, index_row, read_index
 from batchgen.planning.jobs import JobSpec, job_id
 from batchgen.planning.paths import image_path, template_fields
 
@@ -75,7 +76,7 @@ def test_parquet_has_the_index_columns_typed(tmp_path: Path) -> None:
     result = export(tmp_path, "parquet")
     assert result.paths == [tmp_path / "exports" / "index.parquet"]
     table = pq.read_table(result.paths[0])
-    assert table.column_names == list(INDEX_FIELDS) and table.num_rows == len(rows)
+    assert table.column_names == list(EXPORT_FIELDS) and table.num_rows == len(rows)
     assert table.schema.field("vars").type == pa.map_(pa.string(), pa.string())
     assert table.schema.field("submitted_at").type == pa.timestamp("ms", tz="UTC")
     got = table.to_pylist()
@@ -103,7 +104,7 @@ def test_csv_defuses_formulas_and_round_trips_text(tmp_path: Path) -> None:
     assert dest.read_bytes().startswith(b"\xef\xbb\xbf")  # BOM: Excel reads UTF-8
     with dest.open(encoding="utf-8-sig", newline="") as f:
         header, *body = list(csv.reader(f))
-    assert header == list(INDEX_FIELDS)
+    assert header == list(EXPORT_FIELDS)
     prompts = [dict(zip(header, r, strict=True))["prompt"] for r in body]
     assert prompts[:6] == ["'" + p for p in PROMPTS[:6]]
     assert prompts[6:] == PROMPTS[6:]
@@ -198,14 +199,14 @@ def test_an_empty_index_exports_the_columns(tmp_path: Path) -> None:
     (tmp_path / "metadata.jsonl").write_bytes(b"")
     result = export(tmp_path, "parquet")
     table = pq.read_table(result.paths[0])
-    assert result.rows == table.num_rows == 0 and table.column_names == list(INDEX_FIELDS)
+    assert result.rows == table.num_rows == 0 and table.column_names == list(EXPORT_FIELDS)
     assert export(tmp_path, "csv").rows == 0 and export(tmp_path, "webdataset").paths == []
 
 
 def test_webdataset_counts_past_the_skipped_names_it_keeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(outputs_export, "MAX_SKIPPED_LISTED", 1)
+    monkeypatch.setattr(exportkit, "MAX_SKIPPED_LISTED", 1)
     rows = make_output(tmp_path, ["an owl", "a fox", "a tram"])
     for r in rows[:2]:
         (tmp_path / str(r["file_name"])).unlink()

@@ -18,6 +18,11 @@ examples:
                                                       OUT/exports/webdataset/shard-000000.tar ...
   batchgen export outputs/demo --format csv --include-stale
                                                       stale images too (prompts since edited)
+  batchgen export outputs/demo --format parquet --exclude rejected
+                                                      without the images marked rejected
+  batchgen export outputs/demo --format captions --only picked --dest train/10_demo
+                                                      each picked image + <stem>.txt (its
+                                                      prompt), for kohya-ss or diffusers
 """
 
 
@@ -28,13 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         choices=list(FORMATS),
         help="parquet: the index with typed columns; csv: the index, safe to open in a"
-        " spreadsheet; webdataset: tar shards of each image with its index row",
+        " spreadsheet; webdataset: tar shards of each image with its index row; captions:"
+        " each image (hard-linked where possible) with a .txt of its prompt, flat in a"
+        " folder. Every format has a review column (picked, rejected or empty)",
     )
     p.add_argument(
         "--dest",
         metavar="PATH",
         help="where to write: a file for parquet and csv, a folder for webdataset"
-        " (default: under OUT/exports)",
+        " (default: under OUT/exports) and captions (required, outside OUT)",
     )
     p.add_argument(
         "--shard-size", type=int, default=1000, metavar="N", help="samples per webdataset shard"
@@ -44,6 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the images of prompts no longer in the manifest (stale: an edited or"
         " removed prompt's images; left out by default)",
+    )
+    p.add_argument(
+        "--exclude",
+        choices=["rejected"],
+        help="leave out the images marked rejected (batchgen mark, the review page)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["picked"],
+        help="export only the images marked picked",
     )
 
 
@@ -62,11 +79,24 @@ def run(args: argparse.Namespace) -> int:
         )
     dest = Path(args.dest) if args.dest else None
     result = export(
-        out, args.format, dest, shard_size=args.shard_size, include_stale=args.include_stale
+        out,
+        args.format,
+        dest,
+        shard_size=args.shard_size,
+        include_stale=args.include_stale,
+        exclude_rejected=args.exclude == "rejected",
+        only_picked=args.only == "picked",
     )
     for path in result.paths:
         print(path)
     print(f"{result.rows} rows exported as {args.format}")
+    if args.format == "captions":
+        linked, copied = result.linked, result.copied
+        print(f"{linked:,} image{'s' if linked != 1 else ''} hard-linked, {copied:,} copied")
+    if result.unmarked:
+        n, s = result.unmarked, "s" if result.unmarked != 1 else ""
+        why = "not marked picked" if args.only else "marked rejected"
+        print(f"left out {n:,} image{s} {why}")
     if result.stale:
         n = result.stale
         print(

@@ -1,4 +1,5 @@
-"""Export an output folder's index: parquet, spreadsheet-safe CSV, or webdataset tar shards.
+"""Export an output folder's index: parquet, spreadsheet-safe CSV, webdataset tar shards, or
+training captions (outputs/captions.py).
 
 Everything is written under ``out/exports/`` unless the user names another place, always to a
 ``.part`` first and renamed into place, so a reader never sees half an export. The webdataset
@@ -7,6 +8,9 @@ reports) any that is missing or changed rather than shipping a bad sample.
 
 Every format streams the index (:func:`~batchgen.outputs.scan.iter_index`): memory stays flat
 however many rows there are (parquet holds one row group, webdataset one sample at a time).
+Every format carries a ``review`` column, each image's mark (outputs/marks.py: ``picked``,
+``rejected`` or empty), and leaves out what ``exclude_rejected`` / ``only_picked`` say: the
+marks are few and read once, so that is a dict look-up a row.
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ import functools
 import io
 import itertools
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,42 +30,35 @@ from typing import Any
 from batchgen.errors import UsageError
 from batchgen.journal.stale import StaleJobs, folder_stale
 from batchgen.journal.writer import JOURNAL_NAME
+from batchgen.outputs.captions import check_dest, export_captions
 from batchgen.outputs.checks import sha256_file
+from batchgen.outputs.exportkit import ExportResult, atomic_write, sample_key
 from batchgen.outputs.index import INDEX_FIELDS
+from batchgen.outputs.marks import keeps, read_marks, review_of
 from batchgen.outputs.scan import iter_index
 
 Rows = Iterable[Mapping[str, Any]]
 EXPORTS = "exports"
-FORMATS = ("parquet", "csv", "webdataset")
+FORMATS = ("parquet", "csv", "webdataset", "captions")
+# The columns of every export: the index's and each image's mark.
+EXPORT_FIELDS = (*INDEX_FIELDS, "review")
 _SHARD = re.compile(r"shard-\d{6}\.tar")
 # A spreadsheet runs a cell starting with one of these as a formula ("CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Rows per parquet row group: what the writer holds at once (about 45 MB of Python values for
 # 1 KB rows, bench/outputs.py); big enough that readers get long runs per column.
 ROW_GROUP = 10_000
-MAX_SKIPPED_LISTED = 1000  # names kept; a folder whose files are all gone is only counted
-
-
-@dataclass
-class ExportResult:
-    paths: list[Path] = field(default_factory=list)
-    rows: int = 0
-    # File names missing or changed on disk: the first MAX_SKIPPED_LISTED, and how many in all.
-    skipped: list[str] = field(default_factory=list)
-    skipped_count: int = 0
-    stale: int = 0  # rows of stale images left out (journal/stale.py)
-
-    def skip(self, name: str) -> None:
-        self.skipped_count += 1
-        if len(self.skipped) < MAX_SKIPPED_LISTED:
-            self.skipped.append(name)
 
 
 def default_dest(out_dir: Path, fmt: str) -> Path:
     return (
         out_dir
         / EXPORTS
-        / {"parquet": "index.parquet", "csv": "index.csv", "webdataset": "webdataset"}[fmt]
+        / {
+            "parquet": "index.parquet",
+            "csv": "index.csv",
+            "webdataset": "webdataset",
+        }[fmt]
     )
 
 
@@ -74,44 +69,50 @@ def export(
     *,
     shard_size: int = 1000,
     include_stale: bool = False,
+    exclude_rejected: bool = False,
+    only_picked: bool = False,
 ) -> ExportResult:
     """Export ``out_dir``'s index as ``fmt`` to ``dest`` (default: under ``out/exports``).
     Stale images (of jobs the manifest no longer names, as the folder's journal says) are left
-    out unless ``include_stale``."""
+    out unless ``include_stale``; rejected ones with ``exclude_rejected``, all but the picked
+    ones with ``only_picked``. Each row gets its ``review``."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
-    target = dest if dest is not None else default_dest(out_dir, fmt)
+    if fmt == "captions":
+        target = check_dest(Path(out_dir), dest)  # named, outside the folder, before reading
+    else:
+        target = dest if dest is not None else default_dest(out_dir, fmt)
     stale = StaleJobs() if include_stale else folder_stale(Path(out_dir) / JOURNAL_NAME)
-    left_out = [0]
+    marks = read_marks(out_dir)
+    filtering = exclude_rejected or only_picked
+    left_out = [0, 0]
 
     def rows() -> Iterator[dict[str, Any]]:
-        left_out[0] = 0  # parquet may read the rows twice (its tags' type)
+        left_out[:] = [0, 0]  # parquet may read the rows twice (its tags' type)
         for r in iter_index(out_dir):
             if stale and r.get("job_id") in stale:
                 left_out[0] += 1
                 continue
+            name = r.get("file_name")
+            mark = marks.get(name) if marks and isinstance(name, str) else None
+            if filtering and not keeps(
+                mark, exclude_rejected=exclude_rejected, only_picked=only_picked
+            ):
+                left_out[1] += 1
+                continue
+            r["review"] = review_of(mark)
             yield r
 
     if fmt == "parquet":
         result = export_parquet(rows, target)
     elif fmt == "csv":
         result = export_csv(rows(), target)
-    else:
+    elif fmt == "webdataset":
         result = export_webdataset(out_dir, rows(), target, shard_size=shard_size)
-    result.stale = left_out[0]
+    else:
+        result = export_captions(out_dir, rows(), target)
+    result.stale, result.unmarked = left_out
     return result
-
-
-def _atomic_write(dest: Path, write: Callable[[Path], int]) -> int:
-    """``write(tmp)`` to ``dest.part``, then renamed into place; returns what ``write`` does."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        n = write(tmp)
-        os.replace(tmp, dest)
-        return n
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- parquet --------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def _parquet_schema(pa: Any, tag_lists: bool) -> tuple[Any, dict[str, Callable[[
     else:
         pairs = convert["vars"]
         convert["tags"] = lambda v: [(str(t), "") for t in v] if isinstance(v, list) else pairs(v)
-    return pa.schema([(name, types.get(name, text)) for name in INDEX_FIELDS]), convert
+    return pa.schema([(name, types.get(name, text)) for name in EXPORT_FIELDS]), convert
 
 
 def _write_parquet(tmp: Path, rows: Rows, *, tag_lists: bool, row_group: int) -> int | None:
@@ -179,10 +180,10 @@ def _write_parquet(tmp: Path, rows: Rows, *, tag_lists: bool, row_group: int) ->
     pa, pq = _pyarrow()
     schema, convert = _parquet_schema(pa, tag_lists)
     same: Callable[[Any], Any] = lambda v: v  # noqa: E731
-    fields = [(name, convert.get(name, same)) for name in INDEX_FIELDS]
+    fields = [(name, convert.get(name, same)) for name in EXPORT_FIELDS]
     # Each row goes into the column lists at once and is dropped: a row group holds the values,
     # not the values and every row's dict too (a third less memory).
-    columns: dict[str, list[Any]] = {name: [] for name in INDEX_FIELDS}
+    columns: dict[str, list[Any]] = {name: [] for name in EXPORT_FIELDS}
     n = 0
     with pq.ParquetWriter(tmp, schema) as writer:
         for r in rows:
@@ -193,7 +194,7 @@ def _write_parquet(tmp: Path, rows: Rows, *, tag_lists: bool, row_group: int) ->
             n += 1
             if n % row_group == 0:
                 writer.write_table(pa.Table.from_pydict(columns, schema=schema))
-                columns = {name: [] for name in INDEX_FIELDS}
+                columns = {name: [] for name in EXPORT_FIELDS}
         if tag_lists and n == 0:
             return None
         if n % row_group or n == 0:  # an empty index still gets its (empty) row group
@@ -225,7 +226,7 @@ def export_parquet(
         assert n is not None  # map tags take any row
         return n
 
-    return ExportResult(paths=[dest], rows=_atomic_write(dest, write))
+    return ExportResult(paths=[dest], rows=atomic_write(dest, write))
 
 
 # ---- CSV ------------------------------------------------------------------------------------
@@ -252,21 +253,16 @@ def export_csv(rows: Rows, dest: Path) -> ExportResult:
         n = 0
         with tmp.open("w", encoding="utf-8-sig", newline="") as f:
             w = csv.writer(f)
-            w.writerow(INDEX_FIELDS)
+            w.writerow(EXPORT_FIELDS)
             for r in rows:
-                w.writerow([csv_cell(r.get(name)) for name in INDEX_FIELDS])
+                w.writerow([csv_cell(r.get(name)) for name in EXPORT_FIELDS])
                 n += 1
         return n
 
-    return ExportResult(paths=[dest], rows=_atomic_write(dest, write))
+    return ExportResult(paths=[dest], rows=atomic_write(dest, write))
 
 
 # ---- webdataset -----------------------------------------------------------------------------
-
-
-def sample_key(row: Mapping[str, Any]) -> str:
-    """A webdataset key: no dots (the loader splits key from extension at the first one)."""
-    return f"{row['job_id']}_{int(row.get('image_index') or 0)}"
 
 
 def _verified(
@@ -333,7 +329,7 @@ def export_webdataset(
     for first in samples:
         shard = dest / f"shard-{len(result.paths):06d}.tar"
         batch = itertools.chain([first], itertools.islice(samples, shard_size - 1))
-        result.rows += _atomic_write(shard, functools.partial(_write_shard, batch=batch))
+        result.rows += atomic_write(shard, functools.partial(_write_shard, batch=batch))
         result.paths.append(shard)
     written = set(result.paths)
     for old in dest.iterdir():
