@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "status": "show the state of a run's output folder",
     "index": "rebuild metadata.jsonl and failures.jsonl from the journal",
     "gallery": "rebuild the static HTML gallery of an output folder",
+    "review": "serve a page to pick and reject a folder's images, one at a time, on loopback",
     "export": "export a run's index as parquet, CSV or webdataset shards",
     "reconcile": "fetch what fal billed for a run's requests and set it beside the estimate",
     "emulator": "serve the fal-compatible emulator on loopback",
