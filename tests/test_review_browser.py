@@ -10,11 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_gallery import find_chromium
-from test_gallery_support import append_index, place_images, synthetic_row, tiny_png
+from test_gallery import chromium, elements, find_chromium
+from test_gallery_support import (
+    append_index,
+    gallery_records,
+    place_images,
+    synthetic_row,
+    tiny_png,
+)
 from test_review_support import Browser, Server
 
-from batchgen.outputs.marks import Mark, read_marks
+from batchgen.outputs.gallery import build_gallery
+from batchgen.outputs.marks import Mark, Marks, read_marks
 
 
 @pytest.fixture
@@ -143,3 +150,23 @@ def test_the_server_refuses_without_token_other_origins_and_outside_paths(
         assert ok.status_code == 200 and ok.content == tiny_png()
         assert "access-control-allow-origin" not in {k.lower() for k in ok.headers}
     assert server.stop() == 0
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_static_gallery_shows_marks_read_only(
+    folder: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    out, files = folder
+    with Marks.open(out) as m:
+        m.set([(files[1], None)], Mark.PICKED, source="mark")
+        m.set([(files[2], None)], Mark.REJECTED, source="mark")
+    build_gallery(out)
+    records = gallery_records(out)
+    assert [r[13:] for r in records[:4]] == [[], ["picked"], ["rejected"], []]
+    dom, console = chromium((out / "index.html").resolve().as_uri(), tmp_path / "p2")
+    assert console == []
+    marked = [(a.get("data-file"), a.get("data-mark")) for t, a in elements(dom) if t == "article"]
+    assert [m for f, m in marked if m] == ["picked", "rejected"]
+    assert marked[1] == (files[1], "picked")
+    assert '<span class="mark picked">picked</span>' in dom
