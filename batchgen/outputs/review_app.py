@@ -32,9 +32,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batchgen.outputs.gallery_data import size_of
 from batchgen.outputs.marks import Mark, MarkError, Marks, check_name, read_marks
-from batchgen.outputs.review_rows import FILTERS, HAS_BLANK, RowIndex, near_duplicates
+from batchgen.outputs.review_rows import (
+    BLOCK_ROWS,
+    FILTERS,
+    HAS_BLANK,
+    RowIndex,
+    near_duplicates,
+)
 
 MAX_WINDOW = 200
+FIRST_BLOCK = 500
 POLL_S = 2.0
 CSP = (
     "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; "
@@ -115,10 +122,12 @@ class Review:
     async def follow(self) -> None:
         """Read the index as it grows, a block at a time, in a worker thread."""
         self.following = True
+        block = FIRST_BLOCK  # a small first block: the first screen waits for it alone
         try:
             while True:
-                if not await asyncio.to_thread(self.rows.update):
+                if not await asyncio.to_thread(self.rows.update, block):
                     await asyncio.sleep(POLL_S)
+                block = BLOCK_ROWS
         finally:
             self.following = False
 
