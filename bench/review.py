@@ -12,7 +12,10 @@ review OUT --no-browser``, in its own process; this script is its client, over l
 - ``all rows``: until the server has read the whole index (``/api/state``'s ``reading``
   false), with its RSS then (``VmRSS``, and its peak ``VmHWM``, from ``/proc/PID/status``);
 - ``mark``: one POST that picks an image, and ``unmarked``: the window of the unmarked filter
-  after it (a pass over every row's name hash), each the median of 5.
+  after it (a pass over every row's name hash), each the median of 5;
+- ``browser``: a fresh server, and headless Chromium (``--dump-dom``) opening the page as soon
+  as the URL is printed: the page's own ``data-first-image`` (``performance.now()`` when the
+  first image had loaded, from navigation start), and the browser process's wall time.
 
     .venv/bin/python bench/review.py                      # 10,000 and 1,000,000 rows
     .venv/bin/python bench/review.py --sizes 1000000 --keep /tmp/galleries
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import statistics
@@ -95,6 +99,33 @@ def measure(out: Path) -> dict[str, Any]:
     return got
 
 
+def browser_first_screen(out: Path, profile: Path) -> dict[str, Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return {}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "review", str(out), "--no-browser"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split(" at ", 1)[1].strip()
+        t = time.perf_counter()
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+        cmd += [f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", url]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+        wall = time.perf_counter() - t
+        found = re.search(r'data-first-image="(\d+)"', dom)
+        return {"browser_first_image_ms": int(found[1]) if found else None, "browser_wall_s": wall}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
@@ -110,6 +141,7 @@ def main() -> None:
             for extra in ("-wal", "-shm"):
                 (out / f"marks.sqlite{extra}").unlink(missing_ok=True)
             got = measure(out)
+            got.update(browser_first_screen(out, root / "chromium-profile"))
             print(json.dumps({"images": n, **{k: _round(v) for k, v in got.items()}}), flush=True)
     finally:
         if args.keep is None:

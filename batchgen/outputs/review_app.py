@@ -253,8 +253,12 @@ def create_review_app(out: Path, token: str, *, follow: bool = True) -> ASGIApp:
             job = body.get("job_id")
         except (ValueError, KeyError, TypeError, MarkError):
             return _refuse(400, "a mark is {file_name, job_id, mark: picked|rejected|null}")
-        with Marks.open(out) as marks:
-            marks.set([(name, job if isinstance(job, str) else None)], value, source="review")
+
+        def write() -> None:  # off the event loop: another writer may hold the lock a moment
+            with Marks.open(out) as marks:
+                marks.set([(name, job if isinstance(job, str) else None)], value, source="review")
+
+        await asyncio.to_thread(write)
         return JSONResponse({"file_name": name, "mark": value, **review.state()})
 
     async def image(request: Request) -> Response:

@@ -134,6 +134,8 @@ class RowIndex:
         found: list[dict[str, Any]] = []
         with self.path.open("rb") as f:
             for i in positions:
+                if i >= len(self.offsets):
+                    continue  # the index was replaced meanwhile: read again next time
                 f.seek(self.offsets[i])
                 row = parse_row(f.readline())
                 if row is not None:
