@@ -243,7 +243,8 @@ def create_review_app(out: Path, token: str, *, follow: bool = True) -> ASGIApp:
             return _refuse(400, f"no such filter: {which}")
         start = _int(request.query_params.get("start"), 0)
         count = max(1, min(MAX_WINDOW, _int(request.query_params.get("count"), 20)))
-        return JSONResponse(review.window(which, start, count))
+        # In a worker thread: a view by mark or near duplicates may pass over every row.
+        return JSONResponse(await asyncio.to_thread(review.window, which, start, count))
 
     async def mark(request: Request) -> Response:
         try:

@@ -59,7 +59,8 @@ class RowIndex:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.path = out / METADATA
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the arrays, between the reader and the requests
+        self._reading = threading.Lock()
         self._reset(None)
 
     def _reset(self, ident: tuple[int, int] | None) -> None:
@@ -80,7 +81,12 @@ class RowIndex:
 
     def update(self, max_rows: int = BLOCK_ROWS) -> bool:
         """Read up to ``max_rows`` rows appended since the last call; True when there may be
-        more to read now. An index replaced (``batchgen index``) or shrunk is read again."""
+        more to read now. An index replaced (``batchgen index``) or shrunk is read again.
+        One reader at a time (two would read the same bytes twice)."""
+        with self._reading:
+            return self._update(max_rows)
+
+    def _update(self, max_rows: int) -> bool:
         try:
             f = self.path.open("rb")
         except FileNotFoundError:
