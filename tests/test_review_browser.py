@@ -103,13 +103,25 @@ def test_marks_made_with_the_keyboard_survive_a_reload(
     )
     assert counts == ["1", "1", "10"]
 
-    # The picked filter shows only the picked image.
+    # The buttons do what the keys do.
+    browser.eval("document.getElementById('clear').click()")
+    browser.wait_for("document.body.dataset.pos === '2'")
+    browser.eval("document.getElementById('pick').click()")
+    browser.wait_for("document.body.dataset.pos === '3'")
+    browser.eval("document.getElementById('prev').click()")
+    browser.wait_for("document.body.dataset.mark === 'picked'")
+    assert read_marks(out) == {files[0]: Mark.PICKED, files[2]: Mark.PICKED}
+
+    # A view by mark: the picked images only; unpicking one there shows the next.
     browser.send("Page.navigate", url=server.url + "#filter=picked&pos=0")
-    browser.wait_for("document.getElementById('where').textContent === '1 of 1'")
+    browser.wait_for("document.getElementById('where').textContent === '1 of 2'")
     assert _state(browser) == (0, files[0], "picked")
+    browser.press("u")
+    browser.wait_for("document.getElementById('where').textContent === '1 of 1'")
+    assert _state(browser) == (0, files[2], "picked")
     assert browser.exceptions() == []
     assert server.stop() == 0  # Ctrl-C: a clean stop
-    assert read_marks(out) == {files[0]: Mark.PICKED, files[1]: Mark.REJECTED}
+    assert read_marks(out) == {files[2]: Mark.PICKED}
 
 
 @pytest.mark.slow
