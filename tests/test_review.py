@@ -198,3 +198,19 @@ def test_the_command_refuses_a_folder_that_is_not_one(
     assert main(["review", str(tmp_path), "--no-browser"]) == 2
     assert "is it a batchgen output folder?" in capsys.readouterr().err
     assert main(["review", str(tmp_path), "--port", "70000"]) == 2
+
+
+def test_blank_and_phash_are_the_rows_own(tmp_path: Path) -> None:
+    """A var named blank or phash is not the row's flag; a phash that is not 16 hex digits is
+    no phash."""
+    rows = [
+        synthetic_row(0, vars={"blank": True, "phash": "00000000000000ff"}),
+        synthetic_row(1, blank=True, phash="not-hex-at-all!!"),
+        synthetic_row(2, blank=False, phash="00000000000000FF"),
+    ]
+    append_index(tmp_path, rows)
+    index = RowIndex(tmp_path)
+    while index.update():
+        pass
+    assert list(index.flags) == [0, 3, 6]  # none; HAS_BLANK|BLANK; HAS_BLANK|HAS_PHASH
+    assert (list(index.phash_rows), list(index.phashes)) == ([2], [0xFF])
