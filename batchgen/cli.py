@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "index": "rebuild metadata.jsonl and failures.jsonl from the journal",
     "gallery": "rebuild the static HTML gallery of an output folder",
     "mark": "mark a run's images picked or rejected (or clear their marks)",
+    "review": "serve a page to pick and reject a folder's images, one at a time, on loopback",
     "export": "export a run's index as parquet, CSV, webdataset shards or training captions",
     "reconcile": "fetch what fal billed for a run's requests and set it beside the estimate",
     "emulator": "serve the fal-compatible emulator on loopback",

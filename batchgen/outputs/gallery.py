@@ -46,6 +46,7 @@ from batchgen.outputs.gallery_data import (
 )
 from batchgen.outputs.gallery_page import PageFacts, Spend, render_page, write_failures
 from batchgen.outputs.index import METADATA
+from batchgen.outputs.marks import Mark, read_marks
 from batchgen.outputs.scan import parse_row
 from batchgen.outputs.thumbs import THUMBS as THUMBS  # re-exported: where the page looks
 from batchgen.outputs.thumbs import make_thumbnail, thumb_name
@@ -95,8 +96,10 @@ def _chunk(
     rows: Sequence[Mapping[str, Any]],
     totals: Totals,
     pool: ThreadPoolExecutor,
+    marks: Mapping[str, Mark],
 ) -> int:
-    """Thumbnails, totals and both script files of chunk ``k``; returns thumbnails made."""
+    """Thumbnails, totals and both script files of chunk ``k``; returns thumbnails made. A
+    marked image's record ends with its mark (the card's badge; read-only here)."""
     todo: dict[str, Path] = {}
     present: list[bool] = []
     thumbs: list[str | None] = []
@@ -117,6 +120,9 @@ def _chunk(
     )
     failed = {sha for sha, ok in made if not ok}
     records = [record(r, None if t in failed else t) for r, t in zip(rows, thumbs, strict=True)]
+    for rec in records:
+        if rec[0] in marks:
+            rec.append(str(marks[rec[0]]))
     for r, rec, here in zip(rows, records, present, strict=True):
         totals.add(r, rec, missing=not here)
     write_script(out_dir, chunk_name("r", k), "batchgenGallery.records", k, records)
@@ -153,6 +159,7 @@ def _read(
     pool: ThreadPoolExecutor,
     chunk_rows: int,
     stale: StaleJobs,
+    marks: Mapping[str, Mark],
 ) -> tuple[_Pass, set[int]]:
     """Stream the index from ``start``, writing chunks; also the offsets a later row for the
     same file supersedes (when not empty, the caller reads again, skipping them). Rows of
@@ -179,12 +186,12 @@ def _read(
             batch.append(row)
             keys.add(row["file_name"], str(row.get("job_id")), off)
             if len(batch) == chunk_rows:
-                made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool)
+                made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool, marks)
                 read += len(batch)
                 batch = []
                 resume = _Resume(off + len(raw), Totals.from_json(totals.to_json()), keys)
         if batch:
-            made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool)
+            made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool, marks)
             read += len(batch)
         again = keys.superseded(f, "file_name")
     return _Pass(end, totals, keys, resume, made, read, [st.st_dev, st.st_ino]), again
@@ -290,10 +297,11 @@ def _build(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
     fresh = _Resume(0, Totals(), scan.Keys())
+    marks = read_marks(out_dir)  # as they are now: a refresh leaves earlier chunks' badges
     with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 2)) as pool:
-        p, skip = _read(out_dir, resume or fresh, set(), pool, chunk_rows, stale)
+        p, skip = _read(out_dir, resume or fresh, set(), pool, chunk_rows, stale, marks)
         if skip:  # a file written twice keeps its last row: read again, leaving out the rest
-            again, _ = _read(out_dir, fresh, skip, pool, chunk_rows, stale)
+            again, _ = _read(out_dir, fresh, skip, pool, chunk_rows, stale, marks)
             again.made += p.made
             p, resume = again, None
     failures, failure_chunks = write_failures(out_dir, chunk_rows)

@@ -105,7 +105,8 @@ def epoch(r: Mapping[str, Any]) -> float | None:
 def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
     index, quality, size, tags, cost, references, take, replaces]. The order is gallery.js's
-    ``card``. The take is the job's ``variant``: which of a ``repeat``'s requests made the
+    ``card``, which reads a 15th item, the image's mark, that the build appends to a marked
+    image's. The take is the job's ``variant``: which of a ``repeat``'s requests made the
     image; ``replaces``: the rejected image a ``run --replace-rejected`` take replaces, or ""."""
     return [
         str(r["file_name"]),

@@ -186,8 +186,9 @@
   }
 
   function card(r) {
-    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take, replaces] = r;
+    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take, replaces, mark] = r;
     const art = el("article", "card");
+    if (mark) art.dataset.mark = mark; // picked or rejected (batchgen review), read-only here
     art.dataset.promptId = pid;
     art.dataset.file = file;
     const a = el("a", "thumb");
@@ -205,6 +206,7 @@
     } else {
       a.append(el("span", "missing", "image missing"));
     }
+    if (mark) a.append(el("span", "mark " + mark, mark));
     const meta = el("div", "meta");
     meta.append(el("span", "", (w ?? "?") + "\u00d7" + (h ?? "?")), el("span", "", quality));
     if (typeof price === "number") meta.append(el("span", "cost", money(price)));
