@@ -84,6 +84,8 @@ INDEX_FIELDS = (
     "mask",
     "manifest_sha256",
     "batchgen_version",
+    "blank",
+    "phash",
 )
 
 Timestamp = float | str | None
@@ -198,6 +200,8 @@ def index_row(
         "mask": mask,
         "manifest_sha256": manifest_sha256,
         "batchgen_version": version,
+        "blank": d.blank,
+        "phash": d.phash,
     }
 
 
