@@ -103,7 +103,8 @@ def epoch(r: Mapping[str, Any]) -> float | None:
 
 def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
-    index, quality, size, tags, cost, references, take]. The order is gallery.js's ``card``.
+    index, quality, size, tags, cost, references, take, blank]. The order is gallery.js's
+    ``card``.
     The take is the job's ``variant``: which of a ``repeat``'s requests made the image."""
     return [
         str(r["file_name"]),
@@ -119,6 +120,7 @@ def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
         _number(r.get("cost_estimate")),
         references(r),
         _int(r.get("variant")),
+        r.get("blank") is True,
     ]
 
 
@@ -149,10 +151,11 @@ class _Codes:
 
 
 def summary(rows: Sequence[Mapping[str, Any]], recs: Sequence[Sequence[Any]]) -> dict[str, Any]:
-    """The columns of a chunk: codes into its dictionaries, then cost, time and pixel area.
+    """The columns of a chunk: codes into its dictionaries, then cost, time, pixel area and
+    the blank flag (1 or 0).
     ``recs`` are the rows' :func:`record` (derived once a row)."""
     dicts = {k: _Codes() for k in ("prompt", "size", "quality", "tags", "text")}
-    cols: dict[str, list[Any]] = {k: [] for k in (*dicts, "cost", "time", "area")}
+    cols: dict[str, list[Any]] = {k: [] for k in (*dicts, "cost", "time", "area", "blank")}
     for r, rec in zip(rows, recs, strict=True):
         cols["prompt"].append(dicts["prompt"].code(rec[5]))
         cols["size"].append(dicts["size"].code(rec[8]))
@@ -163,6 +166,7 @@ def summary(rows: Sequence[Mapping[str, Any]], recs: Sequence[Sequence[Any]]) ->
         cols["time"].append(epoch(r))
         w, h = rec[2], rec[3]
         cols["area"].append(w * h if w is not None and h is not None else None)
+        cols["blank"].append(1 if rec[13] else 0)
     return {"n": len(rows), "dict": {k: d.values for k, d in dicts.items()}, "cols": cols}
 
 
@@ -178,6 +182,7 @@ class Totals:
     cost: float = 0.0  # the rows' estimates, for a folder without its journal
     missing: int = 0
     stale: int = 0  # rows left out: images of prompts no longer in the manifest
+    blank: int = 0  # rows flagged blank (outputs/quality.py)
     facets: dict[str, dict[str, int]] = field(default_factory=lambda: {f: {} for f in FACETS})
     unlisted: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FACETS})
 
@@ -187,6 +192,7 @@ class Totals:
         self.bytes += _int(r.get("bytes")) or 0
         self.cost += rec[10] or 0.0
         self.missing += missing
+        self.blank += r.get("blank") is True
         values = {"prompt": [rec[5]], "size": [rec[8]], "quality": [rec[7]], "tag": rec[9]}
         for facet, found in values.items():
             counts = self.facets[facet]
@@ -205,6 +211,7 @@ class Totals:
             "cost": self.cost,
             "missing": self.missing,
             "stale": self.stale,
+            "blank": self.blank,
             "facets": {k: dict(v) for k, v in self.facets.items()},
             "unlisted": dict(self.unlisted),
         }
@@ -217,6 +224,7 @@ class Totals:
             float(d["cost"]),
             int(d["missing"]),
             int(d["stale"]),
+            int(d["blank"]),
             {f: {str(k): int(n) for k, n in d["facets"][f].items()} for f in FACETS},
             {f: int(d["unlisted"][f]) for f in FACETS},
         )
