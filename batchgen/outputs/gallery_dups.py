@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.outputs.gallery_data import DATA_DIR, write_script
-from batchgen.outputs.neardup import near_duplicate_groups, parse
+from batchgen.outputs.neardup import groups_of_values, parse
 
 HASHES = f"{DATA_DIR}/phash.bin"
 DUPS = f"{DATA_DIR}/dups.js"
@@ -48,9 +48,9 @@ class Hashes:
     def copy(self) -> Hashes:
         return Hashes(self.data[:])
 
-    def texts(self) -> list[str | None]:
+    def values(self) -> list[int | None]:
         d = self.data
-        return [f"{d[i + 1]:016x}" if d[i] else None for i in range(0, len(d), self.WIDTH)]
+        return [d[i + 1] if d[i] else None for i in range(0, len(d), self.WIDTH)]
 
     def write(self, path: Path) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
@@ -68,7 +68,7 @@ class Hashes:
 
 def write_dups(out_dir: Path, hashes: Hashes) -> tuple[int, int]:
     """Write ``dups.js`` for ``hashes``; returns (groups, rows in them)."""
-    groups = near_duplicate_groups(hashes.texts())
+    groups = groups_of_values(hashes.values())
     pairs = sorted((row, g) for g, rows in enumerate(groups) for row in rows)
     data = {"rows": [r for r, _ in pairs], "group": [g for _, g in pairs]}
     write_script(out_dir, DUPS, "batchgenGallery.dups", data)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from itertools import combinations, compress, pairwise
+from itertools import combinations, compress, groupby, pairwise
 from math import comb
 
 BITS = 64
@@ -76,9 +76,14 @@ def near_duplicate_groups(
     of such pairs. Each group has two rows or more, in row order (the first, the earliest
     row, is the one to keep); groups are ordered by their first row. Rows without a valid
     hash (None) are in no group."""
+    return groups_of_values([parse(t) for t in phashes], max_distance)
+
+
+def groups_of_values(ints: list[int | None], max_distance: int = MAX_DISTANCE) -> list[list[int]]:
+    """:func:`near_duplicate_groups` of hashes already parsed (``ints`` is consumed: it is
+    cleared, to give its memory back before the bands are built)."""
     if not 0 <= max_distance < BITS:
         raise ValueError(f"max_distance must be in 0..{BITS - 1}, not {max_distance}")
-    ints = [parse(t) for t in phashes]
     n = len(ints)
     # Each distinct hash and its earliest row, built at C speed (the last write wins: going
     # backwards, that is the earliest row).
@@ -89,7 +94,7 @@ def near_duplicate_groups(
         x = ints[pos]
         if f is not None and f != pos and x is not None:
             later.setdefault(x, []).append(pos)
-    del ints
+    ints.clear()
     parent: dict[int, int] = {}  # union-find over hashes joined to another
     if max_distance > 0 and len(first) > 1:
         _join_near([h for h in first if h is not None], parent, max_distance)
@@ -131,14 +136,18 @@ def _join_near(values: list[int], parent: dict[int, int], k: int) -> None:
         for band in chosen:
             mask |= band
         keys = [h & mask for h in values]
-        # Counter counts at C speed; only the hashes whose key another shares go on.
+        # Counter counts at C speed; only the hashes whose key another shares go on, sorted
+        # by key so that a bucket is a run of neighbours.
         shared = {key for key, c in Counter(keys).items() if c > 1}
-        buckets: dict[int, list[int]] = {}
-        for h in compress(values, map(shared.__contains__, keys)):
-            buckets.setdefault(h & mask, []).append(h)
+        found = list(compress(values, map(shared.__contains__, keys)))
         del keys, shared
-        for bucket in buckets.values():
-            for i, a in enumerate(bucket):
-                for b in bucket[i + 1 :]:
-                    if (a ^ b).bit_count() <= k:
-                        _union(parent, a, b)
+        found.sort(key=mask.__and__)
+        for _, run in groupby(found, mask.__and__):
+            a, *rest = run
+            for b in rest:  # a bucket of two, nearly always
+                if (a ^ b).bit_count() <= k:
+                    _union(parent, a, b)
+            for i, b in enumerate(rest):  # the rest of a bigger one
+                for c in rest[i + 1 :]:
+                    if (b ^ c).bit_count() <= k:
+                        _union(parent, b, c)
