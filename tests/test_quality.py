@@ -7,18 +7,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageStat
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageStat
 from test_run_support import write_manifest
 
 from batchgen.cli import main
 from batchgen.emulator.images import ImageSpec, render
 from batchgen.outputs.checks import check_file
 from batchgen.outputs.index import METADATA
-from batchgen.outputs.neardup import near_duplicate_groups
+from batchgen.outputs.neardup import MAX_DISTANCE, distance, near_duplicate_groups
 from batchgen.outputs.quality import BLANK_STDDEV, measure
 
 HEX = set("0123456789abcdef")
@@ -98,3 +99,33 @@ def test_an_emulated_run_flags_exactly_the_blank_images(
     assert str(pt.schema.field("blank").type) == "bool"
     assert sorted(pt.column("blank").to_pylist()) == sorted(truth)
     assert main(["export", str(out), "--format", "webdataset"]) == 0
+
+
+def picture(seed: int) -> Image.Image:
+    """A synthetic picture: blurred discs of random colours (no photos ship with the tests)."""
+    rng = random.Random(seed)
+    im = Image.new("RGB", (1024, 768))
+    draw = ImageDraw.Draw(im)
+    for _ in range(40):
+        x, y, r = rng.randrange(1024), rng.randrange(768), rng.randrange(20, 300)
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return im.filter(ImageFilter.GaussianBlur(6))
+
+
+def test_copies_are_near_duplicates_and_other_pictures_are_not() -> None:
+    for seed in range(3):
+        a = picture(seed)
+        buf = io.BytesIO()
+        a.save(buf, "JPEG", quality=60)
+        copies = [
+            Image.open(io.BytesIO(buf.getvalue())),  # re-encoded
+            a.resize((512, 384)),  # resized
+            ImageEnhance.Brightness(a).enhance(1.1),  # brighter
+            a.crop((10, 8, 1014, 760)).resize((1024, 768)),  # cropped by 1%
+        ]
+        h = measure(a).phash
+        assert all(distance(h, measure(c).phash) <= MAX_DISTANCE for c in copies)
+        assert not measure(a).blank
+        others = [measure(picture(s)).phash for s in range(100, 103)]
+        assert all(distance(h, o) > 3 * MAX_DISTANCE for o in others)
