@@ -10,7 +10,9 @@ cluster, which costs more), with planted near duplicates: every 1,000th row gets
 runs in a fresh process, so its peak RSS is its own: the process's RSS with the input built
 (the row list of hex strings) and its peak after the grouping. "gallery" is what a gallery
 build or refresh adds: the hashes from ``.gallery/phash.bin``'s array, the grouping and the
-``dups.js`` it writes.
+``dups.js`` it writes. "refresh" is a gallery refresh after 1,000 rows were appended: the
+groups of the rows before them given (from the ``dups.js`` it replaces), only pairs with a new
+row looked for (``neardup.grow_groups``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batchgen.outputs.gallery_dups import Hashes, write_dups
-from batchgen.outputs.neardup import MAX_DISTANCE, near_duplicate_groups, plan
+from batchgen.outputs.neardup import (
+    MAX_DISTANCE,
+    groups_of_values,
+    grow_groups,
+    near_duplicate_groups,
+    plan,
+)
 
 
 def synthetic(rows: int, distance: int, seed: int = 1) -> tuple[list[str], int]:
@@ -53,6 +61,11 @@ def rss_mb() -> float:
 
 def child(kind: str, rows: int, distance: int) -> dict[str, float]:
     hashes, planted = synthetic(rows, distance)
+    if kind == "refresh":
+        known = rows - 1000
+        values: list[int | None] = [int(x, 16) for x in hashes]
+        older = groups_of_values(values[:known], distance)
+        del hashes
     if kind == "gallery":
         h = Hashes()
         for text in hashes:
@@ -63,6 +76,9 @@ def child(kind: str, rows: int, distance: int) -> dict[str, float]:
     if kind == "gallery":
         with tempfile.TemporaryDirectory() as tmp:
             groups, grouped = write_dups(Path(tmp), h)
+    elif kind == "refresh":
+        found = grow_groups(older, values, known, distance)
+        groups, grouped = len(found), sum(len(g) for g in found)
     else:
         found = near_duplicate_groups(hashes, distance)
         groups, grouped = len(found), sum(len(g) for g in found)
@@ -81,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--distance", type=int, default=MAX_DISTANCE)
-    ap.add_argument("--child", choices=["groups", "gallery"])
+    ap.add_argument("--child", choices=["groups", "gallery", "refresh"])
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(a.child, a.rows, a.distance)))
@@ -90,7 +106,7 @@ def main() -> None:
     print(f"bench/neardup.py: {a.rows:,} rows, distance <= {a.distance}: {m} bands, {r} shared")
     print("| what | wall s | CPU s | RSS with the input | peak RSS | groups (planted) |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for kind in ("groups", "gallery"):
+    for kind in ("groups", "gallery", "refresh"):
         cmd = [sys.executable, __file__, "--child", kind, "--rows", str(a.rows)]
         cmd += ["--distance", str(a.distance)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -12,6 +12,7 @@ from batchgen.outputs.neardup import (
     MAX_DISTANCE,
     band_masks,
     distance,
+    grow_groups,
     near_duplicate_groups,
     plan,
 )
@@ -97,6 +98,30 @@ def test_same_as_all_pairs(k: int) -> None:
             hashes.append(None)
     rng.shuffle(hashes)
     assert near_duplicate_groups(hashes, k) == brute(hashes, k)
+
+
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_growing_the_groups_of_older_rows_is_grouping_all(k: int) -> None:
+    """A refresh's way (grow_groups: pairs with a new row only) finds the same groups as
+    grouping every row, new rows joining old groups, old groups merged through a new row."""
+    rng = random.Random(k + 10)
+    values: list[int | None] = []
+    for _ in range(400):
+        x = rng.getrandbits(64)
+        values.append(x)
+        for _ in range(rng.randrange(3)):
+            values.append(flip(x, *rng.sample(range(64), rng.randrange(k + 2))))
+        if rng.random() < 0.1:
+            values.append(None)
+    rng.shuffle(values)
+    a, b = 0xF0F0F0F0F0F0F0F0, 0x0F0F0F0F0F0F0F0F
+    values += [a, flip(a, *range(2 * k))]  # 2k bits apart: joined only by the bridge below
+    values += [flip(a, *range(k)), b, b]
+    texts = [None if v is None else h(v) for v in values]
+    everything = near_duplicate_groups(texts, k)
+    for known in (0, 1, len(values) // 2, len(values) - 3, len(values) - 1, len(values)):
+        older = near_duplicate_groups(texts[:known], k)
+        assert grow_groups(older, values, known, k) == everything, known
 
 
 def test_plan_keeps_the_pigeonhole() -> None:

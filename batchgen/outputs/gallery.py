@@ -134,6 +134,7 @@ class _Resume:
     totals: Totals
     keys: scan.Keys
     hashes: Hashes  # each row's perceptual hash (gallery_dups), like keys
+    grouped: int = 0  # rows the dups.js on disk grouped (a refresh's, from phash.bin)
 
 
 @dataclass
@@ -240,7 +241,8 @@ def _load_resume(out_dir: Path, chunk_rows: int, stale: str) -> _Resume | None:
         return None
     if not same or len(keys) < totals.rows or len(hashes) < totals.rows:
         return None
-    return _Resume(offset, totals, keys.head(totals.rows), hashes.head(totals.rows))
+    grouped = len(hashes)  # written with the dups.js of that build, just before state.json
+    return _Resume(offset, totals, keys.head(totals.rows), hashes.head(totals.rows), grouped)
 
 
 # ---- building ----------------------------------------------------------------------------
@@ -304,7 +306,7 @@ def _build(
             again.made += p.made
             p, resume = again, None
     failures, failure_chunks = write_failures(out_dir, chunk_rows)
-    groups, grouped = write_dups(out_dir, p.hashes)
+    groups, grouped = write_dups(out_dir, p.hashes, resume.grouped if resume else 0)
     _save_state(out_dir, p, chunk_rows, mark)
     script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
     _write_atomic(out_dir / SCRIPT, script.read_text("utf-8"))

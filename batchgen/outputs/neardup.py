@@ -151,3 +151,46 @@ def _join_near(values: list[int], parent: dict[int, int], k: int) -> None:
                 for c in rest[i + 1 :]:
                     if (b ^ c).bit_count() <= k:
                         _union(parent, b, c)
+
+
+def grow_groups(
+    groups: Sequence[Sequence[int]],
+    values: Sequence[int | None],
+    known: int,
+    max_distance: int = MAX_DISTANCE,
+) -> list[list[int]]:
+    """The groups of ``values`` (parsed hashes, by row), given ``groups``, those of its first
+    ``known`` rows: what a gallery refresh needs when rows were appended. Only pairs with a
+    new row are looked for: for each key of the bands, the rows whose key a new row has (a
+    pass over the keys at C speed), so its cost follows the new rows, not the pairs of old
+    ones. Gives what :func:`groups_of_values` gives for all of ``values``."""
+    parent: dict[int, int] = {}
+    for g in groups:
+        for row in g[1:]:
+            _union(parent, g[0], row)
+    fresh = [p for p in range(known, len(values)) if values[p] is not None]
+    if fresh:
+        rows = [p for p, v in enumerate(values) if v is not None]
+        vals = [0 if v is None else v for v in values]  # 0 is never read: rows skip None
+        hashes = [vals[p] for p in rows]
+        m, r = plan(len(rows), max_distance)
+        for chosen in combinations(band_masks(m), r):
+            mask = 0
+            for band in chosen:
+                mask |= band
+            wanted = {vals[p] & mask for p in fresh}
+            buckets: dict[int, list[int]] = {}
+            for p in compress(rows, map(wanted.__contains__, map(mask.__and__, hashes))):
+                buckets.setdefault(vals[p] & mask, []).append(p)
+            for bucket in buckets.values():  # rows in order: a pair with a new row ends in one
+                for i, p in enumerate(bucket):
+                    hp = vals[p]
+                    for q in bucket[i + 1 :]:
+                        if q >= known and (hp ^ vals[q]).bit_count() <= max_distance:
+                            _union(parent, p, q)
+    members: dict[int, list[int]] = {}
+    for row in parent:
+        members.setdefault(_root(parent, row), []).append(row)
+    out = [sorted(g) for g in members.values() if len(g) > 1]
+    out.sort(key=lambda g: g[0])
+    return out
