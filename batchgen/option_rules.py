@@ -57,6 +57,7 @@ FAULT_NAMES = (
     "webhook_delay",
     "webhook_forged",
     "fallback",
+    "blank",
 )
 
 FAULTS_HELP = (

@@ -316,6 +316,11 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
         rows[i]["prompt"] += " with a Zebra"
     for i in (10, 60):  # no estimate: sorted last either way (NaN in the page's cost column)
         rows[i]["cost_estimate"] = None
+    for i, r in enumerate(rows):  # quality flags: spread hashes, three blank, two groups
+        r["phash"] = f"{(i + 1) * 0x9E3779B97F4A7C15 % 2**64:016x}"
+        r["blank"] = i in (5, 50, 95)
+    rows[88]["phash"] = f"{int(rows[3]['phash'], 16) ^ 0b101:016x}"  # 2 bits apart
+    rows[70]["phash"] = rows[20]["phash"]  # the same
     rows = list(place_images(out, rows, tiny_png()))
     append_index(out, rows)
     report = build_gallery(out, chunk_rows=40)
@@ -340,6 +345,14 @@ def test_filters_and_sorts_cover_every_chunk(tmp_path: Path, profile: Path) -> N
 
     dom, _ = chromium(page + "#q=zebra", profile)
     assert card_files(dom) == [files[i] for i in (2, 45, 99)]
+
+    dom, console = chromium(page + "#flag=blank", profile)
+    assert console == [] and card_files(dom) == [files[i] for i in (5, 50, 95)]
+    assert dom.count('class="flag">blank<') == 3
+
+    dom, console = chromium(page + "#flag=dup", profile)  # groups side by side, in row order
+    assert console == [] and card_files(dom) == [files[i] for i in (3, 88, 20, 70)]
+    assert "near duplicates (4 in 2 groups)" in dom and dom.count("near duplicate #2") == 2
 
     def cost(i: int) -> tuple[bool, float]:
         return rows[i]["cost_estimate"] is None, rows[i]["cost_estimate"] or 0.0

@@ -57,6 +57,40 @@ def test_a_refresh_writes_what_a_full_build_writes(tmp_path: Path) -> None:
     assert gallery_data(out) == gallery_data(copy)
 
 
+def hashed_row(i: int) -> dict[str, object]:
+    """A synthetic row with spread hashes; rows 150 and 7 are 3 bits apart, 9 is blank."""
+    h = (i + 1) * 0x9E3779B97F4A7C15 % 2**64
+    if i == 150:
+        h = ((7 + 1) * 0x9E3779B97F4A7C15 % 2**64) ^ 0b10101
+    return synthetic_row(i, phash=f"{h:016x}", blank=i in (9, 160))
+
+
+def dups(out: Path) -> object:
+    text = (out / ".gallery" / "dups.js").read_text(encoding="ascii")
+    head, tail = "batchgenGallery.dups(", ");\n"
+    assert text.startswith(head) and text.endswith(tail)
+    return json.loads(text[len(head) : -len(tail)])
+
+
+def test_a_refresh_groups_new_rows_with_old_ones(tmp_path: Path) -> None:
+    """A near duplicate of a row three chunks back: the refresh reads only the new rows, and
+    its groups (from .gallery/phash.bin) are what a full build finds."""
+    out = tmp_path / "out"
+    append_index(out, (hashed_row(i) for i in range(120)))
+    build_gallery(out, chunk_rows=50, title="t")
+    assert dups(out) == {"rows": [], "group": []}
+    append_index(out, (hashed_row(i) for i in range(120, 215)))
+    report = refresh_gallery(out, chunk_rows=50, title="t")
+    assert report.refreshed and report.rows_read == 115
+    assert dups(out) == {"rows": [7, 150], "group": [0, 0]}
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "blank (2)" in page and "near duplicates (2 in 1 groups)" in page
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".gallery", "index.html"))
+    build_gallery(copy, chunk_rows=50, title="t")
+    assert gallery_data(out) == gallery_data(copy)
+
+
 def test_a_line_being_written_waits_for_the_next_refresh(tmp_path: Path) -> None:
     out = tmp_path / "out"
     append_index(out, (synthetic_row(i) for i in range(10)))

@@ -5,13 +5,14 @@ memory tests). No tests here."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_quality, mime_of, sha256_file
 from batchgen.outputs.download import Downloaded
 from batchgen.outputs.index import METADATA, failure_row, index_row
 from batchgen.outputs.rebuild import CompletedJob
@@ -70,8 +71,8 @@ def place(out: Path, spec: JobSpec, n: int, kind: str | None = None) -> Download
     fmt = str(spec.input.get("output_format", "png"))
     dest.write_bytes(IMAGES[kind or ("png2" if n else fmt)])
     size, digest = sha256_file(dest)
-    w, h, pil = inspect_image(dest)
-    return Downloaded(dest, digest, size, w, h, mime_of(pil))
+    w, h, pil, blank, phash = inspect_quality(dest)
+    return Downloaded(dest, digest, size, w, h, mime_of(pil), blank, phash)
 
 
 def row_of(out: Path, spec: JobSpec, n: int, d: Downloaded, k: int, **kw: Any) -> dict[str, Any]:
@@ -246,15 +247,15 @@ def synthetic_rows(out: Path, n: int, *, shared: int = 4) -> Iterator[dict[str, 
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_bytes(IMAGES["png"] if s % 2 == 0 else IMAGES["png2"])
         size, digest = sha256_file(src)
-        w, h, pil = inspect_image(src)
-        sources.append(Downloaded(src, digest, size, w, h, mime_of(pil)))
+        w, h, pil, blank, phash = inspect_quality(src)
+        sources.append(Downloaded(src, digest, size, w, h, mime_of(pil), blank, phash))
     for i in range(n):
         spec = synthetic_spec(i)
         src = sources[i % shared]
         dest = place_path(out, spec, 0)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.link(src.path, dest)
-        d = Downloaded(dest, src.sha256, src.bytes, src.width, src.height, src.content_type)
+        d = dataclasses.replace(src, path=dest)
         row = row_of(out, spec, 0, d, i)
         assert row["file_name"] == relative_name(out, dest)
         yield row

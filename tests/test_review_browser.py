@@ -175,7 +175,7 @@ def test_the_static_gallery_shows_marks_read_only(
         m.set([(files[2], None)], Mark.REJECTED, source="mark")
     build_gallery(out)
     records = gallery_records(out)
-    assert [r[14:] for r in records[:4]] == [[], ["picked"], ["rejected"], []]  # after replaces
+    assert [r[15:] for r in records[:4]] == [[], ["picked"], ["rejected"], []]  # after blank
     dom, console = chromium((out / "index.html").resolve().as_uri(), tmp_path / "p2")
     assert console == []
     marked = [(a.get("data-file"), a.get("data-mark")) for t, a in elements(dom) if t == "article"]

@@ -93,7 +93,7 @@ def image_specs(req: Request) -> list[ImageSpec]:
     n = int(spec.get("num_images", 1))
     prompt = str(spec.get("prompt", ""))
     thumb = ref.thumbnail if ref is not None else None
-    return [ImageSpec(prompt, w, h, fmt, i, thumb) for i in range(n)]
+    return [ImageSpec(prompt, w, h, fmt, i, thumb, req.blank) for i in range(n)]
 
 
 def output_body(base: str, req: Request, media: MutableMapping[str, ImageSpec]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ STAT_KEYS: tuple[str, ...] = (
     "refusals_retryable",
     "results_evil_name",
     "results_file_url",
+    "results_blank",
     "unauthorized",
     "webhooks_delivered",
     "webhooks_failed",

@@ -43,6 +43,9 @@ class FaultSpec:
     # fal reroutes the request to an "equivalent" endpoint (model fallback), which says so in
     # its result answer; a request sending x-fal-disable-fallbacks is never rerouted.
     fallback: float = 0.0
+    # A successful result whose images are one flat colour: valid files of the size and format
+    # asked for, as a refused or failed generation often returns (outputs/quality.py: blank).
+    blank: float = 0.0
 
     @property
     def active(self) -> bool:

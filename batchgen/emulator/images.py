@@ -33,6 +33,7 @@ class ImageSpec:
     fmt: str  # png | jpeg | webp
     index: int = 0  # which of num_images
     reference: bytes | None = None  # an edit's first reference (PNG thumbnail), shown inset
+    blank: bool = False  # one flat colour, nothing drawn (faults: blank)
 
     @property
     def content_type(self) -> str:
@@ -74,6 +75,8 @@ def _render_cached(spec: ImageSpec) -> bytes:
     # long runs), which is what keeps a 4K run from burning the CPU.
     img = Image.new("P", (spec.width, spec.height), 0)
     img.putpalette([*bg, *fg])
+    if spec.blank:  # what a refused or failed generation often returns: nothing on it
+        return _encoded(img, spec.fmt)
     draw = ImageDraw.Draw(img)
     # Text scales with the short side so it stays readable in thumbnails and at 4K.
     size = max(12, min(spec.width, spec.height) // 18)
@@ -87,10 +90,14 @@ def _render_cached(spec: ImageSpec) -> bytes:
         y += int(size * 1.3)
     if spec.reference is not None:
         img = _inset(img, spec.reference)
+    return _encoded(img, spec.fmt)
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
-    if spec.fmt == "png":
+    if fmt == "png":
         img.save(buf, format="PNG")
-    elif spec.fmt == "webp":
+    elif fmt == "webp":
         img.convert("RGB").save(buf, format="WEBP", quality=80, method=0)  # method 0: fastest
     else:
         img.convert("RGB").save(buf, format="JPEG", quality=85)

@@ -311,6 +311,9 @@ class QueueModel:
         if self.dice.roll("file_url"):
             req.file_url = True
             self.counters["results_file_url"] += 1
+        if self.dice.roll("blank"):
+            req.blank = True
+            self.counters["results_blank"] += 1
 
     def view(self, rid: str, now: float) -> StatusView | None:
         """The request's state at ``now``; None when unknown or expired."""

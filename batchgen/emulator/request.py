@@ -46,6 +46,7 @@ class Request:
     runner_error: tuple[int, str, str] | None = None
     evil_name: str | None = None  # the file_name its result gives (faults: evil_name)
     file_url: bool = False  # its result's image URLs are file:// (faults: file_url)
+    blank: bool = False  # its images are one flat colour (faults: blank)
     retryable_refusal: bool = False  # its 422 says X-Fal-Retryable: true (policy_retryable)
     store_io: bool = True  # False (X-Fal-Store-IO: 0): its history entry carries no payloads
     phase: Phase = Phase.QUEUED

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import DownloadError
 from batchgen.journal.walsync import fsync_path
+from batchgen.outputs.quality import measure
 from batchgen.outputs.thumbs import plan_decode, save_thumbnail, shrink, thumb_name
 
 READ_BLOCK = 1024 * 1024
@@ -34,7 +35,7 @@ MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 @dataclass(frozen=True, slots=True)
 class Checked:
     """What the checks found: the file's size and sha256, the image's size and Pillow format,
-    and whether a gallery thumbnail was written for it."""
+    whether a gallery thumbnail was written for it, and the quality flags of its pixels."""
 
     size: int
     sha256: str
@@ -42,6 +43,8 @@ class Checked:
     height: int
     fmt: str
     thumbnail: bool = False
+    blank: bool | None = None  # outputs/quality.py; None when no small image could be made
+    phash: str | None = None
 
 
 def mime_of(fmt: str) -> str:
@@ -81,6 +84,19 @@ def inspect_and_thumbnail(
     fails fails the check; a whole image that cannot be made small (an unusual mode) only
     goes without a thumbnail (None), as it always has."""
     return _inspect(path, expected_format, thumbnail=True)
+
+
+def inspect_quality(
+    path: Path | str, expected_format: str | None = None
+) -> tuple[int, int, str, bool | None, str | None]:
+    """(width, height, Pillow format, blank, phash) of a verified image: the checks of
+    :func:`inspect_and_thumbnail` and the quality flags (:mod:`quality`) of its small image,
+    as a run records them (``batchgen index`` computes them so for older folders)."""
+    width, height, fmt, thumb = _inspect(path, expected_format, thumbnail=True)
+    if thumb is None:
+        return width, height, fmt, None, None
+    q = measure(thumb)
+    return width, height, fmt, q.blank, q.phash
 
 
 def _inspect(
@@ -138,7 +154,8 @@ def check_file(
 ) -> Checked:
     """Hash ``path``, check it is a whole image of ``expected_format``, fsync it (``durable``)
     and, given an output folder ``thumbs``, write the gallery's thumbnail of it there when it
-    is missing. With ``expected_sha256`` a file of another checksum is refused
+    is missing. The quality flags (:mod:`quality`) come from the same decode. With
+    ``expected_sha256`` a file of another checksum is refused
     (``reason='checksum'``) before anything else is done with it."""
     try:
         size, digest = sha256_file(path)
@@ -147,18 +164,21 @@ def check_file(
         raise DownloadError(message, reason="unreadable") from None
     if expected_sha256 is not None and digest != expected_sha256:
         raise DownloadError("the file on disk has another checksum", reason="checksum")
-    # The gallery makes only the thumbnails it lacks: one made here is one it skips.
+    # The gallery makes only the thumbnails it lacks: one made here is one it skips. The
+    # thumbnail's decode is the check itself (and the quality flags are measured on it), so
+    # every image is decoded once, whether or not its thumbnail is written.
     dest = None if thumbs is None else Path(thumbs) / thumb_name(digest)
+    width, height, fmt, thumb = inspect_and_thumbnail(path, expected_format)
+    blank = phash = None
     made = False
-    if dest is not None and not dest.is_file():
-        width, height, fmt, thumb = inspect_and_thumbnail(path, expected_format)
-        if thumb is not None:
+    if thumb is not None:
+        q = measure(thumb)
+        blank, phash = q.blank, q.phash
+        if dest is not None and not dest.is_file():
             save_thumbnail(thumb, dest)
             made = True
-    else:
-        width, height, fmt = inspect_image(path, expected_format)
     if durable:
         # Without this, a power cut after the rename can leave an empty file under the final
         # name: exactly the partial file the download promises never to leave.
         fsync_path(path)
-    return Checked(size, digest, width, height, fmt, made)
+    return Checked(size, digest, width, height, fmt, made, blank, phash)

@@ -63,6 +63,12 @@ class Downloaded:
     width: int
     height: int
     content_type: str
+    blank: bool | None = None  # outputs/quality.py: measured by the check's decode
+    phash: str | None = None
+
+
+def _downloaded(dest: Path, c: Checked) -> Downloaded:
+    return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt), c.blank, c.phash)
 
 
 def part_path(dest: Path) -> Path:
@@ -115,7 +121,7 @@ async def download_image(
     if expected_sha256 is not None:
         try:
             c = await _check(checks, dest, expected_format, False, thumbs, expected_sha256)
-            return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt))
+            return _downloaded(dest, c)
         except DownloadError:
             pass  # no file, another file, or not a whole image: fetched again
     scheme = _scheme(url)
@@ -138,7 +144,7 @@ async def download_image(
                     reason="changed",
                 )
             os.replace(part, dest)
-            return Downloaded(dest, c.sha256, c.size, c.width, c.height, mime_of(c.fmt))
+            return _downloaded(dest, c)
         except DownloadError as exc:
             outcome = classify(exc, op="media")
             if not retry.again(attempt, outcome):

@@ -157,6 +157,7 @@ def _parquet_schema(pa: Any, tag_lists: bool) -> tuple[Any, dict[str, Callable[[
         "cost_actual": f64,
         "references": pa.list_(ref),
         "mask": ref,
+        "blank": pa.bool_(),
     }
     convert: dict[str, Callable[[Any], Any]] = {
         "vars": lambda v: [(str(k), str(x)) for k, x in v.items()] if isinstance(v, dict) else None,

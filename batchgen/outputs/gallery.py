@@ -44,6 +44,7 @@ from batchgen.outputs.gallery_data import (
     summary,
     write_script,
 )
+from batchgen.outputs.gallery_dups import HASHES, Hashes, write_dups
 from batchgen.outputs.gallery_page import PageFacts, Spend, render_page, write_failures
 from batchgen.outputs.index import METADATA
 from batchgen.outputs.marks import Mark, read_marks
@@ -138,6 +139,8 @@ class _Resume:
     offset: int
     totals: Totals
     keys: scan.Keys
+    hashes: Hashes  # each row's perceptual hash (gallery_dups), like keys
+    grouped: int = 0  # rows the dups.js on disk grouped (a refresh's, from phash.bin)
 
 
 @dataclass
@@ -145,6 +148,7 @@ class _Pass:
     end: int  # bytes of the index read
     totals: Totals
     keys: scan.Keys
+    hashes: Hashes
     resume: _Resume  # the start of the last chunk, where the next refresh begins (its keys
     # are the first ones of ``keys``: a refresh reads them back from keys.bin)
     made: int
@@ -166,13 +170,14 @@ def _read(
     ``stale`` jobs are counted and left out, keys included (a stale image is not a card)."""
     totals = Totals.from_json(start.totals.to_json())
     keys = scan.Keys(start.keys.data[:])
+    hashes = start.hashes.copy()
     resume = start
     made = read = 0
     batch: list[dict[str, Any]] = []
     try:
         f = (out_dir / METADATA).open("rb")
     except FileNotFoundError:
-        return _Pass(0, totals, keys, resume, 0, 0, []), set()
+        return _Pass(0, totals, keys, hashes, resume, 0, 0, []), set()
     with f:
         st = os.fstat(f.fileno())
         end = scan.complete_end(f)
@@ -185,16 +190,17 @@ def _read(
                 continue
             batch.append(row)
             keys.add(row["file_name"], str(row.get("job_id")), off)
+            hashes.add(row)
             if len(batch) == chunk_rows:
                 made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool, marks)
                 read += len(batch)
                 batch = []
-                resume = _Resume(off + len(raw), Totals.from_json(totals.to_json()), keys)
+                resume = _Resume(off + len(raw), Totals.from_json(totals.to_json()), keys, hashes)
         if batch:
             made += _chunk(out_dir, totals.rows // chunk_rows, batch, totals, pool, marks)
             read += len(batch)
         again = keys.superseded(f, "file_name")
-    return _Pass(end, totals, keys, resume, made, read, [st.st_dev, st.st_ino]), again
+    return _Pass(end, totals, keys, hashes, resume, made, read, [st.st_dev, st.st_ino]), again
 
 
 # ---- the state a refresh resumes from -------------------------------------------------------
@@ -212,6 +218,7 @@ def _save_state(out_dir: Path, p: _Pass, chunk_rows: int, stale: str) -> None:
         "resume": {"offset": p.resume.offset, "totals": p.resume.totals.to_json()},
     }
     p.keys.write(out_dir / KEYS)
+    p.hashes.write(out_dir / HASHES)
     dest = out_dir / STATE  # last: it names the keys and chunks now on disk
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     tmp.write_text(json.dumps(state), encoding="utf-8")
@@ -225,6 +232,7 @@ def _load_resume(out_dir: Path, chunk_rows: int, stale: str) -> _Resume | None:
     try:
         state = json.loads((out_dir / STATE).read_text(encoding="utf-8"))
         keys = scan.Keys.from_bytes((out_dir / KEYS).read_bytes())
+        hashes = Hashes.read(out_dir / HASHES)
         st = (out_dir / METADATA).stat()
         same = (
             state["format"] == STATE_FORMAT
@@ -238,9 +246,10 @@ def _load_resume(out_dir: Path, chunk_rows: int, stale: str) -> _Resume | None:
         offset = int(state["resume"]["offset"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not same or len(keys) < totals.rows:
+    if not same or len(keys) < totals.rows or len(hashes) < totals.rows:
         return None
-    return _Resume(offset, totals, keys.head(totals.rows))
+    grouped = len(hashes)  # written with the dups.js of that build, just before state.json
+    return _Resume(offset, totals, keys.head(totals.rows), hashes.head(totals.rows), grouped)
 
 
 # ---- building ----------------------------------------------------------------------------
@@ -296,7 +305,7 @@ def _build(
 ) -> GalleryReport:
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
-    fresh = _Resume(0, Totals(), scan.Keys())
+    fresh = _Resume(0, Totals(), scan.Keys(), Hashes())
     marks = read_marks(out_dir)  # as they are now: a refresh leaves earlier chunks' badges
     with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 2)) as pool:
         p, skip = _read(out_dir, resume or fresh, set(), pool, chunk_rows, stale, marks)
@@ -305,6 +314,7 @@ def _build(
             again.made += p.made
             p, resume = again, None
     failures, failure_chunks = write_failures(out_dir, chunk_rows)
+    groups, grouped = write_dups(out_dir, p.hashes, resume.grouped if resume else 0)
     _save_state(out_dir, p, chunk_rows, mark)
     script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
     _write_atomic(out_dir / SCRIPT, script.read_text("utf-8"))
@@ -317,6 +327,8 @@ def _build(
         spend=journal_spend(out_dir),
         chunk_rows=chunk_rows,
         script=SCRIPT,
+        groups=groups,
+        grouped=grouped,
     )
     dest = out_dir / GALLERY
     _write_atomic(dest, render_page(facts))  # last: the page names the files above

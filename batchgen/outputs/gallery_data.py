@@ -104,10 +104,11 @@ def epoch(r: Mapping[str, Any]) -> float | None:
 
 def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
     """A card: [file, thumbnail sha256 or null, width, height, prompt, prompt id, image
-    index, quality, size, tags, cost, references, take, replaces]. The order is gallery.js's
-    ``card``, which reads a 15th item, the image's mark, that the build appends to a marked
-    image's. The take is the job's ``variant``: which of a ``repeat``'s requests made the
-    image; ``replaces``: the rejected image a ``run --replace-rejected`` take replaces, or ""."""
+    index, quality, size, tags, cost, references, take, replaces, blank]. The order is
+    gallery.js's ``card``, which reads a 16th item, the image's mark, that the build appends to
+    a marked image's. The take is the job's ``variant``: which of a ``repeat``'s requests made
+    the image; ``replaces``: the rejected image a ``run --replace-rejected`` take replaces, or
+    ""; ``blank``: the image is near-uniform (outputs/quality.py)."""
     return [
         str(r["file_name"]),
         thumb,
@@ -123,6 +124,7 @@ def record(r: Mapping[str, Any], thumb: str | None) -> list[Any]:
         references(r),
         _int(r.get("variant")),
         str(r.get("replaces") or ""),
+        r.get("blank") is True,
     ]
 
 
@@ -161,10 +163,11 @@ class _Codes:
 
 
 def summary(rows: Sequence[Mapping[str, Any]], recs: Sequence[Sequence[Any]]) -> dict[str, Any]:
-    """The columns of a chunk: codes into its dictionaries, then cost, time and pixel area.
+    """The columns of a chunk: codes into its dictionaries, then cost, time, pixel area and
+    the blank flag (1 or 0).
     ``recs`` are the rows' :func:`record` (derived once a row)."""
     dicts = {k: _Codes() for k in ("prompt", "size", "quality", "tags", "text", "take")}
-    cols: dict[str, list[Any]] = {k: [] for k in (*dicts, "cost", "time", "area")}
+    cols: dict[str, list[Any]] = {k: [] for k in (*dicts, "cost", "time", "area", "blank")}
     for r, rec in zip(rows, recs, strict=True):
         cols["prompt"].append(dicts["prompt"].code(rec[5]))
         cols["size"].append(dicts["size"].code(rec[8]))
@@ -176,6 +179,7 @@ def summary(rows: Sequence[Mapping[str, Any]], recs: Sequence[Sequence[Any]]) ->
         cols["time"].append(epoch(r))
         w, h = rec[2], rec[3]
         cols["area"].append(w * h if w is not None and h is not None else None)
+        cols["blank"].append(1 if rec[14] else 0)
     return {"n": len(rows), "dict": {k: d.values for k, d in dicts.items()}, "cols": cols}
 
 
@@ -191,6 +195,7 @@ class Totals:
     cost: float = 0.0  # the rows' estimates, for a folder without its journal
     missing: int = 0
     stale: int = 0  # rows left out: images of prompts no longer in the manifest
+    blank: int = 0  # rows flagged blank (outputs/quality.py)
     facets: dict[str, dict[str, int]] = field(default_factory=lambda: {f: {} for f in FACETS})
     unlisted: dict[str, int] = field(default_factory=lambda: {f: 0 for f in FACETS})
 
@@ -200,6 +205,7 @@ class Totals:
         self.bytes += _int(r.get("bytes")) or 0
         self.cost += rec[10] or 0.0
         self.missing += missing
+        self.blank += r.get("blank") is True
         values = {"prompt": [rec[5]], "size": [rec[8]], "quality": [rec[7]], "tag": rec[9]}
         for facet, found in values.items():
             counts = self.facets[facet]
@@ -218,6 +224,7 @@ class Totals:
             "cost": self.cost,
             "missing": self.missing,
             "stale": self.stale,
+            "blank": self.blank,
             "facets": {k: dict(v) for k, v in self.facets.items()},
             "unlisted": dict(self.unlisted),
         }
@@ -230,6 +237,7 @@ class Totals:
             float(d["cost"]),
             int(d["missing"]),
             int(d["stale"]),
+            int(d["blank"]),
             {f: {str(k): int(n) for k, n in d["facets"][f].items()} for f in FACETS},
             {f: int(d["unlisted"][f]) for f in FACETS},
         )

@@ -75,6 +75,8 @@ class PageFacts:
     spend: Spend | None
     chunk_rows: int
     script: str
+    groups: int = 0  # near-duplicate groups (gallery_dups) ...
+    grouped: int = 0  # ... and the rows in them
 
 
 def money(x: float) -> str:
@@ -146,7 +148,14 @@ def render_page(facts: PageFacts) -> str:
     labels = {"prompt": "prompt", "size": "size", "quality": "quality", "tag": "tag"}
     filters = [_options(f"f-{f}", label, t.facets[f], t.unlisted[f]) for f, label in labels.items()]
     sorts = "".join(f'<option value="{v}">{_e(label)}</option>' for v, label in SORTS)
+    flags = (
+        '<label>quality <select id="f-flag"><option value="">all</option>'
+        f'<option value="blank">blank ({t.blank:,})</option>'
+        f'<option value="dup">near duplicates ({facts.grouped:,} in {facts.groups:,} groups)'
+        "</option></select></label>"
+    )
     filters += [
+        flags,
         '<input id="q" type="search" placeholder="search prompts" aria-label="search">',
         f'<label>sort <select id="sort">{sorts}</select></label>',
     ]

@@ -85,6 +85,8 @@ INDEX_FIELDS = (
     "mask",
     "manifest_sha256",
     "batchgen_version",
+    "blank",
+    "phash",
 )
 
 Timestamp = float | str | None
@@ -200,6 +202,8 @@ def index_row(
         "mask": mask,
         "manifest_sha256": manifest_sha256,
         "batchgen_version": version,
+        "blank": d.blank,
+        "phash": d.phash,
     }
 
 

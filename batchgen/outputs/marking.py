@@ -21,12 +21,13 @@ from typing import Any
 
 from batchgen.errors import UsageError
 from batchgen.outputs.marks import MarkError, check_name
+from batchgen.outputs.neardup import MAX_DISTANCE
 
 MIN_PREFIX = 8
 JOB_ID_HEX = 64  # a whole job id (a sha256)
 WHERE = ("blank", "near-duplicate")
 # The Hamming distance (of 64-bit phashes) under which two images are near duplicates.
-NEAR_DUPLICATE_DISTANCE = 6
+NEAR_DUPLICATE_DISTANCE = MAX_DISTANCE  # one distance for the gallery, the page and mark
 QUALITY_FIELDS = ("blank", "phash")
 _HEX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},}}")
 
@@ -156,7 +157,10 @@ class WhereScan:
         small = {"file_name": row.get("file_name"), "job_id": row.get("job_id")}
         if "blank" in self.where and select_blank([row]):
             self.blank.append(small)
-        if self.grouping is not None and isinstance(row.get("phash"), str):
+        # Blank images all hash alike: they are --where blank's, as in the gallery, and are no
+        # one's near duplicates (rejecting all blanks but one by accident).
+        hashed = isinstance(row.get("phash"), str) and row.get("blank") is not True
+        if self.grouping is not None and hashed:
             self.hashed.append(dict(small, phash=row["phash"]))
 
     def selected(self) -> list[Row]:

@@ -29,7 +29,7 @@ from batchgen.errors import DownloadError, UsageError
 from batchgen.journal.query import JournalReader
 from batchgen.journal.schema import JobRow
 from batchgen.journal.writer import JOURNAL_NAME, Journal, writer_pid
-from batchgen.outputs.checks import inspect_image, mime_of, sha256_file
+from batchgen.outputs.checks import inspect_quality, mime_of, sha256_file
 from batchgen.outputs.download import Downloaded
 from batchgen.outputs.index import (
     FAILURES,
@@ -302,7 +302,7 @@ def _rows(
                 continue
             size, digest = sha256_file(dest)
             try:
-                width, height, pil_fmt = inspect_image(dest, fmt)
+                width, height, pil_fmt, blank, phash = inspect_quality(dest, fmt)
             except DownloadError:
                 report.note("invalid", name)
                 continue
@@ -312,7 +312,7 @@ def _rows(
             expected = job.sha256.get(n) or prev.get("sha256")
             if expected and expected != digest:
                 report.note("changed", name)
-            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt))
+            d = Downloaded(dest, digest, size, width, height, mime_of(pil_fmt), blank, phash)
             report.rows += 1
             yield index_row(
                 job.spec,

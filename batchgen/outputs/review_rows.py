@@ -28,13 +28,14 @@ from typing import Any
 from batchgen.outputs import gallery_scan as scan
 from batchgen.outputs.index import METADATA
 from batchgen.outputs.marks import Mark
+from batchgen.outputs.neardup import MAX_DISTANCE
 from batchgen.outputs.scan import _key, parse_row
 
 BLANK = 1
 HAS_BLANK = 2
 HAS_PHASH = 4
 BLOCK_ROWS = 20_000
-NEAR_DISTANCE = 6  # bits of 64 two perceptual hashes may differ by and still be near twins
+NEAR_DISTANCE = MAX_DISTANCE  # one distance for the gallery, the page and mark (neardup.py)
 FILTERS = ("all", "unmarked", "picked", "rejected", "blank", "near")
 
 _PHASH = re.compile("[0-9a-fA-F]{16}")
@@ -59,9 +60,11 @@ def _quality(raw: bytes) -> tuple[int, int | None]:
     if b'"blank"' not in raw and b'"phash"' not in raw:
         return 0, None
     row = parse_row(raw) or {}
-    flag = (HAS_BLANK | (BLANK if row["blank"] is True else 0)) if "blank" in row else 0
+    blank = row.get("blank")
+    flag = (HAS_BLANK | (BLANK if blank is True else 0)) if isinstance(blank, bool) else 0
     phash = row.get("phash")
-    if isinstance(phash, str) and _PHASH.fullmatch(phash):
+    # a blank image is no one's near duplicate (they all hash alike): as in the gallery
+    if isinstance(phash, str) and _PHASH.fullmatch(phash) and row.get("blank") is not True:
         return flag | HAS_PHASH, int(phash, 16)
     return flag, None
 

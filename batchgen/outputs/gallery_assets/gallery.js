@@ -21,6 +21,7 @@
     size: byId("f-size"),
     quality: byId("f-quality"),
     tag: byId("f-tag"),
+    flag: byId("f-flag"),
     q: byId("q"),
     sort: byId("sort"),
   };
@@ -44,6 +45,8 @@
   let area = null;
   let text = null; // search text per row, shared with its chunk's dictionary
   let takeKey = null; // prompt id, request, take: the takes of one request side by side
+  // Near-duplicate groups (.gallery/dups.js): row -> group, only for rows in a group.
+  const dupOf = new Map();
 
   window.batchgenGallery = {
     records(k, rows) {
@@ -51,6 +54,9 @@
     },
     failures(k, rows) {
       failureRows.set(k, rows);
+    },
+    dups(d) {
+      for (let i = 0; i < d.rows.length; i++) if (d.rows[i] < N) dupOf.set(d.rows[i], d.group[i]);
     },
     summary(k, s) {
       const start = k * C;
@@ -117,15 +123,17 @@
   // ---- which rows, in which order ------------------------------------------------------
   function wanted() {
     const w = { sort: controls.sort.value };
-    for (const key of ["prompt", "size", "quality", "tag"]) w[key] = controls[key].value;
+    for (const key of ["prompt", "size", "quality", "tag", "flag"]) w[key] = controls[key].value;
     w.words = controls.q.value.toLowerCase().split(/\s+/).filter(Boolean);
     return w;
   }
 
-  const plain = (w) => !w.prompt && !w.size && !w.quality && !w.tag && !w.words.length && !w.sort;
+  const plain = (w) =>
+    !w.prompt && !w.size && !w.quality && !w.tag && !w.flag && !w.words.length && !w.sort;
 
   function select(w) {
     const out = [];
+    const dup = w.flag === "dup";
     const same = (values, want) => values.map((v) => !want || v === want);
     for (const s of summaries) {
       if (!s) continue;
@@ -136,8 +144,11 @@
       const okTags = s.dict.tags.map((list) => !w.tag || list.includes(w.tag));
       const okText = s.dict.text.map((t) => w.words.every((word) => t.includes(word)));
       const c = s.cols;
+      const blank = w.flag === "blank";
       for (let i = 0; i < s.n; i++) {
         if (
+          (!blank || c.blank[i] === 1) &&
+          (!dup || dupOf.has(s.start + i)) &&
           okPrompt[c.prompt[i]] &&
           okSize[c.size[i]] &&
           okQuality[c.quality[i]] &&
@@ -148,6 +159,8 @@
         }
       }
     }
+    // Near duplicates side by side: by group (groups in the order of their first row).
+    if (dup && !w.sort) return out.sort((a, b) => dupOf.get(a) - dupOf.get(b) || a - b);
     return order(out, w.sort);
   }
 
@@ -185,8 +198,8 @@
     return x >= 0.1 || x === 0 ? "$" + x.toFixed(2) : "$" + x.toFixed(3);
   }
 
-  function card(r) {
-    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take, replaces, mark] = r;
+  function card(r, g) {
+    const [file, thumb, w, h, prompt, pid, n, quality, , tags, price, refs, take, replaces, blank, mark] = r;
     const art = el("article", "card");
     if (mark) art.dataset.mark = mark; // picked or rejected (batchgen review), read-only here
     art.dataset.promptId = pid;
@@ -219,6 +232,12 @@
       const rep = el("span", "replaces", "replaces " + replaces.split("/").pop());
       rep.title = "a new take made for the rejected image " + replaces;
       meta.append(rep);
+    }
+    if (blank) meta.append(el("span", "flag", "blank"));
+    if (dupOf.has(g)) {
+      const d = el("span", "flag", "near duplicate #" + (dupOf.get(g) + 1));
+      d.title = "near-duplicate group (perceptual hashes a few bits apart)";
+      meta.append(d);
     }
     for (const t of tags) meta.append(el("span", "tag", t));
     for (const [label, title] of refs) {
@@ -280,7 +299,10 @@
     if (ticket !== drawing) return; // a newer view was asked for meanwhile
     const grid = byId("cards");
     grid.replaceChildren(
-      ...rows.map((g) => records.get(Math.floor(g / C))[g % C]).filter(Boolean).map(card),
+      ...rows
+        .map((g) => [records.get(Math.floor(g / C))[g % C], g])
+        .filter(([r]) => r)
+        .map(([r, g]) => card(r, g)),
     );
     shown.textContent = total.toLocaleString("en");
     status.textContent = partial
@@ -307,6 +329,11 @@
   // ---- the summaries, in the background ------------------------------------------------
   let redrawAt = 0;
   async function loadSummaries() {
+    try {
+      await load(".gallery/dups.js"); // before the summaries: a filtered view counts on it
+    } catch (e) {
+      status.textContent = String(e.message || e);
+    }
     let next = 0;
     async function worker() {
       while (next < CHUNKS) {
