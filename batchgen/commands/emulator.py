@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
+from batchgen.commands.serving import until_stopped
 from batchgen.errors import UsageError
 from batchgen.option_rules import FAULTS_HELP
 
@@ -112,15 +112,5 @@ async def _serve_forever(config: object, host: str, port: int) -> None:
         )
         print(f"  batchgen run MANIFEST --endpoint {url}", flush=True)
         print(f"  stats: {url}/_emulator/stats   (Ctrl-C to stop)", flush=True)
-        # Ctrl-C and SIGTERM end the wait instead of cancelling every task, so uvicorn shuts
-        # down in order (no lifespan traceback) and the command exits 0.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        await until_stopped()
     print("fal emulator stopped", file=sys.stderr)

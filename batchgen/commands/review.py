@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import webbrowser
 from pathlib import Path
 
+from batchgen.commands.serving import until_stopped
 from batchgen.errors import UsageError
 from batchgen.journal.writer import JOURNAL_NAME
 from batchgen.outputs.index import METADATA
@@ -65,14 +65,5 @@ async def _serve_forever(out: Path, port: int, browser: bool) -> None:
         print("  keys: <- -> move, p pick, x reject, u clear   (Ctrl-C to stop)", flush=True)
         if browser and not webbrowser.open(url):
             print("  (no browser could be opened: open the URL above)", flush=True)
-        # Ctrl-C and SIGTERM end the wait, so uvicorn shuts down in order and we exit 0.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        await until_stopped()
     print("review page stopped", file=sys.stderr)
