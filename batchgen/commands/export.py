@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for path in result.paths:
         print(path)
-    print(f"{result.rows} rows exported as {args.format}")
+    print(f"{result.rows} row{'s' * (result.rows != 1)} exported as {args.format}")
     if args.format == "captions":
         linked, copied = result.linked, result.copied
         print(f"{linked:,} image{'s' if linked != 1 else ''} hard-linked, {copied:,} copied")

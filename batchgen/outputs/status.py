@@ -193,7 +193,7 @@ def render_text(rep: StatusReport) -> str:
         f" still to submit ~${rep.remaining_usd:.2f} (estimates)"
     )
     if rep.rehearsal_usd:
-        lines.append(f"  rehearsal (--emulate), nothing billed: ~${rep.rehearsal_usd:.2f} on fal")
+        lines.append(f"  rehearsal (an emulator), nothing billed: ~${rep.rehearsal_usd:.2f} on fal")
     if rep.actual is not None:
         lines.append(
             f"  actual cost from usage ${rep.actual.usd:.2f}"
