@@ -76,7 +76,15 @@ with Marks.open(out) as m:
 """
 
 
-def test_two_processes_marking_at_once_lose_nothing(tmp_path: Path) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), who]) for who in "xy"]
-    assert [p.wait(60) for p in procs] == [0, 0]
-    assert len(read_marks(tmp_path)) == 400
+def test_processes_opening_and_marking_at_once_lose_nothing(tmp_path: Path) -> None:
+    # All start together on a folder without marks: each opens (makes) the file as the others
+    # do, then marks (the review page and `batchgen mark` started side by side).
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), who], stderr=subprocess.PIPE, text=True
+        )
+        for who in "wxyz"
+    ]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert len(read_marks(tmp_path)) == 800

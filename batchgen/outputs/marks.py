@@ -98,9 +98,7 @@ class Marks:
             raise FileNotFoundError(path)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_DDL)
+            _set_up(conn)
         except sqlite3.Error:
             conn.close()
             raise
@@ -186,6 +184,32 @@ class Marks:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    """WAL mode and the tables, however many processes open the file at once. The tables are
+    made in an IMMEDIATE transaction, which waits out another writer (the busy timeout);
+    switching to WAL does not always wait (SQLite answers "locked" at once while another
+    connection is setting the file up), so it is tried again, briefly, until the timeout."""
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _DDL.split(";")):
+                    conn.execute(statement)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def read_marks(out: Path) -> dict[str, Mark]:
