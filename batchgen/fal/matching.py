@@ -148,11 +148,12 @@ def match(
         if e.request_id not in taken and e.at is not None and e.at >= first - skew_s
     )
     unmatched = sorted({a.job_id for a in lost} - pairs.keys())
+    missing = set(unmatched)
     blind = sorted(
         {
             a.job_id
             for a in lost
-            if a.job_id in unmatched
+            if a.job_id in missing
             and any(
                 _same_endpoint(a.endpoint, e.endpoint) and (e.at is None or e.at >= a.at - skew_s)
                 for e in unreadable

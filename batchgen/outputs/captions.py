@@ -27,6 +27,7 @@ re-hashed (a link shares the bytes it would hash).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -58,6 +59,10 @@ def check_dest(out_dir: Path, dest: Path | None) -> Path:
     return where
 
 
+def _write(tmp: Path, *, text: str) -> int:
+    return tmp.write_text(text, encoding="utf-8")
+
+
 def _place(src: Path, dst: Path) -> bool:
     """``dst`` becomes ``src``'s bytes: a hard link when possible (True), else a copy."""
     try:
@@ -78,15 +83,6 @@ def _place(src: Path, dst: Path) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     return linked
-
-
-def _write_text(dst: Path, text: str) -> None:
-    tmp = dst.with_name(dst.name + ".part")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sample(images: Path, out_dir: Path, row: Mapping[str, Any]) -> tuple[Path, str, str] | None:
@@ -155,7 +151,7 @@ def export_captions(
                     result.linked += 1
                 else:
                     result.copied += 1
-                _write_text(target / f"{key}.txt", text)
+                atomic_write(target / f"{key}.txt", functools.partial(_write, text=text))
                 written.update((name, f"{key}.txt"))
                 line = {"file_name": name, "text": text}
                 index.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -43,6 +43,7 @@ from batchgen.outputs.gallery_data import (
     record,
     summary,
     write_script,
+    write_text_atomic,
 )
 from batchgen.outputs.gallery_dups import HASHES, Hashes, write_dups
 from batchgen.outputs.gallery_page import PageFacts, Spend, render_page, write_failures
@@ -219,10 +220,7 @@ def _save_state(out_dir: Path, p: _Pass, chunk_rows: int, stale: str) -> None:
     }
     p.keys.write(out_dir / KEYS)
     p.hashes.write(out_dir / HASHES)
-    dest = out_dir / STATE  # last: it names the keys and chunks now on disk
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, dest)
+    write_text_atomic(out_dir / STATE, json.dumps(state))  # last: it names the files above
 
 
 def _load_resume(out_dir: Path, chunk_rows: int, stale: str) -> _Resume | None:
@@ -232,7 +230,7 @@ def _load_resume(out_dir: Path, chunk_rows: int, stale: str) -> _Resume | None:
     try:
         state = json.loads((out_dir / STATE).read_text(encoding="utf-8"))
         keys = scan.Keys.from_bytes((out_dir / KEYS).read_bytes())
-        hashes = Hashes.read(out_dir / HASHES)
+        hashes = Hashes.from_bytes((out_dir / HASHES).read_bytes())
         st = (out_dir / METADATA).stat()
         same = (
             state["format"] == STATE_FORMAT
@@ -317,7 +315,7 @@ def _build(
     groups, grouped = write_dups(out_dir, p.hashes, resume.grouped if resume else 0)
     _save_state(out_dir, p, chunk_rows, mark)
     script = resources.files("batchgen.outputs.gallery_assets").joinpath("gallery.js")
-    _write_atomic(out_dir / SCRIPT, script.read_text("utf-8"))
+    write_text_atomic(out_dir / SCRIPT, script.read_text("utf-8"))
     facts = PageFacts(
         title=title or out_dir.resolve().name,
         totals=p.totals,
@@ -331,7 +329,7 @@ def _build(
         grouped=grouped,
     )
     dest = out_dir / GALLERY
-    _write_atomic(dest, render_page(facts))  # last: the page names the files above
+    write_text_atomic(dest, render_page(facts))  # last: the page names the files above
     _remove_stale(out_dir, -(-p.totals.rows // chunk_rows), failure_chunks)
     return GalleryReport(
         dest,
@@ -343,14 +341,6 @@ def _build(
         resume is not None,
         p.totals.stale,
     )
-
-
-def _write_atomic(dest: Path, text: str) -> None:
-    """A killed build leaves the old file or the new one, never half of one: a temporary
-    file in the same folder, then ``os.replace``."""
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, dest)
 
 
 def _remove_stale(out_dir: Path, chunks: int, failure_chunks: int) -> None:

@@ -47,8 +47,14 @@ def write_script(out_dir: Path, rel: str, call: str, *args: Any) -> None:
     text = ",".join(json.dumps(a, separators=(",", ":")) for a in args)
     dest = out_dir / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(dest, f"{call}({text});\n")  # json.dumps's ASCII: UTF-8 is the same
+
+
+def write_text_atomic(dest: Path, text: str) -> None:
+    """A killed build leaves the old file or the new one, never half of one: a temporary
+    file in the same folder (named per process), then ``os.replace``."""
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    tmp.write_text(f"{call}({text});\n", encoding="ascii")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dest)
 
 

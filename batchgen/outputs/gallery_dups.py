@@ -16,36 +16,26 @@ only for pairs with a row appended since.
 from __future__ import annotations
 
 import json
-import os
-from array import array
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from batchgen.outputs.gallery_data import DATA_DIR, write_script
+from batchgen.outputs.gallery_scan import Rows
 from batchgen.outputs.neardup import groups_of_values, grow_groups, parse
 
 HASHES = f"{DATA_DIR}/phash.bin"
 DUPS = f"{DATA_DIR}/dups.js"
 
 
-class Hashes:
+class Hashes(Rows):
     """Per row, in order: 1 and its hash, or 0 and 0 (no hash, or a blank image)."""
 
     WIDTH = 2
 
-    def __init__(self, data: array[int] | None = None) -> None:
-        self.data: array[int] = data if data is not None else array("Q")
-
-    def __len__(self) -> int:
-        return len(self.data) // self.WIDTH
-
     def add(self, row: Mapping[str, Any]) -> None:
         h = None if row.get("blank") is True else parse(row.get("phash"))
         self.data.extend((0, 0) if h is None else (1, h))
-
-    def head(self, rows: int) -> Hashes:
-        return Hashes(self.data[: rows * self.WIDTH])
 
     def copy(self) -> Hashes:
         return Hashes(self.data[:])
@@ -53,19 +43,6 @@ class Hashes:
     def values(self) -> list[int | None]:
         d = self.data
         return [d[i + 1] if d[i] else None for i in range(0, len(d), self.WIDTH)]
-
-    def write(self, path: Path) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-        with tmp.open("wb") as f:
-            self.data.tofile(f)
-        os.replace(tmp, path)
-
-    @classmethod
-    def read(cls, path: Path) -> Hashes:
-        a = array("Q")
-        data = path.read_bytes()
-        a.frombytes(data[: len(data) - len(data) % (a.itemsize * cls.WIDTH)])
-        return cls(a)
 
 
 def write_dups(out_dir: Path, hashes: Hashes, known: int = 0) -> tuple[int, int]:

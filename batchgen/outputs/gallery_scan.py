@@ -20,7 +20,7 @@ import os
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from batchgen.outputs.scan import parse_row
 
@@ -59,10 +59,11 @@ def lines(f: BinaryIO, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         pos += len(raw)
 
 
-class Keys:
-    """Per row, in order: hash(key), hash(job id), line offset (one ``array('Q')``)."""
+class Rows:
+    """Fixed-width rows of 64-bit numbers in one ``array('Q')``, ``WIDTH`` a row, written and
+    read back as raw bytes (what the gallery keeps beside its chunks for a refresh)."""
 
-    WIDTH = 3
+    WIDTH = 1
 
     def __init__(self, data: array[int] | None = None) -> None:
         self.data: array[int] = data if data is not None else array("Q")
@@ -70,11 +71,8 @@ class Keys:
     def __len__(self) -> int:
         return len(self.data) // self.WIDTH
 
-    def add(self, key: str, job: str, offset: int) -> None:
-        self.data.extend((hash64(key), hash64(job), offset))
-
-    def head(self, rows: int) -> Keys:
-        return Keys(self.data[: rows * self.WIDTH])
+    def head(self, rows: int) -> Self:
+        return type(self)(self.data[: rows * self.WIDTH])
 
     def write(self, path: Path) -> None:
         """Write atomically, without a copy in memory."""
@@ -84,10 +82,20 @@ class Keys:
         os.replace(tmp, path)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Keys:
+    def from_bytes(cls, data: bytes) -> Self:
+        """The whole rows of ``data`` (a row cut short by a kill is left out)."""
         a = array("Q")
         a.frombytes(data[: len(data) - len(data) % (a.itemsize * cls.WIDTH)])
         return cls(a)
+
+
+class Keys(Rows):
+    """Per row, in order: hash(key), hash(job id), line offset."""
+
+    WIDTH = 3
+
+    def add(self, key: str, job: str, offset: int) -> None:
+        self.data.extend((hash64(key), hash64(job), offset))
 
     def _sorted(self, column: int) -> list[int]:
         # ~56 bytes a row (a list slot and a 64-bit int object) while it lives: 56 MB for a

@@ -46,6 +46,7 @@ from batchgen.fal.matching import CLOCK_SKEW_S, LostSubmit, entry_of, match
 from batchgen.fal.platform import PlatformClient
 from batchgen.journal.attempts import LostRow
 from batchgen.journal.writer import JobRow
+from batchgen.planning.jobs import JobState
 from batchgen.retry import Action, classify
 from batchgen.running import events as ev
 from batchgen.running.context import RunContext
@@ -120,7 +121,7 @@ class Lookup:
                 return
             self._wake.clear()
             self._settle(lost, await self._look(lost))
-            if ctx.stop.requested or not ctx.journal.lost_submits():
+            if ctx.stop.requested or not ctx.journal.counts()[JobState.UNKNOWN]:  # in memory
                 return
             woken = await self._sleep(wait)  # by a new lost submit: its own first wait
             wait = FIRST_WAIT_S if woken else min(wait * 2, MAX_WAIT_S)
